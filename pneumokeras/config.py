@@ -1,0 +1,320 @@
+"""One validated settings schema: frozen dataclasses loaded from YAML.
+
+Every command that takes settings builds a `Config` through `load_config`, which
+reads an optional YAML file and then applies `--set section.key=value` overrides.
+Unknown keys and wrong types raise `ConfigError` naming the offending key, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A settings file or override is invalid; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Input pipeline settings.
+
+    Attributes:
+        image_size: side of the square image fed to the model, pixels. Must equal
+            the `image_size` of the converted data (the manifest).
+        batch_size: global batch size (split across devices when distributed).
+        sampling: `natural` keeps the data's class mix; `balanced` samples both
+            classes equally (class weights are then not applied).
+        shuffle_buffer: tf.data shuffle buffer, examples.
+        deterministic: keep tf.data element order fixed for a seed (slower).
+        cache: keep decoded training images in memory after the first epoch.
+    """
+
+    image_size: int = 224
+    batch_size: int = 32
+    sampling: Literal["natural", "balanced"] = "natural"
+    shuffle_buffer: int = 2048
+    deterministic: bool = False
+    cache: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training-only augmentation (Keras preprocessing layers), seeded.
+
+    Attributes:
+        flip: random horizontal flip.
+        rotation_degrees: maximum absolute rotation, degrees (0 disables).
+        brightness: maximum brightness shift as a fraction of the [0, 255] range.
+        contrast: maximum contrast factor change, fraction (0 disables).
+        translation: maximum shift as a fraction of the image side (0 disables).
+    """
+
+    flip: bool = True
+    rotation_degrees: float = 10.0
+    brightness: float = 0.1
+    contrast: float = 0.1
+    translation: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Backbone settings.
+
+    Attributes:
+        name: `resnet18` (written here), or `densenet121` / `efficientnetv2b0`
+            from `keras.applications` (random init, 1 channel).
+        filters: ResNet18 stem width; 64 is the standard network, smaller values
+            give proportionally thinner stages (tests and the CPU demo).
+        dropout: dropout rate before the classifier (0 disables).
+    """
+
+    name: Literal["resnet18", "densenet121", "efficientnetv2b0"] = "resnet18"
+    filters: int = 64
+    dropout: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (the seed recipe by default).
+
+    Attributes:
+        epochs: passes over the training split.
+        learning_rate: peak Adam learning rate.
+        schedule: `cosine` (CosineDecay over all training steps) or `constant`.
+        warmup_epochs: linear warm-up before the cosine decay, epochs.
+        weight_decay: decoupled weight decay (AdamW) when > 0.
+        loss: `crossentropy` (class-weighted) or `focal` (Lin et al., 2017).
+        focal_gamma: focusing parameter of the focal loss.
+        class_weighting: weight classes by the manifest's `class_weights`.
+        precision: Keras dtype policy.
+        distribute: `auto` uses all local devices, `none` a single one.
+        seed: seed for weights, shuffling and augmentation.
+        steps_per_epoch: cap on training steps per epoch (0 = whole split).
+    """
+
+    epochs: int = 20
+    learning_rate: float = 1e-4
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    weight_decay: float = 0.0
+    loss: Literal["crossentropy", "focal"] = "crossentropy"
+    focal_gamma: float = 2.0
+    class_weighting: bool = True
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    distribute: Literal["auto", "none"] = "auto"
+    seed: int = 42
+    steps_per_epoch: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation settings.
+
+    Attributes:
+        bootstrap: bootstrap resamples for the 95 % confidence intervals.
+        threshold_method: how the decision threshold is chosen on validation.
+        calibration_bins: bins of the reliability diagram and of the ECE.
+    """
+
+    bootstrap: int = 1000
+    threshold_method: Literal["youden", "f1"] = "youden"
+    calibration_bins: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainConfig:
+    """Grad-CAM settings.
+
+    Attributes:
+        method: tf-keras-vis method.
+        layer: target layer name; empty picks the last convolutional stage.
+        target_class: class whose score is explained.
+        limit: maximum number of images explained from a data split.
+        alpha: heatmap opacity in the overlays, [0, 1].
+    """
+
+    method: Literal["gradcam", "gradcam++", "scorecam"] = "gradcam"
+    layer: str = ""
+    target_class: Literal["pneumonia", "normal", "predicted"] = "pneumonia"
+    limit: int = 32
+    alpha: float = 0.4
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """All settings; each section is one dataclass above."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    explain: ExplainConfig = dataclasses.field(default_factory=ExplainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict (YAML/JSON serialisable)."""
+        return dataclasses.asdict(self)
+
+
+# Range checks on values whose type is right but whose meaning is not.
+_POSITIVE = {
+    "data.image_size",
+    "data.batch_size",
+    "data.shuffle_buffer",
+    "model.filters",
+    "train.epochs",
+    "train.learning_rate",
+    "evaluate.bootstrap",
+    "evaluate.calibration_bins",
+    "explain.limit",
+}
+_NON_NEGATIVE = {
+    "augment.rotation_degrees",
+    "augment.brightness",
+    "augment.contrast",
+    "augment.translation",
+    "train.warmup_epochs",
+    "train.weight_decay",
+    "train.focal_gamma",
+    "train.steps_per_epoch",
+}
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+_UNIT_INTERVAL = {"model.dropout", "explain.alpha"}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Checks `value` against a field annotation; returns it (ints widen to float)."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported annotation for {key}")  # schema bug, not user's
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false; got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer; got {value!r}")
+        return value
+    if annotation is float:
+        # PyYAML (YAML 1.1) reads `1e-4` without a dot as a string.
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number; got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string; got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+
+
+def _check_range(key: str, value: Any) -> None:
+    if key in _POSITIVE and value <= 0:
+        raise ConfigError(f"{key} must be > 0; got {value!r}")
+    if key in _NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{key} must be ≥ 0; got {value!r}")
+    if key in _UNIT_INTERVAL and not 0 <= value <= 1:
+        raise ConfigError(f"{key} must be in [0, 1]; got {value!r}")
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def from_dict(raw: dict[str, Any] | None) -> Config:
+    """Builds a validated `Config` from a nested dict (missing keys keep defaults).
+
+    Raises:
+        ConfigError: naming the first unknown section/key or badly typed value.
+    """
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("settings must be a mapping of sections")
+    sections = _section_types()
+    built = {}
+    for section, values in raw.items():
+        if section not in sections:
+            raise ConfigError(
+                f"unknown settings section {section!r} (known: {', '.join(sections)})"
+            )
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section} must be a mapping of keys")
+        cls = sections[section]
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if key not in fields:
+                raise ConfigError(
+                    f"unknown setting {name!r} (known in {section}: {', '.join(sorted(fields))})"
+                )
+            kwargs[key] = _coerce(name, value, hints[key])
+            _check_range(name, kwargs[key])
+        built[section] = cls(**kwargs)
+    return Config(**built)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parses `section.key=value` (value in YAML syntax) into its three parts."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.key=value; got {text!r}")
+    dotted, _, value_text = text.partition("=")
+    dotted = dotted.strip()
+    if dotted.count(".") != 1 or not all(dotted.split(".")):
+        raise ConfigError(f"--set expects section.key=value; got {text!r}")
+    section, key = dotted.split(".")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError:
+        value = value_text
+    return section, key, value
+
+
+def load_config(
+    path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()
+) -> Config:
+    """Loads settings: defaults ← YAML file ← `--set` overrides, then validates.
+
+    Args:
+        path: YAML file with top-level sections (`data`, `train`, ...) or None.
+        overrides: strings `section.key=value`; values parse as YAML scalars.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or out-of-range value.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as err:
+            raise ConfigError(f"cannot read config {path}: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config {path} is not valid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {path} must be a mapping of sections")
+    for text in overrides:
+        section, key, value = parse_override(text)
+        current = raw.setdefault(section, {})
+        if not isinstance(current, dict):
+            raise ConfigError(f"{section} must be a mapping of keys")
+        current[key] = value
+    return from_dict(raw)

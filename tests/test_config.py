@@ -1,0 +1,104 @@
+from pathlib import Path
+
+import pytest
+
+from pneumokeras.config import Config, ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_are_the_seed_recipe():
+    config = Config()
+    assert config.data.image_size == 224 and config.data.batch_size == 32
+    assert config.train.epochs == 20 and config.train.learning_rate == 1e-4
+    assert config.train.schedule == "cosine" and config.model.name == "resnet18"
+
+
+@pytest.mark.parametrize("name", ["rsna.yaml", "demo.yaml"])
+def test_shipped_configs_load(name):
+    config = load_config(CONFIGS / name)
+    assert isinstance(config, Config)
+
+
+def test_rsna_yaml_values():
+    config = load_config(CONFIGS / "rsna.yaml")
+    assert config.data.image_size == 224
+    assert config.augment.rotation_degrees == 10.0 and config.augment.flip
+
+
+def test_yaml_load_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  image_size: 64\ntrain:\n  epochs: 5\n")
+    config = load_config(
+        path,
+        [
+            "train.epochs=3",
+            "train.learning_rate=1e-3",
+            "augment.flip=false",
+            "train.precision=mixed_bfloat16",
+        ],
+    )
+    assert config.data.image_size == 64
+    assert config.train.epochs == 3
+    assert config.train.learning_rate == pytest.approx(1e-3)
+    assert config.augment.flip is False
+    assert config.train.precision == "mixed_bfloat16"
+
+
+def test_int_widens_to_float():
+    assert load_config(None, ["augment.rotation_degrees=5"]).augment.rotation_degrees == 5.0
+
+
+def test_config_is_frozen():
+    config = Config()
+    with pytest.raises(AttributeError):
+        config.train.epochs = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("no.such_key=1", "no"),
+        ("train.no_such_key=1", "train.no_such_key"),
+        ("train.epochs=three", "train.epochs"),
+        ("train.epochs=2.5", "train.epochs"),
+        ("augment.flip=3", "augment.flip"),
+        ("train.precision=float64", "train.precision"),
+        ("data.image_size=0", "data.image_size"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("trainepochs=3", "trainepochs"),
+    ],
+)
+def test_bad_override_names_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.epoch"):
+        load_config(path)
+
+
+def test_wrong_type_in_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  batch_size: '32'\n")
+    with pytest.raises(ConfigError, match=r"data\.batch_size"):
+        load_config(path)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_to_dict_round_trip():
+    from pneumokeras.config import from_dict
+
+    config = load_config(None, ["train.epochs=7"])
+    assert from_dict(config.to_dict()) == config
