@@ -249,8 +249,10 @@ def from_dict(raw: dict[str, Any] | None) -> Config:
     built = {}
     for section, values in raw.items():
         if section not in sections:
+            first = next(iter(values), None) if isinstance(values, dict) else None
+            name = f"{section}.{first}" if first is not None else section
             raise ConfigError(
-                f"unknown settings section {section!r} (known: {', '.join(sections)})"
+                f"unknown setting {name!r}: no section {section!r} (known: {', '.join(sections)})"
             )
         if values is None:
             continue
