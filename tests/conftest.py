@@ -20,3 +20,36 @@ def shared_file():
         return path
 
     return get
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    """A small synthetic RSNA-layout folder: 80 patients at 128 px."""
+    from pneumokeras.synth import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, patients=80, size=128, positive_fraction=0.3, seed=11, workers=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def converted_dir(synth_dir, tmp_path_factory):
+    """`synth_dir` converted to 64 px TFRecords (3 folds, 16 examples per shard)."""
+    from pneumokeras.convert import convert
+
+    out = tmp_path_factory.mktemp("converted")
+    convert(
+        synth_dir / "stage_2_train_images",
+        synth_dir / "stage_2_train_labels.csv",
+        out,
+        class_info_csv=synth_dir / "stage_2_detailed_class_info.csv",
+        size=64,
+        val_fraction=0.2,
+        test_fraction=0.2,
+        folds=3,
+        seed=0,
+        workers=0,
+        shard_size=16,
+        progress=False,
+    )
+    return out

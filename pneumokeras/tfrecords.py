@@ -1,0 +1,180 @@
+"""TFRecord example schema, sharded writer, manifest and shard validation.
+
+One `tf.train.Example` per patient (keys in `FEATURES`, see DESIGN.md). Shards are
+named `<split>-00003-of-00016.tfrecord`; every file is written under a temporary
+name and renamed when complete, so a shard or manifest that is visible is whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from pneumokeras.errors import UserError
+
+MANIFEST = "manifest.json"
+SKIPPED = "skipped.csv"
+
+FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/patient_id": tf.io.FixedLenFeature([], tf.string),
+    "image/label": tf.io.FixedLenFeature([], tf.int64),
+    "image/boxes": tf.io.VarLenFeature(tf.float32),
+    "image/view": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/class": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    """`train-00003-of-00016.tfrecord`."""
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def _feature(value: Any) -> tf.train.Feature:
+    """One typed feature: bytes/str, int, or a list of floats."""
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if isinstance(value, bytes):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+    if isinstance(value, int):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+    return tf.train.Feature(float_list=tf.train.FloatList(value=list(value)))
+
+
+def serialize_example(
+    png: bytes,
+    patient_id: str,
+    label: int,
+    boxes: Sequence[Sequence[float]] = (),
+    view: str = "",
+    detailed_class: str = "",
+) -> bytes:
+    """Serialises one patient to `tf.train.Example` bytes (deterministically).
+
+    Args:
+        png: 8-bit grayscale PNG, square.
+        patient_id: RSNA patientId.
+        label: 1 = pneumonia, 0 = not.
+        boxes: `(x, y, w, h)` per box, fractions of the original image.
+        view: `AP`, `PA` or ''.
+        detailed_class: RSNA detailed class or ''.
+    """
+    flat_boxes = [float(v) for box in boxes for v in box]
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": _feature(png),
+                "image/patient_id": _feature(patient_id),
+                "image/label": _feature(int(label)),
+                "image/boxes": _feature(flat_boxes),
+                "image/view": _feature(view),
+                "image/class": _feature(detailed_class),
+            }
+        )
+    )
+    # The features map has no defined order unless asked: byte-identical reruns.
+    return example.SerializeToString(deterministic=True)
+
+
+def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Parses one serialized example into a dict of tensors (boxes as (N, 4))."""
+    parsed = tf.io.parse_single_example(serialized, FEATURES)
+    parsed["image/boxes"] = tf.reshape(tf.sparse.to_dense(parsed["image/boxes"]), [-1, 4])
+    return parsed
+
+
+def write_shard(path: Path, examples: Iterable[bytes]) -> int:
+    """Writes serialized examples to `path` atomically; returns how many."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    count = 0
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for example in examples:
+                writer.write(example)
+                count += 1
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return count
+
+
+def load_manifest(data_dir: str | Path) -> dict[str, Any]:
+    """Reads and checks `manifest.json` and the presence and size of every shard.
+
+    Raises:
+        UserError: no manifest, an unreadable one, or a missing or truncated shard.
+    """
+    data_dir = Path(data_dir)
+    path = data_dir / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{data_dir} has no {MANIFEST}; create it with `python cli.py convert`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is unreadable: {err}") from err
+    for key in ("image_size", "splits", "shards"):
+        if key not in manifest:
+            raise UserError(f"{path} lacks {key!r}; re-run convert")
+    for split, info in manifest["splits"].items():
+        for name in info["files"]:
+            shard = data_dir / name
+            if not shard.is_file():
+                raise UserError(f"shard {shard} listed in the manifest is missing")
+            expected = manifest["shards"][name]["bytes"]
+            if shard.stat().st_size != expected:
+                raise UserError(
+                    f"shard {shard} is corrupt: {shard.stat().st_size} bytes, "
+                    f"manifest says {expected} (split {split})"
+                )
+    return manifest
+
+
+def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
+    """Reads every example of a split eagerly (small data, tests, evaluation).
+
+    Returns:
+        One dict per example with numpy/python values; boxes as (N, 4) float32.
+
+    Raises:
+        UserError: unknown split, missing or corrupt shard, or a count that
+            differs from the manifest.
+    """
+    data_dir = Path(data_dir)
+    manifest = load_manifest(data_dir)
+    if split not in manifest["splits"]:
+        raise UserError(f"unknown split {split!r}; known: {', '.join(manifest['splits'])}")
+    info = manifest["splits"][split]
+    files = [str(data_dir / name) for name in info["files"]]
+    records = []
+    try:
+        for serialized in tf.data.TFRecordDataset(files):
+            parsed = parse_example(serialized)
+            records.append(
+                {
+                    "png": parsed["image/encoded"].numpy(),
+                    "patient_id": parsed["image/patient_id"].numpy().decode(),
+                    "label": int(parsed["image/label"].numpy()),
+                    "boxes": parsed["image/boxes"].numpy(),
+                    "view": parsed["image/view"].numpy().decode(),
+                    "class": parsed["image/class"].numpy().decode(),
+                }
+            )
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+        raise UserError(
+            f"a shard of split {split!r} in {data_dir} is corrupt: {err.message.splitlines()[0]}"
+        ) from err
+    if len(records) != info["count"]:
+        raise UserError(
+            f"split {split!r} has {len(records)} examples; manifest says {info['count']}"
+        )
+    return records

@@ -1,0 +1,252 @@
+import csv
+import filecmp
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from pneumokeras import tfrecords
+from pneumokeras.convert import STATE_DIR, convert
+from pneumokeras.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_convert(synth_dir, out, **kwargs):
+    args = dict(
+        images_dir=synth_dir / "stage_2_train_images",
+        labels_csv=synth_dir / "stage_2_train_labels.csv",
+        out_dir=out,
+        class_info_csv=synth_dir / "stage_2_detailed_class_info.csv",
+        size=32,
+        workers=0,
+        shard_size=16,
+        progress=False,
+    )
+    args.update(kwargs)
+    return convert(**args)
+
+
+def _tree(folder):
+    return sorted(p.name for p in Path(folder).iterdir())
+
+
+def _assert_identical(a, b):
+    assert _tree(a) == _tree(b)
+    for name in _tree(a):
+        assert filecmp.cmp(Path(a) / name, Path(b) / name, shallow=False), name
+
+
+def test_manifest_splits_patients_and_class_weights(converted_dir, synth_dir):
+    manifest = tfrecords.load_manifest(converted_dir)
+    counts = {s: manifest["splits"][s]["count"] for s in ("train", "val", "test")}
+    assert sum(counts.values()) == 80
+    ids = {s: {r["patient_id"] for r in tfrecords.read_split(converted_dir, s)} for s in counts}
+    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
+    assert len(ids["train"] | ids["val"] | ids["test"]) == 80
+    train = tfrecords.read_split(converted_dir, "train")
+    n, pos = len(train), sum(r["label"] for r in train)
+    assert manifest["class_weights"] == pytest.approx(
+        {"0": n / (2 * (n - pos)), "1": n / (2 * pos)}
+    )
+    assert set(manifest["folds"]) == ids["train"] | ids["val"]
+    assert manifest["image_size"] == 64 and manifest["skipped"] == 0
+    assert not (converted_dir / STATE_DIR).exists()
+
+
+def test_records_carry_boxes_view_class_and_no_other_phi(converted_dir, synth_dir):
+    labels = {}
+    with open(synth_dir / "stage_2_train_labels.csv") as handle:
+        for row in csv.DictReader(handle):
+            labels.setdefault(row["patientId"], []).append(row)
+    for record in tfrecords.read_split(converted_dir, "train"):
+        rows = labels[record["patient_id"]]
+        assert record["label"] == int(rows[0]["Target"])
+        assert record["view"] in ("AP", "PA")
+        if record["label"]:
+            assert record["class"] == "Lung Opacity"
+            expected = np.array(
+                [[float(r[k]) / 128 for k in ("x", "y", "width", "height")] for r in rows]
+            )
+            np.testing.assert_allclose(record["boxes"], expected, rtol=1e-5)
+        else:
+            assert record["boxes"].shape == (0, 4)
+    example = next(
+        iter(
+            __import__("tensorflow").data.TFRecordDataset(
+                [
+                    str(
+                        converted_dir
+                        / tfrecords.load_manifest(converted_dir)["splits"]["train"]["files"][0]
+                    )
+                ]
+            )
+        )
+    )
+    import tensorflow as tf
+
+    keys = set(tf.train.Example.FromString(example.numpy()).features.feature)
+    assert keys == set(tfrecords.FEATURES)
+
+
+def test_deterministic_and_independent_of_workers(synth_dir, tmp_path):
+    _run_convert(synth_dir, tmp_path / "a", limit=40)
+    _run_convert(synth_dir, tmp_path / "b", limit=40, workers=2)
+    _assert_identical(tmp_path / "a", tmp_path / "b")
+
+
+def test_mixed_folder_skips_bad_files_with_reasons(synth_dir, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(synth_dir / "stage_2_train_images", images)
+    good = sorted(images.glob("*.dcm"))
+    labels = tmp_path / "labels.csv"
+    shutil.copy(synth_dir / "stage_2_train_labels.csv", labels)
+    # Replace four patients' files with bad ones; they keep their label rows.
+    bad = {
+        good[0].stem: ("truncated", good[0].read_bytes()[: len(good[0].read_bytes()) // 2]),
+        good[1].stem: ("colour", Path(get_testdata_file("ExplVR_BigEnd.dcm")).read_bytes()),
+        good[2].stem: (
+            "multi-frame",
+            Path(get_testdata_file("SC_rgb_rle_2frame.dcm")).read_bytes(),
+        ),
+        good[3].stem: ("not DICOM", b"this is a text file\n"),
+    }
+    for stem, (_, data) in bad.items():
+        (images / f"{stem}.dcm").write_bytes(data)
+    (images / "notes.txt").write_text("not an image")
+    shutil.copy(good[4], images / "unlabelled-patient.dcm")
+    summary = convert(
+        images, labels, tmp_path / "out", size=32, workers=0, progress=False, shard_size=16
+    )
+    assert sum(summary.counts.values()) == 80 - 4
+    with open(tmp_path / "out" / "skipped.csv") as handle:
+        skipped = {row["patientId"]: row["reason"] for row in csv.DictReader(handle)}
+    assert "truncated" in skipped[good[0].stem]
+    assert "colour" in skipped[good[1].stem]
+    assert "multi-frame" in skipped[good[2].stem] or "colour" in skipped[good[2].stem]
+    assert "not a DICOM" in skipped[good[3].stem]
+    assert "not a DICOM" in skipped["notes"]
+    assert "without a label" in skipped["unlabelled-patient"]
+    assert summary.skipped == len(skipped) == 6
+
+
+def test_label_rows_without_dicom_are_listed(synth_dir, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(synth_dir / "stage_2_train_images", images)
+    missing = sorted(images.glob("*.dcm"))[5]
+    missing.unlink()
+    _run_convert(synth_dir, tmp_path / "out", images_dir=images)
+    text = (tmp_path / "out" / "skipped.csv").read_text()
+    assert f"{missing.stem},,label row without a DICOM file" in text
+
+
+def test_unusable_inputs(synth_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no DICOM files"):
+        _run_convert(synth_dir, tmp_path / "o", images_dir=tmp_path / "empty")
+    with pytest.raises(UserError, match="cannot read"):
+        _run_convert(synth_dir, tmp_path / "o", labels_csv=tmp_path / "missing.csv")
+    with pytest.raises(UserError, match="not a folder"):
+        _run_convert(synth_dir, tmp_path / "o", images_dir=tmp_path / "nope")
+
+
+def _cli(*args, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_kill_and_resume_is_byte_identical(synth_dir, tmp_path):
+    args = [
+        "convert",
+        "--images",
+        str(synth_dir / "stage_2_train_images"),
+        "--labels",
+        str(synth_dir / "stage_2_train_labels.csv"),
+        "--size",
+        "32",
+        "--workers",
+        "0",
+        "--shard-size",
+        "4",
+    ]
+    reference = _cli(*args, "--out", str(tmp_path / "ref"))
+    assert reference.wait(timeout=300) == 0, reference.communicate()[1]
+    reference.communicate()
+
+    out = tmp_path / "killed"
+    process = _cli(*args, "--out", str(out))
+    deadline = time.time() + 300
+    # Kill as soon as a few shards are finished, well before the end (20 shards).
+    while time.time() < deadline and len(list(out.glob("*.tfrecord"))) < 3:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert not (out / "manifest.json").exists()
+    finished = len(list(out.glob("*.tfrecord")))
+    assert 3 <= finished < 20
+
+    resumed = _cli(*args, "--out", str(out))
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    _assert_identical(tmp_path / "ref", out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(manifest["splits"][s]["count"] for s in ("train", "val", "test")) == 80
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    process = _cli(
+        "convert",
+        "--images",
+        str(tmp_path),
+        "--labels",
+        str(tmp_path / "x.csv"),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2
+    err = stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+
+
+def test_real_rsna_dicom_converts(shared_file, tmp_path):
+    dicom = shared_file("rsna_sample.dcm")
+    images = tmp_path / "images"
+    images.mkdir()
+    ds = pydicom.dcmread(dicom, stop_before_pixels=True)
+    shutil.copy(dicom, images / f"{ds.PatientID}.dcm")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"patientId,x,y,width,height,Target\n{ds.PatientID},100,200,300,400,1\n")
+    summary = convert(
+        images,
+        labels,
+        tmp_path / "out",
+        size=256,
+        val_fraction=0,
+        test_fraction=0,
+        workers=0,
+        progress=False,
+    )
+    assert summary.counts["train"] == 1
+    (record,) = tfrecords.read_split(tmp_path / "out", "train")
+    np.testing.assert_allclose(record["boxes"], [[100 / 1024, 200 / 1024, 300 / 1024, 400 / 1024]])
+    assert record["view"] == "PA"
