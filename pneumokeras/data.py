@@ -242,6 +242,9 @@ def training_dataset(
         .prefetch(AUTOTUNE)
         .with_options(_options(deterministic))
     )
+    if config.data.sampling == "natural" and shard == (1, 0):
+        # Filters hide the length from tf.data; Keras needs it to size epochs.
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
     return dataset, steps
 
 
@@ -266,9 +269,17 @@ def evaluation_dataset(
         raise UserError(f"unknown split {split!r}; known: {', '.join(manifest['splits'])}")
     size = config.data.image_size
     records = _records(data_dir, manifest, split, fold, (1, 0), deterministic=True, sequential=True)
+    if fold is None:
+        count = int(manifest["splits"][split]["count"])
+    else:
+        count = sum(1 for f in manifest["folds"].values() if (f == fold) == (split == "val"))
+    batch = config.data.batch_size
+    batches = count // batch if drop_remainder else -(-count // batch)
     return (
         records.map(lambda e: decode(e, size), num_parallel_calls=AUTOTUNE)
         .map(lambda d: (d["image"], d["label"]))
-        .batch(config.data.batch_size, drop_remainder=drop_remainder)
+        .batch(batch, drop_remainder=drop_remainder)
         .prefetch(AUTOTUNE)
+        # Filters hide the length from tf.data; Keras needs it to size the loop.
+        .apply(tf.data.experimental.assert_cardinality(batches))
     )
