@@ -6,6 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from pneumokeras import environment
+
+# One JAX compilation cache for the whole run (subprocesses included), so each
+# model shape is compiled once per test run instead of once per process.
+environment.set_defaults(
+    jax_cache_dir=Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation"
+)
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

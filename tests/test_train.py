@@ -1,0 +1,182 @@
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from pneumokeras import data, train
+from pneumokeras.config import load_config
+from pneumokeras.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.image_size=64",
+    "data.batch_size=8",
+    "model.filters=8",
+    "train.learning_rate=3e-3",
+    "train.distribute=none",
+]
+
+
+def _config(*overrides):
+    return load_config(None, [*TINY, *overrides])
+
+
+def _history(run_dir):
+    with open(Path(run_dir) / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_short_training_lowers_the_loss_and_writes_the_run(converted_dir, tmp_path):
+    config = _config(
+        "train.epochs=4",
+        "augment.rotation_degrees=0",
+        "augment.flip=false",
+        "augment.brightness=0",
+        "augment.contrast=0",
+    )
+    summary = train.train(converted_dir, tmp_path / "run", config, verbose=0)
+    rows = _history(tmp_path / "run")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert {"auc", "precision", "recall", "accuracy", "val_auc", "learning_rate"} <= set(rows[0])
+    # Cosine decay: the learning rate falls over the run.
+    assert float(rows[-1]["learning_rate"]) < float(rows[0]["learning_rate"])
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["class_names"] == ["normal", "pneumonia"]
+    assert meta["input_size"] == 64 and meta["backend"] == keras.backend.backend()
+    assert meta["best_epoch"] == summary.best_epoch
+    assert meta["validation"]["auc"] == pytest.approx(summary.best_val_auc)
+    assert meta["gradcam_layer"] == "stack4_block2_out"
+    assert (tmp_path / "run" / "model.keras").is_file()
+    assert any((tmp_path / "run" / "logs").rglob("*"))
+    assert not (tmp_path / "run" / "backup").exists()
+
+
+def _predict_in_fresh_process(model_path, images_path, backend):
+    code = (
+        "import sys, numpy as np, keras\n"
+        "m = keras.saving.load_model(sys.argv[1])\n"
+        "np.save(sys.argv[3], np.asarray(m.predict(np.load(sys.argv[2]), verbose=0)))\n"
+        "assert 'pneumokeras' not in sys.modules\n"
+    )
+    out = Path(images_path).with_suffix(f".{backend}.npy")
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(model_path), str(images_path), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd="/",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return np.load(out)
+
+
+def test_saved_model_predicts_the_same_under_both_backends(converted_dir, tmp_path):
+    config = _config("train.epochs=1")
+    train.train(converted_dir, tmp_path / "run", config, verbose=0)
+    images = np.concatenate(
+        [x.numpy() for x, _ in data.evaluation_dataset(converted_dir, "test", config)]
+    )
+    np.save(tmp_path / "images.npy", images)
+    here = keras.saving.load_model(tmp_path / "run" / "model.keras").predict(images, verbose=0)
+    for backend in ("tensorflow", "jax"):
+        there = _predict_in_fresh_process(
+            tmp_path / "run" / "model.keras", tmp_path / "images.npy", backend
+        )
+        np.testing.assert_allclose(there, np.asarray(here), atol=1e-4)
+
+
+def test_clear_errors(converted_dir, tmp_path):
+    with pytest.raises(UserError, match="no manifest.json"):
+        train.train(tmp_path, tmp_path / "run", _config())
+    with pytest.raises(UserError, match="data.image_size is 96"):
+        train.train(converted_dir, tmp_path / "run", _config("data.image_size=96"))
+    broken = tmp_path / "broken"
+    shutil.copytree(converted_dir, broken)
+    next(broken.glob("train-*.tfrecord")).unlink()
+    with pytest.raises(UserError, match="missing"):
+        train.train(broken, tmp_path / "run", _config())
+
+
+def test_fold_training_and_focal_loss(converted_dir, tmp_path):
+    config = _config("train.epochs=1", "train.loss=focal", "train.warmup_epochs=0.5")
+    summary = train.train(converted_dir, tmp_path / "run", config, fold=2, verbose=0)
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["fold"] == 2 and summary.epochs_run == 1
+
+
+def _cli_train(converted_dir, run_dir, *extra, env=None):
+    args = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "train",
+        "--data",
+        str(converted_dir),
+        "--out",
+        str(run_dir),
+        *[a for o in TINY for a in ("--set", o)],
+        *extra,
+    ]
+    return subprocess.Popen(
+        args,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_resume_after_kill(converted_dir, tmp_path):
+    run = tmp_path / "run"
+    extra = ("--set", "train.epochs=3")
+    process = _cli_train(converted_dir, run, *extra)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        if (run / "history.csv").is_file() and len(_history(run)) >= 1:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    done_before = len(_history(run))
+    assert done_before < 3, "finished before it could be killed"
+    resumed = _cli_train(converted_dir, run, *extra)
+    _, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-2000:]
+    epochs = [int(r["epoch"]) for r in _history(run)]
+    assert epochs == [0, 1, 2]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX data parallelism")
+def test_data_parallel_on_two_jax_devices(converted_dir, tmp_path):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "KERAS_BACKEND": "jax"}
+    process = _cli_train(
+        converted_dir,
+        tmp_path / "run",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.distribute=auto",
+        env=env,
+    )
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["devices"] == 2
+
+
+def test_cli_unknown_setting_is_one_line(tmp_path):
+    process = _cli_train(tmp_path, tmp_path / "run", "--set", "no.such_key=1")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert stderr.strip().splitlines() == [stderr.strip()] and "no.such_key" in stderr
