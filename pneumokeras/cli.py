@@ -15,9 +15,10 @@ from pathlib import Path
 
 import click
 
-# Quiet TensorFlow's C++ start-up logging before anything imports it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from pneumokeras import environment
+
+# Before anything imports TensorFlow, JAX or Keras.
+environment.set_defaults()
 
 _DEBUG = False
 
@@ -161,6 +162,291 @@ def convert(
         )
 
 
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its unsilenceable C++ start-up lines sent to /dev/null.
+
+    TensorFlow 2.21 prints absl/CUDA-probe lines on stderr at import whatever
+    TF_CPP_MIN_LOG_LEVEL says; they would bury our one-line errors. `--debug`
+    keeps them.
+    """
+    if _DEBUG or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@cli.command(
+    epilog=_example(
+        "KERAS_BACKEND=jax python cli.py train --data tfrecords/demo --out runs/demo \\",
+        "  --config configs/demo.yaml --set train.epochs=3",
+    )
+)
+@click.option("--data", "data_dir", required=True, type=click.Path(), help="Converted folder.")
+@click.option(
+    "--out",
+    "run_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run folder (model.keras, model.json, history.csv, logs/).",
+)
+@_settings_options
+@click.option("--fold", type=int, default=None, help="Hold out this fold (convert --folds K).")
+def train(data_dir, run_dir, config_path, overrides, fold) -> None:
+    """Train the classifier; a rerun resumes a killed run."""
+    config = _load_config(config_path, overrides)
+    _import_tensorflow_quietly()
+    from pneumokeras.train import train as run_train
+
+    click.echo(
+        f"training {config.model.name} under Keras {os.environ['KERAS_BACKEND']} backend", err=True
+    )
+    summary = run_train(data_dir, run_dir, config, fold=fold)
+    click.echo(
+        f"best epoch {summary.best_epoch + 1}: validation ROC-AUC "
+        f"{summary.best_val_auc:.3f}; model in {summary.run_dir / 'model.keras'} "
+        f"({summary.seconds:.0f} s, {summary.backend})"
+    )
+
+
+@cli.command(
+    epilog=_example(
+        "python cli.py evaluate --model runs/demo/model.keras --data tfrecords/demo \\",
+        "  --split test --out runs/demo/eval",
+    )
+)
+@click.option("--model", "model_path", required=True, type=click.Path(), help="model.keras.")
+@click.option("--data", "data_dir", required=True, type=click.Path(), help="Converted folder.")
+@click.option("--split", default="test", show_default=True, help="Split to evaluate.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for metrics.json, plots and report.md.",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="Decision threshold (default: chosen on the validation split).",
+)
+@_settings_options
+def evaluate(model_path, data_dir, split, out_dir, threshold, config_path, overrides) -> None:
+    """Clinical metrics with 95 % CIs, calibration, plots."""
+    config = _load_config(config_path, overrides)
+    _import_tensorflow_quietly()
+    from pneumokeras.evaluate import evaluate_run
+
+    metrics = evaluate_run(model_path, data_dir, out_dir, config, split=split, threshold=threshold)
+    click.echo(_metrics_line(metrics) + f"; report in {Path(out_dir) / 'report.md'}")
+
+
+def _metrics_line(metrics: dict) -> str:
+    values = metrics.get("metrics", metrics)
+
+    def get(name: str) -> str:
+        entry = values.get(name)
+        value = entry.get("value") if isinstance(entry, dict) else entry
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return (
+        f"ROC-AUC {get('roc_auc')}, sensitivity {get('recall')}, specificity {get('specificity')}"
+    )
+
+
+@cli.command(
+    epilog=_example(
+        "python cli.py predict --model runs/demo/model.keras scans/ --out predictions.csv",
+    )
+)
+@click.option("--model", "model_path", required=True, type=click.Path(), help="model.keras.")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write predictions here (default: print to stdout).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option(
+    "--tta",
+    default=0,
+    show_default=True,
+    help="Test-time augmentations per image (mean and spread).",
+)
+def predict(model_path, inputs, out_path, fmt, batch_size, tta) -> None:
+    """Predict pneumonia on DICOM, PNG or JPEG files and folders."""
+    _import_tensorflow_quietly()
+    from pneumokeras.predict import format_rows, predict_files
+
+    rows = predict_files(
+        model_path, list(inputs), out_path=out_path, fmt=fmt, batch_size=batch_size, tta=tta
+    )
+    failed = sum(1 for row in rows if row.get("error"))
+    if out_path is None:
+        click.echo(format_rows(rows, fmt), nl=False)
+    click.echo(
+        f"predicted {len(rows) - failed} file(s)"
+        + (f", {failed} unreadable (see the error column)" if failed else "")
+        + (f"; wrote {out_path}" if out_path else ""),
+        err=True,
+    )
+
+
+def _force_tensorflow_backend() -> None:
+    """explain needs tf.GradientTape (tf-keras-vis): pick TensorFlow before keras loads."""
+    asked = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if asked != "tensorflow":
+        click.echo(
+            f"note: explain runs under the TensorFlow backend (tf-keras-vis needs "
+            f"tf.GradientTape); KERAS_BACKEND={asked} is ignored here",
+            err=True,
+        )
+    if "keras" in sys.modules and sys.modules["keras"].backend.backend() != "tensorflow":
+        raise RuntimeError("keras was already imported with another backend")
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
+@cli.command(
+    epilog=_example(
+        "python cli.py explain --model runs/demo/model.keras --data tfrecords/demo \\",
+        "  --split test --limit 16 --out runs/demo/explain",
+    )
+)
+@click.option("--model", "model_path", required=True, type=click.Path(), help="model.keras.")
+@click.argument("files", nargs=-1, type=click.Path())
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(),
+    default=None,
+    help="Converted folder (instead of FILES).",
+)
+@click.option("--split", default="test", show_default=True)
+@click.option("--limit", type=int, default=None, help="At most N images from --data.")
+@click.option("--positives-only", is_flag=True, help="Only label-1 images from --data.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--method",
+    type=click.Choice(["gradcam", "gradcam++", "scorecam"]),
+    default=None,
+    help="Default: explain.method of the settings (gradcam).",
+)
+@click.option("--layer", default=None, help="Target layer (default: last convolutional stage).")
+@click.option(
+    "--class",
+    "target_class",
+    type=click.Choice(["pneumonia", "normal", "predicted"]),
+    default=None,
+    help="Class to explain (default: pneumonia).",
+)
+@_settings_options
+def explain(
+    model_path,
+    files,
+    data_dir,
+    split,
+    limit,
+    positives_only,
+    out_dir,
+    method,
+    layer,
+    target_class,
+    config_path,
+    overrides,
+) -> None:
+    """Grad-CAM heatmaps, scored against RSNA boxes."""
+    if bool(files) == bool(data_dir):
+        raise click.UsageError("give either FILES or --data")
+    extra = [
+        f"explain.{k}={v}"
+        for k, v in (("method", method), ("layer", layer), ("target_class", target_class))
+        if v is not None
+    ]
+    config = _load_config(config_path, (*overrides, *extra))
+    _force_tensorflow_backend()
+    _import_tensorflow_quietly()
+    from pneumokeras.explain import explain_run
+
+    summary = explain_run(
+        model_path,
+        out_dir,
+        config,
+        files=list(files) or None,
+        data_dir=data_dir,
+        split=split,
+        limit=limit,
+        only_positives=positives_only,
+    )
+    click.echo(_explain_line(summary) + f"; overlays in {out_dir}")
+
+
+def _explain_line(summary: dict) -> str:
+    line = f"explained {summary.get('count', 0)} image(s)"
+    if summary.get("pointing_game") is not None:
+        line += (
+            f"; pointing game {summary['pointing_game']:.2f}, energy in boxes "
+            f"{summary['energy_in_boxes']:.2f} over {summary.get('positives_with_boxes')} "
+            "positives"
+        )
+    return line
+
+
+@cli.command(epilog=_example("python cli.py demo --out demo_output"))
+@click.option(
+    "--out",
+    "out_dir",
+    default="demo_output",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for every stage's output (replaced).",
+)
+@click.option("--patients", default=600, show_default=True, help="Synthetic patients.")
+@click.option("--size", default=512, show_default=True, help="Synthetic DICOM side, pixels.")
+@click.option("--seed", default=0, show_default=True, help="Data seed.")
+@click.option("--workers", type=int, default=None, help=WORKERS_HELP)
+@_settings_options
+def demo(out_dir, patients, size, seed, workers, config_path, overrides) -> None:
+    """Run synth → convert → train → evaluate → explain on synthetic data."""
+    config = _load_config(config_path or _DEMO_CONFIG, overrides)
+    _import_tensorflow_quietly()
+    from pneumokeras.demo import run_demo
+
+    summary = run_demo(
+        out_dir,
+        config,
+        patients=patients,
+        size=size,
+        seed=seed,
+        workers=workers,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    pointing = "n/a" if summary.pointing_game is None else f"{summary.pointing_game:.2f}"
+    click.echo(
+        f"\ndemo finished in {summary.seconds / 60:.1f} min on synthetic data\n"
+        f"  test ROC-AUC     {summary.test_roc_auc:.3f}\n"
+        f"  sensitivity      {summary.sensitivity:.3f}\n"
+        f"  specificity      {summary.specificity:.3f}\n"
+        f"  pointing game    {pointing} (Grad-CAM maximum inside a box, test positives)\n"
+        f"  report           {summary.report}\n"
+        f"  overlays         {summary.overlays}"
+    )
+
+
+_DEMO_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors → one line on stderr, exit 2; failures → exit 1."""
     from pneumokeras.errors import UserError
@@ -196,3 +482,7 @@ def main(argv: list[str] | None = None) -> None:
             "(run with --debug for the traceback)",
             1,
         )
+
+
+if __name__ == "__main__":
+    main()

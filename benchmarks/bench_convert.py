@@ -1,0 +1,210 @@
+"""Benchmark: RSNA-sized DICOMs → TFRecords, against a naive converter and the decode floor.
+
+Generates N RSNA-sized DICOMs (1024 px, JPEG Baseline) with `synth`, then times in
+one run:
+  (a) naive: pydicom `pixel_array`, Pillow resize, PNG at the default level, one process;
+  (b) `convert` with one worker process;
+  (c) `convert` with all cores;
+  (d) decode floor: Pillow decoding every encapsulated JPEG frame, one process.
+With `--full-rsna`, (e) converts 26,684 patients (the files linked repeatedly, as
+many as RSNA has) with all cores and samples the resident memory of the parent
+process during the run, to show that memory stays flat.
+
+Writes JSON (default benchmarks/out/bench_convert.json) and prints a Markdown table.
+
+    python benchmarks/bench_convert.py --images 2000 [--full-rsna]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pneumokeras.convert import convert  # noqa: E402
+from pneumokeras.fileio import atomic_write_json  # noqa: E402
+from pneumokeras.synth import generate  # noqa: E402
+
+RSNA_PATIENTS = 26_684
+
+
+def naive_convert(files: list[Path], size: int) -> None:
+    """(a): what a first script would do, one process."""
+    for path in files:
+        pixels = pydicom.dcmread(path).pixel_array
+        image = Image.fromarray(pixels).resize((size, size))
+        image.save(io.BytesIO(), format="PNG")
+
+
+def decode_floor(files: list[Path]) -> None:
+    """(d): only decode each encapsulated JPEG frame at full size, one process."""
+    for path in files:
+        ds = pydicom.dcmread(path)
+        frame = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
+        Image.open(io.BytesIO(frame)).load()
+
+
+def timed(func, *args, **kwargs) -> float:
+    start = time.perf_counter()
+    func(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+def rss_mib() -> float:
+    """Resident set size of this process now, MiB."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class RssSampler(threading.Thread):
+    """Samples this process's RSS every `interval` seconds."""
+
+    def __init__(self, interval: float = 0.5):
+        super().__init__(daemon=True)
+        self.interval, self.samples, self._stop_event = interval, [], threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.samples.append(rss_mib())
+            time.sleep(self.interval)
+
+    def stop(self) -> list[float]:
+        self._stop_event.set()
+        self.join()
+        return self.samples
+
+
+def link_full_rsna(synth_dir: Path, target: Path, patients: int) -> None:
+    """Builds an RSNA-sized folder by hard-linking the synthetic files repeatedly."""
+    images = target / "stage_2_train_images"
+    images.mkdir(parents=True)
+    rows = (synth_dir / "stage_2_train_labels.csv").read_text().splitlines()
+    by_patient: dict[str, list[str]] = {}
+    for row in rows[1:]:
+        by_patient.setdefault(row.split(",")[0], []).append(row)
+    sources = sorted(by_patient)
+    out_rows = [rows[0]]
+    for index in range(patients):
+        source = sources[index % len(sources)]
+        patient = f"{index:08d}-{source[9:]}"
+        os.link(synth_dir / "stage_2_train_images" / f"{source}.dcm", images / f"{patient}.dcm")
+        out_rows += [patient + row[len(source):] for row in by_patient[source]]
+    (target / "stage_2_train_labels.csv").write_text("\n".join(out_rows) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000, help="RSNA-sized DICOMs to generate")
+    parser.add_argument("--size", type=int, default=256, help="stored image side, px")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep generated data here")
+    parser.add_argument("--full-rsna", action="store_true", help="also run (e): 26,684 patients")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/out/bench_convert.json")
+    args = parser.parse_args()
+
+    cores = os.cpu_count() or 1
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_convert_"))
+    synth_dir = workdir / "synth"
+    if not (synth_dir / "stage_2_train_labels.csv").is_file():
+        print(f"generating {args.images} RSNA-sized DICOMs in {synth_dir} ...", flush=True)
+        generate(synth_dir, patients=args.images, size=1024, seed=0, workers=None, progress=True)
+    files = sorted((synth_dir / "stage_2_train_images").glob("*.dcm"))[: args.images]
+    n = len(files)
+    labels = synth_dir / "stage_2_train_labels.csv"
+
+    def ours(workers: int) -> float:
+        out = workdir / f"out_{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        seconds = timed(convert, synth_dir / "stage_2_train_images", labels, out,
+                        size=args.size, workers=workers, progress=False)
+        shutil.rmtree(out)
+        return seconds
+
+    # Warm the page cache so every variant reads from memory.
+    for path in files:
+        path.read_bytes()
+    results = {
+        "naive": timed(naive_convert, files, args.size),
+        "ours_1_worker": ours(1),
+        f"ours_{cores}_workers": ours(cores),
+        "decode_floor": timed(decode_floor, files),
+    }
+    rate = {k: n / v for k, v in results.items()}
+    report = {
+        "machine": {"cores": cores, "cpu": platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
+        "images": n,
+        "stored_size": args.size,
+        "seconds": results,
+        "images_per_second": rate,
+        "ms_per_image": {k: 1000 * v / n for k, v in results.items()},
+        "ratios": {
+            "all_cores_vs_naive": rate[f"ours_{cores}_workers"] / rate["naive"],
+            "one_worker_per_image_vs_decode_floor": results["ours_1_worker"]
+            / results["decode_floor"],
+        },
+        "targets": {"all_cores_vs_naive_min": 4.0, "one_worker_vs_floor_max": 1.5},
+    }
+    if args.full_rsna:
+        full = workdir / "full_rsna"
+        shutil.rmtree(full, ignore_errors=True)
+        link_full_rsna(synth_dir, full, RSNA_PATIENTS)
+        sampler = RssSampler()
+        sampler.start()
+        seconds = timed(convert, full / "stage_2_train_images", full / "stage_2_train_labels.csv",
+                        full / "out", size=args.size, workers=cores, progress=False)
+        samples = sampler.stop()
+        quarter = samples[len(samples) // 4 :]
+        report["full_rsna"] = {
+            "patients": RSNA_PATIENTS,
+            "seconds": seconds,
+            "images_per_second": RSNA_PATIENTS / seconds,
+            "parent_rss_mib": {"peak": max(samples), "at_25_percent": quarter[0],
+                               "at_end": samples[-1]},
+            "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        }
+        shutil.rmtree(full)
+    atomic_write_json(args.out, report)
+
+    print(f"\n{n} RSNA-sized DICOMs (1024 px JPEG Baseline) → {args.size} px PNG TFRecords, "
+          f"{cores} cores\n")
+    print("| variant | images/s | ms/image |\n|---|---:|---:|")
+    names = {"naive": "(a) naive: pydicom pixel_array + Pillow resize + PNG default, 1 process",
+             "ours_1_worker": "(b) convert, 1 worker",
+             f"ours_{cores}_workers": f"(c) convert, {cores} workers",
+             "decode_floor": "(d) decode floor: Pillow JPEG decode only, 1 process"}
+    for key, label in names.items():
+        print(f"| {label} | {rate[key]:.1f} | {1000 * results[key] / n:.2f} |")
+    ratios = report["ratios"]
+    print(f"\n(c)/(a) = {ratios['all_cores_vs_naive']:.2f}× (target ≥ 4); "
+          f"(b) per image / (d) = {ratios['one_worker_per_image_vs_decode_floor']:.2f} "
+          "(target ≤ 1.5)")
+    if "full_rsna" in report:
+        full = report["full_rsna"]
+        print(f"full RSNA size: {full['patients']} patients in {full['seconds']:.0f} s "
+              f"({full['images_per_second']:.0f} img/s); parent RSS peak "
+              f"{full['parent_rss_mib']['peak']:.0f} MiB (25 %: "
+              f"{full['parent_rss_mib']['at_25_percent']:.0f}, end: "
+              f"{full['parent_rss_mib']['at_end']:.0f}); worker peak "
+              f"{full['worker_peak_rss_mib']:.0f} MiB")
+    print(f"\nJSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
