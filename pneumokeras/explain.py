@@ -33,7 +33,7 @@ import io
 import math
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,12 +192,32 @@ def _quiet_predict() -> Iterator[None]:
             keras.utils.enable_interactive_logging()
 
 
+def log_odds_score(indices: Sequence[int] | np.ndarray) -> Callable[[Any], Any]:
+    """tf-keras-vis score: the target class's logit minus the other class's.
+
+    A 2-way softmax depends only on the difference of its two logits, so a shift
+    common to both (evidence for "an X-ray", not for either class) changes no
+    prediction; differentiating one logit alone would still spread heat over it.
+    The difference is the log-odds of the target class, which Grad-CAM explains.
+
+    Args:
+        indices: `(N,)` target class per image, 0 or 1.
+    """
+    signs = np.where(np.eye(2, dtype=np.float32)[np.asarray(indices, dtype=int)] > 0, 1.0, -1.0)
+
+    def score(output: Any) -> Any:
+        return keras.ops.sum(output * signs.astype(np.float32), axis=-1)
+
+    return score
+
+
 class HeatmapExplainer:
     """Class activation maps of one model, method and target layer (tf-keras-vis).
 
     The model is cloned once with its output softmax replaced by a linear
     activation (`ReplaceToLinear`): Grad-CAM and Grad-CAM++ then differentiate the
-    class logit, as in the papers, instead of a saturating probability, and
+    class's log-odds (its logit minus the other class's, see `log_odds_score`)
+    instead of a saturating probability, and
     Score-CAM, which applies a softmax to the model outputs itself, scores masked
     inputs by the class probability. The original model is left untouched.
 
@@ -273,7 +293,10 @@ class HeatmapExplainer:
             "expand_cam": False,
             "normalize_cam": False,
         }
-        score = CategoricalScore([int(i) for i in indices])
+        if self.method == "scorecam" or self.num_classes != 2:
+            score: Any = CategoricalScore([int(i) for i in indices])
+        else:
+            score = log_odds_score(indices)
         if self.method == "scorecam":
             kwargs["batch_size"] = _SCORECAM_PREDICT_BATCH
             with _quiet_predict():
