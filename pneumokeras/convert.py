@@ -119,6 +119,14 @@ class _Mapper:
             self._pool.join()
 
 
+def _class_weights_or_none(labels: Iterable[int]) -> dict[str, float] | None:
+    """Manifest class weights; None when a class is absent (train then refuses)."""
+    try:
+        return {str(c): w for c, w in rsna.class_weights(labels).items()}
+    except UserError:
+        return None
+
+
 def list_dicoms(images_dir: Path) -> list[Path]:
     """Every regular, non-hidden file in `images_dir` (sorted); non-DICOMs get skipped."""
     if not images_dir.is_dir():
@@ -338,22 +346,16 @@ def convert(
         }
     train_count = split_info["train"]["count"]
     train_pos = split_info["train"]["positives"]
-    weights = rsna.class_weights([1] * train_pos + [0] * (train_count - train_pos))
+    weights = _class_weights_or_none([1] * train_pos + [0] * (train_count - train_pos))
     converted = {p for _, _, patients in layout for p in patients} - {
         row[0] for stats in shard_stats.values() for row in stats["skipped"]
     }
     fold_of = {p: f for p, f in fold_of.items() if p in converted}
     # Class weights for training with fold k held out: from the other folds' labels.
     fold_weights = [
-        {
-            str(c): w
-            for c, w in rsna.class_weights(
-                records[p].label for p, f in fold_of.items() if f != k
-            ).items()
-        }
+        _class_weights_or_none(records[p].label for p, f in fold_of.items() if f != k)
         for k in range(folds)
     ]
-
     manifest = {
         "format": "pneumokeras-tfrecords-1",
         "source": str(images_dir.resolve().name),
@@ -363,7 +365,7 @@ def convert(
         "shards": {
             n: {"count": s["count"], "bytes": s["bytes"]} for n, s in sorted(shard_stats.items())
         },
-        "class_weights": {str(k): v for k, v in weights.items()},
+        "class_weights": weights,
         "folds": fold_of,
         "num_folds": folds,
         "fold_class_weights": fold_weights,

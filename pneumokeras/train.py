@@ -281,6 +281,8 @@ def train(
     else:
         weights = manifest["fold_class_weights"][fold]
     use_weights = config.train.class_weighting and config.data.sampling == "natural"
+    if use_weights and weights is None:
+        raise UserError(f"the training data in {data_dir} lacks one class; nothing to learn")
     class_weight = {int(k): float(v) for k, v in weights.items()} if use_weights else None
 
     with scope:
