@@ -95,7 +95,9 @@ def make_metrics() -> list[keras.metrics.Metric]:
 
 def export_model(model: keras.Model) -> keras.Model:
     """The same layers as an uncompiled functional model (no optimizer, no metrics)."""
-    return keras.Model(model.inputs, model.outputs, name=model.name)
+    # `input`/`output` (not the lists) keep the single-tensor call signature, so
+    # callers passing one array get no structure warning.
+    return keras.Model(model.input, model.output, name=model.name)
 
 
 def save_model(model: keras.Model, path: Path) -> None:
