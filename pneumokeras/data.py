@@ -236,7 +236,10 @@ def training_dataset(
         .batch(batch, drop_remainder=drop_remainder or config.data.sampling == "balanced")
         .map(
             lambda b: (augmenter(b["image"]), b["label"]),
-            num_parallel_calls=AUTOTUNE,
+            # The Keras layers draw from a stateful seed generator: parallel calls
+            # would advance it in a racy order, so a deterministic run augments
+            # one batch at a time (the ops inside are still vectorised).
+            num_parallel_calls=None if deterministic else AUTOTUNE,
             deterministic=deterministic,
         )
         .prefetch(AUTOTUNE)
