@@ -239,8 +239,7 @@ def training_dataset(
             # The Keras layers draw from a stateful seed generator: parallel calls
             # would advance it in a racy order, so a deterministic run augments
             # one batch at a time (the ops inside are still vectorised).
-            num_parallel_calls=None if deterministic else AUTOTUNE,
-            deterministic=deterministic,
+            **({} if deterministic else {"num_parallel_calls": AUTOTUNE, "deterministic": False}),
         )
         .prefetch(AUTOTUNE)
         .with_options(_options(deterministic))
