@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from model_fixtures import contract_model
 from PIL import Image
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
@@ -43,25 +44,6 @@ FAST = from_dict({"evaluate": {"bootstrap": 10}, "data": {"batch_size": 8}})
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-def contract_model(size: int) -> keras.Model:
-    """A stand-in for ResNet18 with the same contract, in a handful of stock layers.
-
-    (None, S, S, 1) pixels in [0, 255] → (None, 2) float32 softmax. ResNet18 itself
-    is tested in test_resnet.py; under JAX its first build or load in a process
-    compiles one XLA kernel per weight shape (tens of seconds on a small CPU), which
-    would dominate these tests.
-    """
-    keras.utils.set_random_seed(0)
-    image = keras.Input((size, size, 1), name="image")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="pixel_rescaling")(image)
-    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(x)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = keras.layers.Dense(2, name="logits")(x)
-    outputs = keras.layers.Activation("softmax", dtype="float32", name="predictions")(x)
-    return keras.Model(image, outputs)
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +78,14 @@ def model_path(saved_model: Path, tmp_path: Path) -> Path:
     path = tmp_path / "run" / "model.keras"
     path.parent.mkdir()
     path.write_bytes(saved_model.read_bytes())
-    meta = {"class_names": ["normal", "pneumonia"], "input_size": SIZE, "threshold": 0.5,
-            "temperature": 1.0, "backend": "tensorflow", "validation": {"auc": 0.5}}
+    meta = {
+        "class_names": ["normal", "pneumonia"],
+        "input_size": SIZE,
+        "threshold": 0.5,
+        "temperature": 1.0,
+        "backend": "tensorflow",
+        "validation": {"auc": 0.5},
+    }
     (path.parent / "model.json").write_text(json.dumps(meta))
     return path
 
@@ -209,17 +197,22 @@ def _toy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _auc(labels, probs):
-    return {"roc_auc": roc_auc_score(labels, probs)} if len(set(labels)) == 2 else {
-        "roc_auc": math.nan
-    }
+    return (
+        {"roc_auc": roc_auc_score(labels, probs)}
+        if len(set(labels)) == 2
+        else {"roc_auc": math.nan}
+    )
 
 
 def test_bootstrap_interval_contains_the_point_estimate():
     labels, probs = _toy(60, seed=0)
     point = evaluate.classification_metrics(labels, probs, 0.5)
     cis = evaluate.bootstrap_ci(
-        lambda y, p: evaluate.classification_metrics(y, p, 0.5), labels, probs,
-        resamples=50, seed=0,
+        lambda y, p: evaluate.classification_metrics(y, p, 0.5),
+        labels,
+        probs,
+        resamples=50,
+        seed=0,
     )
     assert set(cis) == set(point)
     for name, value in point.items():
@@ -248,8 +241,12 @@ def test_bootstrap_resamples_patients_not_rows():
     # same statistics as resampling the deduplicated rows with the same draws.
     labels, probs = _toy(50, seed=2)
     doubled = evaluate.bootstrap_ci(
-        _auc, np.repeat(labels, 2), np.repeat(probs, 2), groups=np.repeat(np.arange(50), 2),
-        resamples=100, seed=3,
+        _auc,
+        np.repeat(labels, 2),
+        np.repeat(probs, 2),
+        groups=np.repeat(np.arange(50), 2),
+        resamples=100,
+        seed=3,
     )
     single = evaluate.bootstrap_ci(_auc, labels, probs, resamples=100, seed=3)
     assert doubled["roc_auc"].low == pytest.approx(single["roc_auc"].low)
@@ -354,8 +351,9 @@ def test_evaluate_run_writes_metrics_plots_report_and_model_json(dataset, model_
     # Same numbers as the model on the shards' own images, in read_split order.
     records = tfrecords.read_split(dataset, "test")
     images = np.stack([np.array(Image.open(io.BytesIO(r["png"]))) for r in records])
-    raw = keras.saving.load_model(model_path).predict(images[..., None].astype("float32"),
-                                                      verbose=0)[:, 1]
+    raw = keras.saving.load_model(model_path).predict(
+        images[..., None].astype("float32"), verbose=0
+    )[:, 1]
     expected = evaluate.classification_metrics(
         np.array([r["label"] for r in records]),
         evaluate.calibrate(raw, result["temperature"]),

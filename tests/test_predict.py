@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_fixtures import contract_model
 from PIL import Image
 
 from pneumokeras import evaluate, predict
@@ -31,28 +32,13 @@ from pneumokeras.errors import UserError
 from pneumokeras.synth import IMAGES_DIR, generate
 
 SIZE = 32
-META = {"class_names": ["normal", "pneumonia"], "input_size": SIZE, "threshold": 0.45,
-        "temperature": 1.7}
+META = {
+    "class_names": ["normal", "pneumonia"],
+    "input_size": SIZE,
+    "threshold": 0.45,
+    "temperature": 1.7,
+}
 REPO = Path(__file__).resolve().parents[1]
-
-
-def contract_model(size: int) -> keras.Model:
-    """A stand-in for ResNet18 with the same contract, in a handful of stock layers.
-
-    (None, S, S, 1) pixels in [0, 255] → (None, 2) float32 softmax. ResNet18 itself
-    is tested in test_resnet.py; under JAX its first build or load in a process
-    compiles one XLA kernel per weight shape (tens of seconds on a small CPU), which
-    would dominate these tests.
-    """
-    keras.utils.set_random_seed(0)
-    image = keras.Input((size, size, 1), name="image")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="pixel_rescaling")(image)
-    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(x)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = keras.layers.Dense(2, name="logits")(x)
-    outputs = keras.layers.Activation("softmax", dtype="float32", name="predictions")(x)
-    return keras.Model(image, outputs)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +149,12 @@ def test_rows_for_every_format_and_broken_files(model_path, dicoms, images, tmp_
     rows = predict.predict_files(model_path, inputs, out_path=out, batch_size=2)
 
     assert [Path(r["path"]).name for r in rows] == [
-        dicoms[0].name, "broken.dcm", "deep.png", "photo.JpEg", "wide.PNG", "broken.png"
+        dicoms[0].name,
+        "broken.dcm",
+        "deep.png",
+        "photo.JpEg",
+        "wide.PNG",
+        "broken.png",
     ]
     by_name = {Path(r["path"]).name: r for r in rows}
     assert by_name["broken.dcm"]["error"] == "not a DICOM file"
@@ -264,9 +255,19 @@ def test_other_app_prints_predicts_probability(model_path, images):
     )
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "examples" / "other_app.py"), str(model_path),
-         str(image)],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(REPO / "examples" / "other_app.py"),
+            str(model_path),
+            str(image),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     match = re.search(r"probability (\S+) label (\S+)", done.stdout)
