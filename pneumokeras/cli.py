@@ -70,6 +70,8 @@ def cli(debug: bool) -> None:
     """
     global _DEBUG
     _DEBUG = debug
+    if debug:
+        os.environ[environment.DEBUG_VARIABLE] = "1"  # library code reads it too
 
 
 @cli.command(
@@ -163,23 +165,8 @@ def convert(
 
 
 def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow with its unsilenceable C++ start-up lines sent to /dev/null.
-
-    TensorFlow 2.21 prints absl/CUDA-probe lines on stderr at import whatever
-    TF_CPP_MIN_LOG_LEVEL says; they would bury our one-line errors. `--debug`
-    keeps them.
-    """
-    if _DEBUG or "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    """TensorFlow without its C++ start-up lines, unless `--debug`."""
+    environment.import_tensorflow_quietly(keep_output=_DEBUG)
 
 
 @cli.command(

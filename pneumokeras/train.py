@@ -265,8 +265,8 @@ def train(
     data_lib.check_image_size(manifest, config, data_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    performance.configure_backend(config.train.precision)  # before anything runs on JAX
     keras.utils.set_random_seed(config.train.seed)
-    performance.configure_backend(config.train.precision)
     scope, devices = _distribution_scope(config)
     drop_remainder = devices > 1
     train_ds, steps = data_lib.training_dataset(
