@@ -1,0 +1,63 @@
+"""The train benchmark's own logic: table, argument checks, the pipeline worker."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
+bench_train = importlib.util.module_from_spec(spec)
+sys.modules["bench_train"] = bench_train  # dataclasses look their module up
+spec.loader.exec_module(bench_train)
+
+
+def _result(framework, backend, precision, rate):
+    return {
+        "framework": framework,
+        "backend": backend,
+        "precision": precision,
+        "img_per_s": rate,
+        "img_per_s_min": rate * 0.9,
+        "img_per_s_max": rate * 1.1,
+    }
+
+
+def test_table_compares_each_precision_with_pytorch():
+    results = [
+        _result("keras", "jax", "fp32", 8.0),
+        _result("keras", "tensorflow", "bf16", 6.0),
+        _result("torch", "torch", "fp32", 4.0),
+        _result("torch", "torch", "bf16", 3.0),
+    ]
+    pipeline = {"img_per_s": 400.0}
+    lines = bench_train.format_table(results, pipeline).splitlines()
+    assert lines[2].startswith("| Keras-jax | float32 | 8.00 |") and lines[2].endswith("| 2.00× |")
+    assert "| Keras-tensorflow | mixed_bfloat16 | 6.00 |" in lines[3] and "2.00×" in lines[3]
+    assert "| PyTorch | bf16 autocast |" in lines[5]
+    assert lines[6].startswith("| tf.data input pipeline") and "50× fastest step" in lines[6]
+
+
+def test_table_without_pytorch_says_so():
+    table = bench_train.format_table([_result("keras", "jax", "fp32", 8.0)])
+    assert table.splitlines()[-1].endswith("| n/a |")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--only", "tf,cuda"], "--only"), (["--precisions", "fp16"], "--precisions")],
+)
+def test_bad_arguments_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench_train._parser().parse_args(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_pipeline_worker_gives_augmented_batches(converted_dir):
+    step, settings = bench_train._pipeline_step(str(converted_dir), batch=4, size=64)
+    for _ in range(3):
+        step()
+    assert settings["steps_per_epoch"] >= 1
+    assert settings["augment"]["rotation_degrees"] == 10.0
