@@ -76,6 +76,7 @@ class DicomImage:
         view: ViewPosition tag ('AP', 'PA', ...), '' if absent.
         sex: PatientSex tag, '' if absent.
         age: PatientAge tag as written (e.g. '62' or '062Y'), '' if absent.
+        rows, columns: the stored image's height and width, pixels (before any resize).
     """
 
     pixels: np.ndarray
@@ -83,6 +84,8 @@ class DicomImage:
     view: str
     sex: str
     age: str
+    rows: int
+    columns: int
 
 
 def read_dicom(path: str | os.PathLike[str], size: int | None = None) -> DicomImage:
@@ -120,6 +123,8 @@ def read_dicom(path: str | os.PathLike[str], size: int | None = None) -> DicomIm
         view=_text(ds, "ViewPosition"),
         sex=_text(ds, "PatientSex"),
         age=_text(ds, "PatientAge"),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
     )
 
 

@@ -6,6 +6,9 @@ for a negative one; box units are pixels of the original (1024 px) image. The
 optional `stage_2_detailed_class_info.csv` adds one of three classes per row.
 
 Splits are by patient, never by file or box, so no patient is in two splits.
+
+scikit-learn is imported inside the functions that use it: convert's worker
+processes import this module and should start fast.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
-from sklearn.utils.class_weight import compute_class_weight
 
 from pneumokeras.errors import UserError
 
@@ -155,6 +156,8 @@ def _stratified_split(
     ids: list[str], strata: list[str], fraction: float, seed: int
 ) -> tuple[list[str], list[str]]:
     """Splits `ids` into (rest, held) with `fraction` held out, stratified when possible."""
+    from sklearn.model_selection import train_test_split
+
     if fraction <= 0 or not ids:
         return list(ids), []
     held = max(1, round(len(ids) * fraction))
@@ -212,6 +215,8 @@ def assign_folds(
     Raises:
         UserError: fewer than 2 folds, or a class with fewer members than folds.
     """
+    from sklearn.model_selection import StratifiedKFold
+
     ids = sorted(patient_ids)
     if folds < 2:
         raise UserError(f"--folds must be ≥ 2; got {folds}")
@@ -236,6 +241,8 @@ def class_weights(labels: Iterable[int]) -> dict[int, float]:
     Raises:
         UserError: when a class is absent (its weight would be infinite).
     """
+    from sklearn.utils.class_weight import compute_class_weight
+
     labels = np.asarray(list(labels), dtype=np.int64)
     counts = np.bincount(labels, minlength=2)
     if (counts == 0).any():

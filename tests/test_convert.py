@@ -171,7 +171,16 @@ def _cli(*args, **kwargs):
     )
 
 
-def test_kill_and_resume_is_byte_identical(synth_dir, tmp_path):
+def _lines(path):
+    try:
+        return len(path.read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.parametrize("phase", ["encode", "write"])
+def test_kill_and_resume_is_byte_identical(synth_dir, tmp_path, phase):
+    """SIGKILL during the encode pass or while shards are written; rerun; same bytes."""
     args = [
         "convert",
         "--images",
@@ -182,25 +191,35 @@ def test_kill_and_resume_is_byte_identical(synth_dir, tmp_path):
         "32",
         "--workers",
         "0",
+        # One patient per shard: 80 shards, so the write pass lasts long enough to hit.
         "--shard-size",
-        "4",
+        "1",
     ]
     reference = _cli(*args, "--out", str(tmp_path / "ref"))
     assert reference.wait(timeout=300) == 0, reference.communicate()[1]
     reference.communicate()
 
     out = tmp_path / "killed"
+    index = out / STATE_DIR / "spool.jsonl"
+
+    def progressed():
+        if phase == "encode":
+            return _lines(index) >= 10
+        return len(list(out.glob("*.tfrecord"))) >= 3
+
     process = _cli(*args, "--out", str(out))
     deadline = time.time() + 300
-    # Kill as soon as a few shards are finished, well before the end (20 shards).
-    while time.time() < deadline and len(list(out.glob("*.tfrecord"))) < 3:
+    while time.time() < deadline and not progressed():
         assert process.poll() is None, process.stderr.read()
-        time.sleep(0.02)
+        time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.communicate()
     assert not (out / "manifest.json").exists()
-    finished = len(list(out.glob("*.tfrecord")))
-    assert 3 <= finished < 20
+    if phase == "encode":
+        assert 10 <= _lines(index) < 80
+        assert not list(out.glob("*.tfrecord"))
+    else:
+        assert 3 <= len(list(out.glob("*.tfrecord"))) < 80
 
     resumed = _cli(*args, "--out", str(out))
     _, stderr = resumed.communicate(timeout=300)
@@ -210,6 +229,34 @@ def test_kill_and_resume_is_byte_identical(synth_dir, tmp_path):
     _assert_identical(tmp_path / "ref", out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert sum(manifest["splits"][s]["count"] for s in ("train", "val", "test")) == 80
+
+
+def test_torn_spool_tail_is_dropped_on_resume(tmp_path):
+    """A kill mid-line, or before a PNG is wholly on disk, loses only the images after it."""
+    from pneumokeras.convert import _Encoded, _load_spool_index
+
+    candidates = [f"p{i}" for i in range(6)]
+    entries, offset, spool = [], 0, b""
+    for i, patient in enumerate(candidates[:4]):
+        if i == 2:  # a skipped file has no bytes in the spool
+            entries.append(_Encoded(patient, "", 0, 0, False, "", -1, 0, "colour image"))
+            continue
+        png = bytes([i]) * (10 + i)
+        entries.append(_Encoded(patient, "PA", 64, 64, False, "spool-1.bin", offset, len(png), ""))
+        spool, offset = spool + png, offset + len(png)
+    lines = [e.to_line() for e in entries]
+    # The fourth PNG is only partly on disk; a fifth line was cut in half.
+    (tmp_path / "spool-1.bin").write_bytes(spool[:-3])
+    (tmp_path / "spool.jsonl").write_text("".join(lines) + lines[0][:9])
+
+    assert _load_spool_index(tmp_path, candidates) == entries[:3]
+    assert (tmp_path / "spool.jsonl").read_text() == "".join(lines[:3])
+    # A line pointing at a spool file that is gone ends the usable prefix too.
+    (tmp_path / "spool-1.bin").unlink()
+    assert _load_spool_index(tmp_path, candidates) == []
+    # An index from another file list is not trusted at all.
+    (tmp_path / "spool.jsonl").write_text("".join(lines))
+    assert _load_spool_index(tmp_path, ["other", *candidates]) == []
 
 
 def test_cli_errors_are_one_line(tmp_path):
