@@ -61,3 +61,32 @@ def test_pipeline_worker_gives_augmented_batches(converted_dir):
         step()
     assert settings["steps_per_epoch"] >= 1
     assert settings["augment"]["rotation_degrees"] == 10.0
+
+
+def test_gpu_mode_runs_keras_jax_without_tensorflow(tmp_path):
+    """--gpu on a machine without an accelerator: runs, records no TF import, exits 1."""
+    import json
+    import os
+    import subprocess
+
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("runs in the JAX pass of the suite (it compiles ResNet18 under JAX)")
+    out = tmp_path / "gpu.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--gpu"]
+    command += ["--size", "32", "--batch", "4", "--steps", "1", "--rounds", "1", "--warmup", "1"]
+    result = subprocess.run(
+        [*command, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert result.returncode == 1, result.stderr
+    report = json.loads(out.read_text())
+    (row,) = report["results"]
+    assert (row["backend"], row["precision"], row["batch"]) == ("jax", "bf16", 4)
+    assert row["settings"]["dtype_policy"] == "mixed_bfloat16"
+    assert row["settings"]["tensorflow_imported"] is False
+    assert "no accelerator" in report["notes"][-1]
