@@ -64,7 +64,7 @@ def test_pipeline_worker_gives_augmented_batches(converted_dir):
 
 
 def test_gpu_mode_runs_keras_jax_without_tensorflow(tmp_path):
-    """--gpu on a machine without an accelerator: runs, records no TF import, exits 1."""
+    """--gpu with TensorFlow made unimportable and no accelerator: runs, then exits 1."""
     import json
     import os
     import subprocess
@@ -73,6 +73,10 @@ def test_gpu_mode_runs_keras_jax_without_tensorflow(tmp_path):
 
     if keras.backend.backend() != "jax":
         pytest.skip("runs in the JAX pass of the suite (it compiles ResNet18 under JAX)")
+    # The GPU machine has no TensorFlow: a package that refuses to import stands in.
+    blocker = tmp_path / "no_tensorflow" / "tensorflow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('TensorFlow is not installed here')\n")
     out = tmp_path / "gpu.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--gpu"]
     command += ["--size", "32", "--batch", "4", "--steps", "1", "--rounds", "1", "--warmup", "1"]
@@ -81,7 +85,7 @@ def test_gpu_mode_runs_keras_jax_without_tensorflow(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(blocker.parent)},
     )
     assert result.returncode == 1, result.stderr
     report = json.loads(out.read_text())
