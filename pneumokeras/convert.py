@@ -25,21 +25,19 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import multiprocessing
 import os
 import shutil
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import imagecodecs
 import numpy as np
 import pydicom
-from PIL import Image
 from tqdm import tqdm
 
 from pneumokeras import environment, rsna
@@ -49,11 +47,14 @@ from pneumokeras.fileio import atomic_open, atomic_write_json
 
 STATE_DIR = ".convert-state"
 SPOOL_INDEX, PLAN = "spool.jsonl", "plan.json"
-# zlib Huffman-only coding after PNG's row filters: about 5× faster than Pillow's
-# default (level 6) and 2–3 % smaller files than it on X-rays (LZ matching finds
-# little in a noisy radiograph).
-PNG_COMPRESS_LEVEL = 1
-PNG_COMPRESS_TYPE = zlib.Z_HUFFMAN_ONLY
+# PNG settings (libpng through imagecodecs): the Paeth row filter, then zlib
+# Huffman-only coding. On 256 px radiographs ≈ 0.8 ms an image against 2.6 ms for
+# Pillow (which always tries all five filters per row, ≈ 1.7 ms of its time) and
+# 11 ms for Pillow's default level, with files as small as Pillow's default (LZ
+# matching finds little in a noisy radiograph).
+PNG_FILTER = "PAETH"
+PNG_STRATEGY = "HUFFMAN_ONLY"
+PNG_LEVEL = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,11 +71,20 @@ class ConvertSummary:
 
 def encode_png(pixels: np.ndarray) -> bytes:
     """(H, W) uint8 → 8-bit grayscale PNG bytes (deterministic)."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(
-        buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=PNG_COMPRESS_TYPE
+    if pixels.ndim != 2 or pixels.dtype != np.uint8:
+        raise ValueError(
+            f"pixels must be a 2-D uint8 array. Received: shape={pixels.shape}, "
+            f"dtype={pixels.dtype}"
+        )
+    png = imagecodecs.PNG
+    return bytes(
+        imagecodecs.png_encode(
+            np.ascontiguousarray(pixels),
+            level=PNG_LEVEL,
+            strategy=png.STRATEGY[PNG_STRATEGY],
+            filter=png.FILTER[PNG_FILTER],
+        )
     )
-    return buffer.getvalue()
 
 
 def _unlabelled_reason(path: str) -> str:
@@ -372,7 +382,7 @@ def convert(
     spool_fingerprint = _plan_fingerprint(
         size=size,
         limit=limit,
-        png=[PNG_COMPRESS_LEVEL, PNG_COMPRESS_TYPE],
+        png=[PNG_FILTER, PNG_STRATEGY, PNG_LEVEL, imagecodecs.__version__],
         files=[_file_identity(by_patient[p]) for p in candidates],
     )
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}

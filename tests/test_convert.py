@@ -15,7 +15,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from pneumokeras import tfrecords
-from pneumokeras.convert import STATE_DIR, convert
+from pneumokeras.convert import STATE_DIR, convert, encode_png
 from pneumokeras.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +34,36 @@ def _run_convert(synth_dir, out, **kwargs):
     )
     args.update(kwargs)
     return convert(**args)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (48, 40), (1, 7)])
+def test_encode_png_round_trips_through_pillow_and_tensorflow(shape):
+    import io
+
+    from PIL import Image
+
+    from pneumokeras.environment import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    import tensorflow as tf
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    pixels[: shape[0] // 2] //= 4  # smooth and noisy rows: every row filter differs
+    png = encode_png(pixels)
+    with Image.open(io.BytesIO(png)) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "L", shape[::-1])
+        np.testing.assert_array_equal(np.array(image), pixels)
+    np.testing.assert_array_equal(tf.io.decode_png(png, channels=1).numpy()[..., 0], pixels)
+    assert encode_png(pixels.copy()) == png  # deterministic: resumed runs are byte-identical
+    # A non-contiguous view encodes the same pixels.
+    assert encode_png(np.asfortranarray(pixels)) == png
+
+
+@pytest.mark.parametrize(
+    "pixels", [np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint16), np.zeros(4, np.uint8)]
+)
+def test_encode_png_refuses_what_is_not_a_grayscale_byte_image(pixels):
+    with pytest.raises(ValueError, match="2-D uint8"):
+        encode_png(pixels)
 
 
 def _tree(folder):
