@@ -74,11 +74,16 @@ class ModelConfig:
         filters: ResNet18 stem width; 64 is the standard network, smaller values
             give proportionally thinner stages (tests and the CPU demo).
         dropout: dropout rate before the classifier (0 disables).
+        last_stride: stride of ResNet18's last stage. 1 keeps it at the third
+            stage's resolution (image / 16 instead of / 32: 8 x 8 cells at 128 px),
+            a finer Grad-CAM grid for small images at about 1.4x the compute
+            (the "last stride 1" of CAM-style localisation and re-ID models).
     """
 
     name: Literal["resnet18", "densenet121", "efficientnetv2b0"] = "resnet18"
     filters: int = 64
     dropout: float = 0.0
+    last_stride: Literal[1, 2] = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +103,13 @@ class TrainConfig:
         distribute: `auto` uses all local devices, `none` a single one.
         seed: seed for weights, shuffling and augmentation.
         steps_per_epoch: cap on training steps per epoch (0 = whole split).
+        box_loss_weight: weight of the box-supervision loss (0 disables). When
+            > 0, the classifier's own class-activation map on its last feature
+            map (the logits layer applied per cell; what Grad-CAM draws there)
+            is trained, through a learnt scale and offset, to give per cell the
+            share of the cell inside the RSNA boxes (binary cross-entropy,
+            class-weighted like the main loss). Nothing is added to the saved
+            model.
     """
 
     epochs: int = 20
@@ -112,6 +124,7 @@ class TrainConfig:
     distribute: Literal["auto", "none"] = "auto"
     seed: int = 42
     steps_per_epoch: int = 0
+    box_loss_weight: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +198,7 @@ _NON_NEGATIVE = {
     "train.weight_decay",
     "train.focal_gamma",
     "train.steps_per_epoch",
+    "train.box_loss_weight",
 }
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _UNIT_INTERVAL = {"model.dropout", "explain.alpha"}

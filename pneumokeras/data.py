@@ -6,7 +6,10 @@ augment → prefetch. Shuffle comes before batching so batches mix shards; augme
 after batching so the Keras preprocessing layers run vectorised, one random
 transform per image. Batches are `(images, labels)`: images float32
 `(B, H, W, 1)` in [0, 255] (the model rescales), labels one-hot float32 `(B, 2)`
-`[normal, pneumonia]`. Under JAX, Keras converts batches to NumPy itself.
+`[normal, pneumonia]`. With box supervision (`box_grid`), targets are a dict
+`{"predictions": labels, "box_map": (B, g·g) box coverage per feature-map cell}`,
+the boxes rasterised and augmented with the image. Under JAX, Keras converts
+batches to NumPy itself.
 
 This module never imports jax.
 """
@@ -25,6 +28,8 @@ from pneumokeras.config import AugmentConfig, Config
 from pneumokeras.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Target names of the training model with a box head (see `resnet.add_box_head`).
+PREDICTIONS, BOX_MAP = "predictions", "box_map"
 
 
 def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -32,14 +37,47 @@ def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     return tfrecords.parse_example(serialized)
 
 
-def decode(example: Mapping[str, tf.Tensor], image_size: int) -> dict[str, tf.Tensor]:
-    """Decodes the PNG to float32 `(S, S, 1)` in [0, 255] and one-hot encodes the label."""
+def decode(
+    example: Mapping[str, tf.Tensor], image_size: int, with_boxes: bool = False
+) -> dict[str, tf.Tensor]:
+    """Decodes the PNG to float32 `(S, S, 1)` in [0, 255] and one-hot encodes the label.
+
+    With `with_boxes`, also `box_mask`: the example's boxes rasterised (`box_mask`).
+    """
     image = tf.io.decode_png(example["image/encoded"], channels=1)
     image = tf.ensure_shape(image, [image_size, image_size, 1])
-    return {
+    decoded = {
         "image": tf.cast(image, tf.float32),
         "label": tf.one_hot(tf.cast(example["image/label"], tf.int32), 2, dtype=tf.float32),
     }
+    if with_boxes:
+        decoded["box_mask"] = box_mask(example["image/boxes"], image_size)
+    return decoded
+
+
+def box_mask(boxes: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Rasterises boxes: float32 `(S, S, 1)`, 1 where a pixel's centre is in a box.
+
+    Args:
+        boxes: `(K, 4)` boxes `x, y, w, h` as fractions of the image side (K may be 0).
+        image_size: side S of the mask, pixels.
+    """
+    boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
+    centres = (tf.range(image_size, dtype=tf.float32) + 0.5) / image_size
+    x, y, w, h = (boxes[:, i : i + 1] for i in range(4))  # each (K, 1)
+    rows = (centres >= y) & (centres < y + h)  # (K, S)
+    cols = (centres >= x) & (centres < x + w)
+    inside = tf.reduce_any(rows[:, :, None] & cols[:, None, :], axis=0)
+    return tf.cast(inside, tf.float32)[..., None]
+
+
+def box_targets(masks: tf.Tensor, grid: int) -> tf.Tensor:
+    """Box coverage per cell of a `grid x grid` feature map: `(B, S, S, 1)` → `(B, g·g)`.
+
+    Each value is the share of the cell's pixels inside a box (area resize), in [0, 1].
+    """
+    cells = tf.image.resize(masks, (grid, grid), method="area")
+    return tf.reshape(tf.clip_by_value(cells, 0.0, 1.0), [-1, grid * grid])
 
 
 class Augmenter:
@@ -47,7 +85,8 @@ class Augmenter:
 
     Applies, per image: horizontal flip, rotation (±degrees), translation,
     brightness shift and contrast change, then clips to [0, 255]. Works on a
-    batch `(B, H, W, 1)` float32 inside or outside tf.data.
+    batch `(B, H, W, 1)` float32 inside or outside tf.data. Masks given with the
+    images (box masks) get the same flip, rotation and translation.
     """
 
     def __init__(self, config: AugmentConfig, seed: int):
@@ -67,6 +106,7 @@ class Augmenter:
                     config.translation, config.translation, fill_mode="constant", seed=seed + 2
                 )
             )
+        self.spatial_count = len(layers)
         if config.brightness > 0:
             layers.append(
                 keras.layers.RandomBrightness(
@@ -79,7 +119,17 @@ class Augmenter:
             )
         self.layers = layers
 
-    def __call__(self, images: tf.Tensor) -> tf.Tensor:
+    def __call__(self, images: tf.Tensor, masks: tf.Tensor | None = None) -> Any:
+        """Augments `(B, H, W, 1)` images; with `masks` (same shape), returns both."""
+        if masks is not None:
+            # One tensor through the spatial layers: one random transform per image.
+            both = tf.concat([images, masks], axis=-1)
+            for layer in self.layers[: self.spatial_count]:
+                both = layer(both, training=True)
+            images, masks = both[..., :1], both[..., 1:]
+            for layer in self.layers[self.spatial_count :]:
+                images = layer(images, training=True)
+            return tf.clip_by_value(images, 0.0, 255.0), tf.clip_by_value(masks, 0.0, 1.0)
         for layer in self.layers:
             images = layer(images, training=True)
         return tf.clip_by_value(images, 0.0, 255.0)
@@ -183,6 +233,8 @@ def training_dataset(
     seed: int | None = None,
     drop_remainder: bool = False,
     shard: tuple[int, int] = (1, 0),
+    box_grid: int = 0,
+    class_weight: Mapping[int, float] | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """Shuffled, augmented training batches.
 
@@ -193,6 +245,10 @@ def training_dataset(
         seed: shuffle/augmentation seed (default `config.train.seed`).
         drop_remainder: drop the last partial batch (needed when data-parallel).
         shard: `(number of processes, this process)` for multi-process training.
+        box_grid: side g of the box head's feature map; > 0 yields targets
+            `{"predictions": labels, "box_map": (B, g·g)}` (see `box_targets`).
+        class_weight: with `box_grid`, per-example weights by label, as a third
+            element (Keras takes `class_weight` only for one output).
 
     Returns:
         `(dataset, steps_per_epoch)`. With `sampling: balanced` the dataset repeats
@@ -229,13 +285,30 @@ def training_dataset(
         )
     size = config.data.image_size
     augmenter = Augmenter(config.augment, seed)
+    if box_grid:
+        weights = tf.constant([float((class_weight or {}).get(c, 1.0)) for c in (0, 1)], tf.float32)
+
+        def augment(b: Mapping[str, tf.Tensor]) -> tuple:
+            images, masks = augmenter(b["image"], b["box_mask"])
+            targets = {PREDICTIONS: b["label"], BOX_MAP: box_targets(masks, box_grid)}
+            if class_weight is None:
+                return images, targets
+            return images, targets, tf.gather(weights, tf.argmax(b["label"], axis=-1))
+
+    else:
+
+        def augment(b: Mapping[str, tf.Tensor]) -> tuple:
+            return augmenter(b["image"]), b["label"]
+
     dataset = (
         records.map(
-            lambda e: decode(e, size), num_parallel_calls=AUTOTUNE, deterministic=deterministic
+            lambda e: decode(e, size, with_boxes=bool(box_grid)),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=deterministic,
         )
         .batch(batch, drop_remainder=drop_remainder or config.data.sampling == "balanced")
         .map(
-            lambda b: (augmenter(b["image"]), b["label"]),
+            augment,
             # The Keras layers draw from a stateful seed generator: parallel calls
             # would advance it in a racy order, so a deterministic run augments
             # one batch at a time (the ops inside are still vectorised).
@@ -262,8 +335,13 @@ def evaluation_dataset(
     config: Config,
     fold: int | None = None,
     drop_remainder: bool = False,
+    box_grid: int = 0,
 ) -> tf.data.Dataset:
-    """Batches of `(images, labels)` of a split in file order, without augmentation."""
+    """Batches of `(images, labels)` of a split in file order, without augmentation.
+
+    With `box_grid` > 0, targets are `{"predictions": labels, "box_map": (B, g·g)}`
+    as in `training_dataset` (validation of a model with a box head).
+    """
     data_dir = Path(data_dir)
     manifest = tfrecords.load_manifest(data_dir)
     check_image_size(manifest, config, data_dir)
@@ -277,10 +355,21 @@ def evaluation_dataset(
         count = sum(1 for f in manifest["folds"].values() if (f == fold) == (split == "val"))
     batch = config.data.batch_size
     batches = count // batch if drop_remainder else -(-count // batch)
+    if box_grid:
+        records = records.map(
+            lambda e: decode(e, size, with_boxes=True), num_parallel_calls=AUTOTUNE
+        ).map(
+            lambda d: (
+                d["image"],
+                {PREDICTIONS: d["label"], BOX_MAP: box_targets(d["box_mask"][None], box_grid)[0]},
+            )
+        )
+    else:
+        records = records.map(lambda e: decode(e, size), num_parallel_calls=AUTOTUNE).map(
+            lambda d: (d["image"], d["label"])
+        )
     return (
-        records.map(lambda e: decode(e, size), num_parallel_calls=AUTOTUNE)
-        .map(lambda d: (d["image"], d["label"]))
-        .batch(batch, drop_remainder=drop_remainder)
+        records.batch(batch, drop_remainder=drop_remainder)
         .prefetch(AUTOTUNE)
         # Filters hide the length from tf.data; Keras needs it to size the loop.
         .apply(tf.data.experimental.assert_cardinality(batches))

@@ -188,6 +188,7 @@ def build_resnet18(
     num_classes: int = 2,
     dropout: float = 0.0,
     name: str = "resnet18",
+    last_stride: int = 2,
 ) -> keras.Model:
     """ResNet18 for one-channel images (He et al., CVPR 2016; torchvision layout).
 
@@ -198,12 +199,15 @@ def build_resnet18(
         num_classes: number of output classes (≥ 2).
         dropout: dropout rate before the classifier, [0, 1); 0 adds no layer.
         name: model name.
+        last_stride: stride of the last stage, 2 (standard) or 1 (the last
+            feature map keeps the third stage's resolution, image / 16).
 
     Returns:
         A functional model: input `image` `(batch, image_size, image_size, 1)`
         with pixels in [0, 255]; output `predictions` `(batch, num_classes)`
         float32 softmax probabilities. The last feature map is
-        `stack4_block2_out`, `(batch, ceil(image_size / 32), ..., 8 × filters)`.
+        `stack4_block2_out`, `(batch, ceil(image_size / 32), ..., 8 × filters)`
+        (`/ 16` with `last_stride=1`).
 
     Raises:
         ValueError: an argument is out of range.
@@ -211,6 +215,8 @@ def build_resnet18(
     _check_head_args(image_size, num_classes, dropout)
     if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
         raise ValueError(f"filters must be an integer ≥ 1. Received: filters={filters!r}")
+    if last_stride not in (1, 2):
+        raise ValueError(f"last_stride must be 1 or 2. Received: last_stride={last_stride!r}")
 
     image, x = _image_input(image_size)
     # Stem: torchvision conv1 (7×7/2, padding 3) + bn1 + relu + maxpool (3×3/2,
@@ -235,7 +241,7 @@ def build_resnet18(
             x,
             filters * multiplier,
             blocks=2,
-            stride=1 if stage == 1 else 2,
+            stride=1 if stage == 1 else last_stride if stage == 4 else 2,
             name=f"stack{stage}",
         )
 
@@ -323,7 +329,7 @@ def build_model(config: ModelConfig, image_size: int, num_classes: int = 2) -> k
     """Builds the backbone named by `config.name` with the shared head.
 
     Args:
-        config: model settings; `filters` applies to `resnet18` only.
+        config: model settings; `filters` and `last_stride` apply to `resnet18` only.
         image_size: side of the square input, pixels (≥ 32); must match the data.
         num_classes: number of output classes.
 
@@ -337,8 +343,14 @@ def build_model(config: ModelConfig, image_size: int, num_classes: int = 2) -> k
     """
     if config.name == "resnet18":
         return build_resnet18(
-            image_size, filters=config.filters, num_classes=num_classes, dropout=config.dropout
+            image_size,
+            filters=config.filters,
+            num_classes=num_classes,
+            dropout=config.dropout,
+            last_stride=config.last_stride,
         )
+    if config.last_stride != 2:
+        raise ValueError(f"model.last_stride applies to resnet18 only. Received: {config.name!r}")
     if config.name == "densenet121":
         return build_densenet121(image_size, num_classes=num_classes, dropout=config.dropout)
     if config.name == "efficientnetv2b0":
@@ -346,3 +358,61 @@ def build_model(config: ModelConfig, image_size: int, num_classes: int = 2) -> k
     raise ValueError(
         f"model name must be one of {', '.join(LAST_CONV_LAYER)}. Received: name={config.name!r}"
     )
+
+
+def add_box_head(model: keras.Model, layer: str) -> tuple[keras.Model, int]:
+    """The classifier plus its class-activation map as a box map, for training only.
+
+    `layer` is the feature map `(batch, g, g, C)` that global pooling reduces
+    before the `logits` Dense layer. Applying that same Dense layer to every
+    cell gives per-cell logits whose mean is the image's logits (pooling and an
+    affine layer commute); their pneumonia-minus-normal difference `d(x, y)` is
+    the class-activation map, the map Grad-CAM draws at this layer. A learnt
+    scale and offset turn `d` into per-cell box probabilities, returned
+    flattened to `(batch, g·g)` (float32). A loss on them (see `train`) teaches
+    the classifier to put its evidence where the boxes are. No new feature
+    weights are added and `model` itself is what gets saved.
+
+    Args:
+        model: a 2-class model from `build_model` (layers `logits`, `predictions`).
+        layer: name of its last feature map, square.
+
+    Returns:
+        `(training model with outputs {"predictions", "box_map"}, g)`.
+
+    Raises:
+        ValueError: `layer` is not in `model`, not a square feature map, or not the
+            map the `logits` layer reads (its channel count differs).
+    """
+    try:
+        features = model.get_layer(layer).output
+    except ValueError as exc:
+        raise ValueError(f"no layer named {layer!r} in model {model.name!r}") from exc
+    logits_layer = model.get_layer("logits")
+    if len(features.shape) != 4 or features.shape[1] != features.shape[2]:
+        raise ValueError(
+            f"layer {layer!r} must output a square feature map (batch, g, g, C). "
+            f"Received: shape={features.shape}"
+        )
+    if features.shape[-1] != logits_layer.kernel.shape[0] or logits_layer.units != 2:
+        raise ValueError(
+            f"layer {layer!r} ({features.shape[-1]} channels) is not the feature map "
+            "that the 2-class logits layer pools"
+        )
+    grid = int(features.shape[1])
+    cell_logits = logits_layer(features)  # (batch, g, g, 2), the classifier's own weights
+    # [normal, pneumonia] → pneumonia minus normal: the class-activation map.
+    difference = layers.Dense(
+        1,
+        use_bias=False,
+        trainable=False,
+        kernel_initializer=keras.initializers.Constant([[-1.0], [1.0]]),
+        name="box_cam",
+    )(cell_logits)
+    scaled = layers.Dense(
+        1, kernel_initializer="ones", bias_initializer="zeros", name="box_logits"
+    )(difference)
+    probabilities = layers.Activation("sigmoid", dtype="float32", name="box_probabilities")(scaled)
+    box_map = layers.Reshape((grid * grid,), name="box_map")(probabilities)
+    outputs = {"predictions": model.get_layer("predictions").output, "box_map": box_map}
+    return keras.Model(model.input, outputs, name=model.name), grid

@@ -94,10 +94,29 @@ def make_metrics() -> list[keras.metrics.Metric]:
 
 
 def export_model(model: keras.Model) -> keras.Model:
-    """The same layers as an uncompiled functional model (no optimizer, no metrics)."""
-    # `input`/`output` (not the lists) keep the single-tensor call signature, so
-    # callers passing one array get no structure warning.
-    return keras.Model(model.input, model.output, name=model.name)
+    """The classifier's layers as an uncompiled functional model, input to `predictions`.
+
+    No optimizer or metrics, and no training-only head (`resnet.add_box_head`).
+    """
+    # `input` and one output tensor (not lists) keep the single-tensor call
+    # signature, so callers passing one array get no structure warning.
+    return keras.Model(model.input, model.get_layer("predictions").output, name=model.name)
+
+
+def standard_logs(logs: Mapping[str, Any]) -> dict[str, Any]:
+    """Keras logs with a box head's metric names made plain (`val_predictions_auc` → `val_auc`).
+
+    Losses keep their names (`loss` is the total, `predictions_loss` and
+    `box_map_loss` its parts).
+    """
+    plain = {}
+    for key, value in logs.items():
+        prefix = "val_" if key.startswith("val_") else ""
+        name = key[len(prefix) :]
+        if name.startswith("predictions_") and name != "predictions_loss":
+            name = name[len("predictions_") :]
+        plain[prefix + name] = value
+    return plain
 
 
 def save_model(model: keras.Model, path: Path) -> None:
@@ -151,7 +170,7 @@ class HistoryWriter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         rows = [r for r in self._rows() if int(r["epoch"]) < epoch]
         row = {"epoch": str(epoch)}
-        for key, value in sorted((logs or {}).items()):
+        for key, value in sorted(standard_logs(logs or {}).items()):
             row[key] = f"{float(value):.6g}"
         # The rate the schedule reached at the end of this epoch.
         rate = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
@@ -183,7 +202,7 @@ class BestModelSaver(keras.callbacks.Callback):
             self.best = float(saved.get("validation", {}).get("auc", -math.inf))
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        logs = logs or {}
+        logs = standard_logs(logs or {})
         score = float(logs.get(MONITOR, math.nan))
         if math.isnan(score) or score <= self.best:
             return
@@ -269,14 +288,6 @@ def train(
     keras.utils.set_random_seed(config.train.seed)
     scope, devices = _distribution_scope(config)
     drop_remainder = devices > 1
-    train_ds, steps = data_lib.training_dataset(
-        data_dir, config, fold=fold, drop_remainder=drop_remainder, shard=_process_shard()
-    )
-    if config.train.steps_per_epoch:
-        steps = min(steps, config.train.steps_per_epoch)
-    val_ds = data_lib.evaluation_dataset(
-        data_dir, "val", config, fold=fold, drop_remainder=drop_remainder
-    )
 
     if fold is None:
         weights = manifest["class_weights"]
@@ -288,11 +299,47 @@ def train(
     class_weight = {int(k): float(v) for k, v in weights.items()} if use_weights else None
 
     with scope:
-        model = resnet.build_model(config.model, config.data.image_size)
+        try:
+            model = resnet.build_model(config.model, config.data.image_size)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        box_grid = 0
+        if config.train.box_loss_weight > 0:
+            model, box_grid = resnet.add_box_head(model, resnet.LAST_CONV_LAYER[config.model.name])
+    train_ds, steps = data_lib.training_dataset(
+        data_dir,
+        config,
+        fold=fold,
+        drop_remainder=drop_remainder,
+        shard=_process_shard(),
+        box_grid=box_grid,
+        class_weight=class_weight,
+    )
+    if config.train.steps_per_epoch:
+        steps = min(steps, config.train.steps_per_epoch)
+    val_ds = data_lib.evaluation_dataset(
+        data_dir, "val", config, fold=fold, drop_remainder=drop_remainder, box_grid=box_grid
+    )
+    with scope:
+        if box_grid:
+            # Keras takes class_weight for one output only: the dataset carries
+            # the same weights per example (`training_dataset`).
+            loss: Any = {
+                data_lib.PREDICTIONS: make_loss(config),
+                data_lib.BOX_MAP: keras.losses.BinaryCrossentropy(),
+            }
+            loss_weights: Any = {
+                data_lib.PREDICTIONS: 1.0,
+                data_lib.BOX_MAP: config.train.box_loss_weight,
+            }
+            metrics: Any = {data_lib.PREDICTIONS: make_metrics()}
+        else:
+            loss, loss_weights, metrics = make_loss(config), None, make_metrics()
         model.compile(
             optimizer=make_optimizer(config, steps),
-            loss=make_loss(config),
-            metrics=make_metrics(),
+            loss=loss,
+            loss_weights=loss_weights,
+            metrics=metrics,
             **performance.COMPILE_KWARGS,
         )
     metadata = model_metadata(
@@ -314,7 +361,7 @@ def train(
         validation_data=val_ds,
         epochs=config.train.epochs,
         steps_per_epoch=steps if repeat else None,
-        class_weight=class_weight,
+        class_weight=None if box_grid else class_weight,
         shuffle=False,  # the tf.data pipeline shuffles
         callbacks=callbacks,
         verbose=verbose,

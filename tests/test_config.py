@@ -45,6 +45,14 @@ def test_yaml_load_and_overrides(tmp_path):
     assert config.train.precision == "mixed_bfloat16"
 
 
+def test_demo_yaml_trains_with_box_supervision():
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    assert config.model.last_stride == 1 and config.train.box_loss_weight == 1.0
+    assert config.explain.layer == ""  # the last stage, which the box loss trains
+    defaults = Config()
+    assert defaults.model.last_stride == 2 and defaults.train.box_loss_weight == 0.0
+
+
 def test_int_widens_to_float():
     assert load_config(None, ["augment.rotation_degrees=5"]).augment.rotation_degrees == 5.0
 
@@ -66,6 +74,8 @@ def test_config_is_frozen():
         ("train.precision=float64", "train.precision"),
         ("data.image_size=0", "data.image_size"),
         ("model.dropout=1.5", "model.dropout"),
+        ("model.last_stride=3", "model.last_stride"),
+        ("train.box_loss_weight=-1", "train.box_loss_weight"),
         ("trainepochs=3", "trainepochs"),
     ],
 )

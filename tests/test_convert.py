@@ -46,6 +46,7 @@ def test_encode_png_round_trips_through_pillow_and_tensorflow(shape):
 
     import_tensorflow_quietly()
     import tensorflow as tf
+
     pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     pixels[: shape[0] // 2] //= 4  # smooth and noisy rows: every row filter differs
     png = encode_png(pixels)

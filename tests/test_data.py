@@ -124,3 +124,68 @@ def test_process_sharding_splits_files(converted_dir):
 def test_image_size_mismatch_is_a_clear_error(converted_dir):
     with pytest.raises(UserError, match="data.image_size is 128"):
         data.training_dataset(converted_dir, _config("data.image_size=128"))
+
+
+# ------------------------------------------------------------------ box supervision
+
+
+def test_box_mask_marks_pixel_centres_inside_any_box_like_explain():
+    from pneumokeras.explain import _box_mask
+
+    boxes = np.array([[0.1, 0.2, 0.3, 0.25], [0.5, 0.55, 0.4, 0.4]], np.float32)
+    mask = data.box_mask(tf.constant(boxes), 40).numpy()
+    assert mask.shape == (40, 40, 1) and mask.dtype == np.float32
+    np.testing.assert_array_equal(mask[..., 0], _box_mask((40, 40), boxes).astype(np.float32))
+    # Pixel (row 8, col 4) has its centre at (0.1125, 0.2125): inside the first box.
+    assert mask[8, 4, 0] == 1 and mask[0, 0, 0] == 0
+    assert data.box_mask(tf.zeros([0, 4]), 16).numpy().sum() == 0
+
+
+def test_box_targets_are_the_covered_share_of_each_cell():
+    masks = np.zeros((1, 8, 8, 1), np.float32)
+    masks[0, :4, :, 0] = 1  # top half
+    masks[0, 4:6, :4, 0] = 1  # half of the bottom-left cell
+    targets = data.box_targets(tf.constant(masks), 2).numpy()
+    np.testing.assert_allclose(targets, [[1.0, 1.0, 0.5, 0.0]])
+
+
+def test_augmenter_moves_masks_with_their_images():
+    config = _config("augment.rotation_degrees=20", "augment.translation=0.1")
+    masks = np.zeros((6, 64, 64, 1), np.float32)
+    masks[:, 10:30, 5:25] = 1
+    images, moved = data.Augmenter(config.augment, seed=1)(
+        tf.constant(masks * 255.0), tf.constant(masks)
+    )
+    images, moved = images.numpy(), moved.numpy()
+    # Brightness and contrast change only the image; its shape stays the mask's.
+    assert not np.array_equal(moved, masks)
+    assert moved.min() >= 0 and moved.max() <= 1
+    bright = images > images.mean(axis=(1, 2, 3), keepdims=True)
+    agreement = (bright == (moved > 0.5)).mean()
+    assert agreement > 0.97, agreement
+
+
+def test_training_and_validation_batches_with_box_targets(converted_dir):
+    manifest = tfrecords.load_manifest(converted_dir)
+    weights = {0: 0.7, 1: 1.9}
+    dataset, _ = data.training_dataset(
+        converted_dir, _config("augment.flip=false"), box_grid=4, class_weight=weights
+    )
+    positives_with_boxes = 0
+    for images, targets, sample_weight in dataset:
+        labels, boxes = targets[data.PREDICTIONS].numpy(), targets[data.BOX_MAP].numpy()
+        assert images.shape[1:] == (64, 64, 1) and boxes.shape[1:] == (16,)
+        assert boxes.min() >= 0 and boxes.max() <= 1
+        np.testing.assert_allclose(sample_weight, np.where(labels[:, 1] == 1, 1.9, 0.7))
+        # Negatives have no box; every positive has some coverage.
+        assert boxes[labels[:, 1] == 0].max(initial=0) == 0
+        positives_with_boxes += int((boxes[labels[:, 1] == 1].max(axis=1) > 0).sum())
+    assert positives_with_boxes == manifest["splits"]["train"]["positives"]
+
+    records = tfrecords.read_split(converted_dir, "val")
+    batches = list(data.evaluation_dataset(converted_dir, "val", _config(), box_grid=4))
+    boxes = np.concatenate([t[data.BOX_MAP].numpy() for _, t in batches])
+    expected = data.box_targets(
+        tf.stack([data.box_mask(r["boxes"], 64) for r in records]), 4
+    ).numpy()
+    np.testing.assert_allclose(boxes, expected)

@@ -219,3 +219,49 @@ def test_keras_file_round_trip_in_fresh_process(saved_model, tmp_path: Path, loa
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == loader_backend
     np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), expected, atol=1e-5)
+
+
+def test_box_head_is_the_classifiers_own_activation_map():
+    from pneumokeras.resnet import add_box_head
+
+    model = build_resnet18(**SMALL)
+    pair, grid = add_box_head(model, LAST_CONV_LAYER["resnet18"])
+    assert grid == 2  # 64 px / 32
+    images = _pixels(3, 64).astype("float32")
+    outputs = pair(images)
+    assert set(outputs) == {"predictions", "box_map"}
+    box_map = keras.ops.convert_to_numpy(outputs["box_map"])
+    assert box_map.shape == (3, 4) and box_map.dtype == np.float32
+    # Untrained scale 1 and offset 0: the cells' logits are the map d(x, y), whose
+    # mean is the image's pneumonia-minus-normal logit (pooling and Dense commute).
+    cells = np.log(box_map / (1 - box_map))
+    logits = keras.Model(model.input, model.get_layer("logits").output)(images)
+    logits = keras.ops.convert_to_numpy(logits)
+    np.testing.assert_allclose(cells.mean(axis=1), logits[:, 1] - logits[:, 0], atol=1e-4)
+    # Only the difference (fixed), a scale and an offset are added; no features.
+    assert len(pair.trainable_weights) == len(model.trainable_weights) + 2
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(outputs["predictions"]),
+        keras.ops.convert_to_numpy(model(images)),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="no layer named"):
+        add_box_head(model, "stack9_out")
+    with pytest.raises(ValueError, match="square feature map"):
+        add_box_head(model, "avg_pool")
+    with pytest.raises(ValueError, match="not the feature map"):
+        add_box_head(model, "stack3_block2_out")
+
+
+def test_last_stride_one_keeps_the_third_stage_resolution():
+    standard = build_resnet18(**SMALL)
+    fine = build_resnet18(**SMALL, last_stride=1)
+    assert standard.get_layer(LAST_CONV_LAYER["resnet18"]).output.shape[1:3] == (2, 2)
+    assert fine.get_layer(LAST_CONV_LAYER["resnet18"]).output.shape[1:3] == (4, 4)
+    # Same layers and weights (a stride changes no shape of a kernel).
+    assert [w.shape for w in fine.weights] == [w.shape for w in standard.weights]
+    assert fine(_pixels(1, 64)).shape == (1, 2)
+    with pytest.raises(ValueError, match="last_stride must be 1 or 2"):
+        build_resnet18(**SMALL, last_stride=4)
+    with pytest.raises(ValueError, match="resnet18 only"):
+        build_model(ModelConfig(name="densenet121", last_stride=1), 64)

@@ -116,6 +116,60 @@ def test_fold_training_and_focal_loss(converted_dir, tmp_path):
     assert meta["fold"] == 2 and summary.epochs_run == 1
 
 
+def test_box_supervision_trains_a_head_that_is_not_saved(converted_dir, tmp_path):
+    config = _config("train.epochs=2", "train.box_loss_weight=2.0")
+    summary = train.train(converted_dir, tmp_path / "run", config, verbose=0)
+    rows = _history(tmp_path / "run")
+    # Plain metric names, as without the head; the loss parts are logged too.
+    assert {"auc", "val_auc", "predictions_loss", "box_map_loss", "val_box_map_loss"} <= set(
+        rows[0]
+    )
+    assert float(rows[-1]["box_map_loss"]) < float(rows[0]["box_map_loss"])
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["validation"]["auc"] == pytest.approx(summary.best_val_auc)
+    assert meta["config"]["train"]["box_loss_weight"] == 2.0
+    # The saved model is the plain classifier: one output, no box layers.
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert model.output_shape == (None, 2)
+    assert not [layer.name for layer in model.layers if layer.name.startswith("box_")]
+    fresh = build_model_like(config)
+    assert len(model.weights) == len(fresh.weights)
+
+
+def build_model_like(config):
+    from pneumokeras import resnet
+
+    return resnet.build_model(config.model, config.data.image_size)
+
+
+def test_box_supervision_with_last_stride_one_and_focal_loss(converted_dir, tmp_path):
+    config = _config(
+        "train.epochs=1", "train.box_loss_weight=1.0", "model.last_stride=1", "train.loss=focal"
+    )
+    train.train(converted_dir, tmp_path / "run", config, verbose=0)
+    assert "box_map_loss" in _history(tmp_path / "run")[0]
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert model.get_layer("stack4_block2_out").output.shape[1:3] == (4, 4)  # 64 px / 16
+    bad = _config("model.name=densenet121", "model.last_stride=1")
+    with pytest.raises(UserError, match="resnet18 only"):
+        train.train(converted_dir, tmp_path / "bad", bad, verbose=0)
+
+
+def test_standard_logs_drop_the_output_prefix_of_metrics_only():
+    logs = {"loss": 1, "predictions_loss": 2, "box_map_loss": 3, "predictions_auc": 4}
+    logs |= {"val_predictions_auc": 5, "val_box_map_loss": 6, "val_predictions_loss": 7}
+    assert train.standard_logs(logs) == {
+        "loss": 1,
+        "predictions_loss": 2,
+        "box_map_loss": 3,
+        "auc": 4,
+        "val_auc": 5,
+        "val_box_map_loss": 6,
+        "val_predictions_loss": 7,
+    }
+    assert train.standard_logs({"val_auc": 1, "auc": 2}) == {"val_auc": 1, "auc": 2}
+
+
 def _cli_train(converted_dir, run_dir, *extra, env=None):
     args = [
         sys.executable,
