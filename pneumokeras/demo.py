@@ -85,6 +85,8 @@ def _explain(run_dir: Path, data_dir: Path, out: Path, config: Config, limit: in
     ]
     for override in overrides:
         command += ["--set", override]
+    if config.explain.layer:
+        command += ["--layer", config.explain.layer]
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:

@@ -38,6 +38,8 @@ def test_demo_runs_every_stage_and_summarises(tmp_path):
     assert summary.report.is_file()
     explained = json.loads((summary.overlays / "summary.json").read_text())
     assert 1 <= explained["count"] <= 4
+    # The configured layer is used under either backend (JAX explains in a child).
+    assert explained["layer"] == "stack2_block2_out"
     assert summary.pointing_game == explained["pointing_game"]
     assert 0.0 <= summary.pointing_game <= 1.0
     assert len(list(summary.overlays.glob("*.png"))) >= explained["count"]
