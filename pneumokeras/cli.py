@@ -164,11 +164,6 @@ def convert(
         )
 
 
-def _import_tensorflow_quietly() -> None:
-    """TensorFlow without its C++ start-up lines, unless `--debug`."""
-    environment.import_tensorflow_quietly(keep_output=_DEBUG)
-
-
 @cli.command(
     epilog=_example(
         "KERAS_BACKEND=jax python cli.py train --data tfrecords/demo --out runs/demo \\",
@@ -188,7 +183,7 @@ def _import_tensorflow_quietly() -> None:
 def train(data_dir, run_dir, config_path, overrides, fold) -> None:
     """Train the classifier; a rerun resumes a killed run."""
     config = _load_config(config_path, overrides)
-    _import_tensorflow_quietly()
+    environment.import_tensorflow_quietly()  # `--debug` keeps TF's start-up lines
     from pneumokeras.train import train as run_train
 
     click.echo(
@@ -228,7 +223,7 @@ def train(data_dir, run_dir, config_path, overrides, fold) -> None:
 def evaluate(model_path, data_dir, split, out_dir, threshold, config_path, overrides) -> None:
     """Clinical metrics with 95 % CIs, calibration, plots."""
     config = _load_config(config_path, overrides)
-    _import_tensorflow_quietly()
+    environment.import_tensorflow_quietly()  # `--debug` keeps TF's start-up lines
     from pneumokeras.evaluate import evaluate_run
 
     metrics = evaluate_run(model_path, data_dir, out_dir, config, split=split, threshold=threshold)
@@ -274,7 +269,7 @@ def _metrics_line(metrics: dict) -> str:
 )
 def predict(model_path, inputs, out_path, fmt, batch_size, tta) -> None:
     """Predict pneumonia on DICOM, PNG or JPEG files and folders."""
-    _import_tensorflow_quietly()
+    environment.import_tensorflow_quietly()  # `--debug` keeps TF's start-up lines
     from pneumokeras.predict import format_rows, predict_files
 
     rows = predict_files(
@@ -363,7 +358,7 @@ def explain(
     ]
     config = _load_config(config_path, (*overrides, *extra))
     _force_tensorflow_backend()
-    _import_tensorflow_quietly()
+    environment.import_tensorflow_quietly()  # `--debug` keeps TF's start-up lines
     from pneumokeras.explain import explain_run
 
     summary = explain_run(
@@ -407,7 +402,7 @@ def _explain_line(summary: dict) -> str:
 def demo(out_dir, patients, size, seed, workers, config_path, overrides) -> None:
     """Run synth → convert → train → evaluate → explain on synthetic data."""
     config = _load_config(config_path or _DEMO_CONFIG, overrides)
-    _import_tensorflow_quietly()
+    environment.import_tensorflow_quietly()  # `--debug` keeps TF's start-up lines
     from pneumokeras.demo import run_demo
 
     summary = run_demo(

@@ -41,7 +41,7 @@ import pydicom
 from tqdm import tqdm
 
 from pneumokeras import environment, rsna
-from pneumokeras.dicom import DicomError, read_dicom
+from pneumokeras.dicom import DicomError, check_grayscale_uint8, read_dicom
 from pneumokeras.errors import UserError
 from pneumokeras.fileio import atomic_open, atomic_write_json
 
@@ -71,11 +71,7 @@ class ConvertSummary:
 
 def encode_png(pixels: np.ndarray) -> bytes:
     """(H, W) uint8 → 8-bit grayscale PNG bytes (deterministic)."""
-    if pixels.ndim != 2 or pixels.dtype != np.uint8:
-        raise ValueError(
-            f"pixels must be a 2-D uint8 array. Received: shape={pixels.shape}, "
-            f"dtype={pixels.dtype}"
-        )
+    check_grayscale_uint8(pixels)
     png = imagecodecs.PNG
     return bytes(
         imagecodecs.png_encode(

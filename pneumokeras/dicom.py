@@ -151,6 +151,15 @@ def to_uint8(ds: pydicom.Dataset, arr: np.ndarray) -> np.ndarray:
     return out
 
 
+def check_grayscale_uint8(pixels: np.ndarray) -> None:
+    """Raises ValueError unless `pixels` is a 2-D uint8 array (one grayscale image)."""
+    if pixels.ndim != 2 or pixels.dtype != np.uint8:
+        raise ValueError(
+            f"pixels must be a 2-D uint8 array. Received: shape={pixels.shape}, "
+            f"dtype={pixels.dtype}"
+        )
+
+
 def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
     """Pads an image to a centred square with black (0), then area-averages it to size.
 
@@ -164,11 +173,7 @@ def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
     Raises:
         ValueError: ``pixels`` is not 2-D uint8, or ``size`` is smaller than 1.
     """
-    if pixels.ndim != 2 or pixels.dtype != np.uint8:
-        raise ValueError(
-            f"pixels must be a 2-D uint8 array. Received: shape={pixels.shape}, "
-            f"dtype={pixels.dtype}"
-        )
+    check_grayscale_uint8(pixels)
     if size < 1:
         raise ValueError(f"size must be ≥ 1. Received: size={size}")
     height, width = pixels.shape

@@ -37,14 +37,17 @@ thunks (`--xla_cpu_use_onednn`), XNNPACK graph fusion, and
 
 from __future__ import annotations
 
+import typing
 import warnings
 from typing import Any
 
 import keras
 
 from pneumokeras import environment
+from pneumokeras.config import TrainConfig
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# The Keras dtype policies `train.precision` accepts (one list, in the config schema).
+PRECISIONS: tuple[str, ...] = typing.get_args(typing.get_type_hints(TrainConfig)["precision"])
 
 # Arguments for `model.compile(...)`. JAX always compiles with XLA (this is
 # Keras' default there too); TensorFlow needs it asked for on CPU. The torch
@@ -53,6 +56,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 COMPILE_KWARGS: dict[str, Any] = (
     {"jit_compile": True} if keras.backend.backend() in ("tensorflow", "jax") else {}
 )
+
 
 def configure_backend(precision: str) -> None:
     """Sets the Keras dtype policy and the backend settings that speed up training.
