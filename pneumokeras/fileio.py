@@ -11,27 +11,44 @@ from pathlib import Path
 from typing import IO, Any
 
 
-@contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Opens a temporary file beside `path`; renames it over `path` on success.
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
-    An exception (or a kill) inside the block leaves `path` untouched; the
-    temporary file (`.<name>.tmp-*`) is removed on exceptions.
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path` to write; renames it over `path` on success.
+
+    For writers that take a file name (Keras `save`, TFRecord writers). The
+    temporary name (`.<name>.tmp-*<suffix>`) keeps the suffix, which Keras
+    requires, and the file gets the permissions a plain `open` would give (0666
+    less the umask; `mkstemp` alone gives 0600). An exception (or a kill) inside
+    the block leaves `path` untouched; the temporary file is removed on exceptions.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
-        with open(tmp, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Opens a temporary file beside `path` (see `atomic_path`); renames it on success."""
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
