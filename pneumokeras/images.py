@@ -1,0 +1,98 @@
+"""Image files (DICOM, PNG, JPEG) → the square 8-bit grayscale pixels the model takes.
+
+One reader for every command and front end that takes image files (`predict`,
+`explain`, the app), and the same pixels `convert` stores for training:
+
+- DICOM (`*.dcm`): `dicom.read_dicom(path, size=S)`, the very call `convert`
+  stores as PNG.
+- PNG / JPEG: Pillow → 8-bit grayscale (`convert("L")`) → `dicom.resize_square`
+  (centred on a black square, BOX resize). A 16-bit grayscale PNG is first scaled
+  linearly from its [min, max] to [0, 255] (Pillow's `"L"` conversion would clip
+  it), the rule `dicom.to_uint8` applies to DICOMs without a window.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pneumokeras.dicom import read_dicom, resize_square
+from pneumokeras.errors import UserError
+
+IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
+
+
+class ImageError(ValueError):
+    """A PNG/JPEG file that cannot give a grayscale image; the message says why."""
+
+
+def find_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Expands files and folders into the list of image files to read.
+
+    Folders are searched recursively for `*.dcm, *.png, *.jpg, *.jpeg` (any case),
+    sorted; files named explicitly are kept whatever their suffix (an unsupported
+    one is reported when read). Duplicates are dropped, first occurrence kept.
+
+    Raises:
+        UserError: a path that does not exist.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UserError(f"input {path} does not exist")
+    return list(dict.fromkeys(found))
+
+
+def load_image(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, str]:
+    """Reads one DICOM, PNG or JPEG exactly as `convert` would prepare it.
+
+    Args:
+        path: image file; the suffix (any case) picks the reader.
+        size: side of the square output, pixels.
+
+    Returns:
+        `(pixels, patient_id)`: (size, size) uint8 and the DICOM PatientID tag
+        ('' for PNG/JPEG or when absent).
+
+    Raises:
+        DicomError: unreadable DICOM.
+        ImageError: unreadable PNG/JPEG or an unsupported suffix.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".dcm":
+        image = read_dicom(path, size=size)
+        return image.pixels, image.patient_id
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageError(f"unsupported file type {suffix or '(no suffix)'}")
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                pixels = _scale_to_uint8(np.asarray(img))
+            else:
+                pixels = np.asarray(img.convert("L"))
+    except UnidentifiedImageError as err:
+        raise ImageError("not a readable PNG/JPEG image") from err
+    except OSError as err:
+        raise ImageError(f"truncated or corrupt image ({err})") from err
+    return resize_square(np.ascontiguousarray(pixels, dtype=np.uint8), size), ""
+
+
+def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Maps [min, max] linearly onto [0, 255], rounded; a constant image gives 0."""
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.rint(scaled).astype(np.uint8)
