@@ -77,6 +77,10 @@ class DicomImage:
         sex: PatientSex tag, '' if absent.
         age: PatientAge tag as written (e.g. '62' or '062Y'), '' if absent.
         rows, columns: the stored image's height and width, pixels (before any resize).
+        modality: Modality tag ('CR', 'DX', 'MR', ...), '' if absent.
+        body_part: BodyPartExamined tag ('CHEST', ...), '' if absent.
+        photometric: PhotometricInterpretation ('MONOCHROME1' or 'MONOCHROME2').
+        transfer_syntax: transfer syntax UID of the file ('1.2.840.10008.1.2.4.50', ...).
     """
 
     pixels: np.ndarray
@@ -86,6 +90,10 @@ class DicomImage:
     age: str
     rows: int
     columns: int
+    modality: str = ""
+    body_part: str = ""
+    photometric: str = ""
+    transfer_syntax: str = ""
 
 
 def read_dicom(path: str | os.PathLike[str], size: int | None = None) -> DicomImage:
@@ -97,7 +105,8 @@ def read_dicom(path: str | os.PathLike[str], size: int | None = None) -> DicomIm
             ``None`` keeps the image's own (H, W).
 
     Returns:
-        The image: pixels (H, W) or (size, size) uint8, plus patient and view tags.
+        The image: pixels (H, W) or (size, size) uint8, plus patient, view and
+        acquisition tags.
 
     Raises:
         DicomError: the file is not a readable single-frame grayscale image; the message
@@ -125,6 +134,10 @@ def read_dicom(path: str | os.PathLike[str], size: int | None = None) -> DicomIm
         age=_text(ds, "PatientAge"),
         rows=int(ds.Rows),
         columns=int(ds.Columns),
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        photometric=_text(ds, "PhotometricInterpretation"),
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
     )
 
 

@@ -9,16 +9,24 @@ One reader for every command and front end that takes image files (`predict`,
   (centred on a black square, BOX resize). A 16-bit grayscale PNG is first scaled
   linearly from its [min, max] to [0, 255] (Pillow's `"L"` conversion would clip
   it), the rule `dicom.to_uint8` applies to DICOMs without a window.
+
+`read_image` also returns what the file says about itself (`ImageRecord`): for a
+DICOM its modality, body part, view, photometric interpretation, transfer syntax
+and stored size; for PNG/JPEG its format, Pillow mode and size. Callers use them
+to warn about inputs the model was not trained for (an MR, a colour photo).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydicom.uid import UID
 
 from pneumokeras.dicom import read_dicom, resize_square
 from pneumokeras.errors import UserError
@@ -54,7 +62,45 @@ def find_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def load_image(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, str]:
+@dataclass(frozen=True, eq=False)
+class ImageRecord:
+    """One image file read for the model, with the facts its file records.
+
+    Attributes:
+        pixels: `(size, size)` uint8, 0 = black, exactly as `convert` stores it.
+        patient_id: DICOM PatientID tag; '' for PNG/JPEG or when absent.
+        format: `DICOM`, or Pillow's format name (`PNG`, `JPEG`) of the content,
+            whatever the suffix says.
+        width, height: the stored image's size before padding and resizing, pixels
+            (DICOM Columns and Rows).
+        mode: Pillow mode of a PNG/JPEG (`L`, `RGB`, `I;16`, ...); '' for DICOM.
+        modality: DICOM Modality (`CR`, `DX`, `MR`, ...); '' when absent or not DICOM.
+        body_part: DICOM BodyPartExamined (`CHEST`, ...); '' when absent or not DICOM.
+        view: DICOM ViewPosition (`AP`, `PA`, ...); '' when absent or not DICOM.
+        photometric: DICOM PhotometricInterpretation (`MONOCHROME1`/`MONOCHROME2`).
+        transfer_syntax: DICOM transfer syntax UID; '' for PNG/JPEG.
+        transfer_syntax_name: its name (`JPEG Baseline (Process 1)`, ...); '' for PNG/JPEG.
+    """
+
+    pixels: np.ndarray
+    patient_id: str
+    format: str
+    width: int
+    height: int
+    mode: str = ""
+    modality: str = ""
+    body_part: str = ""
+    view: str = ""
+    photometric: str = ""
+    transfer_syntax: str = ""
+    transfer_syntax_name: str = ""
+
+    def facts(self) -> dict[str, Any]:
+        """Every attribute but the pixels, as a JSON-ready dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "pixels"}
+
+
+def read_image(path: str | os.PathLike[str], size: int) -> ImageRecord:
     """Reads one DICOM, PNG or JPEG exactly as `convert` would prepare it.
 
     Args:
@@ -62,8 +108,7 @@ def load_image(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, str
         size: side of the square output, pixels.
 
     Returns:
-        `(pixels, patient_id)`: (size, size) uint8 and the DICOM PatientID tag
-        ('' for PNG/JPEG or when absent).
+        The pixels `(size, size)` uint8 with the patient id and the file's facts.
 
     Raises:
         DicomError: unreadable DICOM.
@@ -73,7 +118,19 @@ def load_image(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, str
     suffix = path.suffix.lower()
     if suffix == ".dcm":
         image = read_dicom(path, size=size)
-        return image.pixels, image.patient_id
+        return ImageRecord(
+            pixels=image.pixels,
+            patient_id=image.patient_id,
+            format="DICOM",
+            width=image.columns,
+            height=image.rows,
+            modality=image.modality,
+            body_part=image.body_part,
+            view=image.view,
+            photometric=image.photometric,
+            transfer_syntax=image.transfer_syntax,
+            transfer_syntax_name=UID(image.transfer_syntax).name,
+        )
     if suffix not in IMAGE_SUFFIXES:
         raise ImageError(f"unsupported file type {suffix or '(no suffix)'}")
     try:
@@ -82,11 +139,30 @@ def load_image(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, str
                 pixels = _scale_to_uint8(np.asarray(img))
             else:
                 pixels = np.asarray(img.convert("L"))
+            facts = {
+                "format": img.format or "",
+                "mode": img.mode,
+                "width": img.width,
+                "height": img.height,
+            }
     except UnidentifiedImageError as err:
         raise ImageError("not a readable PNG/JPEG image") from err
     except OSError as err:
         raise ImageError(f"truncated or corrupt image ({err})") from err
-    return resize_square(np.ascontiguousarray(pixels, dtype=np.uint8), size), ""
+    pixels = resize_square(np.ascontiguousarray(pixels, dtype=np.uint8), size)
+    return ImageRecord(pixels=pixels, patient_id="", **facts)
+
+
+def load_image(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, str]:
+    """`read_image` as a `(pixels, patient_id)` pair: (size, size) uint8 and the
+    DICOM PatientID tag ('' for PNG/JPEG or when absent).
+
+    Raises:
+        DicomError: unreadable DICOM.
+        ImageError: unreadable PNG/JPEG or an unsupported suffix.
+    """
+    record = read_image(path, size)
+    return record.pixels, record.patient_id
 
 
 def _scale_to_uint8(values: np.ndarray) -> np.ndarray:

@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
 from pneumokeras import images as images_module
 from pneumokeras.convert import encode_png
 from pneumokeras.dicom import DicomError, read_dicom, resize_square
 from pneumokeras.errors import UserError
-from pneumokeras.images import ImageError, find_inputs, load_image
+from pneumokeras.images import ImageError, find_inputs, load_image, read_image
 from pneumokeras.synth import IMAGES_DIR, generate
 
 SIZE = 32
@@ -112,3 +115,75 @@ def test_unreadable_files_raise_the_readers_errors(tmp_path):
     with pytest.raises(DicomError, match="not a DICOM file"):
         load_image(broken_dcm, SIZE)
     assert images_module.IMAGE_SUFFIXES == (".dcm", ".png", ".jpg", ".jpeg")
+
+
+# ------------------------------------------------------------------ read_image facts
+
+
+def test_read_image_gives_a_dicoms_acquisition_facts(dicoms):
+    record = read_image(dicoms[0], SIZE)
+    header = read_dicom(dicoms[0])
+    np.testing.assert_array_equal(record.pixels, load_image(dicoms[0], SIZE)[0])
+    assert record.patient_id == header.patient_id == dicoms[0].stem
+    # synth writes RSNA-like CR chest files: JPEG Baseline, 64 px, AP or PA.
+    assert (record.format, record.modality, record.body_part) == ("DICOM", "CR", "CHEST")
+    assert record.view in ("AP", "PA") and record.view == header.view
+    assert (record.width, record.height) == (64, 64)
+    assert record.photometric == "MONOCHROME2"
+    assert record.transfer_syntax == JPEGBaseline8Bit == header.transfer_syntax
+    assert record.transfer_syntax_name == "JPEG Baseline (Process 1)"
+    assert record.mode == ""
+    assert record.facts() == {
+        "patient_id": record.patient_id,
+        "format": "DICOM",
+        "width": 64,
+        "height": 64,
+        "mode": "",
+        "modality": "CR",
+        "body_part": "CHEST",
+        "view": record.view,
+        "photometric": "MONOCHROME2",
+        "transfer_syntax": JPEGBaseline8Bit,
+        "transfer_syntax_name": "JPEG Baseline (Process 1)",
+    }
+
+
+def test_read_image_reports_other_modalities_and_stored_sizes(tmp_path):
+    mr = get_testdata_file("MR_small.dcm", download=False)
+    if mr is None:
+        pytest.skip("MR_small.dcm is not bundled with this pydicom")
+    record = read_image(mr, SIZE)
+    assert (record.modality, record.body_part, record.view) == ("MR", "", "")
+    assert record.transfer_syntax_name == "Explicit VR Little Endian"
+    assert record.pixels.shape == (SIZE, SIZE)
+
+    # A tall MONOCHROME1 image without Modality: rows and columns as stored.
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.BodyPartExamined = "ABDOMEN"
+    ds.set_pixel_data(np.arange(30 * 20, dtype=np.uint16).reshape(30, 20), "MONOCHROME1", 12)
+    path = tmp_path / "tall.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    tall = read_image(path, SIZE)
+    assert (tall.width, tall.height) == (20, 30)
+    assert (tall.modality, tall.body_part, tall.photometric) == ("", "ABDOMEN", "MONOCHROME1")
+    assert tall.transfer_syntax == ExplicitVRLittleEndian
+    assert tall.patient_id == ""
+
+
+def test_read_image_gives_a_pictures_format_mode_and_size(files, tmp_path):
+    wide = read_image(files["png"], SIZE)
+    assert (wide.format, wide.mode, wide.width, wide.height) == ("PNG", "L", 70, 40)
+    assert wide.modality == wide.transfer_syntax == wide.patient_id == ""
+    jpeg = read_image(files["jpeg"], SIZE)
+    assert (jpeg.format, jpeg.mode, jpeg.width, jpeg.height) == ("JPEG", "L", 64, 64)
+    deep = read_image(files["png16"], SIZE)
+    assert deep.format == "PNG" and deep.mode.startswith("I")
+    # The content decides the format, not the suffix; colour is reported as such.
+    disguised = tmp_path / "colour.png"
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(disguised, format="JPEG")
+    record = read_image(disguised, SIZE)
+    assert (record.format, record.mode, record.width, record.height) == ("JPEG", "RGB", 12, 10)
+    assert record.pixels.shape == (SIZE, SIZE) and record.pixels.dtype == np.uint8
