@@ -16,7 +16,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +154,25 @@ def read_labels(
     }
 
 
+SEED_LIMIT = 2**32  # scikit-learn's and NumPy's legacy seeds are 32-bit
+
+
+def check_seed(seed: int) -> None:
+    """Raises UserError unless `seed` is an integer in [0, 2**32)."""
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"--seed must be an integer from 0 to {SEED_LIMIT - 1}; got {seed!r}")
+
+
+def _can_stratify(strata: list[str], held: int) -> bool:
+    """Whether scikit-learn can place every stratum on both sides of a split.
+
+    Its conditions (`StratifiedShuffleSplit`): each stratum has ≥ 2 members, and
+    each side is at least as large as the number of strata.
+    """
+    counts = Counter(strata)
+    return min(counts.values()) >= 2 and min(held, len(strata) - held) >= len(counts)
+
+
 def _stratified_split(
     ids: list[str], strata: list[str], fraction: float, seed: int
 ) -> tuple[list[str], list[str]]:
@@ -166,14 +187,12 @@ def _stratified_split(
             f"split fraction {fraction} leaves no patients for training ({len(ids)} in all)"
         )
     # Fall back from (label, view) to label-only to none when a stratum is too rare
-    # for scikit-learn to place members on both sides.
-    for stratify in (strata, [s.split("|")[0] for s in strata], None):
-        try:
-            rest, out = train_test_split(ids, test_size=held, random_state=seed, stratify=stratify)
-            return rest, out
-        except ValueError:
-            continue
-    raise AssertionError("unreachable: unstratified split cannot fail")
+    # for scikit-learn to place members on both sides. Checked up front, so any
+    # error scikit-learn raises is a real one and surfaces.
+    labels_only = [s.split("|")[0] for s in strata]
+    stratify = next((s for s in (strata, labels_only) if _can_stratify(s, held)), None)
+    rest, out = train_test_split(ids, test_size=held, random_state=seed, stratify=stratify)
+    return rest, out
 
 
 def split_patients(
@@ -191,7 +210,12 @@ def split_patients(
 
     Returns:
         `{"train": [...], "val": [...], "test": [...]}`, each list sorted.
+
+    Raises:
+        UserError: a fraction outside [0, 1), fractions that leave no training
+            patients, or a seed outside [0, 2**32).
     """
+    check_seed(seed)
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1:
         raise UserError("--val and --test must be in [0, 1)")
     if val_fraction + test_fraction >= 1:
@@ -203,7 +227,8 @@ def split_patients(
     rest_strata = [f"{records[p].label}|{views.get(p, '')}" for p in rest]
     # The validation share is of the whole, so rescale it to the remainder.
     val_of_rest = val_fraction / (1 - test_fraction) if rest else 0.0
-    train, val = _stratified_split(rest, rest_strata, val_of_rest, seed + 1)
+    # The validation draw's seed wraps so that every valid seed gives a valid one.
+    train, val = _stratified_split(rest, rest_strata, val_of_rest, (seed + 1) % SEED_LIMIT)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
@@ -213,10 +238,12 @@ def assign_folds(
     """Stratified K folds over `patient_ids` (by label): patient → fold index.
 
     Raises:
-        UserError: fewer than 2 folds, or a class with fewer members than folds.
+        UserError: fewer than 2 folds, a class with fewer members than folds, or a
+            seed outside [0, 2**32).
     """
     from sklearn.model_selection import StratifiedKFold
 
+    check_seed(seed)
     ids = sorted(patient_ids)
     if folds < 2:
         raise UserError(f"--folds must be ≥ 2; got {folds}")

@@ -134,3 +134,52 @@ def test_real_label_file(shared_file):
     whole = 6012 / 26684
     for ids in splits.values():
         assert abs(sum(records[p].label for p in ids) / len(ids) - whole) <= 0.01
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True])
+def test_seed_outside_32_bits_is_a_user_error(seed):
+    records = _synthetic_records(n=40)
+    with pytest.raises(UserError, match="--seed") as info:
+        rsna.split_patients(records, 0.1, 0.1, seed=seed)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="--seed"):
+        rsna.assign_folds(records, records, 3, seed=seed)
+
+
+def test_largest_seed_splits():
+    # The validation draw uses the next seed, which wraps instead of leaving 32 bits.
+    records = _synthetic_records(n=40)
+    splits = rsna.split_patients(records, 0.1, 0.1, seed=2**32 - 1)
+    assert sum(len(v) for v in splits.values()) == 40
+    assert rsna.assign_folds(records, records, 3, seed=2**32 - 1)
+
+
+@pytest.mark.parametrize(
+    "n, positive_every, views, stratify",
+    [
+        (40, 4, "every third PA", "label|view"),
+        (40, 4, "one PA", "label"),  # a (label, view) stratum of one
+        (7, 7, "none", None),  # one positive in all
+        (9, 3, "none", None),  # one held-out patient cannot hold both classes
+    ],
+)
+def test_split_stratifies_as_finely_as_possible(n, positive_every, views, stratify):
+    """Same draw as scikit-learn's with the finest stratification that can succeed."""
+    from sklearn.model_selection import train_test_split
+
+    records = _synthetic_records(n=n, positive_every=positive_every)
+    ids = sorted(records)
+    view = {
+        "every third PA": {p: "PA" if i % 3 == 0 else "AP" for i, p in enumerate(ids)},
+        "one PA": {p: "PA" if i == 1 else "AP" for i, p in enumerate(ids)},
+        "none": {},
+    }[views]
+    strata = {
+        "label|view": [f"{records[p].label}|{view.get(p, '')}" for p in ids],
+        "label": [records[p].label for p in ids],
+        None: None,
+    }[stratify]
+    held = max(1, round(n * 0.1))
+    _, expected = train_test_split(ids, test_size=held, random_state=3, stratify=strata)
+    splits = rsna.split_patients(records, 0.0, 0.1, seed=3, views=view)
+    assert splits["test"] == sorted(expected)
