@@ -18,6 +18,11 @@ Re-running the same command after a crash or kill therefore ends with files
 byte-identical to an uninterrupted run. The state folder (spool included, about
 the size of the output) is removed at the end. Worker processes never import
 TensorFlow; the parent imports it while the workers start and decode.
+
+Test hook: the environment variable `PNEUMOKERAS_TEST_KILL_AFTER=encode:N` (or
+`write:N`) makes the process SIGKILL itself after N images indexed (or N
+examples handed to the shard writer) in this run, so the kill/resume tests stop
+it at a known point. Unset in normal use.
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ import dataclasses
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -44,9 +49,11 @@ from pneumokeras import environment, rsna
 from pneumokeras.dicom import DicomError, check_grayscale_uint8, read_dicom
 from pneumokeras.errors import UserError
 from pneumokeras.fileio import atomic_open, atomic_write_json
+from pneumokeras.workers import WorkerPool, resolve
 
 STATE_DIR = ".convert-state"
 SPOOL_INDEX, PLAN = "spool.jsonl", "plan.json"
+KILL_HOOK = "PNEUMOKERAS_TEST_KILL_AFTER"  # test hook, see `_kill_point`
 # PNG settings (libpng through imagecodecs): the Paeth row filter, then zlib
 # Huffman-only coding. On 256 px radiographs ≈ 0.8 ms an image against 2.6 ms for
 # Pillow (which always tries all five filters per row, ≈ 1.7 ms of its time) and
@@ -197,7 +204,7 @@ def _load_spool_index(state_dir: Path, candidates: list[str]) -> list[_Encoded]:
 
 
 def _encode_pass(
-    mapper: _Mapper,
+    pool: WorkerPool,
     state_dir: Path,
     candidates: list[str],
     files: dict[str, Path],
@@ -216,11 +223,12 @@ def _encode_pass(
     encoded = sum(e.offset >= 0 for e in entries)
     todo = [] if limit is not None and encoded >= limit else candidates[len(entries) :]
     tasks = [(str(files[p]), size, str(state_dir)) for p in todo]
-    results = mapper.imap(_encode_task, tasks, chunksize=8)
+    results = pool.imap(_encode_task, tasks, chunksize=8)
     started = while_workers_start()
     total = len(candidates) if limit is None else min(len(candidates), limit)
     bar = _progress(total, "converting", progress)
     bar.update(min(len(entries), total))
+    kill_at, indexed = _kill_point("encode"), 0
     try:
         with open(state_dir / SPOOL_INDEX, "a", encoding="utf-8") as index:
             for patient, result in zip(todo, results, strict=False):
@@ -231,6 +239,8 @@ def _encode_pass(
                 )
                 index.write(entry.to_line())
                 index.flush()  # a kill loses at most the images not yet indexed
+                indexed += 1
+                _kill_if(kill_at, indexed)
                 entries.append(entry)
                 bar.update()
                 encoded += not reason
@@ -240,26 +250,6 @@ def _encode_pass(
         _close_spool(str(state_dir))  # in-process conversions wrote here
     bar.close()
     return entries, started
-
-
-class _Mapper:
-    """`imap` in-process (workers=0) or over a spawned process pool."""
-
-    def __init__(self, workers: int):
-        self._pool = None
-        if workers > 0:
-            # spawn: never fork a parent that may hold TensorFlow's threads.
-            self._pool = multiprocessing.get_context("spawn").Pool(workers)
-
-    def imap(self, func: Callable, items: Iterable, chunksize: int = 8) -> Iterator:
-        if self._pool is None:
-            return map(func, items)
-        return self._pool.imap(func, items, chunksize=chunksize)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
 
 
 def _class_weights_or_none(labels: Iterable[int]) -> dict[str, float] | None:
@@ -310,6 +300,289 @@ def _progress(total: int, desc: str, enabled: bool) -> tqdm:
     )
 
 
+def _kill_point(phase: str) -> int | None:
+    """Test hook: after how many steps of `phase` this process kills itself, or None.
+
+    `PNEUMOKERAS_TEST_KILL_AFTER=encode:N` stops the run with SIGKILL once N
+    images of this run are indexed; `write:N` once N examples have gone to the
+    shard writer (the kill then lands inside a shard). Kill/resume tests use it to
+    stop at a known point; unset, nothing happens.
+    """
+    wanted, _, count = os.environ.get(KILL_HOOK, "").partition(":")
+    return int(count) if wanted == phase else None
+
+
+def _kill_if(kill_at: int | None, done: int) -> None:
+    if done == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _check_arguments(size: int, shard_size: int, limit: int | None, seed: int) -> None:
+    """Refuses bad arguments before anything is read or created."""
+    if not 16 <= size <= 4096:
+        raise UserError(f"--size must be in [16, 4096]; got {size}")
+    if shard_size < 1:
+        raise UserError(f"shard size must be ≥ 1; got {shard_size}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be ≥ 1; got {limit}")
+    rsna.check_seed(seed)
+
+
+@dataclasses.dataclass
+class _Inventory:
+    """Which DICOM belongs to which labelled patient, and what is skipped so far."""
+
+    by_patient: dict[str, Path]  # patientId → its DICOM (the first of duplicates)
+    candidates: list[str]  # sorted patients with a label and a DICOM
+    unlabelled: list[str]  # sorted patients with a DICOM but no label
+    skipped: list[tuple[str, str, str]]  # (patientId, file, reason)
+
+
+def _match_files(files: list[Path], records: dict[str, rsna.PatientRecord]) -> _Inventory:
+    """Pairs DICOMs (named `<patientId>.dcm`) with label records."""
+    skipped: list[tuple[str, str, str]] = []
+    by_patient: dict[str, Path] = {}
+    for path in files:
+        if path.stem in by_patient:
+            skipped.append((path.stem, path.name, "duplicate patientId file name"))
+        else:
+            by_patient[path.stem] = path
+    for patient in sorted(set(records) - set(by_patient)):
+        skipped.append((patient, "", "label row without a DICOM file"))
+    return _Inventory(
+        by_patient=by_patient,
+        candidates=sorted(set(by_patient) & set(records)),
+        unlabelled=sorted(set(by_patient) - set(records)),
+        skipped=skipped,
+    )
+
+
+def _open_state(
+    out_dir: Path, size: int, limit: int | None, inventory: _Inventory
+) -> tuple[Path, dict[str, Any]]:
+    """Creates or reuses `.convert-state/`; returns it and its plan.
+
+    A spool made from other files or settings is discarded; temporary files of a
+    killed run (never complete) are removed.
+    """
+    state_dir = out_dir / STATE_DIR
+    plan_file = state_dir / PLAN
+    # What the spool depends on: a change means starting over.
+    spool_fingerprint = _plan_fingerprint(
+        size=size,
+        limit=limit,
+        png=[PNG_FILTER, PNG_STRATEGY, PNG_LEVEL, imagecodecs.__version__],
+        files=[_file_identity(inventory.by_patient[p]) for p in inventory.candidates],
+    )
+    plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
+    if plan.get("spool") != spool_fingerprint:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        plan = {"spool": spool_fingerprint}
+    state_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan_file, plan)
+    for leftover in [*out_dir.glob(".*.tmp-*"), *state_dir.glob(".*.tmp-*")]:
+        leftover.unlink()
+    return state_dir, plan
+
+
+def _decode_all(
+    workers: int,
+    state_dir: Path,
+    inventory: _Inventory,
+    size: int,
+    limit: int | None,
+    progress: bool,
+) -> tuple[dict[str, _Encoded], Any]:
+    """Encode pass over a worker pool; adds every unusable file to the skipped rows.
+
+    Returns:
+        The encoded patients' spool entries, and the `tfrecords` module (imported
+        by the parent while the workers start).
+    """
+    by_patient, skipped = inventory.by_patient, inventory.skipped
+    with WorkerPool(workers) as pool:
+        unlabelled = [str(by_patient[p]) for p in inventory.unlabelled]
+        reasons = pool.imap(_unlabelled_reason, unlabelled)
+        for patient, reason in zip(inventory.unlabelled, reasons, strict=True):
+            skipped.append((patient, by_patient[patient].name, reason))
+        entries, tfrecords = _encode_pass(
+            pool,
+            state_dir,
+            inventory.candidates,
+            by_patient,
+            size,
+            limit,
+            progress,
+            # TensorFlow (parent only) loads while the workers start and decode.
+            while_workers_start=_import_tfrecords,
+        )
+    for entry in entries:
+        if entry.reason:
+            skipped.append((entry.patient, by_patient[entry.patient].name, entry.reason))
+    return {e.patient: e for e in entries if not e.reason}, tfrecords
+
+
+_Layout = list[tuple[str, str, list[str]]]  # (split, shard name, patients) per shard
+
+
+def _shard_layout(
+    splits: dict[str, list[str]], seed: int, shard_size: int, shard_name: Callable
+) -> _Layout:
+    """Which patients go to which shard, in order."""
+    # Shuffle within a split (seeded) so every shard mixes both classes.
+    rng = np.random.default_rng(seed)
+    layout: _Layout = []
+    for split in rsna.SPLITS:
+        ordered = [str(p) for p in rng.permutation(splits[split])] if splits[split] else []
+        count = math.ceil(len(ordered) / shard_size)
+        for index in range(count):
+            name = shard_name(split, index, count)
+            layout.append((split, name, ordered[index * shard_size : (index + 1) * shard_size]))
+    return layout
+
+
+def _forget_other_layouts(state_dir: Path, plan: dict[str, Any], fingerprint: str) -> None:
+    """Drops the bookkeeping of shards written for another layout (they are rewritten)."""
+    if plan.get("layout") != fingerprint:
+        for stat_file in state_dir.glob("*.tfrecord.json"):
+            stat_file.unlink()
+        atomic_write_json(state_dir / PLAN, {**plan, "layout": fingerprint})
+
+
+def _write_shards(
+    out_dir: Path,
+    state_dir: Path,
+    layout: _Layout,
+    encoded: dict[str, _Encoded],
+    records: dict[str, rsna.PatientRecord],
+    tfrecords: Any,
+    progress: bool,
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Write pass: fills every shard not finished before from the spool, resuming.
+
+    Returns:
+        Per shard `{split, count, positives, bytes}`, and how many shards an
+        earlier run had finished.
+    """
+    shard_stats: dict[str, dict[str, Any]] = {}
+    todo = []
+    for split, name, patients in layout:
+        stat_file = state_dir / f"{name}.json"
+        if (out_dir / name).is_file() and stat_file.is_file():
+            shard_stats[name] = json.loads(stat_file.read_text())
+        else:
+            todo.append((split, name, patients))
+    resumed = len(shard_stats)
+
+    bar = _progress(sum(len(p) for _, _, p in todo), "writing shards", progress)
+    kill_at, written = _kill_point("write"), 0
+    spools: dict[str, IO[bytes]] = {}
+
+    def examples(patients: list[str]) -> Iterator[bytes]:
+        nonlocal written
+        for patient in patients:
+            _kill_if(kill_at, written)
+            entry, record = encoded[patient], records[patient]
+            if entry.spool not in spools:
+                spools[entry.spool] = open(state_dir / entry.spool, "rb")
+            spool = spools[entry.spool]
+            spool.seek(entry.offset)
+            bar.update()
+            written += 1
+            yield tfrecords.serialize_example(
+                png=spool.read(entry.length),
+                patient_id=patient,
+                label=record.label,
+                boxes=record.normalised_boxes(entry.columns, entry.rows),
+                view=entry.view,
+                detailed_class=record.detailed_class,
+            )
+
+    try:
+        for split, name, patients in todo:
+            count = tfrecords.write_shard(out_dir / name, examples(patients))
+            shard_stats[name] = {
+                "split": split,
+                "count": count,
+                "positives": sum(records[p].label for p in patients),
+                "bytes": (out_dir / name).stat().st_size,
+            }
+            atomic_write_json(state_dir / f"{name}.json", shard_stats[name])
+    finally:
+        for handle in spools.values():
+            handle.close()
+    bar.close()
+    return shard_stats, resumed
+
+
+def _manifest(
+    source: str,
+    size: int,
+    seed: int,
+    layout: _Layout,
+    shard_stats: dict[str, dict[str, Any]],
+    records: dict[str, rsna.PatientRecord],
+    fold_of: dict[str, int],
+    folds: int,
+    skipped: int,
+    mismatches: int,
+) -> dict[str, Any]:
+    """The `manifest.json` contents (see DESIGN.md)."""
+    split_info: dict[str, dict[str, Any]] = {}
+    for split in rsna.SPLITS:
+        names = [name for s, name, _ in layout if s == split]
+        split_info[split] = {
+            "count": sum(shard_stats[n]["count"] for n in names),
+            "positives": sum(shard_stats[n]["positives"] for n in names),
+            "files": names,
+        }
+    train_count = split_info["train"]["count"]
+    train_pos = split_info["train"]["positives"]
+    weights = _class_weights_or_none([1] * train_pos + [0] * (train_count - train_pos))
+    # Class weights for training with fold k held out: from the other folds' labels.
+    fold_weights = [
+        _class_weights_or_none(records[p].label for p, f in fold_of.items() if f != k)
+        for k in range(folds)
+    ]
+    return {
+        "format": "pneumokeras-tfrecords-1",
+        "source": source,
+        "image_size": size,
+        "seed": seed,
+        "splits": split_info,
+        "shards": {
+            n: {"count": s["count"], "bytes": s["bytes"]} for n, s in sorted(shard_stats.items())
+        },
+        "class_weights": weights,
+        "folds": fold_of,
+        "num_folds": folds,
+        "fold_class_weights": fold_weights,
+        "skipped": skipped,
+        "patient_id_tag_mismatches": mismatches,
+    }
+
+
+def _finish(
+    out_dir: Path,
+    state_dir: Path,
+    manifest: dict[str, Any],
+    skipped: list[tuple[str, str, str]],
+    tfrecords: Any,
+) -> None:
+    """Writes skipped.csv and the manifest, removes stale shards and the state folder."""
+    with atomic_open(out_dir / tfrecords.SKIPPED, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["patientId", "file", "reason"])
+        writer.writerows(sorted(skipped))
+    atomic_write_json(out_dir / tfrecords.MANIFEST, manifest)
+    # Remove shards of an earlier, different conversion into the same folder.
+    current = set(manifest["shards"])
+    for stale in out_dir.glob("*.tfrecord"):
+        if stale.name not in current:
+            stale.unlink()
+    shutil.rmtree(state_dir, ignore_errors=True)
+
+
 def convert(
     images_dir: str | Path,
     labels_csv: str | Path,
@@ -335,7 +608,7 @@ def convert(
         size: side of the stored square images, pixels.
         val_fraction, test_fraction: shares of patients held out, [0, 1).
         folds: K > 1 assigns stratified folds over train+val patients.
-        seed: seed of the split, folds and shard order.
+        seed: seed of the split, folds and shard order, [0, 2**32).
         workers: decoding processes; None = all cores, 0 = in-process.
         limit: convert only the first N patients (sorted by id) that have a label
             and a DICOM that decodes.
@@ -347,76 +620,13 @@ def convert(
     """
     start = time.perf_counter()
     images_dir, out_dir = Path(images_dir), Path(out_dir)
-    if not 16 <= size <= 4096:
-        raise UserError(f"--size must be in [16, 4096]; got {size}")
-    if shard_size < 1:
-        raise UserError(f"shard size must be ≥ 1; got {shard_size}")
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be ≥ 1; got {limit}")
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    if workers < 0:
-        raise UserError(f"--workers must be ≥ 0; got {workers}")
-
+    _check_arguments(size, shard_size, limit, seed)
+    workers = resolve(workers)
     records = rsna.read_labels(labels_csv, class_info_csv)
-    files = list_dicoms(images_dir)
-    skipped: list[tuple[str, str, str]] = []  # (patientId, file, reason)
+    inventory = _match_files(list_dicoms(images_dir), records)
+    state_dir, plan = _open_state(out_dir, size, limit, inventory)
 
-    by_patient: dict[str, Path] = {}
-    for path in files:
-        if path.stem in by_patient:
-            skipped.append((path.stem, path.name, "duplicate patientId file name"))
-        else:
-            by_patient[path.stem] = path
-    for patient in sorted(set(records) - set(by_patient)):
-        skipped.append((patient, "", "label row without a DICOM file"))
-    candidates = sorted(set(by_patient) & set(records))
-    unlabelled = sorted(set(by_patient) - set(records))
-
-    state_dir = out_dir / STATE_DIR
-    plan_file = state_dir / PLAN
-    # What the spool depends on: a change means starting over.
-    spool_fingerprint = _plan_fingerprint(
-        size=size,
-        limit=limit,
-        png=[PNG_FILTER, PNG_STRATEGY, PNG_LEVEL, imagecodecs.__version__],
-        files=[_file_identity(by_patient[p]) for p in candidates],
-    )
-    plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
-    if plan.get("spool") != spool_fingerprint:
-        shutil.rmtree(state_dir, ignore_errors=True)
-        plan = {"spool": spool_fingerprint}
-    state_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(plan_file, plan)
-    # Temporary files of a killed run are never complete: drop them.
-    for leftover in [*out_dir.glob(".*.tmp-*"), *state_dir.glob(".*.tmp-*")]:
-        leftover.unlink()
-
-    mapper = _Mapper(workers)
-    try:
-        for patient, reason in zip(
-            unlabelled,
-            mapper.imap(_unlabelled_reason, [str(by_patient[p]) for p in unlabelled]),
-            strict=True,
-        ):
-            skipped.append((patient, by_patient[patient].name, reason))
-        entries, tfrecords = _encode_pass(
-            mapper,
-            state_dir,
-            candidates,
-            by_patient,
-            size,
-            limit,
-            progress,
-            # TensorFlow (parent only) loads while the workers start and decode.
-            while_workers_start=_import_tfrecords,
-        )
-    finally:
-        mapper.close()
-
-    for entry in entries:
-        if entry.reason:
-            skipped.append((entry.patient, by_patient[entry.patient].name, entry.reason))
-    encoded = {e.patient: e for e in entries if not e.reason}
+    encoded, tfrecords = _decode_all(workers, state_dir, inventory, size, limit, progress)
     usable = sorted(encoded)
     if not usable:
         raise UserError(f"no DICOM in {images_dir} matches a label in {labels_csv}")
@@ -425,121 +635,37 @@ def convert(
     splits = rsna.split_patients(used, val_fraction, test_fraction, seed, views)
     fold_of = rsna.assign_folds(used, splits["train"] + splits["val"], folds, seed) if folds else {}
 
-    # Shuffle within a split (seeded) so every shard mixes both classes.
-    rng = np.random.default_rng(seed)
-    layout: list[tuple[str, str, list[str]]] = []  # (split, shard name, patients)
-    for split in rsna.SPLITS:
-        ordered = [str(p) for p in rng.permutation(splits[split])] if splits[split] else []
-        count = math.ceil(len(ordered) / shard_size)
-        for index in range(count):
-            name = tfrecords.shard_name(split, index, count)
-            layout.append((split, name, ordered[index * shard_size : (index + 1) * shard_size]))
-
-    layout_fingerprint = _plan_fingerprint(
-        seed=seed, val=val_fraction, test=test_fraction, folds=folds, layout=layout
+    layout = _shard_layout(splits, seed, shard_size, tfrecords.shard_name)
+    _forget_other_layouts(
+        state_dir,
+        plan,
+        _plan_fingerprint(
+            seed=seed, val=val_fraction, test=test_fraction, folds=folds, layout=layout
+        ),
     )
-    if plan.get("layout") != layout_fingerprint:
-        for stat_file in state_dir.glob("*.tfrecord.json"):
-            stat_file.unlink()  # shards of another layout are rewritten
-        atomic_write_json(plan_file, {**plan, "layout": layout_fingerprint})
+    shard_stats, resumed = _write_shards(
+        out_dir, state_dir, layout, encoded, records, tfrecords, progress
+    )
+    skipped = inventory.skipped
+    manifest = _manifest(
+        str(images_dir.resolve().name),
+        size,
+        seed,
+        layout,
+        shard_stats,
+        records,
+        fold_of,
+        folds,
+        len(skipped),
+        sum(encoded[p].id_mismatch for p in usable),
+    )
+    _finish(out_dir, state_dir, manifest, skipped, tfrecords)
 
-    shard_stats: dict[str, dict[str, Any]] = {}
-    resumed = 0
-    todo = []
-    for split, name, patients in layout:
-        stat_file = state_dir / f"{name}.json"
-        if (out_dir / name).is_file() and stat_file.is_file():
-            shard_stats[name] = json.loads(stat_file.read_text())
-            resumed += 1
-        else:
-            todo.append((split, name, patients))
-
-    bar = _progress(sum(len(p) for _, _, p in todo), "writing shards", progress)
-    spools: dict[str, IO[bytes]] = {}
-    try:
-
-        def examples(patients: list[str]) -> Iterator[bytes]:
-            for patient in patients:
-                entry, record = encoded[patient], records[patient]
-                if entry.spool not in spools:
-                    spools[entry.spool] = open(state_dir / entry.spool, "rb")
-                spool = spools[entry.spool]
-                spool.seek(entry.offset)
-                bar.update()
-                yield tfrecords.serialize_example(
-                    png=spool.read(entry.length),
-                    patient_id=patient,
-                    label=record.label,
-                    boxes=record.normalised_boxes(entry.columns, entry.rows),
-                    view=entry.view,
-                    detailed_class=record.detailed_class,
-                )
-
-        for split, name, patients in todo:
-            count = tfrecords.write_shard(out_dir / name, examples(patients))
-            shard_stats[name] = {
-                "split": split,
-                "count": count,
-                "positives": sum(records[p].label for p in patients),
-                "bytes": (out_dir / name).stat().st_size,
-            }
-            atomic_write_json(state_dir / f"{name}.json", shard_stats[name])
-    finally:
-        for handle in spools.values():
-            handle.close()
-    bar.close()
-
-    skipped.sort()
-
-    split_info: dict[str, dict[str, Any]] = {}
-    for split in rsna.SPLITS:
-        names = [name for s, name, _ in layout if s == split]
-        split_info[split] = {
-            "count": sum(shard_stats[n]["count"] for n in names),
-            "positives": sum(shard_stats[n]["positives"] for n in names),
-            "files": names,
-        }
-    train_count = split_info["train"]["count"]
-    train_pos = split_info["train"]["positives"]
-    weights = _class_weights_or_none([1] * train_pos + [0] * (train_count - train_pos))
-    # Class weights for training with fold k held out: from the other folds' labels.
-    fold_weights = [
-        _class_weights_or_none(records[p].label for p, f in fold_of.items() if f != k)
-        for k in range(folds)
-    ]
-    manifest = {
-        "format": "pneumokeras-tfrecords-1",
-        "source": str(images_dir.resolve().name),
-        "image_size": size,
-        "seed": seed,
-        "splits": split_info,
-        "shards": {
-            n: {"count": s["count"], "bytes": s["bytes"]} for n, s in sorted(shard_stats.items())
-        },
-        "class_weights": weights,
-        "folds": fold_of,
-        "num_folds": folds,
-        "fold_class_weights": fold_weights,
-        "skipped": len(skipped),
-        "patient_id_tag_mismatches": sum(encoded[p].id_mismatch for p in usable),
-    }
-    with atomic_open(out_dir / tfrecords.SKIPPED, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["patientId", "file", "reason"])
-        writer.writerows(skipped)
-    atomic_write_json(out_dir / tfrecords.MANIFEST, manifest)
-
-    # Remove shards of an earlier, different conversion into the same folder.
-    current = {name for _, name, _ in layout}
-    for stale in out_dir.glob("*.tfrecord"):
-        if stale.name not in current:
-            stale.unlink()
-    shutil.rmtree(state_dir, ignore_errors=True)
-
+    splits_info = manifest["splits"]
     return ConvertSummary(
         out_dir=out_dir,
-        counts={s: split_info[s]["count"] for s in rsna.SPLITS},
-        positives={s: split_info[s]["positives"] for s in rsna.SPLITS},
+        counts={s: splits_info[s]["count"] for s in rsna.SPLITS},
+        positives={s: splits_info[s]["positives"] for s in rsna.SPLITS},
         skipped=len(skipped),
         seconds=time.perf_counter() - start,
         resumed_shards=resumed,

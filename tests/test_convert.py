@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from pneumokeras import tfrecords
-from pneumokeras.convert import STATE_DIR, convert, encode_png
+from pneumokeras.convert import KILL_HOOK, STATE_DIR, convert, encode_png
 from pneumokeras.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,8 +189,8 @@ def test_unusable_inputs(synth_dir, tmp_path):
         _run_convert(synth_dir, tmp_path / "o", images_dir=tmp_path / "nope")
 
 
-def _cli(*args, **kwargs):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def _cli(*args, env=None, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), *args],
         env=env,
@@ -209,9 +208,38 @@ def _lines(path):
         return 0
 
 
+KILL_SHARD_SIZE = 4
+
+
+def _convert_for_kill_tests(synth_dir, out):
+    """What `cli.py convert` runs for the kill tests' arguments (it finds the class file)."""
+    return convert(
+        synth_dir / "stage_2_train_images",
+        synth_dir / "stage_2_train_labels.csv",
+        out,
+        class_info_csv=synth_dir / "stage_2_detailed_class_info.csv",
+        size=32,
+        workers=0,
+        shard_size=KILL_SHARD_SIZE,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synth_dir, tmp_path_factory):
+    """The kill/resume tests' reference: the same conversion, never interrupted."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    _convert_for_kill_tests(synth_dir, out)
+    return out
+
+
 @pytest.mark.parametrize("phase", ["encode", "write"])
-def test_kill_and_resume_is_byte_identical(synth_dir, tmp_path, phase):
-    """SIGKILL during the encode pass or while shards are written; rerun; same bytes."""
+def test_kill_and_resume_is_byte_identical(synth_dir, uninterrupted, tmp_path, phase):
+    """SIGKILL at a known point of the encode or write pass; rerun; same bytes.
+
+    The test hook makes the CLI process kill itself after 10 images indexed, or
+    after 10 examples handed to the shard writer (inside the third shard of 4).
+    """
     args = [
         "convert",
         "--images",
@@ -222,42 +250,33 @@ def test_kill_and_resume_is_byte_identical(synth_dir, tmp_path, phase):
         "32",
         "--workers",
         "0",
-        # One patient per shard: 80 shards, so the write pass lasts long enough to hit.
         "--shard-size",
-        "1",
+        str(KILL_SHARD_SIZE),
+        "--out",
+        str(tmp_path / "killed"),
     ]
-    reference = _cli(*args, "--out", str(tmp_path / "ref"))
-    assert reference.wait(timeout=300) == 0, reference.communicate()[1]
-    reference.communicate()
-
     out = tmp_path / "killed"
     index = out / STATE_DIR / "spool.jsonl"
 
-    def progressed():
-        if phase == "encode":
-            return _lines(index) >= 10
-        return len(list(out.glob("*.tfrecord"))) >= 3
-
-    process = _cli(*args, "--out", str(out))
-    deadline = time.time() + 300
-    while time.time() < deadline and not progressed():
-        assert process.poll() is None, process.stderr.read()
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    killed = _cli(*args, env={KILL_HOOK: f"{phase}:10"})
+    _, stderr = killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL, stderr
     assert not (out / "manifest.json").exists()
+    shards = list(out.glob("*.tfrecord"))
     if phase == "encode":
-        assert 10 <= _lines(index) < 80
-        assert not list(out.glob("*.tfrecord"))
+        assert _lines(index) == 10
+        assert not shards
     else:
-        assert 3 <= len(list(out.glob("*.tfrecord"))) < 80
+        assert _lines(index) == 80
+        assert len(shards) == 10 // KILL_SHARD_SIZE
+        assert len(list(out.glob(".*.tfrecord.tmp-*"))) == 1  # the shard being written
 
-    resumed = _cli(*args, "--out", str(out))
-    _, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, stderr
+    # The rerun runs in this process (it needs no kill), sparing a TensorFlow start.
+    summary = _convert_for_kill_tests(synth_dir, out)
+    assert summary.resumed_shards == (0 if phase == "encode" else len(shards))
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert leftovers == []
-    _assert_identical(tmp_path / "ref", out)
+    _assert_identical(uninterrupted, out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert sum(manifest["splits"][s]["count"] for s in ("train", "val", "test")) == 80
 
@@ -304,6 +323,27 @@ def test_cli_errors_are_one_line(tmp_path):
     assert process.returncode == 2
     err = stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_seed_outside_32_bits_is_refused_before_any_work(synth_dir, tmp_path, seed):
+    out = tmp_path / "o"
+    process = _cli(
+        "convert",
+        "--images",
+        str(synth_dir / "stage_2_train_images"),
+        "--labels",
+        str(synth_dir / "stage_2_train_labels.csv"),
+        "--out",
+        str(out),
+        "--seed",
+        seed,
+    )
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr
+    err = stderr.strip().splitlines()
+    assert len(err) == 1 and "--seed" in err[0] and seed in err[0], err
+    assert not out.exists()
 
 
 def test_real_rsna_dicom_converts(shared_file, tmp_path):
