@@ -120,6 +120,7 @@ class TemperatureFit:
         lr_statistic: `2 N (nll_before - nll_fitted)`.
         p_value: χ²(1) tail probability of `lr_statistic`.
         n: images it was fitted on.
+        significance: level of the test.
     """
 
     temperature: float
@@ -131,6 +132,7 @@ class TemperatureFit:
     lr_statistic: float
     p_value: float
     n: int
+    significance: float = SIGNIFICANCE
 
     @property
     def applied(self) -> bool:
@@ -145,9 +147,9 @@ class TemperatureFit:
         )
         test = f"likelihood-ratio test p = {self.p_value:.3g}"
         if self.decision == "applied":
-            return f"applied: {gain} ({test} < {SIGNIFICANCE})"
+            return f"applied: {gain} ({test} < {self.significance})"
         if self.decision == "not significant":
-            return f"kept at T = 1: {gain}, not significantly ({test} ≥ {SIGNIFICANCE})"
+            return f"kept at T = 1: {gain}, not significantly ({test} ≥ {self.significance})"
         return (
             f"kept at T = 1: the validation NLL falls all the way to the search bound "
             f"T = {self.fitted:.3g} (the model separates the validation classes perfectly?), "
@@ -201,6 +203,7 @@ def fit_calibration(
         lr_statistic=statistic,
         p_value=p_value,
         n=int(labels.size),
+        significance=significance,
     )
 
 
@@ -267,3 +270,74 @@ def calibration_summary(
 
 def _json_number(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def calibration_record(
+    fit: TemperatureFit,
+    val_labels: np.ndarray,
+    val_patients: np.ndarray,
+    labels: np.ndarray,
+    raw: np.ndarray,
+    split: str,
+    bins: int = 10,
+) -> dict[str, Any]:
+    """Everything known about one calibration, JSON-ready (metrics.json's `calibration`).
+
+    Args:
+        fit: the temperature fitted on validation (`fit_calibration`).
+        val_labels: (M,) int validation labels it was fitted on.
+        val_patients: (M,) patient id per validation image.
+        labels: (N,) int labels of the evaluated split.
+        raw: (N,) its uncalibrated pneumonia probabilities.
+        split: the evaluated split's name.
+        bins: reliability bins.
+
+    Returns:
+        The fit (`temperature` applied, `fitted_temperature`, `applied`,
+        `decision`, `explanation`, `p_value`, ...), the validation split's size
+        (`val_n` images; `val_patients`, `val_positives`, `val_negatives` patients,
+        a patient positive when any image is), validation and evaluated-split NLL
+        before and after (`val_nll_*`, `split_nll_*`), `warnings` (small
+        validation split, worse NLL on the evaluated split) and
+        `calibration_summary`'s `before` / `after`.
+    """
+    val_labels = np.asarray(val_labels)
+    _, patient_index = np.unique(np.asarray(val_patients), return_inverse=True)
+    per_patient = np.zeros(patient_index.max() + 1, dtype=int)
+    np.maximum.at(per_patient, patient_index, val_labels)
+    positives = int(per_patient.sum())
+    negatives = int(per_patient.size - positives)
+    summary = calibration_summary(labels, raw, calibrate(raw, fit.temperature), bins)
+    split_before, split_after = summary["before"]["nll"], summary["after"]["nll"]
+    warnings = [
+        w
+        for w in (
+            small_split_warning(per_patient.size, positives, negatives),
+            worse_nll_warning(split_before, split_after, fit.temperature, split),
+        )
+        if w
+    ]
+    return {
+        "method": "temperature scaling",
+        "temperature": fit.temperature,
+        "fitted_temperature": fit.fitted,
+        "applied": fit.applied,
+        "decision": fit.decision,
+        "explanation": fit.explanation(),
+        "significance": fit.significance,
+        "lr_statistic": fit.lr_statistic,
+        "p_value": fit.p_value,
+        "fitted_on": "val",
+        "val_n": fit.n,
+        "val_patients": int(per_patient.size),
+        "val_positives": positives,
+        "val_negatives": negatives,
+        "val_nll_before": fit.nll_before,
+        "val_nll_fitted": fit.nll_fitted,
+        "val_nll_after": fit.nll_after,
+        "split": split,
+        "split_nll_before": split_before,
+        "split_nll_after": split_after,
+        "warnings": warnings,
+        **summary,
+    }

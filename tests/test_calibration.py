@@ -150,3 +150,48 @@ def test_calibration_summary():
     two = calibration.calibration_summary(np.array([0, 1]), np.array([0.1, 0.9]),
                                           np.array([0.1, 0.9]), bins=10)
     assert two["before"]["bins"]["mean_predicted"].count(None) == 8
+
+
+def test_calibration_record_of_a_fit_that_hurts_the_test_split():
+    # The demo's case: a small validation split on which a sharpening T passes the
+    # test by chance (5 % of the time for a calibrated model), and a test split
+    # from the same calibrated model whose NLL it raises. Both warnings fire.
+    val_labels, val_probs = _sample(30, 1.0, seed=11)
+    fit = fit_calibration(val_labels, val_probs)
+    assert fit.applied and fit.temperature < 0.5
+    labels, raw = _sample(2000, 1.0, seed=100)
+    record = calibration.calibration_record(
+        fit, val_labels, np.arange(30), labels, raw, "test", bins=10
+    )
+    assert record["temperature"] == fit.temperature == record["fitted_temperature"]
+    assert record["applied"] and record["decision"] == "applied"
+    assert record["val_nll_before"] == fit.nll_before and record["val_nll_after"] == fit.nll_after
+    assert record["split_nll_before"] == pytest.approx(log_loss(labels, raw))
+    assert record["split_nll_after"] == pytest.approx(
+        log_loss(labels, calibrate(raw, fit.temperature))
+    )
+    assert record["split_nll_after"] > record["split_nll_before"]
+    assert record["split_nll_after"] == record["after"]["nll"]
+    assert (record["val_n"], record["val_patients"]) == (30, 30)
+    assert record["val_positives"] + record["val_negatives"] == 30
+    assert record["val_positives"] == val_labels.sum()
+    assert len(record["warnings"]) == 2
+    assert "validation split is small (30 patients" in record["warnings"][0]
+    assert "made the test split worse" in record["warnings"][1]
+    assert record["explanation"] == fit.explanation()
+    assert sum(record["before"]["bins"]["counts"]) == 2000
+
+
+def test_calibration_record_counts_patients_and_warns_about_nothing_on_a_large_split():
+    val_labels = np.array([0, 0, 1, 1, 0, 1] * 40)
+    val_patients = np.repeat(np.arange(120), 2)  # two images per patient
+    val_probs = np.where(val_labels == 1, 0.6, 0.4) + np.tile([0.3, -0.3, 0.0], 80)
+    fit = fit_calibration(val_labels, val_probs)
+    record = calibration.calibration_record(
+        fit, val_labels, val_patients, val_labels, val_probs, "val"
+    )
+    # Patients [0,0] [1,1] [0,1] → normal, pneumonia, pneumonia (any image positive).
+    assert (record["val_n"], record["val_patients"]) == (240, 120)
+    assert (record["val_positives"], record["val_negatives"]) == (80, 40)
+    assert fit.applied and record["split_nll_after"] < record["split_nll_before"]
+    assert record["warnings"] == []

@@ -1,0 +1,185 @@
+"""The Markdown evaluation report (`report.md`), rendered from the metrics.json dict.
+
+Renders values only; nothing is computed here. The probabilities are called
+"calibrated" only when a fitted temperature was applied and did not make the
+evaluated split's NLL worse (`probability_words`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+DISCLAIMER = "Research and education only; not for diagnosis or any clinical decision."
+PLOTS = ("roc.png", "pr.png", "confusion.png", "calibration.png")
+METRIC_LABELS = {
+    "accuracy": "Accuracy",
+    "precision": "Precision (PPV)",
+    "recall": "Recall (sensitivity)",
+    "specificity": "Specificity",
+    "f1": "F1",
+    "roc_auc": "ROC-AUC",
+    "pr_auc": "PR-AUC (average precision)",
+    "brier": "Brier score",
+    "tn": "True negatives",
+    "fp": "False positives",
+    "fn": "False negatives",
+    "tp": "True positives",
+}
+CI_METHOD_LABELS = {
+    "wilson": "Wilson score",
+    "bootstrap": "patient bootstrap",
+    "none": "none (a count)",
+}
+THRESHOLD_HOW = {
+    "youden": "maximising Youden's J on the validation split",
+    "f1": "maximising F1 on the validation split",
+    "manual": "given by the user",
+}
+
+
+def calibration_hurt(calibration: Mapping[str, Any]) -> bool:
+    """Whether the applied temperature raised the evaluated split's NLL."""
+    return bool(calibration["applied"]) and (
+        calibration["split_nll_after"] > calibration["split_nll_before"]
+    )
+
+
+def probability_words(calibration: Mapping[str, Any]) -> str:
+    """What to call the reported probabilities: calibrated, or what they are instead."""
+    if not calibration["applied"]:
+        return "uncalibrated"
+    return "temperature-scaled" if calibration_hurt(calibration) else "calibrated"
+
+
+def _metrics_heading(calibration: Mapping[str, Any]) -> str:
+    words = probability_words(calibration)
+    if not calibration["applied"]:
+        return f"## Metrics ({words} probabilities; temperature kept at 1)"
+    if calibration_hurt(calibration):
+        return (
+            f"## Metrics ({words} probabilities, T = {calibration['temperature']:.3f}; "
+            "calibration made this split's NLL worse)"
+        )
+    return f"## Metrics ({words} probabilities)"
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+
+
+def metric_table(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown table rows: metric, value, 95 % interval, how the interval was made."""
+    lines = ["| metric | value | 95 % CI | CI method |", "|---|---|---|---|"]
+    for name, label in METRIC_LABELS.items():
+        entry = metrics[name]
+        low, high = entry["ci95"]
+        if entry["ci_method"] == "none":
+            interval = "—"
+        elif low is None:
+            interval = "n/a"
+        else:
+            interval = f"{_fmt(low)} – {_fmt(high)}"
+        method = CI_METHOD_LABELS[entry["ci_method"]]
+        lines.append(f"| {label} | {_fmt(entry['value'])} | {interval} | {method} |")
+    return lines
+
+
+def _header(result: Mapping[str, Any]) -> list[str]:
+    threshold, boot = result["threshold"], result["bootstrap"]
+    words = probability_words(result["calibration"])
+    return [
+        "# Pneumonia classifier evaluation",
+        "",
+        f"> **{DISCLAIMER}**",
+        "",
+        f"- model: `{result['model']}` (Keras backend {result['backend']})",
+        f"- data: `{result['data_dir']}` (source {result['data_source'] or 'unknown'}), "
+        f"split **{result['split']}**: {result['n']} images of {result['patients']} patients, "
+        f"{result['positives']} with pneumonia",
+        f"- decision threshold: **{threshold['value']:.4f}** on the {words} pneumonia "
+        f"probability ({THRESHOLD_HOW[threshold['method']]})",
+        f"- {boot['level']:.0%} confidence intervals: Wilson score intervals for the "
+        "proportions (accuracy, precision, recall, specificity); a percentile bootstrap "
+        f"over patients ({boot['resamples']} resamples, seed {boot['seed']}) for F1, "
+        "ROC-AUC, PR-AUC and the Brier score; none for the counts. Threshold and "
+        "temperature are held fixed.",
+        "",
+    ]
+
+
+def _calibration(result: Mapping[str, Any]) -> list[str]:
+    cal, split = result["calibration"], result["split"]
+    validation = (
+        f"Validation split: {cal['val_n']} images of {cal['val_patients']} patients "
+        f"({cal['val_positives']} with pneumonia, {cal['val_negatives']} without)."
+    )
+    lines = [
+        "## Calibration",
+        "",
+        f"Temperature scaling on the validation split — {cal['explanation']}. " + validation,
+        "",
+        "| NLL (nats per image) | before | after |",
+        "|---|---|---|",
+        f"| validation split | {cal['val_nll_before']:.4f} | {cal['val_nll_after']:.4f} |",
+        f"| {split} split | {cal['split_nll_before']:.4f} | {cal['split_nll_after']:.4f} |",
+        "",
+    ]
+    if calibration_hurt(cal):
+        lines += [
+            f"**Calibration made the {split} split worse**: its NLL rose from "
+            f"{cal['split_nll_before']:.4f} to {cal['split_nll_after']:.4f}. The probabilities "
+            "above are temperature-scaled, not better calibrated.",
+            "",
+        ]
+    lines += [
+        f"| {split} split | ECE ({len(cal['after']['bins']['counts'])} bins) | "
+        "Brier score | NLL |",
+        "|---|---|---|---|",
+    ]
+    for key in ("before", "after"):
+        part = cal[key]
+        lines.append(
+            f"| {key} calibration | {part['ece']:.4f} | {part['brier']:.4f} | {part['nll']:.4f} |"
+        )
+    return lines + ["", "![Reliability diagram](calibration.png)", ""]
+
+
+def render_report(result: Mapping[str, Any]) -> str:
+    """The Markdown report of one evaluation.
+
+    Args:
+        result: the dict written to metrics.json by `evaluate.evaluate_run`.
+
+    Returns:
+        Markdown text embedding the four PNGs by relative path.
+    """
+    (tn, fp), (fn, tp) = result["confusion_matrix"]["matrix"]
+    lines = _header(result)
+    if result["warnings"]:
+        lines += ["**Warnings**", ""] + [f"- {w}" for w in result["warnings"]] + [""]
+    lines += [_metrics_heading(result["calibration"]), ""]
+    lines += metric_table(result["metrics"]) + [""]
+    lines += [
+        "| true \\ predicted | normal | pneumonia |",
+        "|---|---|---|",
+        f"| normal | {tn} | {fp} |",
+        f"| pneumonia | {fn} | {tp} |",
+        "",
+        "![ROC curve](roc.png) ![Precision-recall curve](pr.png)",
+        "",
+        "![Confusion matrix](confusion.png)",
+        "",
+    ]
+    lines += _calibration(result)
+    lines += ["## Subgroups by view position", ""]
+    views = result["subgroups"]["view"]
+    if not views:
+        lines.append("View position unknown for this data.")
+    for view, group in views.items():
+        lines += [f"### {view}: {group['n']} images, {group['positives']} with pneumonia", ""]
+        lines += metric_table(group["metrics"]) + [""]
+    lines += ["", f"*{DISCLAIMER}*", ""]
+    return "\n".join(lines)
