@@ -12,8 +12,10 @@ the same arguments give byte-identical folders for any number of workers.
 
 Images are built in an "attenuation" map (0 = air, ~1 = mediastinum) in
 normalised coordinates, then mapped to grey levels by a per-patient exposure
-curve. Positives get 1-4 soft opacities inside the lungs; their label boxes are
-the bounding boxes of the opacities' compact support. The exposure, contrast and
+curve. Positives get 1-4 soft opacities, each drawn within one lung field and
+placed so that most of it (`_MIN_SHARE_IN_LUNG` of its mass) lies in that lung;
+a label box is the bounding box of the visible part of its opacity, so it
+encloses the opacity and stays inside the lung field. The exposure, contrast and
 lung-aeration distributions are the same for every class and wide, so global
 intensity statistics do not give the label away: a classifier has to find the
 local opacities.
@@ -24,8 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import multiprocessing
-import os
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from pneumokeras.errors import UserError
 from pneumokeras.fileio import atomic_open, atomic_write_bytes
+from pneumokeras.workers import WorkerPool, resolve
 
 IMAGES_DIR = "stage_2_train_images"
 LABELS_CSV = "stage_2_train_labels.csv"
@@ -69,6 +70,13 @@ _MAX_BASE = 256
 _TEXTURE_SIZE = 128
 # Pixel spacing of a 1024-pixel image, mm (RSNA images are 0.14-0.17 mm).
 _SPACING_1024_MM = 0.143
+# Width of the soft edges of anatomical shapes, body units.
+_EDGE = 0.006
+# An opacity is drawn again (at most `_PLACEMENT_TRIES` times, keeping the best)
+# until this share of its mass lies in its lung field, so that little of it is cut
+# away by the lung's edge and its label box stays in the lung.
+_MIN_SHARE_IN_LUNG = 0.85
+_PLACEMENT_TRIES = 25
 
 
 @dataclass(frozen=True)
@@ -372,7 +380,9 @@ def _sample_blob_in_lung(
     )
 
 
-def _sample_opacities(rng: np.random.Generator, anatomy: Anatomy) -> tuple[Blob, ...]:
+def _sample_opacities(
+    rng: np.random.Generator, anatomy: Anatomy, findings: Findings
+) -> tuple[Blob, ...]:
     count = 1 + int(rng.choice(4, p=BOX_COUNT_P))
     first = int(rng.choice((-1, 1)))
     # Two opacities are usually bilateral, as in RSNA; more alternate sides.
@@ -386,18 +396,25 @@ def _sample_opacities(rng: np.random.Generator, anatomy: Anatomy) -> tuple[Blob,
             if sides.count(side) == 1
             else ((0.15, 0.45), (0.55, 0.9))[sides[:k].count(side) % 2]
         )
-        blobs.append(
-            _sample_blob_in_lung(
+        best: tuple[float, Blob] | None = None
+        for _ in range(_PLACEMENT_TRIES):
+            blob = _sample_blob_in_lung(
                 rng,
                 anatomy,
                 side,
                 band,
-                # Boxes about RSNA-sized: median 21 % × 29 % of the image side.
-                radius=(0.07, 0.125),
+                # Boxes about RSNA-sized (median 21 % × 29 % of the image side); with
+                # the placement rule these give 19 % × 28 %.
+                radius=(0.08, 0.14),
                 elongation=(1.0, 1.9),
                 amplitude=anatomy.lung_air * rng.uniform(0.6, 0.95),
             )
-        )
+            share = _share_in_lung(anatomy, findings, blob)
+            if best is None or share > best[0]:
+                best = (share, blob)
+            if share >= _MIN_SHARE_IN_LUNG:
+                break
+        blobs.append(best[1])
     return tuple(blobs)
 
 
@@ -461,7 +478,7 @@ def sample_patient(seq: np.random.SeedSequence, label_class: str) -> PatientSpec
     # Positives carry other findings too, so a finding alone does not mean "negative".
     with_findings = label_class == NOT_NORMAL or (label_class == LUNG_OPACITY and extra_findings)
     findings = _sample_findings(find, anatomy, with_findings)
-    opacities = _sample_opacities(opac, anatomy) if label_class == LUNG_OPACITY else ()
+    opacities = _sample_opacities(opac, anatomy, findings) if label_class == LUNG_OPACITY else ()
     return PatientSpec(
         patient_id=_patient_id(seq),
         label_class=label_class,
@@ -479,14 +496,22 @@ def sample_patient(seq: np.random.SeedSequence, label_class: str) -> PatientSpec
 def boxes(spec: PatientSpec, size: int) -> list[tuple[float, float, float, float]]:
     """Returns the label boxes `(x, y, width, height)` of a patient, pixels.
 
-    `x, y` is the top-left corner; boxes are whole pixels that enclose each
-    opacity's support, clipped to the image `[0, size]`.
+    `x, y` is the top-left corner. Each box is the bounding box, in whole pixels,
+    of the visible part of one opacity: the cells of `render_image`'s geometry
+    grid where the opacity is non-zero within its own lung field. So a box
+    encloses every pixel its opacity changes (plus resampling's one or two
+    pixels above 256 px) and lies within the bounding box of that lung.
     """
+    n = min(size, _MAX_BASE)
+    scale = size / n
     out = []
     for blob in spec.opacities:
-        x0, y0, x1, y1 = blob.bounds()
-        x0, y0 = max(0, math.floor(x0 * size)), max(0, math.floor(y0 * size))
-        x1, y1 = min(size, math.ceil(x1 * size)), min(size, math.ceil(y1 * size))
+        win, profile, lung = _opacity_in_lung(spec.anatomy, spec.findings, blob, n)
+        rows, cols = np.nonzero((profile > 0) & (lung > 0))
+        r0, r1 = win[0].start + rows.min(), win[0].start + rows.max() + 1
+        c0, c1 = win[1].start + cols.min(), win[1].start + cols.max() + 1
+        x0, y0 = math.floor(c0 * scale), math.floor(r0 * scale)
+        x1, y1 = math.ceil(c1 * scale), math.ceil(r1 * scale)
         out.append((float(x0), float(y0), float(x1 - x0), float(y1 - y0)))
     return out
 
@@ -525,6 +550,65 @@ def _blob(u: np.ndarray, v: np.ndarray, blob: Blob, power: float = 2.0) -> np.nd
     """Profile `(1 - r²)^power` inside the ellipse, exactly 0 outside."""
     r2 = _ellipse_r2(u, v, blob.cx, blob.cy, blob.rx, blob.ry, blob.angle)
     return np.maximum(1.0 - r2, 0.0) ** power
+
+
+def _body_xy(a: Anatomy, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Image-normalised `(u, v)` → body coordinates `(x, y)` (inverse of `to_image`)."""
+    c, s = math.cos(a.rotation), math.sin(a.rotation)
+    du, dv = (u - a.center_x) / a.scale, (v - a.center_y) / a.scale
+    return c * du + s * dv, -s * du + c * dv
+
+
+def _heart(a: Anatomy, f: Findings, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Soft heart mask in [0, 1] (cardiomegaly included) on body coordinates."""
+    hx, hy, hrx, hry, hangle = a.heart
+    scale = f.heart_scale
+    heart_r2 = _ellipse_r2(x, y, hx, hy, hrx * scale, hry * (1 + (scale - 1) / 3), hangle)
+    return _soft(1 - heart_r2, 0.12)
+
+
+def _lung_fields(
+    a: Anatomy,
+    heart: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    edges: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (image-left, image-right) lung fields in [0, 1]: the lungs less the heart.
+
+    The heart displaces the lungs, so it shows as a dense silhouette.
+    """
+    left, right = _lung_masks(a, x, y, edges, _EDGE)
+    return left * (1 - heart), right * (1 - heart)
+
+
+def _side(a: Anatomy, blob: Blob) -> int:
+    """The lung an opacity (image coordinates) is centred in: -1 image left, +1 right."""
+    x, _ = _body_xy(a, blob.cx, blob.cy)
+    return 1 if x > 0 else -1
+
+
+def _opacity_in_lung(
+    a: Anatomy, f: Findings, blob: Blob, n: int
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+    """An opacity on an n×n grid: its window, its profile there and its lung's field there.
+
+    The grid is `render_image`'s, so the profile is non-zero and the field positive
+    on exactly the cells that the opacity changes.
+    """
+    win = _window(None, blob, n)
+    grid = (np.arange(n, dtype=np.float32) + 0.5) / n
+    u, v = np.meshgrid(grid[win[1]], grid[win[0]])
+    x, y = _body_xy(a, u, v)
+    edges = (_lateral_edge(a, -1, y), _lateral_edge(a, 1, y))
+    fields = _lung_fields(a, _heart(a, f, x, y), x, y, edges)
+    return win, _blob(u, v, blob, 1.5), fields[_side(a, blob) > 0]
+
+
+def _share_in_lung(a: Anatomy, f: Findings, blob: Blob) -> float:
+    """Share of an opacity's mass inside its lung field (drawn at `_TEXTURE_SIZE`)."""
+    _, profile, lung = _opacity_in_lung(a, f, blob, _TEXTURE_SIZE)
+    return float((profile * lung).sum() / profile.sum())
 
 
 def _lung_masks(
@@ -589,13 +673,11 @@ def _ribs(
 def _attenuation(
     spec: PatientSpec, u: np.ndarray, v: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Anatomy and findings without opacities, and the union lung mask; (n, n) each."""
+    """Anatomy and findings without opacities, (n, n), and the (left, right) lung fields."""
     a, f = spec.anatomy, spec.findings
     n = u.shape[0]
-    c, s = math.cos(a.rotation), math.sin(a.rotation)
-    du, dv = (u - a.center_x) / a.scale, (v - a.center_y) / a.scale
-    x, y = c * du + s * dv, -s * du + c * dv
-    eps = 0.006
+    x, y = _body_xy(a, u, v)
+    eps = _EDGE
 
     # Soft tissue: thickness ∝ chord length of a cylinder, narrowing to the shoulders.
     half = a.body_half_width * (0.6 + 0.4 * _soft(y + 0.42, 0.08))
@@ -607,13 +689,10 @@ def _attenuation(
         cut = _soft(y[win] - (a.lung_base[0] - 0.12), 0.03)
         att[win] += a.breast_density * _blob(x[win], y[win], breast, 1.0) * cut
 
-    hx, hy, hrx, hry, hangle = a.heart
-    scale = f.heart_scale
-    heart_r2 = _ellipse_r2(x, y, hx, hy, hrx * scale, hry * (1 + (scale - 1) / 3), hangle)
-    heart = _soft(1 - heart_r2, 0.12)
-    # The heart displaces the lungs, so it shows as a dense silhouette.
+    hy = a.heart[1]
+    heart = _heart(a, f, x, y)
     edges = (_lateral_edge(a, -1, y), _lateral_edge(a, 1, y))
-    left, right = (mask * (1 - heart) for mask in _lung_masks(a, x, y, edges, eps))
+    left, right = _lung_fields(a, heart, x, y, edges)
     lungs = np.maximum(left, right)
     att -= a.lung_air * lungs * (0.7 + 0.3 * chord)
     # Vessel markings, denser towards the hila.
@@ -662,16 +741,16 @@ def _attenuation(
         # Sampled in image coordinates, like the opacities.
         win = _window(None, f.nodule, n)
         att[win] += f.nodule.amplitude * _blob(u[win], v[win], f.nodule, 0.5)
-    return att, lungs
+    return att, (left, right)
 
 
 def render_image(spec: PatientSpec, size: int) -> np.ndarray:
     """Renders a patient as an 8-bit MONOCHROME2 radiograph.
 
     Geometry is drawn at `min(size, 256)` pixels and upsampled (it is smooth);
-    per-pixel grain is drawn at full size. Opacities are added after the blur and
-    have compact support, so they change pixels only inside their boxes (plus one
-    or two pixels of resampling).
+    per-pixel grain is drawn at full size. Opacities are added after the blur,
+    within their own lung and with compact support, so they change pixels only
+    inside their boxes (plus one or two pixels of resampling).
 
     Args:
         spec: the patient.
@@ -692,7 +771,8 @@ def render_image(spec: PatientSpec, size: int) -> np.ndarray:
     for blob in spec.opacities:
         win = _window(None, blob, n)
         texture = np.clip(1 + 0.35 * opacity_texture[win], 0.2, 1.8)
-        att[win] += blob.amplitude * _blob(u[win], v[win], blob, 1.5) * lungs[win] * texture
+        lung = lungs[_side(spec.anatomy, blob) > 0][win]  # an opacity stays in its lung
+        att[win] += blob.amplitude * _blob(u[win], v[win], blob, 1.5) * lung * texture
     # A film-like curve: linear for thin parts, saturating softly for dense ones.
     level = np.tanh(np.maximum(ex.offset + ex.gain * att, 0.0) / 255.0) ** ex.gamma * 255.0
     level = _resize(level, size)
@@ -795,8 +875,7 @@ def _validate(
         raise UserError(f"positive_fraction must be in [0, 1], got {positive_fraction!r}")
     if not _is_int(seed) or seed < 0:
         raise UserError(f"seed must be an integer ≥ 0, got {seed!r}")
-    if workers is not None and (not _is_int(workers) or workers < 0):
-        raise UserError(f"workers must be an integer ≥ 0 (0: in this process), got {workers!r}")
+    resolve(workers)
 
 
 def generate(
@@ -817,9 +896,8 @@ def generate(
     The CSVs are written last, so their presence means the images are complete.
     Running again with the same arguments rewrites the same bytes.
 
-    Worker processes are spawned (not forked: the caller may hold threads, e.g.
-    TensorFlow's), so a script that calls this with workers needs the usual
-    `if __name__ == "__main__":` guard.
+    Worker processes are spawned (see `pneumokeras.workers`), so a script that
+    calls this with workers needs the usual `if __name__ == "__main__":` guard.
 
     Args:
         out_dir: folder to write; created when missing.
@@ -828,7 +906,8 @@ def generate(
         positive_fraction: share of "Lung Opacity" patients; exactly
             `round(patients * positive_fraction)` are positive.
         seed: seed of the whole data set, ≥ 0.
-        workers: processes; `None` uses every core, 0 or 1 works in this process.
+        workers: processes; None = every core, 0 = in this process, N = N
+            worker processes (as for `convert`).
         progress: show a progress bar on stderr.
 
     Returns:
@@ -847,14 +926,9 @@ def generate(
     images_dir.mkdir(parents=True, exist_ok=True)
 
     tasks = [(seed, i, cls, size, str(images_dir)) for i, cls in enumerate(classes)]
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    workers = min(workers, patients)
     bar = {"total": patients, "desc": "synth", "unit": "img", "disable": not progress}
-    if workers <= 1:
-        results = [_make_patient(task) for task in tqdm(tasks, **bar)]
-    else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            results = list(tqdm(pool.imap(_make_patient, tasks, chunksize=4), **bar))
+    with WorkerPool(resolve(workers, tasks=patients)) as pool:
+        results = list(tqdm(pool.imap(_make_patient, tasks, chunksize=4), **bar))
 
     with (
         atomic_open(out_dir / LABELS_CSV, "w", newline="") as labels,
