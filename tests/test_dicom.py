@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 import re
-import struct
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pydicom
 import pytest
@@ -102,51 +102,13 @@ def jpeg_baseline_file(path: Path, pixels: np.ndarray, photometric: str = "MONOC
 
 
 def lossless_jpeg(pixels: np.ndarray) -> bytes:
-    """8-bit grayscale as JPEG Lossless, process 14, first-order prediction (ITU-T T.81 H).
-
-    Nothing installed encodes this syntax (pydicom and Pillow have no encoder), so the
-    test writes it: standard luminance DC Huffman table, predictor 1, no point transform.
-    """
-    counts = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]  # codes per length 1..16
-    symbols = list(range(12))
-    codes, code, k = {}, 0, 0
-    for length, count in enumerate(counts, start=1):
-        for _ in range(count):
-            codes[symbols[k]] = format(code, f"0{length}b")
-            code, k = code + 1, k + 1
-        code <<= 1
-    p = pixels.astype(np.int64)
-    prediction = np.empty_like(p)
-    prediction[0, 0] = 128  # 2 ** (precision - 1)
-    prediction[0, 1:] = p[0, :-1]  # first line: left neighbour
-    prediction[1:, 0] = p[:-1, 0]  # first column: the sample above
-    prediction[1:, 1:] = p[1:, :-1]
-    bits = []
-    for diff in (p - prediction).ravel().tolist():
-        category = abs(diff).bit_length()
-        bits.append(codes[category])
-        if category:
-            bits.append(format(diff if diff > 0 else diff + (1 << category) - 1, f"0{category}b"))
-    stream = "".join(bits)
-    stream += "1" * (-len(stream) % 8)
-    scan = bytearray()
-    for i in range(0, len(stream), 8):
-        scan.append(int(stream[i : i + 8], 2))
-        if scan[-1] == 0xFF:
-            scan.append(0)  # byte stuffing
-
-    def segment(marker: int, payload: bytes) -> bytes:
-        return struct.pack(">HH", marker, len(payload) + 2) + payload
-
-    height, width = pixels.shape
-    return (
-        b"\xff\xd8"
-        + segment(0xFFC4, bytes([0]) + bytes(counts) + bytes(symbols))
-        + segment(0xFFC3, struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0]))
-        + segment(0xFFDA, bytes([1, 1, 0, 1, 0, 0]))
-        + bytes(scan)
-        + b"\xff\xd9"
-    )
+    """8-bit grayscale as JPEG Lossless, process 14, selection value 1 (first-order
+    prediction, no point transform): libjpeg-turbo's encoder through imagecodecs."""
+    frame = bytes(imagecodecs.jpeg8_encode(pixels, lossless=True, predictor=1))
+    sos = frame.index(b"\xff\xda")
+    assert b"\xff\xc3" in frame[:sos]  # SOF3: lossless, Huffman
+    assert frame[sos + 4 : sos + 10] == bytes([1, 1, 0, 1, 0, 0])  # predictor 1, Al 0
+    return frame
 
 
 def mad(a: np.ndarray, b: np.ndarray) -> float:
