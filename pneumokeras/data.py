@@ -175,6 +175,36 @@ def check_image_size(manifest: Mapping[str, Any], config: Config, data_dir: Path
         )
 
 
+def check_fold(manifest: Mapping[str, Any], fold: int, data_dir: Path) -> None:
+    """Raises UserError unless `fold` is one of the folds `convert --folds K` wrote."""
+    num_folds = int(manifest.get("num_folds") or 0)
+    if num_folds < 1 or not manifest.get("folds"):
+        raise UserError(f"--fold {fold}: {data_dir} was converted without --folds")
+    if not 0 <= fold < num_folds:
+        raise UserError(
+            f"--fold {fold} is out of range: {data_dir} has {num_folds} folds "
+            f"(0..{num_folds - 1})"
+        )
+
+
+def sample_images(data_dir: str | Path, split: str, count: int) -> Any:
+    """The first `count` images of a split, decoded: `(n, S, S)` uint8 NumPy, n <= count.
+
+    Reads shards in the manifest's order and stops after `count` images.
+    """
+    data_dir = Path(data_dir)
+    manifest = tfrecords.load_manifest(data_dir)
+    files = _split_files(data_dir, manifest, [split])
+    dataset = (
+        tf.data.TFRecordDataset(files)
+        .take(count)
+        .map(lambda s: tf.io.decode_png(parse(s)["image/encoded"], channels=1)[..., 0])
+    )
+    images = list(dataset.as_numpy_iterator())
+    size = int(manifest["image_size"])
+    return tf.stack(images).numpy() if images else tf.zeros((0, size, size), tf.uint8).numpy()
+
+
 def _records(
     data_dir: Path,
     manifest: Mapping[str, Any],
@@ -194,12 +224,7 @@ def _records(
     else:
         if split not in ("train", "val"):
             raise UserError("--fold selects training and validation data only")
-        num_folds = manifest.get("num_folds", 0)
-        if not 0 <= fold < num_folds:
-            raise UserError(
-                f"--fold {fold} is out of range: {data_dir} was converted with "
-                f"{num_folds} folds (use convert --folds K)"
-            )
+        check_fold(manifest, fold, data_dir)
         files = _split_files(data_dir, manifest, ["train", "val"])
     dataset = tf.data.Dataset.from_tensor_slices(files)
     num_shards, index = shard

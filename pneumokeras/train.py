@@ -2,23 +2,34 @@
 
 `train()` writes into the run folder:
     model.keras   the best epoch by validation ROC-AUC (uncompiled; stock layers)
-    model.json    class names, input size, threshold, temperature, backend, config,
-                  validation metrics of the best epoch
-    history.csv   one row per finished epoch (rewritten atomically; never repeats)
+    model.json    the model card (`model_card.ModelCard`): class names, input size,
+                  threshold, temperature, backend, config, training data,
+                  validation metrics of the best epoch (1-based `best_epoch`)
+    history.csv   one row per finished epoch, numbered from 1 (rewritten
+                  atomically; never repeats); `learning_rate` is the rate of the
+                  epoch's first step
+    run.json      the run's record: settings, data fingerprint, fold, backend,
+                  status (`running` until the last epoch, then `finished`)
     logs/         TensorBoard logs
     backup/       BackupAndRestore state while a run is unfinished
 
-Re-running the same command after a kill resumes at the last finished epoch.
+A run folder describes one run. Re-running the same command after a kill resumes
+at the last finished epoch; a run with other settings, data, fold or backend is
+refused, and so is a finished run (unless `overwrite`, which replaces it).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
 import os
+import shutil
+import signal
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,19 +38,28 @@ from typing import Any
 import keras
 import numpy as np
 
+from pneumokeras import __version__, drift, performance, resnet, tfrecords
 from pneumokeras import data as data_lib
-from pneumokeras import performance, resnet, tfrecords
 from pneumokeras.config import Config
 from pneumokeras.errors import UserError
-from pneumokeras.fileio import atomic_write_json, atomic_write_text
+from pneumokeras.fileio import atomic_path, atomic_write_json, atomic_write_text
+from pneumokeras.model_card import CARD_FILE, MODEL_FILE, ModelCard, read_card, write_card
 
-CLASS_NAMES = ("normal", "pneumonia")
 MONITOR = "val_auc"
+RUN_RECORD = "run.json"
+# What `train` writes into a run folder (and `overwrite` removes).
+RUN_OUTPUTS = (MODEL_FILE, CARD_FILE, "history.csv", RUN_RECORD, "logs", "backup")
+# Training images sampled for the card's intensity statistics (out-of-distribution
+# warnings in predict).
+STATISTICS_SAMPLE = 512
+# Test hook: kill this process (SIGKILL) at the end of this 1-based epoch, after
+# the backup of that epoch was written, so resume tests kill at a known point.
+KILL_AFTER_EPOCH_VARIABLE = "PNEUMOKERAS_TEST_KILL_AFTER_EPOCH"
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSummary:
-    """What a training run produced."""
+    """What a training run produced (`best_epoch` numbered from 1)."""
 
     run_dir: Path
     best_epoch: int
@@ -121,45 +141,158 @@ def standard_logs(logs: Mapping[str, Any]) -> dict[str, Any]:
 
 def save_model(model: keras.Model, path: Path) -> None:
     """Saves `model` uncompiled to `path` atomically (`.keras` needs that suffix)."""
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
-    try:
+    with atomic_path(path) as tmp:
         export_model(model).save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
-def model_metadata(config: Config, manifest: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    """The model.json contract (see DESIGN.md); `extra` adds or overrides fields."""
-    meta = {
-        "class_names": list(CLASS_NAMES),
-        "input_size": config.data.image_size,
-        "input": "grayscale pixels in [0, 255], shape (None, H, W, 1)",
-        "output": "softmax probabilities [normal, pneumonia]",
-        "threshold": 0.5,
-        "temperature": 1.0,
-        "backend": keras.backend.backend(),
-        "keras_version": keras.__version__,
-        "model_name": config.model.name,
-        "gradcam_layer": resnet.LAST_CONV_LAYER[config.model.name],
+def manifest_fingerprint(manifest: Mapping[str, Any]) -> str:
+    """A short hash of the converted data's manifest (shards, counts, splits, folds)."""
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def training_card(
+    config: Config,
+    manifest: Mapping[str, Any],
+    data_dir: Path,
+    fold: int | None,
+    class_weight: Mapping[int, float] | None,
+    devices: int,
+    statistics: Mapping[str, Any],
+) -> ModelCard:
+    """The model card of a model being trained (threshold and temperature not fitted yet)."""
+    splits = manifest["splits"]
+    return ModelCard(
+        input_size=config.data.image_size,
+        backend=keras.backend.backend(),
+        keras_version=keras.__version__,
+        project_version=__version__,
+        model_name=config.model.name,
+        gradcam_layer=resnet.LAST_CONV_LAYER[config.model.name],
+        config=config.to_dict(),
+        data={
+            "data_dir": str(data_dir.resolve()),
+            "source": manifest.get("source", ""),
+            "image_size": manifest["image_size"],
+            "fingerprint": manifest_fingerprint(manifest),
+            "splits": {
+                name: {"count": split["count"], "positives": split["positives"]}
+                for name, split in splits.items()
+            },
+        },
+        fold=fold,
+        class_weights=(
+            None if class_weight is None else {str(c): w for c, w in class_weight.items()}
+        ),
+        devices=devices,
+        input_statistics=statistics,
+    )
+
+
+# ---------------------------------------------------------------- the run folder
+
+
+def _run_record(
+    config: Config, manifest: Mapping[str, Any], fold: int | None, status: str
+) -> dict[str, Any]:
+    return {
+        "status": status,
         "config": config.to_dict(),
-        "data": {"image_size": manifest["image_size"], "source": manifest.get("source", "")},
+        "data_fingerprint": manifest_fingerprint(manifest),
+        "data_source": manifest.get("source", ""),
+        "fold": fold,
+        "backend": keras.backend.backend(),
     }
-    meta.update(extra)
-    return meta
+
+
+def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """`key: old → new` for every setting (flattened) that differs."""
+    out = []
+    for key in ("data_fingerprint", "fold", "backend"):
+        if recorded.get(key) != current[key]:
+            out.append(f"{key}: {recorded.get(key)} → {current[key]}")
+    old, new = recorded.get("config", {}), current["config"]
+    for section in sorted(set(old) | set(new)):
+        for name in sorted(set(old.get(section, {})) | set(new.get(section, {}))):
+            before, after = old.get(section, {}).get(name), new.get(section, {}).get(name)
+            if before != after:
+                out.append(f"{section}.{name}: {before} → {after}")
+    return out
+
+
+def prepare_run_dir(
+    run_dir: Path,
+    config: Config,
+    manifest: Mapping[str, Any],
+    fold: int | None,
+    overwrite: bool,
+) -> bool:
+    """Makes `run_dir` ready for this run; returns True when it resumes an unfinished one.
+
+    Raises:
+        UserError: a finished run (without `overwrite`), an unfinished run with
+            other settings, data, fold or backend, or a folder that is not empty
+            and holds no run record.
+    """
+    current = _run_record(config, manifest, fold, "running")
+    record_path = run_dir / RUN_RECORD
+    entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if entries and overwrite:
+        for name in RUN_OUTPUTS:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    elif entries:
+        if not record_path.is_file():
+            what = "files of a run" if set(entries) & set(RUN_OUTPUTS) else "other files"
+            raise UserError(
+                f"{run_dir} is not empty and holds {what} without a {RUN_RECORD}; "
+                "choose a new --out, or pass --overwrite to replace the run"
+            )
+        recorded = json.loads(record_path.read_text())
+        if recorded.get("status") == "finished":
+            raise UserError(
+                f"{run_dir} holds a finished run; choose a new --out, or pass --overwrite "
+                "to replace it"
+            )
+        changed = _differences(recorded, current)
+        if changed:
+            raise UserError(
+                f"{run_dir} holds an unfinished run with other settings ("
+                + "; ".join(changed[:3]) + (" …" if len(changed) > 3 else "")
+                + "); rerun with the same settings to resume it, or pass --overwrite"
+            )
+        return True
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record_path, current)
+    return False
+
+
+def finish_run_dir(run_dir: Path) -> None:
+    """Marks the run finished in its record (a rerun is then refused)."""
+    record = json.loads((run_dir / RUN_RECORD).read_text())
+    atomic_write_json(run_dir / RUN_RECORD, {**record, "status": "finished"})
+
+
+# ---------------------------------------------------------------- callbacks
 
 
 class HistoryWriter(keras.callbacks.Callback):
     """Writes history.csv after every epoch, replacing rows of epochs run again.
 
-    A resumed run restarts at the last backed-up epoch; rows of later epochs from
-    the killed run are dropped, so the file never holds an epoch twice.
+    Epochs are numbered from 1, as Keras prints them and the model card stores
+    `best_epoch`. `learning_rate` is the rate of the epoch's first step (the
+    cosine schedule lowers it step by step within the epoch). A resumed run
+    restarts at the last backed-up epoch; rows of later epochs from the killed
+    run are dropped, so the file never holds an epoch twice.
     """
 
     def __init__(self, path: Path):
         super().__init__()
         self.path = path
+        self._rate = math.nan
 
     def _rows(self) -> list[dict[str, str]]:
         if not self.path.is_file():
@@ -167,14 +300,16 @@ class HistoryWriter(keras.callbacks.Callback):
         with open(self.path, newline="") as handle:
             return list(csv.DictReader(handle))
 
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        rows = [r for r in self._rows() if int(r["epoch"]) < epoch]
-        row = {"epoch": str(epoch)}
+        number = epoch + 1
+        rows = [r for r in self._rows() if int(r["epoch"]) < number]
+        row = {"epoch": str(number)}
         for key, value in sorted(standard_logs(logs or {}).items()):
             row[key] = f"{float(value):.6g}"
-        # The rate the schedule reached at the end of this epoch.
-        rate = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-        row["learning_rate"] = f"{float(rate):.6g}"
+        row["learning_rate"] = f"{self._rate:.6g}"
         rows.append(row)
         fields = list(dict.fromkeys(k for r in rows for k in r))
         buffer = io.StringIO()
@@ -185,33 +320,44 @@ class HistoryWriter(keras.callbacks.Callback):
 
 
 class BestModelSaver(keras.callbacks.Callback):
-    """Saves model.keras + model.json when validation ROC-AUC improves.
+    """Saves model.keras + its card when validation ROC-AUC improves.
 
-    The best score so far is read back from model.json, so a resumed run keeps
+    The best score so far is read back from the card, so a resumed run keeps
     comparing against the killed run's best epoch.
     """
 
-    def __init__(self, run_dir: Path, metadata: dict[str, Any]):
+    def __init__(self, run_dir: Path, card: ModelCard):
         super().__init__()
-        self.model_path = run_dir / "model.keras"
-        self.json_path = run_dir / "model.json"
-        self.metadata = metadata
+        self.model_path = run_dir / MODEL_FILE
+        self.card = card
         self.best = -math.inf
-        if self.json_path.is_file() and self.model_path.is_file():
-            saved = json.loads(self.json_path.read_text())
-            self.best = float(saved.get("validation", {}).get("auc", -math.inf))
+        self.best_epoch: int | None = None
+        if self.model_path.is_file() and (run_dir / CARD_FILE).is_file():
+            saved = read_card(self.model_path)
+            self.best = float(saved.validation.get("auc", -math.inf))
+            self.best_epoch = saved.best_epoch
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         logs = standard_logs(logs or {})
         score = float(logs.get(MONITOR, math.nan))
         if math.isnan(score) or score <= self.best:
             return
-        self.best = score
+        self.best, self.best_epoch = score, epoch + 1
         save_model(self.model, self.model_path)
         validation = {k[4:]: float(v) for k, v in logs.items() if k.startswith("val_")}
-        atomic_write_json(
-            self.json_path, {**self.metadata, "best_epoch": epoch, "validation": validation}
-        )
+        write_card(self.model_path, self.card.replace(best_epoch=epoch + 1, validation=validation))
+
+
+class _KillAfterEpoch(keras.callbacks.Callback):
+    """Test hook (see `KILL_AFTER_EPOCH_VARIABLE`): SIGKILL at the end of one epoch."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        if epoch + 1 == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _devices() -> int:
@@ -259,12 +405,82 @@ def _process_shard() -> tuple[int, int]:
     return 1, 0
 
 
+def _class_weight(
+    manifest: Mapping[str, Any], config: Config, fold: int | None, data_dir: Path
+) -> dict[int, float] | None:
+    """Class weights of the training data (the fold's when given), or None when unused."""
+    weights = manifest["class_weights"] if fold is None else manifest["fold_class_weights"][fold]
+    if not (config.train.class_weighting and config.data.sampling == "natural"):
+        return None
+    if weights is None:
+        raise UserError(f"the training data in {data_dir} lacks one class; nothing to learn")
+    return {int(k): float(v) for k, v in weights.items()}
+
+
+def _build_model(config: Config) -> tuple[keras.Model, int]:
+    """The classifier, with the training-only box head when box supervision is on."""
+    try:
+        model = resnet.build_model(config.model, config.data.image_size)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if config.train.box_loss_weight > 0:
+        return resnet.add_box_head(model, resnet.LAST_CONV_LAYER[config.model.name])
+    return model, 0
+
+
+def _compile(model: keras.Model, config: Config, steps: int, box_grid: int) -> None:
+    if box_grid:
+        # Keras takes class_weight for one output only: the dataset carries
+        # the same weights per example (`training_dataset`).
+        loss: Any = {
+            data_lib.PREDICTIONS: make_loss(config),
+            data_lib.BOX_MAP: keras.losses.BinaryCrossentropy(),
+        }
+        loss_weights: Any = {
+            data_lib.PREDICTIONS: 1.0,
+            data_lib.BOX_MAP: config.train.box_loss_weight,
+        }
+        metrics: Any = {data_lib.PREDICTIONS: make_metrics()}
+    else:
+        loss, loss_weights, metrics = make_loss(config), None, make_metrics()
+    model.compile(
+        optimizer=make_optimizer(config, steps),
+        loss=loss,
+        loss_weights=loss_weights,
+        metrics=metrics,
+        **performance.COMPILE_KWARGS,
+    )
+
+
+def _callbacks(run_dir: Path, saver: BestModelSaver) -> list[keras.callbacks.Callback]:
+    # Order matters: the backup of an epoch is written before anything after it.
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
+        keras.callbacks.TerminateOnNaN(),
+        saver,
+        HistoryWriter(run_dir / "history.csv"),
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+    ]
+    kill_after = os.environ.get(KILL_AFTER_EPOCH_VARIABLE)
+    if kill_after:
+        callbacks.append(_KillAfterEpoch(int(kill_after)))
+    return callbacks
+
+
+def _fit_verbosity(verbose: int | str) -> int | str:
+    """Keras' progress bar on a terminal; one plain line per epoch otherwise."""
+    if verbose != "auto":
+        return verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
 def train(
     data_dir: str | Path,
     run_dir: str | Path,
     config: Config,
     fold: int | None = None,
     verbose: int | str = "auto",
+    overwrite: bool = False,
 ) -> TrainSummary:
     """Trains the configured model on converted data; resumable.
 
@@ -273,39 +489,29 @@ def train(
         run_dir: output folder (see module docstring).
         config: validated settings.
         fold: hold out this fold for validation (data converted with `--folds`).
-        verbose: Keras `fit` verbosity.
+        verbose: Keras `fit` verbosity; `auto` = progress bar on a terminal,
+            one line per epoch when output goes to a file or pipe.
+        overwrite: replace a finished (or different) run in `run_dir`.
 
     Raises:
-        UserError: no manifest, missing shards, image size differing from the data.
+        UserError: no manifest, missing shards, image size differing from the
+            data, a fold the data does not have, or a run folder holding a
+            finished run or an unfinished one with other settings.
     """
     start = time.perf_counter()
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     manifest = tfrecords.load_manifest(data_dir)
     data_lib.check_image_size(manifest, config, data_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if fold is not None:
+        data_lib.check_fold(manifest, fold, data_dir)
+    class_weight = _class_weight(manifest, config, fold, data_dir)
 
     performance.configure_backend(config.train.precision)  # before anything runs on JAX
     keras.utils.set_random_seed(config.train.seed)
     scope, devices = _distribution_scope(config)
     drop_remainder = devices > 1
-
-    if fold is None:
-        weights = manifest["class_weights"]
-    else:
-        weights = manifest["fold_class_weights"][fold]
-    use_weights = config.train.class_weighting and config.data.sampling == "natural"
-    if use_weights and weights is None:
-        raise UserError(f"the training data in {data_dir} lacks one class; nothing to learn")
-    class_weight = {int(k): float(v) for k, v in weights.items()} if use_weights else None
-
     with scope:
-        try:
-            model = resnet.build_model(config.model, config.data.image_size)
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
-        box_grid = 0
-        if config.train.box_loss_weight > 0:
-            model, box_grid = resnet.add_box_head(model, resnet.LAST_CONV_LAYER[config.model.name])
+        model, box_grid = _build_model(config)
     train_ds, steps = data_lib.training_dataset(
         data_dir,
         config,
@@ -321,38 +527,14 @@ def train(
         data_dir, "val", config, fold=fold, drop_remainder=drop_remainder, box_grid=box_grid
     )
     with scope:
-        if box_grid:
-            # Keras takes class_weight for one output only: the dataset carries
-            # the same weights per example (`training_dataset`).
-            loss: Any = {
-                data_lib.PREDICTIONS: make_loss(config),
-                data_lib.BOX_MAP: keras.losses.BinaryCrossentropy(),
-            }
-            loss_weights: Any = {
-                data_lib.PREDICTIONS: 1.0,
-                data_lib.BOX_MAP: config.train.box_loss_weight,
-            }
-            metrics: Any = {data_lib.PREDICTIONS: make_metrics()}
-        else:
-            loss, loss_weights, metrics = make_loss(config), None, make_metrics()
-        model.compile(
-            optimizer=make_optimizer(config, steps),
-            loss=loss,
-            loss_weights=loss_weights,
-            metrics=metrics,
-            **performance.COMPILE_KWARGS,
-        )
-    metadata = model_metadata(
-        config, manifest, fold=fold, class_weights=class_weight, devices=devices
+        _compile(model, config, steps, box_grid)
+    statistics = drift.training_statistics(
+        data_lib.sample_images(data_dir, "train", STATISTICS_SAMPLE)
     )
-    saver = BestModelSaver(run_dir, metadata)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
-        keras.callbacks.TerminateOnNaN(),
-        saver,
-        HistoryWriter(run_dir / "history.csv"),
-        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
-    ]
+    card = training_card(config, manifest, data_dir, fold, class_weight, devices, statistics)
+    # Only now, with settings, data and model checked, does the run folder change.
+    prepare_run_dir(run_dir, config, manifest, fold, overwrite)
+    saver = BestModelSaver(run_dir, card)
     # Balanced sampling repeats forever, so `fit` needs the epoch length.
     repeat = config.data.sampling == "balanced" or config.train.steps_per_epoch
     fit_ds = train_ds.repeat() if repeat and config.data.sampling != "balanced" else train_ds
@@ -363,18 +545,18 @@ def train(
         steps_per_epoch=steps if repeat else None,
         class_weight=None if box_grid else class_weight,
         shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=callbacks,
-        verbose=verbose,
+        callbacks=_callbacks(run_dir, saver),
+        verbose=_fit_verbosity(verbose),
     )
     if np.isnan(history.history.get("loss", [0.0])).any():
         raise RuntimeError("training stopped: the loss became NaN")
-    if not saver.model_path.is_file():
+    if saver.best_epoch is None:
         raise RuntimeError("no epoch produced a finite validation ROC-AUC; nothing saved")
-    meta = json.loads(saver.json_path.read_text())
+    finish_run_dir(run_dir)
     return TrainSummary(
         run_dir=run_dir,
-        best_epoch=int(meta["best_epoch"]),
-        best_val_auc=float(meta["validation"]["auc"]),
+        best_epoch=saver.best_epoch,
+        best_val_auc=saver.best,
         epochs_run=len(history.history.get("loss", [])),
         seconds=time.perf_counter() - start,
         backend=keras.backend.backend(),

@@ -5,7 +5,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -15,6 +14,8 @@ import pytest
 from pneumokeras import data, train
 from pneumokeras.config import load_config
 from pneumokeras.errors import UserError
+
+pytestmark = pytest.mark.backend
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -45,16 +46,27 @@ def test_short_training_lowers_the_loss_and_writes_the_run(converted_dir, tmp_pa
     )
     summary = train.train(converted_dir, tmp_path / "run", config, verbose=0)
     rows = _history(tmp_path / "run")
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert {"auc", "precision", "recall", "accuracy", "val_auc", "learning_rate"} <= set(rows[0])
-    # Cosine decay: the learning rate falls over the run.
-    assert float(rows[-1]["learning_rate"]) < float(rows[0]["learning_rate"])
+    # The rate of each epoch's first step: the peak first, then cosine decay, never 0.
+    rates = [float(r["learning_rate"]) for r in rows]
+    assert rates[0] == pytest.approx(3e-3)
+    assert rates == sorted(rates, reverse=True) and rates[-1] > 0
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["class_names"] == ["normal", "pneumonia"]
     assert meta["input_size"] == 64 and meta["backend"] == keras.backend.backend()
+    # One epoch numbering: the card, the summary and history.csv count from 1.
     assert meta["best_epoch"] == summary.best_epoch
+    best_row = rows[summary.best_epoch - 1]
+    assert float(best_row["val_auc"]) == pytest.approx(summary.best_val_auc, abs=1e-5)
     assert meta["validation"]["auc"] == pytest.approx(summary.best_val_auc)
+    assert meta["threshold_method"] == "default" and meta["temperature"] == 1.0
+    assert meta["data"]["splits"]["train"]["count"] > 0 and meta["data"]["fingerprint"]
+    low, high = meta["input_statistics"]["mean"]
+    assert 0 < low < high < 255
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "finished"
     assert meta["gradcam_layer"] == "stack4_block2_out"
     assert (tmp_path / "run" / "model.keras").is_file()
     assert any((tmp_path / "run" / "logs").rglob("*"))
@@ -194,22 +206,17 @@ def _cli_train(converted_dir, run_dir, *extra, env=None):
 def test_resume_after_kill(converted_dir, tmp_path):
     run = tmp_path / "run"
     extra = ("--set", "train.epochs=3")
-    process = _cli_train(converted_dir, run, *extra)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        assert process.poll() is None, process.communicate()[1][-2000:]
-        if (run / "history.csv").is_file() and len(_history(run)) >= 1:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    done_before = len(_history(run))
-    assert done_before < 3, "finished before it could be killed"
+    # The process kills itself at the end of epoch 2, after that epoch's backup.
+    process = _cli_train(converted_dir, run, *extra, env={train.KILL_AFTER_EPOCH_VARIABLE: "2"})
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == -signal.SIGKILL, stderr[-2000:]
+    assert [int(r["epoch"]) for r in _history(run)] == [1, 2]
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
     resumed = _cli_train(converted_dir, run, *extra)
     _, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr[-2000:]
-    epochs = [int(r["epoch"]) for r in _history(run)]
-    assert epochs == [0, 1, 2]
+    assert [int(r["epoch"]) for r in _history(run)] == [1, 2, 3]
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX data parallelism")
@@ -234,3 +241,64 @@ def test_cli_unknown_setting_is_one_line(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2
     assert stderr.strip().splitlines() == [stderr.strip()] and "no.such_key" in stderr
+
+
+def test_a_run_folder_describes_one_run(converted_dir, tmp_path):
+    run = tmp_path / "run"
+    config = _config("train.epochs=1")
+    train.train(converted_dir, run, config, verbose=0)
+    before = (run / "model.keras").read_bytes(), (run / "history.csv").read_text()
+    # A finished run is refused, whatever the settings; nothing changes.
+    for again in (config, _config("train.epochs=1", "model.filters=4")):
+        with pytest.raises(UserError, match="holds a finished run.*--overwrite"):
+            train.train(converted_dir, run, again, verbose=0)
+    assert ((run / "model.keras").read_bytes(), (run / "history.csv").read_text()) == before
+    # --overwrite replaces it: a new card, a new history, a new model.
+    train.train(converted_dir, run, _config("train.epochs=1", "model.filters=4"), verbose=0,
+                overwrite=True)
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["config"]["model"]["filters"] == 4 and len(_history(run)) == 1
+    # A folder with other files is not taken for a run folder.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        train.train(converted_dir, other, config, verbose=0)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_an_unfinished_run_resumes_only_with_its_own_settings(converted_dir, tmp_path):
+    run = tmp_path / "run"
+    config = _config("train.epochs=2")
+    manifest = json.loads((converted_dir / "manifest.json").read_text())
+    train.prepare_run_dir(run, config, manifest, None, overwrite=False)  # as a killed run left it
+    with pytest.raises(UserError, match=r"other settings \(train.epochs: 2 → 3\)"):
+        train.train(converted_dir, run, _config("train.epochs=3"), verbose=0)
+    with pytest.raises(UserError, match="fold: None → 1"):
+        train.train(converted_dir, run, config, fold=1, verbose=0)
+    assert train.prepare_run_dir(run, config, manifest, None, overwrite=False) is True
+
+
+def test_fold_errors_name_the_folds(converted_dir, tmp_path):
+    with pytest.raises(UserError, match=r"has 3 folds \(0\.\.2\)"):
+        train.train(converted_dir, tmp_path / "run", _config(), fold=3)
+    with pytest.raises(UserError, match=r"has 3 folds"):
+        train.train(converted_dir, tmp_path / "run", _config(), fold=-1)
+    unfolded = tmp_path / "unfolded"
+    shutil.copytree(converted_dir, unfolded)
+    manifest = json.loads((unfolded / "manifest.json").read_text())
+    manifest.update(num_folds=0, folds={}, fold_class_weights=[])
+    (unfolded / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="converted without --folds"):
+        train.train(unfolded, tmp_path / "run", _config(), fold=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_output_to_a_file_has_no_progress_bars(converted_dir, tmp_path):
+    process = _cli_train(converted_dir, tmp_path / "run", "--set", "train.epochs=1")
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-2000:]
+    assert "\r" not in stdout and "\x1b[" not in stdout
+    summary = stdout.strip().splitlines()[-1]
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert summary.startswith(f"best epoch {meta['best_epoch']}: validation ROC-AUC")
