@@ -180,18 +180,20 @@ def convert(
 )
 @_settings_options
 @click.option("--fold", type=int, default=None, help="Hold out this fold (convert --folds K).")
-def train(data_dir, run_dir, config_path, overrides, fold) -> None:
+@click.option(
+    "--overwrite", is_flag=True, help="Replace a finished (or different) run in --out."
+)
+def train(data_dir, run_dir, config_path, overrides, fold, overwrite) -> None:
     """Train the classifier; a rerun resumes a killed run."""
+    backend = environment.check_backend("train")
     config = _load_config(config_path, overrides)
     environment.import_tensorflow_quietly()  # `--debug` keeps TF's start-up lines
     from pneumokeras.train import train as run_train
 
+    click.echo(f"training {config.model.name} under Keras {backend} backend", err=True)
+    summary = run_train(data_dir, run_dir, config, fold=fold, overwrite=overwrite)
     click.echo(
-        f"training {config.model.name} under Keras {os.environ['KERAS_BACKEND']} backend", err=True
-    )
-    summary = run_train(data_dir, run_dir, config, fold=fold)
-    click.echo(
-        f"best epoch {summary.best_epoch + 1}: validation ROC-AUC "
+        f"best epoch {summary.best_epoch}: validation ROC-AUC "
         f"{summary.best_val_auc:.3f}; model in {summary.run_dir / 'model.keras'} "
         f"({summary.seconds:.0f} s, {summary.backend})"
     )
@@ -203,7 +205,9 @@ def train(data_dir, run_dir, config_path, overrides, fold) -> None:
         "  --split test --out runs/demo/eval",
     )
 )
-@click.option("--model", "model_path", required=True, type=click.Path(), help="model.keras.")
+@click.option(
+    "--model", "model_path", required=True, type=click.Path(), help="model.keras or its run folder."
+)
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="Converted folder.")
 @click.option("--split", default="test", show_default=True, help="Split to evaluate.")
 @click.option(
@@ -222,6 +226,7 @@ def train(data_dir, run_dir, config_path, overrides, fold) -> None:
 @_settings_options
 def evaluate(model_path, data_dir, split, out_dir, threshold, config_path, overrides) -> None:
     """Clinical metrics with 95 % CIs, calibration, plots."""
+    environment.check_backend("evaluate")
     config = _load_config(config_path, overrides)
     environment.import_tensorflow_quietly()  # `--debug` keeps TF's start-up lines
     from pneumokeras.evaluate import evaluate_run
@@ -248,7 +253,9 @@ def _metrics_line(metrics: dict) -> str:
         "python cli.py predict --model runs/demo/model.keras scans/ --out predictions.csv",
     )
 )
-@click.option("--model", "model_path", required=True, type=click.Path(), help="model.keras.")
+@click.option(
+    "--model", "model_path", required=True, type=click.Path(), help="model.keras or its run folder."
+)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--out",
@@ -267,19 +274,34 @@ def _metrics_line(metrics: dict) -> str:
     show_default=True,
     help="Test-time augmentations per image (mean and spread).",
 )
-def predict(model_path, inputs, out_path, fmt, batch_size, tta) -> None:
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="Decision threshold (default: the model card's; required without a card).",
+)
+def predict(model_path, inputs, out_path, fmt, batch_size, tta, threshold) -> None:
     """Predict pneumonia on DICOM, PNG or JPEG files and folders."""
+    environment.check_backend("predict")
     environment.import_tensorflow_quietly()  # `--debug` keeps TF's start-up lines
     from pneumokeras.predict import format_rows, predict_files
 
     rows = predict_files(
-        model_path, list(inputs), out_path=out_path, fmt=fmt, batch_size=batch_size, tta=tta
+        model_path,
+        list(inputs),
+        out_path=out_path,
+        fmt=fmt,
+        batch_size=batch_size,
+        tta=tta,
+        threshold=threshold,
     )
     failed = sum(1 for row in rows if row.get("error"))
+    warned = sum(1 for row in rows if row.get("warning"))
     if out_path is None:
         click.echo(format_rows(rows, fmt), nl=False)
     click.echo(
         f"predicted {len(rows) - failed} file(s)"
+        + (f", {warned} with warnings (see the warning column)" if warned else "")
         + (f", {failed} unreadable (see the error column)" if failed else "")
         + (f"; wrote {out_path}" if out_path else ""),
         err=True,
@@ -306,7 +328,9 @@ def _force_tensorflow_backend() -> None:
         "  --split test --limit 16 --out runs/demo/explain",
     )
 )
-@click.option("--model", "model_path", required=True, type=click.Path(), help="model.keras.")
+@click.option(
+    "--model", "model_path", required=True, type=click.Path(), help="model.keras or its run folder."
+)
 @click.argument("files", nargs=-1, type=click.Path())
 @click.option(
     "--data",
@@ -392,7 +416,7 @@ def _explain_line(summary: dict) -> str:
     default="demo_output",
     show_default=True,
     type=click.Path(file_okay=False),
-    help="Folder for every stage's output (replaced).",
+    help="Folder for every stage's output (an earlier demo's is replaced).",
 )
 @click.option("--patients", default=600, show_default=True, help="Synthetic patients.")
 @click.option("--size", default=512, show_default=True, help="Synthetic DICOM side, pixels.")
@@ -401,6 +425,7 @@ def _explain_line(summary: dict) -> str:
 @_settings_options
 def demo(out_dir, patients, size, seed, workers, config_path, overrides) -> None:
     """Run synth → convert → train → evaluate → explain on synthetic data."""
+    environment.check_backend("demo")
     config = _load_config(config_path or _DEMO_CONFIG, overrides)
     environment.import_tensorflow_quietly()  # `--debug` keeps TF's start-up lines
     from pneumokeras.demo import run_demo
@@ -414,13 +439,18 @@ def demo(out_dir, patients, size, seed, workers, config_path, overrides) -> None
         workers=workers,
         echo=lambda line: click.echo(line, err=True),
     )
-    pointing = "n/a" if summary.pointing_game is None else f"{summary.pointing_game:.2f}"
+    def rate(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
     click.echo(
         f"\ndemo finished in {summary.seconds / 60:.1f} min on synthetic data\n"
         f"  test ROC-AUC     {summary.test_roc_auc:.3f}\n"
         f"  sensitivity      {summary.sensitivity:.3f}\n"
         f"  specificity      {summary.specificity:.3f}\n"
-        f"  pointing game    {pointing} (Grad-CAM maximum inside a box, test positives)\n"
+        f"  pointing game    {rate(summary.pointing_game)} (Grad-CAM maximum inside a box, "
+        "all test positives)\n"
+        f"                   {rate(summary.pointing_game_detected)} (test positives the model "
+        "called pneumonia)\n"
         f"  report           {summary.report}\n"
         f"  overlays         {summary.overlays}"
     )

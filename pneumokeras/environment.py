@@ -7,6 +7,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+SUPPORTED_BACKENDS = ("tensorflow", "jax")
 DEFAULT_JAX_CACHE = Path.home() / ".cache" / "pneumokeras" / "jax"
 
 # XLA:CPU leaves convolutions to its own kernels instead of YNNPACK, whose kernel
@@ -34,6 +35,31 @@ def set_defaults(jax_cache_dir: str | Path = DEFAULT_JAX_CACHE) -> None:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     if os.environ["KERAS_BACKEND"] == "jax":
         add_jax_cpu_flags()
+
+
+def check_backend(command: str, supported: tuple[str, ...] = SUPPORTED_BACKENDS) -> str:
+    """The Keras backend from KERAS_BACKEND, checked before Keras is imported.
+
+    Keras also knows torch, numpy and openvino; this project trains and predicts
+    with TensorFlow or JAX only (tf.data input, XLA settings, tf-keras-vis).
+
+    Returns:
+        The backend name.
+
+    Raises:
+        UserError: KERAS_BACKEND is empty or names a backend `command` does not run on.
+    """
+    from pneumokeras.errors import UserError
+
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    choices = " or ".join(f"KERAS_BACKEND={name}" for name in supported)
+    if not backend.strip():
+        raise UserError(f"KERAS_BACKEND is set but empty; {command} runs with {choices}")
+    if backend not in supported:
+        raise UserError(
+            f"{command} does not run under KERAS_BACKEND={backend}; use {choices}"
+        )
+    return backend
 
 
 def _jax_backend_started() -> bool:
