@@ -1,188 +1,192 @@
 """Image files → calibrated pneumonia probabilities with a saved model.
 
-Preprocessing equals the converter's, so the model sees at inference the pixels
-it was trained on:
+Preprocessing equals the converter's (`images.read_image`: a DICOM through the
+converter's own reader; a PNG/JPEG to 8-bit grayscale, centred on a black square,
+area-resized), so the model sees at inference the pixels it was trained on.
 
-- DICOM (`*.dcm`): `dicom.read_dicom(path, size=S)`, the very call `convert`
-  stores as PNG.
-- PNG / JPEG: Pillow → 8-bit grayscale (`convert("L")`) → `dicom.resize_square`
-  (centred on a black square, BOX resize). A 16-bit grayscale PNG is first scaled
-  linearly from its [min, max] to [0, 255] (Pillow's `"L"` conversion would clip
-  it), the rule `dicom.to_uint8` applies to DICOMs without a window.
-
-The model's pneumonia probability is calibrated with model.json's temperature
-(`evaluate.calibrate`) and compared with its threshold (`p >= threshold` is
-pneumonia). Research and education only; not for diagnosis.
+The model and its card come from `model_card.load_classifier` (a `.keras` file or
+its run folder). The pneumonia probability is calibrated with the card's
+temperature and compared with its threshold (`p >= threshold` is pneumonia).
+Without a card, predict refuses unless `threshold` is given (then the
+probabilities are uncalibrated, and a warning says so); a card whose threshold
+and temperature are training's defaults (never fitted by `evaluate`) is
+announced. Each row also carries `warning`: why the image may be outside what
+the model was trained on (a DICOM that is not a radiograph or not of the chest,
+an image smaller than the model's input, intensities far outside the training
+images'). Research and education only; not for diagnosis.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from pneumokeras.dicom import DicomError, read_dicom, resize_square
+from pneumokeras import drift
+from pneumokeras.config import AugmentConfig
+from pneumokeras.dicom import DicomError
 from pneumokeras.errors import UserError
-from pneumokeras.evaluate import CLASS_NAMES, calibrate, input_size, load_model, model_json_path
 from pneumokeras.fileio import atomic_write_text
+from pneumokeras.images import ImageError, ImageRecord, find_inputs, read_image
+from pneumokeras.model_card import Classifier, card_path, load_classifier
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
-COLUMNS = ("path", "patient_id", "probability", "label", "class", "error")
+COLUMNS = ("path", "patient_id", "probability", "label", "class", "warning", "error")
 TTA_COLUMNS = ("tta_mean", "tta_std")
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_TEMPERATURE = 1.0
-# Test-time augmentation: small, label-preserving perturbations.
-TTA_ROTATION_DEGREES = 5.0
-TTA_BRIGHTNESS = 0.05  # fraction of the [0, 255] range
+# Test-time augmentation: small, label-preserving perturbations, drawn by the
+# training augmenter (`data.Augmenter`) with these settings.
+TTA_AUGMENT = AugmentConfig(
+    flip=True, rotation_degrees=5.0, brightness=0.05, contrast=0.0, translation=0.0
+)
 
 
-class ImageError(ValueError):
-    """A PNG/JPEG file that cannot give a grayscale image; the message says why."""
-
-
-def find_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Expands files and folders into the list of files to predict.
-
-    Folders are searched recursively for `*.dcm, *.png, *.jpg, *.jpeg` (any case),
-    sorted; files named explicitly are kept whatever their suffix (an unsupported
-    one is reported on its row). Duplicates are dropped, first occurrence kept.
-
-    Raises:
-        UserError: a path that does not exist.
-    """
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise UserError(f"input {path} does not exist")
-    return list(dict.fromkeys(found))
-
-
-def load_image(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, str]:
-    """Reads one DICOM, PNG or JPEG exactly as `convert` would prepare it.
+def load_for_prediction(model_path: str | os.PathLike[str], threshold: float | None) -> Classifier:
+    """The classifier with the threshold to use; says what it falls back on.
 
     Args:
-        path: image file; the suffix (any case) picks the reader.
-        size: side of the square output, pixels.
-
-    Returns:
-        `(pixels, patient_id)`: (size, size) uint8 and the DICOM PatientID tag
-        ('' for PNG/JPEG or when absent).
+        model_path: `.keras` file or run folder.
+        threshold: overrides the card's threshold; required when there is no card.
 
     Raises:
-        DicomError: unreadable DICOM.
-        ImageError: unreadable PNG/JPEG or an unsupported suffix.
+        UserError: no card and no `threshold`, an incomplete card, a bad model,
+            or a threshold outside [0, 1].
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".dcm":
-        image = read_dicom(path, size=size)
-        return image.pixels, image.patient_id
-    if suffix not in IMAGE_SUFFIXES:
-        raise ImageError(f"unsupported file type {suffix or '(no suffix)'}")
-    try:
-        with Image.open(path) as img:
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                pixels = _scale_to_uint8(np.asarray(img))
-            else:
-                pixels = np.asarray(img.convert("L"))
-    except UnidentifiedImageError as err:
-        raise ImageError("not a readable PNG/JPEG image") from err
-    except OSError as err:
-        raise ImageError(f"truncated or corrupt image ({err})") from err
-    return resize_square(np.ascontiguousarray(pixels, dtype=np.uint8), size), ""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UserError(f"--threshold must be in [0, 1]; got {threshold}")
+    classifier = load_classifier(model_path, require_card=False)
+    card = classifier.card
+    if classifier.card_missing:
+        if threshold is None:
+            raise UserError(
+                f"{card_path(classifier.path)} is missing, so the model's threshold and "
+                "calibration are unknown: run `evaluate` on the model to fit them, or pass "
+                "--threshold to predict with uncalibrated probabilities"
+            )
+        logger.warning(
+            "warning: no model card beside %s: probabilities are uncalibrated "
+            "(temperature 1), threshold %s from --threshold", classifier.path, threshold
+        )
+    elif not card.fitted and threshold is None:
+        logger.warning(
+            "warning: the model card's threshold %s and temperature %s are training's "
+            "defaults, not fitted on validation data: run `evaluate` on the model to fit them",
+            card.threshold, card.temperature,
+        )
+    if threshold is not None:
+        classifier.card = card.replace(threshold=threshold, threshold_method="manual")
+    return classifier
 
 
-def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Maps [min, max] linearly onto [0, 255], rounded; a constant image gives 0."""
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values.astype(np.float64) - low) * (255.0 / (high - low))
-    return np.rint(scaled).astype(np.uint8)
+def image_seed(pixels: np.ndarray, seed: int) -> int:
+    """A seed from an image's content and the user's seed (TTA draws per image)."""
+    digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes() + str(seed).encode())
+    return int.from_bytes(digest.digest()[:4], "little") & 0x3FFFFFFF  # room for seed + 4
 
 
-def _tta_augmenter(seed: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Seeded random horizontal flip, rotation (±5°) and brightness (±5 %)."""
-    layers = [
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(
-            TTA_ROTATION_DEGREES / 360.0, fill_mode="constant", seed=seed + 1
-        ),
-        keras.layers.RandomBrightness(TTA_BRIGHTNESS, value_range=(0.0, 255.0), seed=seed + 2),
-    ]
+def tta_probabilities(
+    classifier: Classifier, pixels: np.ndarray, count: int, seed: int
+) -> np.ndarray:
+    """Calibrated probabilities `(count,)` of `count` augmented copies of one image.
 
-    def augment(images: np.ndarray) -> np.ndarray:
-        for layer in layers:
-            images = layer(images, training=True)
-        return keras.ops.convert_to_numpy(images)
+    The copies are drawn by `data.Augmenter` (`TTA_AUGMENT`) inside tf.data, seeded
+    from the image's content and `seed`: an image gets the same draws whatever
+    files come before it, and under either Keras backend (tf.data always runs
+    the augmentation layers in TensorFlow).
+    """
+    import tensorflow as tf
 
-    return augment
+    from pneumokeras.data import Augmenter
+
+    augmenter = Augmenter(TTA_AUGMENT, image_seed(pixels, seed))
+    copies = np.repeat(pixels[None, :, :, None].astype(np.float32), count, axis=0)
+    dataset = tf.data.Dataset.from_tensors(copies).map(augmenter)
+    augmented = next(iter(dataset.as_numpy_iterator()))
+    return classifier.probabilities(augmented)
 
 
-def _setting(meta: dict[str, Any], key: str, default: float, meta_path: Path) -> float:
-    if key not in meta:
-        logger.warning("warning: %s has no %s; using %s", meta_path, key, default)
-        return default
-    return float(meta[key])
+def _empty_row(path: Path, tta: int) -> dict[str, Any]:
+    row: dict[str, Any] = {"path": str(path), "patient_id": "", "probability": None,
+                           "label": None, "class": None, "warning": "", "error": ""}
+    if tta:
+        row.update(tta_mean=None, tta_std=None)
+    return row
+
+
+def _warnings(record: ImageRecord, classifier: Classifier) -> str:
+    facts = {"modality": record.modality, "body_part": record.body_part,
+             "rows": record.height, "columns": record.width}
+    found = drift.source_warnings(facts, classifier.input_size)
+    found += drift.intensity_warnings(record.pixels, classifier.card.input_statistics)
+    return "; ".join(found)
+
+
+def _predict_batch(
+    classifier: Classifier, rows: list[dict[str, Any]], records: list[ImageRecord],
+    tta: int, seed: int,
+) -> None:
+    """Fills probability, label and class (and TTA) of `rows` in place."""
+    images = np.stack([r.pixels for r in records])
+    probs = classifier.probabilities(images)
+    for row, record, prob, label in zip(rows, records, probs, classifier.decide(probs),
+                                        strict=True):
+        row.update(probability=float(prob), label=int(label),
+                   **{"class": classifier.class_name(label)})
+        if tta:
+            samples = tta_probabilities(classifier, record.pixels, tta, seed)
+            row.update(tta_mean=float(samples.mean()), tta_std=float(samples.std()))
 
 
 def predict_files(
     model_path: str | os.PathLike[str],
-    inputs: list[str],
+    inputs: Sequence[str | os.PathLike[str]],
     out_path: str | os.PathLike[str] | None = None,
     fmt: str = "csv",
     batch_size: int = 32,
     tta: int = 0,
     seed: int = 0,
+    threshold: float | None = None,
 ) -> list[dict[str, Any]]:
     """Predicts pneumonia for image files and folders.
 
     Test-time augmentation (`tta=N`) runs the model on N randomly perturbed copies
-    of each image (horizontal flip, ±5° rotation, ±5 % brightness; seeded) and
-    reports the mean and standard deviation of the calibrated probability. The
-    spread measures how sensitive the prediction is to small input perturbations;
-    it is NOT a calibrated (Bayesian) uncertainty, not a confidence interval, and
-    a small spread does not mean the prediction is right. `probability` and
-    `label` always come from the unperturbed image.
+    of each image (horizontal flip, ±5° rotation, ±5 % brightness; seeded per
+    image, see `tta_probabilities`) and reports the mean and standard deviation
+    of the calibrated probability. The spread measures how sensitive the
+    prediction is to small input perturbations; it is NOT a calibrated (Bayesian)
+    uncertainty, not a confidence interval, and a small spread does not mean the
+    prediction is right. `probability` and `label` come from the unperturbed image.
 
     Args:
-        model_path: model.keras; model.json beside it gives the threshold and the
-            temperature (0.5 and 1.0, with a warning, when absent).
+        model_path: `model.keras` or its run folder; the card beside it gives the
+            threshold and the temperature (see the module docstring).
         inputs: files and/or folders (searched recursively, see `find_inputs`).
         out_path: where to write the rows (atomically); None writes nothing.
         fmt: `csv` or `json` (see `format_rows`).
         batch_size: images per model call.
         tta: number of test-time augmentations (0 = none).
         seed: seed of the augmentations.
+        threshold: decision threshold overriding the card's (required without one).
 
     Returns:
         One dict per file, in input order: `path`, `patient_id` (DICOM tag, else
         ''), `probability` (calibrated pneumonia probability), `label` (1 =
-        pneumonia at the threshold, 0 = normal), `class` (its name), `error` (''
-        or why the file was not predicted; then probability/label/class are
-        None); with `tta` also `tta_mean`, `tta_std`.
+        pneumonia at the threshold, 0 = normal), `class` (its name), `warning`
+        ('' or why the input may be out of distribution), `error` ('' or why the
+        file was not predicted; then probability/label/class are None); with
+        `tta` also `tta_mean`, `tta_std`.
 
     Raises:
-        UserError: bad arguments, missing model, no input files, or no file
-            that could be predicted.
+        UserError: bad arguments, missing model or card, no input files, or no
+            file that could be predicted.
     """
     if fmt not in ("csv", "json"):
         raise UserError(f"format must be csv or json; got {fmt!r}")
@@ -195,45 +199,24 @@ def predict_files(
         raise UserError(
             f"no image files (*.dcm, *.png, *.jpg, *.jpeg) in {', '.join(map(str, inputs))}"
         )
-    model, meta = load_model(model_path)
-    meta_path = model_json_path(model_path)
-    size = input_size(model)
-    threshold = _setting(meta, "threshold", DEFAULT_THRESHOLD, meta_path)
-    temperature = _setting(meta, "temperature", DEFAULT_TEMPERATURE, meta_path)
-    class_names = meta.get("class_names", list(CLASS_NAMES))
-    augment = _tta_augmenter(seed) if tta else None
+    classifier = load_for_prediction(model_path, threshold)
 
     rows: list[dict[str, Any]] = []
     for start in range(0, len(paths), batch_size):
-        batch_rows, images = [], []
+        batch_rows, records = [], []
         for path in paths[start : start + batch_size]:
-            row: dict[str, Any] = {"path": str(path), "patient_id": "", "probability": None,
-                                   "label": None, "class": None, "error": ""}
-            if tta:
-                row.update(tta_mean=None, tta_std=None)
+            row = _empty_row(path, tta)
+            rows.append(row)
             try:
-                pixels, row["patient_id"] = load_image(path, size)
-                images.append(pixels)
-                batch_rows.append(row)
+                record = read_image(path, classifier.input_size)
             except (DicomError, ImageError) as err:
                 row["error"] = str(err)
-            rows.append(row)
-        if not images:
-            continue
-        x = np.stack(images)[..., None].astype(np.float32)
-        probs = calibrate(np.asarray(model.predict_on_batch(x))[:, 1], temperature)
-        for row, prob in zip(batch_rows, probs, strict=True):
-            label = int(prob >= threshold)
-            row.update(probability=float(prob), label=label, **{"class": class_names[label]})
-        if augment is not None:
-            samples = np.stack(
-                [calibrate(np.asarray(model.predict_on_batch(augment(x)))[:, 1], temperature)
-                 for _ in range(tta)]
-            )
-            for row, mean, std in zip(
-                batch_rows, samples.mean(axis=0), samples.std(axis=0), strict=True
-            ):
-                row.update(tta_mean=float(mean), tta_std=float(std))
+                continue
+            row.update(patient_id=record.patient_id, warning=_warnings(record, classifier))
+            batch_rows.append(row)
+            records.append(record)
+        if records:
+            _predict_batch(classifier, batch_rows, records, tta, seed)
 
     failed = [row for row in rows if row["error"]]
     if len(failed) == len(rows):

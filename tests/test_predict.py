@@ -25,17 +25,22 @@ import tensorflow as tf
 from model_fixtures import contract_model
 from PIL import Image
 
-from pneumokeras import evaluate, predict
+from pneumokeras import predict
+from pneumokeras.calibration import calibrate
 from pneumokeras.convert import encode_png
-from pneumokeras.dicom import read_dicom, resize_square
+from pneumokeras.dicom import read_dicom
 from pneumokeras.errors import UserError
+from pneumokeras.images import load_image
 from pneumokeras.synth import IMAGES_DIR, generate
+
+pytestmark = pytest.mark.backend
 
 SIZE = 32
 META = {
     "class_names": ["normal", "pneumonia"],
     "input_size": SIZE,
     "threshold": 0.45,
+    "threshold_method": "youden",
     "temperature": 1.7,
 }
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +84,7 @@ def _model_probability(model_path: Path, pixels: np.ndarray, temperature: float)
     """The calibrated probability for (S, S) uint8 pixels, straight through the model."""
     model = keras.saving.load_model(model_path)
     raw = model.predict(pixels[None, :, :, None].astype(np.float32), verbose=0)[0, 1]
-    return float(evaluate.calibrate(raw, temperature))
+    return float(calibrate(raw, temperature))
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -90,7 +95,7 @@ def test_dicom_pixels_equal_the_converters(dicoms, model_path, tmp_path):
     # What convert stores (read_dicom → PNG) and what training decodes (decode_png).
     stored = encode_png(read_dicom(dcm, size=SIZE).pixels)
     trained_on = tf.io.decode_png(stored, channels=1).numpy()[..., 0]
-    pixels, patient_id = predict.load_image(dcm, SIZE)
+    pixels, patient_id = load_image(dcm, SIZE)
     assert pixels.dtype == np.uint8 and pixels.shape == (SIZE, SIZE)
     np.testing.assert_array_equal(pixels, trained_on)
     assert patient_id == read_dicom(dcm).patient_id != ""
@@ -105,35 +110,6 @@ def test_dicom_pixels_equal_the_converters(dicoms, model_path, tmp_path):
         _model_probability(model_path, trained_on, META["temperature"]), abs=1e-6
     )
     assert rows[0]["patient_id"] == patient_id and rows[1]["patient_id"] == ""
-
-
-def test_png_and_jpeg_are_padded_and_box_resized(images):
-    wide = np.array(Image.open(images["png"]))
-    pixels, patient_id = predict.load_image(images["png"], SIZE)
-    np.testing.assert_array_equal(pixels, resize_square(wide, SIZE))
-    assert patient_id == ""
-    # Centred on black: the padded top and bottom rows stay 0.
-    assert pixels[0].max() == 0 and pixels[-1].max() == 0
-
-    jpeg, _ = predict.load_image(images["jpeg"], SIZE)
-    expected = resize_square(np.array(Image.open(images["jpeg"]).convert("L")), SIZE)
-    np.testing.assert_array_equal(jpeg, expected)
-
-
-def test_16_bit_png_is_scaled_not_clipped(images):
-    deep = np.array(Image.open(images["png16"]))
-    pixels, _ = predict.load_image(images["png16"], 48)  # same size: no resampling
-    scaled = np.rint((deep - deep.min()) * (255.0 / (deep.max() - deep.min())))
-    np.testing.assert_array_equal(pixels, scaled.astype(np.uint8))
-    assert pixels.min() == 0 and pixels.max() == 255
-
-
-def test_find_inputs_recurses_and_ignores_case(images, dicoms):
-    folder = images["png"].parent
-    found = predict.find_inputs([str(folder), str(images["png"]), str(dicoms[0])])
-    assert found == sorted(images.values()) + [dicoms[0]]  # duplicate dropped, .txt skipped
-    with pytest.raises(UserError, match="does not exist"):
-        predict.find_inputs([str(folder / "missing.dcm")])
 
 
 # ---------------------------------------------------------------- rows and files
@@ -205,18 +181,83 @@ def test_no_usable_input_is_a_user_error(model_path, tmp_path):
         predict.predict_files(tmp_path / "none.keras", [str(bad)])
 
 
-def test_missing_model_json_uses_defaults_with_a_warning(model_path, dicoms, tmp_path, caplog):
-    lone = tmp_path / "model.keras"
+def _lone_model(model_path, folder):
+    folder.mkdir(exist_ok=True)
+    lone = folder / "model.keras"
     lone.write_bytes(model_path.read_bytes())
+    return lone
+
+
+def test_missing_card_is_refused_unless_a_threshold_is_given(model_path, dicoms, tmp_path,
+                                                            caplog):
+    lone = _lone_model(model_path, tmp_path / "lone")
+    with pytest.raises(UserError, match="model.json is missing.*--threshold"):
+        predict.predict_files(lone, [str(dicoms[0])])
     with caplog.at_level(logging.WARNING, logger="pneumokeras.predict"):
-        rows = predict.predict_files(lone, [str(dicoms[0])])
-    assert "no threshold; using 0.5" in caplog.text
-    assert "no temperature; using 1.0" in caplog.text
-    pixels, _ = predict.load_image(dicoms[0], SIZE)
+        rows = predict.predict_files(lone, [str(dicoms[0])], threshold=0.3)
+    assert "uncalibrated (temperature 1), threshold 0.3" in caplog.text
+    pixels, _ = load_image(dicoms[0], SIZE)
     assert rows[0]["probability"] == pytest.approx(
         _model_probability(model_path, pixels, 1.0), abs=1e-6
     )
-    assert rows[0]["label"] == int(rows[0]["probability"] >= 0.5)
+    assert rows[0]["label"] == int(rows[0]["probability"] >= 0.3)
+
+
+def test_an_incomplete_or_unfitted_card_is_said_plainly(model_path, dicoms, tmp_path, caplog):
+    lone = _lone_model(model_path, tmp_path / "partial")
+    lone.with_name("model.json").write_text(json.dumps({"input_size": SIZE}))
+    with pytest.raises(UserError, match="incomplete or invalid: missing class_names, threshold"):
+        predict.predict_files(lone, [str(dicoms[0])])
+    unfitted = {k: v for k, v in META.items() if k != "threshold_method"}
+    lone.with_name("model.json").write_text(json.dumps(unfitted))
+    with caplog.at_level(logging.WARNING, logger="pneumokeras.predict"):
+        rows = predict.predict_files(lone, [str(dicoms[0])])
+    assert "training's defaults, not fitted" in caplog.text
+    assert rows[0]["label"] == int(rows[0]["probability"] >= META["threshold"])
+
+
+def test_run_folders_and_broken_model_files(model_path, dicoms, tmp_path):
+    rows = predict.predict_files(model_path.parent, [str(dicoms[0])])
+    assert rows == predict.predict_files(model_path, [str(dicoms[0])])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is a folder without model.keras"):
+        predict.predict_files(tmp_path / "empty", [str(dicoms[0])])
+    truncated = tmp_path / "cut" / "model.keras"
+    truncated.parent.mkdir()
+    truncated.write_bytes(model_path.read_bytes()[:2000])
+    truncated.with_name("model.json").write_text(json.dumps(META))
+    text = tmp_path / "text" / "model.keras"
+    text.parent.mkdir()
+    text.write_text("not a model")
+    text.with_name("model.json").write_text(json.dumps(META))
+    for bad in (truncated, text):
+        with pytest.raises(UserError, match="is not a valid .keras file"):
+            predict.predict_files(bad, [str(dicoms[0])])
+
+
+def test_inputs_the_model_was_not_trained_for_are_flagged(model_path, dicoms, tmp_path):
+    pydicom_data = pytest.importorskip("pydicom.data")
+    mr = pydicom_data.get_testdata_file("MR_small.dcm")
+    ct = pydicom_data.get_testdata_file("CT_small.dcm")
+    flagged = _lone_model(model_path, tmp_path / "stats")
+    # Training images of mid-grey means only: a black image is far outside.
+    stats = {"images": 100, "percentiles": [0.5, 99.5], "mean": [90.0, 140.0],
+             "std": [40.0, 70.0]}
+    flagged.with_name("model.json").write_text(json.dumps({**META, "input_statistics": stats}))
+    black = tmp_path / "black.png"
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(black)
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.full((16, 16), 120, dtype=np.uint8)).save(tiny)
+    rows = predict.predict_files(flagged, [mr, ct, str(black), str(tiny), str(dicoms[0])])
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert "modality MR is not a radiograph" in by_name["MR_small.dcm"]["warning"]
+    assert "modality CT is not a radiograph" in by_name["CT_small.dcm"]["warning"]
+    assert "mean grey level 0 is outside" in by_name["black.png"]["warning"]
+    assert "smaller than the model's input" in by_name["tiny.png"]["warning"]
+    for row in rows:  # a warning never replaces the prediction
+        assert row["error"] == "" and 0 < row["probability"] < 1
+    # A synthetic CR chest DICOM with no recorded statistics: no warning.
+    assert predict.predict_files(model_path, [str(dicoms[0])])[0]["warning"] == ""
 
 
 def test_model_json_must_match_the_model(model_path, dicoms, tmp_path):
@@ -233,12 +274,18 @@ def test_tta_is_seeded_and_reports_spread(model_path, dicoms, tmp_path):
     again = predict.predict_files(model_path, inputs, tta=3, seed=1)
     plain = predict.predict_files(model_path, inputs)
     for row, same, base in zip(rows, again, plain, strict=True):
-        assert 0 < row["tta_mean"] < 1 and row["tta_std"] >= 0
+        assert 0 < row["tta_mean"] < 1 and row["tta_std"] > 0
         assert row["tta_mean"] == pytest.approx(same["tta_mean"], abs=1e-6)
         assert row["tta_std"] == pytest.approx(same["tta_std"], abs=1e-6)
         assert row["probability"] == pytest.approx(base["probability"], abs=1e-6)
     header = (tmp_path / "t.csv").read_text().splitlines()[0].split(",")
     assert header[-2:] == ["tta_mean", "tta_std"]
+    # A file's TTA result does not depend on the files before it in the call.
+    alone = predict.predict_files(model_path, [inputs[2]], tta=3, seed=1)[0]
+    assert alone["tta_mean"] == pytest.approx(rows[2]["tta_mean"], abs=1e-6)
+    assert alone["tta_std"] == pytest.approx(rows[2]["tta_std"], abs=1e-6)
+    other_seed = predict.predict_files(model_path, [inputs[2]], tta=3, seed=2)[0]
+    assert other_seed["tta_mean"] != pytest.approx(alone["tta_mean"], abs=1e-9)
 
 
 # ---------------------------------------------------------------- the example app
