@@ -2,25 +2,26 @@
 
 Runs the whole pipeline on the embedded synthetic RSNA-shaped data set so a
 newcomer sees every stage work on a fresh machine (`make demo`). Each stage is the
-same library call as its CLI command; explain runs in a TensorFlow subprocess when
-training ran under another backend (tf-keras-vis needs `tf.GradientTape`).
+same library call as its CLI command; explain runs in a spawned TensorFlow process
+when training ran under another backend (tf-keras-vis needs `tf.GradientTape`).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-import json
+import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from pneumokeras.config import Config
+from pneumokeras.errors import UserError
 
 STAGES = 5
+OUTPUT_FOLDERS = ("synth", "tfrecords", "run", "evaluation", "explain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,8 @@ class DemoSummary:
     test_roc_auc: float
     sensitivity: float
     specificity: float
-    pointing_game: float | None
+    pointing_game: float | None  # over test positives with boxes, misses of the model included
+    pointing_game_detected: float | None  # over those the model called pneumonia
     energy_in_boxes: float | None
     report: Path
     overlays: Path
@@ -43,55 +45,73 @@ def _value(metrics: dict, name: str) -> float:
     return float(entry["value"] if isinstance(entry, dict) else entry)
 
 
+def _explain_child(run_dir: Path, data_dir: Path, out: Path, config: Config, limit: int) -> dict:
+    """explain_run on the test positives (in this process; needs TensorFlow Keras)."""
+    from pneumokeras.explain import explain_run
+
+    return explain_run(
+        run_dir / "model.keras",
+        out,
+        config,
+        data_dir=data_dir,
+        split="test",
+        limit=limit,
+        only_positives=True,
+        progress=False,
+    )
+
+
 def _explain(run_dir: Path, data_dir: Path, out: Path, config: Config, limit: int) -> dict:
+    """Explains under TensorFlow: here, or in a spawned child when Keras runs another backend.
+
+    Keras fixes its backend when first imported, and tf-keras-vis needs TensorFlow,
+    so a JAX demo explains in a fresh process that imports Keras with
+    KERAS_BACKEND=tensorflow (the spawned child reads the variable at start).
+    """
     import keras
 
     if keras.backend.backend() == "tensorflow":
-        from pneumokeras.explain import explain_run
+        return _explain_child(run_dir, data_dir, out, config, limit)
+    asked = os.environ.get("KERAS_BACKEND")
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_explain_child, (run_dir, data_dir, out, config, limit))
+    finally:
+        if asked is None:
+            del os.environ["KERAS_BACKEND"]
+        else:
+            os.environ["KERAS_BACKEND"] = asked
 
-        return explain_run(
-            run_dir / "model.keras",
-            out,
-            config,
-            data_dir=data_dir,
-            split="test",
-            limit=limit,
-            only_positives=True,
-            progress=False,
+
+def _clear_out_dir(out_dir: Path) -> None:
+    """Removes an earlier demo's output; refuses a folder holding anything else.
+
+    Raises:
+        UserError: `out_dir` is a file, or a folder with entries the demo does not write.
+    """
+    if out_dir.is_file():
+        raise UserError(f"--out {out_dir} is a file; give a folder")
+    if not out_dir.is_dir():
+        return
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OUTPUT_FOLDERS)
+    if foreign:
+        raise UserError(
+            f"--out {out_dir} holds files the demo did not write ({', '.join(foreign[:3])}); "
+            "give a new or empty folder, or an earlier demo's output folder"
         )
-    # Keras is already loaded with another backend in this process.
-    overrides = [
-        f"{section}.{key}={value}"
-        for section, values in config.to_dict().items()
-        for key, value in values.items()
-        if section == "explain" and key != "layer"
-    ]
-    command = [
-        sys.executable,
-        "-m",
-        "pneumokeras.cli",
-        "explain",
-        "--model",
-        str(run_dir / "model.keras"),
-        "--data",
-        str(data_dir),
-        "--split",
-        "test",
-        "--limit",
-        str(limit),
-        "--positives-only",
-        "--out",
-        str(out),
-    ]
-    for override in overrides:
-        command += ["--set", override]
-    if config.explain.layer:
-        command += ["--layer", config.explain.layer]
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"explain failed: {result.stderr.strip().splitlines()[-1:]}")
-    return json.loads((out / "summary.json").read_text())
+    shutil.rmtree(out_dir)
+
+
+def _pointing_on_detected(explain_dir: Path) -> float | None:
+    """Pointing-game rate over test positives the classifier called pneumonia."""
+    with open(explain_dir / "explain.csv", newline="") as handle:
+        hits = [
+            int(row["pointing_game"])
+            for row in csv.DictReader(handle)
+            if row["pointing_game"] != "" and row["predicted_label"] == "1"
+        ]
+    return sum(hits) / len(hits) if hits else None
 
 
 def run_demo(
@@ -106,7 +126,9 @@ def run_demo(
     """Runs every stage on fresh synthetic data in `out_dir` (replaced).
 
     Args:
-        out_dir: folder for synth/, tfrecords/, run/, evaluation/, explain/.
+        out_dir: folder for synth/, tfrecords/, run/, evaluation/, explain/
+            (an earlier demo's output is replaced; a folder holding other files
+            is refused).
         config: settings (configs/demo.yaml); images are converted at
             `config.data.image_size`.
         patients: synthetic patients.
@@ -120,8 +142,7 @@ def run_demo(
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    _clear_out_dir(out_dir)
     synth_dir, data_dir = out_dir / "synth", out_dir / "tfrecords"
     run_dir, eval_dir, explain_dir = out_dir / "run", out_dir / "evaluation", out_dir / "explain"
 
@@ -159,7 +180,7 @@ def run_demo(
     )
     trained = train(data_dir, run_dir, config, verbose=2)
     echo(
-        f"      best epoch {trained.best_epoch + 1}, validation ROC-AUC {trained.best_val_auc:.3f}"
+        f"      best epoch {trained.best_epoch}, validation ROC-AUC {trained.best_val_auc:.3f}"
     )
 
     stage(4, "evaluate on the test split")
@@ -176,6 +197,7 @@ def run_demo(
         sensitivity=_value(metrics, "recall"),
         specificity=_value(metrics, "specificity"),
         pointing_game=explained.get("pointing_game"),
+        pointing_game_detected=_pointing_on_detected(explain_dir),
         energy_in_boxes=explained.get("energy_in_boxes"),
         report=eval_dir / "report.md",
         overlays=explain_dir,
