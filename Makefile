@@ -21,10 +21,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python cli.py demo
 
+# Every test under TensorFlow; under JAX only those marked `backend` (the rest do
+# not depend on the Keras backend). --durations keeps the slow ones visible.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q --durations=15
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q --durations=15 -m backend
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

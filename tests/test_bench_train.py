@@ -55,6 +55,7 @@ def test_bad_arguments_are_refused(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.backend
 def test_pipeline_worker_gives_augmented_batches(converted_dir):
     step, settings = bench_train._pipeline_step(str(converted_dir), batch=4, size=64)
     for _ in range(3):
@@ -63,6 +64,7 @@ def test_pipeline_worker_gives_augmented_batches(converted_dir):
     assert settings["augment"]["rotation_degrees"] == 10.0
 
 
+@pytest.mark.backend
 def test_gpu_mode_runs_keras_jax_without_tensorflow(tmp_path):
     """--gpu with TensorFlow made unimportable and no accelerator: runs, then exits 1."""
     import json

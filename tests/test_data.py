@@ -6,11 +6,16 @@ from pneumokeras import data, tfrecords
 from pneumokeras.config import load_config
 from pneumokeras.errors import UserError
 
+# Tests that build the training pipeline or call the Augmenter (Keras preprocessing
+# layers) are marked `backend`; the parsing, decoding and evaluation pipeline is
+# plain TensorFlow and runs once.
+
 
 def _config(*overrides):
     return load_config(None, ["data.image_size=64", "data.batch_size=8", *overrides])
 
 
+@pytest.mark.backend
 def test_training_batches_shapes_dtypes_labels(converted_dir):
     dataset, steps = data.training_dataset(converted_dir, _config())
     manifest = tfrecords.load_manifest(converted_dir)
@@ -47,6 +52,7 @@ def _first_batches(converted_dir, seed, n=2):
     return [x.numpy() for x, _ in dataset.take(n)]
 
 
+@pytest.mark.backend
 def test_augmentation_is_deterministic_for_a_seed(converted_dir):
     a = _first_batches(converted_dir, seed=3)
     b = _first_batches(converted_dir, seed=3)
@@ -56,6 +62,7 @@ def test_augmentation_is_deterministic_for_a_seed(converted_dir):
     assert any(not np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
+@pytest.mark.backend
 def test_augmentation_changes_images_but_keeps_range():
     config = _config()
     images = tf.random.uniform((4, 64, 64, 1), 0, 255, seed=1)
@@ -89,6 +96,7 @@ def test_decode_eager_equals_inside_tf_data(converted_dir):
         np.testing.assert_array_equal(eager[key].numpy(), graph[key].numpy())
 
 
+@pytest.mark.backend
 def test_balanced_sampling_proportions(converted_dir):
     config = _config("data.sampling=balanced", "data.batch_size=16")
     dataset, _ = data.training_dataset(converted_dir, config)
@@ -97,6 +105,7 @@ def test_balanced_sampling_proportions(converted_dir):
     assert abs(labels.mean() - 0.5) < 0.08  # natural share here is about 0.3
 
 
+@pytest.mark.backend
 def test_folds_select_patients(converted_dir):
     manifest = tfrecords.load_manifest(converted_dir)
     config = _config("data.batch_size=64")
@@ -110,6 +119,7 @@ def test_folds_select_patients(converted_dir):
         data.training_dataset(converted_dir, config, fold=7)
 
 
+@pytest.mark.backend
 def test_process_sharding_splits_files(converted_dir):
     config = _config("data.batch_size=64")
     counts = []
@@ -149,6 +159,7 @@ def test_box_targets_are_the_covered_share_of_each_cell():
     np.testing.assert_allclose(targets, [[1.0, 1.0, 0.5, 0.0]])
 
 
+@pytest.mark.backend
 def test_augmenter_moves_masks_with_their_images():
     config = _config("augment.rotation_degrees=20", "augment.translation=0.1")
     masks = np.zeros((6, 64, 64, 1), np.float32)
@@ -165,6 +176,7 @@ def test_augmenter_moves_masks_with_their_images():
     assert agreement > 0.97, agreement
 
 
+@pytest.mark.backend
 def test_training_and_validation_batches_with_box_targets(converted_dir):
     manifest = tfrecords.load_manifest(converted_dir)
     weights = {0: 0.7, 1: 1.9}

@@ -3,6 +3,8 @@ import pytest
 
 from pneumokeras import performance
 
+pytestmark = pytest.mark.backend  # Keras dtype policies and compile settings
+
 
 @pytest.fixture(autouse=True)
 def restore_policy():
