@@ -1,12 +1,12 @@
-"""Tests of pneumokeras.explain.
+"""Tests of pneumokeras.explain: the command, its output files and its folder rule.
 
-The localization scores are pure numpy and run under every backend; everything
-that calls tf-keras-vis runs under the TensorFlow backend only. Grad-CAM is
-checked for faithfulness against a direct `tf.GradientTape` computation.
+Runs call tf-keras-vis, so they run under the TensorFlow backend only (skipped
+under JAX); the heatmaps themselves are tested in test_cam.py.
 """
 
 import csv
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -22,6 +22,7 @@ from PIL import Image
 from pneumokeras import explain
 from pneumokeras.config import Config, ExplainConfig
 from pneumokeras.errors import UserError
+from pneumokeras.model_card import CLASS_NAMES, ModelCard, write_card
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -29,78 +30,6 @@ needs_tensorflow = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="tf-keras-vis differentiates with tf.GradientTape: TensorFlow backend only",
 )
-
-
-# ------------------------------------------------------ localization scores (any backend)
-
-
-def _peak(shape, row, col):
-    heatmap = np.zeros(shape)
-    heatmap[row, col] = 1.0
-    return heatmap
-
-
-def test_pointing_game_hit_and_miss():
-    heatmap = _peak((10, 10), row=2, col=7)  # pixel centre at x = 0.75, y = 0.25
-    assert explain.pointing_game(heatmap, [[0.6, 0.1, 0.3, 0.3]])
-    assert not explain.pointing_game(heatmap, [[0.0, 0.0, 0.5, 0.5]])
-    # Any of several boxes counts.
-    assert explain.pointing_game(heatmap, [[0.0, 0.0, 0.5, 0.5], [0.7, 0.2, 0.1, 0.1]])
-
-
-def test_pointing_game_boxes_at_the_border():
-    corner = _peak((8, 8), row=7, col=7)  # centre (0.9375, 0.9375), exact in binary
-    assert explain.pointing_game(corner, [[0.75, 0.75, 0.25, 0.25]])
-    # Half-open boxes: one ending exactly at the centre does not contain it.
-    assert not explain.pointing_game(corner, [[0.75, 0.75, 0.1875, 0.1875]])
-    # A box running past the image edge still contains the edge pixels.
-    assert explain.pointing_game(corner, [[0.875, 0.875, 0.5, 0.5]])
-    assert explain.pointing_game(_peak((8, 8), 0, 0), [[0.0, 0.0, 0.125, 0.125]])
-
-
-def test_pointing_game_without_peak_or_boxes_misses():
-    everywhere = [[0.0, 0.0, 1.0, 1.0]]
-    assert not explain.pointing_game(np.zeros((8, 8)), everywhere)
-    assert not explain.pointing_game(np.ones((8, 8)), everywhere)
-    assert not explain.pointing_game(_peak((8, 8), 3, 3), np.zeros((0, 4)))
-
-
-def test_energy_in_boxes_known_fractions():
-    uniform = np.ones((10, 10))
-    assert explain.energy_in_boxes(uniform, [[0.0, 0.0, 0.5, 0.5]]) == pytest.approx(0.25)
-    assert explain.energy_in_boxes(uniform, [[0.5, 0.5, 0.5, 0.5]]) == pytest.approx(0.25)
-    # Past the right edge: only columns 8 and 9 are inside.
-    assert explain.energy_in_boxes(uniform, [[0.8, 0.0, 0.4, 1.0]]) == pytest.approx(0.2)
-    weighted = np.zeros((10, 10))
-    weighted[1, 1], weighted[8, 8] = 3.0, 1.0
-    assert explain.energy_in_boxes(weighted, [[0.0, 0.0, 0.3, 0.3]]) == pytest.approx(0.75)
-
-
-def test_energy_in_boxes_counts_overlaps_once():
-    uniform = np.ones((8, 8))
-    # Rows/cols 0-3 and 2-5: 16 + 16 - 4 pixels of 64.
-    boxes = [[0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5]]
-    assert explain.energy_in_boxes(uniform, boxes) == pytest.approx(28 / 64)
-    single = [[0.0, 0.0, 0.5, 0.5]]
-    assert explain.energy_in_boxes(uniform, single * 3) == explain.energy_in_boxes(uniform, single)
-    assert explain.energy_in_boxes(uniform, [[0.0, 0.0, 1.0, 1.0]] * 2) == pytest.approx(1.0)
-
-
-def test_energy_in_boxes_edge_cases():
-    assert explain.energy_in_boxes(np.zeros((8, 8)), [[0.0, 0.0, 1.0, 1.0]]) == 0.0
-    assert explain.energy_in_boxes(np.ones((8, 8)), np.zeros((0, 4))) == 0.0
-    with pytest.raises(ValueError, match="non-negative"):
-        explain.energy_in_boxes(-np.ones((8, 8)), [[0.0, 0.0, 1.0, 1.0]])
-    with pytest.raises(ValueError, match="2-D"):
-        explain.energy_in_boxes(np.ones((1, 8, 8)), [[0.0, 0.0, 1.0, 1.0]])
-
-
-def test_normalize_maps_scales_each_map_and_zeroes_flat_ones():
-    maps = np.stack([np.full((4, 4), 5.0), np.arange(16.0).reshape(4, 4) + 3.0])
-    out = explain._normalize_maps(maps)
-    assert out.dtype == np.float32
-    np.testing.assert_array_equal(out[0], 0.0)
-    assert out[1].min() == 0.0 and out[1].max() == 1.0
 
 
 def test_overlay_names_are_safe_and_unique():
@@ -116,25 +45,10 @@ def test_overlay_names_are_safe_and_unique():
 def test_explain_refuses_other_backends(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(UserError, match="KERAS_BACKEND=tensorflow"):
-        explain.compute_heatmaps(None, np.zeros((1, SIZE, SIZE, 1), np.float32))
-    with pytest.raises(UserError, match="KERAS_BACKEND=tensorflow"):
         explain.explain_run("missing.keras", "out", Config(), files=["x.png"])
 
 
-# ------------------------------------------------------------- heatmaps (TensorFlow)
-
-
-def _blob_images(count=4, size=SIZE, seed=0):
-    """Smooth gradient + one bright blob per image + noise; (N, S, S, 1) in [0, 255]."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    images = []
-    for _ in range(count):
-        cx, cy = rng.uniform(0.2, 0.8, 2)
-        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 0.08**2))
-        image = 60 + 60 * xx + 120 * blob + rng.normal(0, 8, (size, size))
-        images.append(np.clip(image, 0, 255))
-    return np.stack(images)[..., None].astype(np.float32)
+# ------------------------------------------------------------------ runs (TensorFlow)
 
 
 @pytest.fixture(scope="module")
@@ -143,100 +57,6 @@ def tiny_model():
 
     keras.utils.set_random_seed(0)
     return build_resnet18(SIZE, filters=8)
-
-
-@pytest.fixture(scope="module")
-def images():
-    return _blob_images()
-
-
-def _reference_gradcam(model, images, layer, class_index):
-    """Grad-CAM computed directly (Selvaraju et al., ICCV 2017), independent of tf-keras-vis."""
-    import tensorflow as tf
-
-    probe = keras.Model(
-        model.inputs, [model.get_layer(layer).output, model.get_layer("logits").output]
-    )
-    with tf.GradientTape() as tape:
-        features, logits = probe(tf.constant(images), training=False)
-        # The class's log-odds: its logit minus the other one (see log_odds_score).
-        score = tf.reduce_sum(logits[:, class_index] - logits[:, 1 - class_index])
-    grads = tape.gradient(score, features)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
-    upsampled = tf.image.resize(cams[..., None], images.shape[1:3], method="bilinear")[..., 0]
-    upsampled = upsampled.numpy()
-    low = upsampled.min(axis=(1, 2), keepdims=True)
-    high = upsampled.max(axis=(1, 2), keepdims=True)
-    # A map with no positive evidence is all zeros (as explain normalises it).
-    return np.where(high > low, (upsampled - low) / np.maximum(high - low, 1e-12), 0.0)
-
-
-@needs_tensorflow
-@pytest.mark.parametrize("layer", ["", "stack3_block2_out"])
-def test_gradcam_matches_gradient_tape(tiny_model, images, layer):
-    explainer = explain.HeatmapExplainer(tiny_model, "gradcam", layer)
-    maps = {}
-    for target in ("pneumonia", "normal"):
-        maps[target] = explainer(images, target)
-        reference = _reference_gradcam(
-            tiny_model, images, layer or "stack4_block2_out", explain.CLASS_INDEX[target]
-        )
-        informative = 0
-        for ours, theirs in zip(maps[target], reference, strict=True):
-            if theirs.max() == 0:
-                np.testing.assert_array_equal(ours, 0.0)
-                continue
-            informative += 1
-            assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.99
-        assert informative >= 1, "every reference map is flat: pick other images"
-    # Each class has its own evidence.
-    assert np.abs(maps["pneumonia"] - maps["normal"]).mean() > 0.05
-
-
-@needs_tensorflow
-@pytest.mark.parametrize("method", explain.METHODS)
-def test_every_method_gives_valid_maps(tiny_model, images, method):
-    count = 1 if method == "scorecam" else 2  # Score-CAM: one forward pass per channel
-    # The predicted class has positive log-odds, hence evidence to show.
-    maps = explain.compute_heatmaps(
-        tiny_model, images[:count], method=method, target_class="predicted"
-    )
-    assert maps.shape == images[:count].shape[:3]
-    assert maps.dtype == np.float32
-    assert np.all(np.isfinite(maps)) and maps.min() >= 0.0 and maps.max() <= 1.0
-    assert all(m.max() == pytest.approx(1.0) for m in maps)  # no degenerate maps here
-
-
-@needs_tensorflow
-def test_predicted_target_is_the_argmax(tiny_model, images):
-    # Shift the pneumonia logit so that the predictions split between the classes.
-    model = keras.models.clone_model(tiny_model)
-    model.set_weights(tiny_model.get_weights())
-    probs = explain.predict_probabilities(model, images)
-    kernel, bias = model.get_layer("logits").get_weights()
-    bias[1] -= np.median(np.log(probs[:, 1] / probs[:, 0]))
-    model.get_layer("logits").set_weights([kernel, bias])
-    argmax = np.argmax(explain.predict_probabilities(model, images), axis=-1)
-    assert 0 < argmax.sum() < len(argmax)
-
-    explainer = explain.HeatmapExplainer(model, "gradcam")
-    np.testing.assert_array_equal(explainer.targets(images, "predicted"), argmax)
-    np.testing.assert_allclose(explainer(images, "predicted"), explainer(images, list(argmax)))
-
-
-@needs_tensorflow
-def test_layer_names_are_checked(tiny_model, images):
-    assert explain.resolve_layer(tiny_model) == "stack4_block2_out"
-    with pytest.raises(UserError, match="no layer 'stack9'.*stack4_block2_out"):
-        explain.compute_heatmaps(tiny_model, images, layer="stack9")
-    with pytest.raises(UserError, match="'avg_pool' has no"):
-        explain.compute_heatmaps(tiny_model, images, layer="avg_pool")
-    with pytest.raises(UserError, match="unknown explain method"):
-        explain.compute_heatmaps(tiny_model, images, method="lime")
-
-
-# ------------------------------------------------------------------ runs (TensorFlow)
 
 
 @pytest.fixture(scope="module")
@@ -265,11 +85,11 @@ def saved_model(tiny_model, tmp_path_factory):
     return path
 
 
-def _run_dir(model_file, run_dir, **meta):
-    """A run folder: a copy of `model_file` and a model.json with `meta`."""
+def _run_dir(model_file, run_dir, **card):
+    """A run folder: a copy of `model_file` and a model card with `card`'s fields."""
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_file, run_dir / "model.keras")
-    (run_dir / "model.json").write_text(json.dumps({"input_size": SIZE, **meta}))
+    write_card(run_dir, ModelCard(input_size=SIZE, **card))
     return run_dir
 
 
@@ -279,6 +99,7 @@ def _read_csv(path):
 
 
 @needs_tensorflow
+@pytest.mark.backend
 def test_explain_run_on_positives_of_a_split(tiny_model, saved_model, converted, tmp_path):
     from pneumokeras import tfrecords
 
@@ -319,7 +140,7 @@ def test_explain_run_on_positives_of_a_split(tiny_model, saved_model, converted,
 
     # Probabilities are temperature-calibrated (T = 2), labels use the threshold.
     images = np.stack([explain._decode_png(r["png"]) for r in positives[:4]])[..., None]
-    raw = explain.predict_probabilities(tiny_model, images.astype(np.float32))[:, 1]
+    raw = keras.ops.convert_to_numpy(tiny_model(images.astype(np.float32)))[:, 1]
     calibrated = 1 / (1 + ((1 - raw) / raw) ** 0.5)
     got = np.array([float(row["probability"]) for row in rows])
     np.testing.assert_allclose(got, calibrated, atol=1e-5)
@@ -335,6 +156,7 @@ def test_explain_run_on_positives_of_a_split(tiny_model, saved_model, converted,
 
 
 @needs_tensorflow
+@pytest.mark.backend
 def test_explain_run_explains_the_thresholded_prediction(saved_model, converted, tmp_path):
     run = _run_dir(saved_model, tmp_path / "run", threshold=0.3)
     config = Config(explain=ExplainConfig(method="gradcam++", target_class="predicted", limit=6))
@@ -345,12 +167,13 @@ def test_explain_run_explains_the_thresholded_prediction(saved_model, converted,
     assert summary["count"] == len(rows) == 3  # the whole test split
     assert summary["layer"] == "stack4_block2_out" and summary["temperature"] == 1.0
     for row in rows:
-        assert row["explained_class"] == explain.CLASS_NAMES[int(row["predicted_label"])]
+        assert row["explained_class"] == CLASS_NAMES[int(row["predicted_label"])]
         assert int(row["predicted_label"]) == int(float(row["probability"]) >= 0.3)
         assert (row["pointing_game"] == "") == (row["true_label"] == "0")
 
 
 @needs_tensorflow
+@pytest.mark.backend
 def test_explain_run_rejects_bad_requests(saved_model, converted, tmp_path):
     run = _run_dir(saved_model, tmp_path / "run")
     data = converted / "tfrecords"
@@ -363,6 +186,122 @@ def test_explain_run_rejects_bad_requests(saved_model, converted, tmp_path):
     with pytest.raises(UserError, match="convert the data with --size 128"):
         explain._split_samples(data, "test", size=128, limit=5, only_positives=False)
     assert not (tmp_path / "out").exists()
+
+
+def _pngs(folder, *names):
+    """Grey 80 px PNGs named `names` in `folder`; their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(names))
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (80, 80), dtype=np.uint8)).save(folder / name)
+    return [folder / name for name in names]
+
+
+def _folder(path):
+    return sorted(p.name for p in path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """The few-layer stand-in model (`contract_model`), saved: explains in about 1 s."""
+    from model_fixtures import contract_model
+
+    path = tmp_path_factory.mktemp("small-model") / "model.keras"
+    contract_model(SIZE).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def earlier_run(small_model, tmp_path_factory):
+    """A run folder, and an explain folder written by a run on a.png and b.png."""
+    root = tmp_path_factory.mktemp("earlier")
+    run = _run_dir(small_model, root / "run")
+    out = root / "explain"
+    explain.explain_run(run, out, Config(), files=_pngs(root / "in", "a.png", "b.png"))
+    assert _folder(out) == ["a.png", "b.png", "contact_sheet.png", "explain.csv", "summary.json"]
+    return run, out
+
+
+def _copy_of(folder, tmp_path):
+    return shutil.copytree(folder, tmp_path / "out")
+
+
+@needs_tensorflow
+@pytest.mark.backend
+def test_a_model_without_card_uses_the_defaults_and_says_so(small_model, tmp_path, caplog):
+    lone = tmp_path / "lone" / "model.keras"
+    lone.parent.mkdir()
+    shutil.copyfile(small_model, lone)
+    inputs = _pngs(tmp_path / "in", "a.png")
+    with caplog.at_level(logging.WARNING, logger="pneumokeras.explain"):
+        summary = explain.explain_run(lone, tmp_path / "out", Config(), files=inputs)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "no model card (model.json)" in warnings[0]
+    assert "threshold 0.5 and temperature 1.0" in warnings[0]
+    assert (summary["threshold"], summary["temperature"]) == (0.5, 1.0)
+    row = _read_csv(tmp_path / "out" / "explain.csv")[0]
+    assert int(row["predicted_label"]) == int(float(row["probability"]) >= 0.5)
+
+
+@needs_tensorflow
+@pytest.mark.backend
+def test_a_second_run_replaces_the_first_in_its_folder(earlier_run, tmp_path):
+    run, earlier = earlier_run
+    out = _copy_of(earlier, tmp_path)
+    summary = explain.explain_run(run, out, Config(), files=_pngs(tmp_path / "in", "c.png"))
+    # Only the second run's overlays: the folder describes one run.
+    assert _folder(out) == ["c.png", "contact_sheet.png", "explain.csv", "summary.json"]
+    assert [row["overlay"] for row in _read_csv(out / "explain.csv")] == ["c.png"]
+    assert summary["count"] == 1
+
+
+@needs_tensorflow
+@pytest.mark.backend
+def test_a_folder_with_other_files_is_refused_untouched(earlier_run, tmp_path):
+    run, earlier = earlier_run
+    inputs = _pngs(tmp_path / "in", "a.png", "b.png")
+    # Explaining into the input folder would mix inputs and outputs.
+    with pytest.raises(UserError, match=r"holds files explain did not write \(a.png and 1 more\)"):
+        explain.explain_run(run, inputs[0].parent, Config(), files=inputs)
+    assert _folder(inputs[0].parent) == ["a.png", "b.png"]
+
+    out = _copy_of(earlier, tmp_path)
+    before = {name: (out / name).read_bytes() for name in _folder(out)}
+    (out / "notes").mkdir()
+    with pytest.raises(UserError, match=r"\(notes\); give an empty or new folder"):
+        explain.explain_run(run, out, Config(), files=inputs)
+    (out / "notes").rmdir()
+    (out / "explain.csv").write_text("name,score\na,1\n")  # not explain's table any more
+    before["explain.csv"] = (out / "explain.csv").read_bytes()
+    with pytest.raises(UserError, match="did not write"):
+        explain.explain_run(run, out, Config(), files=inputs)
+    assert {name: (out / name).read_bytes() for name in _folder(out)} == before
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        explain.explain_run(run, out / "a.png", Config(), files=inputs)
+    (tmp_path / "empty").mkdir()
+    assert explain._previous_outputs(tmp_path / "empty") == []
+
+
+@needs_tensorflow
+@pytest.mark.backend
+def test_the_next_run_replaces_an_interrupted_one(earlier_run, tmp_path, monkeypatch):
+    run, earlier = earlier_run
+    out = _copy_of(earlier, tmp_path)
+
+    def interrupt(overlays):
+        raise KeyboardInterrupt  # after every overlay, before the tables
+
+    with monkeypatch.context() as patch:
+        patch.setattr(explain, "contact_sheet", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            explain.explain_run(run, out, Config(), files=_pngs(tmp_path / "two", "c.png"))
+    # The earlier run's outputs are gone; the ledger lists what this one left.
+    assert _folder(out) == [explain.LEDGER, "c.png"]
+    (out / ".c.png.tmp-x1y2").write_bytes(b"")  # as a killed atomic write leaves it
+
+    explain.explain_run(run, out, Config(), files=_pngs(tmp_path / "three", "d.png"))
+    assert _folder(out) == ["contact_sheet.png", "d.png", "explain.csv", "summary.json"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -412,11 +351,12 @@ def jax_run(_jax_build):
     run, process = _jax_build
     returncode = process.wait(timeout=300)
     assert returncode == 0, (run / "stderr.txt").read_text()[-2000:]
-    (run / "model.json").write_text(json.dumps({"input_size": SIZE, "backend": "jax"}))
+    write_card(run, ModelCard(input_size=SIZE, backend="jax"))
     return run
 
 
 @needs_tensorflow
+@pytest.mark.backend
 def test_model_saved_under_jax_explains_files_under_tensorflow(jax_run, converted, tmp_path):
     model = keras.saving.load_model(jax_run / "model.keras", compile=False)
     with np.load(jax_run / "weights.npz") as saved:
