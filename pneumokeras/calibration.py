@@ -150,10 +150,14 @@ class TemperatureFit:
             return f"applied: {gain} ({test} < {self.significance})"
         if self.decision == "not significant":
             return f"kept at T = 1: {gain}, not significantly ({test} ≥ {self.significance})"
+        if self.fitted < 1:
+            why = "sharpening towards 0 and 1 (the model separates the validation classes?)"
+        else:
+            why = "flattening every probability towards 0.5 (the model ranks the validation " \
+                "split no better than chance?)"
         return (
-            f"kept at T = 1: the validation NLL falls all the way to the search bound "
-            f"T = {self.fitted:.3g} (the model separates the validation classes perfectly?), "
-            "so the data do not determine a temperature"
+            f"kept at T = 1: the validation NLL keeps falling up to the search bound "
+            f"T = {self.fitted:.3g}, {why}, so the data do not determine a temperature"
         )
 
 

@@ -131,12 +131,12 @@ def calibration_figure(
     bins = len(calibration["before"]["bins"]["counts"])
     fig = Figure(figsize=(5.5, 7))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    after = f"after (T = {calibration['temperature']:.2f}"
     if not calibration["applied"]:
-        after += ", kept at 1"
+        after = "after (T kept at 1)"
     elif calibration["split_nll_after"] > calibration["split_nll_before"]:
-        after += ", NLL worse"
-    after += ")"
+        after = f"after (T = {calibration['temperature']:.2f}, NLL worse)"
+    else:
+        after = f"after (T = {calibration['temperature']:.2f})"
     width = 1.0 / bins
     left = np.linspace(0.0, 1.0, bins + 1)[:-1]
     for offset, (probs, name, key) in enumerate(

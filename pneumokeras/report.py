@@ -71,8 +71,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def metric_table(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Markdown table rows: metric, value, 95 % interval, how the interval was made."""
+    """Markdown table rows: metric, value, 95 % interval, how the interval was made.
+
+    A bootstrap interval of zero width (every resample gave the same value, e.g. F1
+    0 when nothing is predicted positive) is marked, with a note under the table.
+    """
     lines = ["| metric | value | 95 % CI | CI method |", "|---|---|---|---|"]
+    degenerate = False
     for name, label in METRIC_LABELS.items():
         entry = metrics[name]
         low, high = entry["ci95"]
@@ -82,8 +87,14 @@ def metric_table(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
             interval = "n/a"
         else:
             interval = f"{_fmt(low)} – {_fmt(high)}"
+            if entry["ci_method"] == "bootstrap" and low == high:
+                interval += " ¹"
+                degenerate = True
         method = CI_METHOD_LABELS[entry["ci_method"]]
         lines.append(f"| {label} | {_fmt(entry['value'])} | {interval} | {method} |")
+    if degenerate:
+        lines += ["", "¹ zero width: every bootstrap resample gave the same value, which "
+                  "says little about its uncertainty."]
     return lines
 
 

@@ -100,7 +100,12 @@ def test_fit_calibration_keeps_t1_without_an_interior_minimum():
     assert fit.fitted == pytest.approx(calibration.TEMPERATURE_BOUNDS[0], rel=1e-2)
     assert fit.decision == "no interior minimum" and fit.temperature == 1.0
     assert fit.p_value < calibration.SIGNIFICANCE  # significant, and still not applied
-    assert "search bound" in fit.explanation()
+    assert "search bound T = 0.05, sharpening" in fit.explanation()
+    # An anti-informative model: the NLL falls as every probability goes to 0.5.
+    fit = fit_calibration(labels, 1 - probs)
+    assert fit.fitted == calibration.TEMPERATURE_BOUNDS[1] and fit.temperature == 1.0
+    assert fit.decision == "no interior minimum"
+    assert "search bound T = 20, flattening" in fit.explanation()
 
 
 def test_fit_calibration_significance_is_a_parameter():

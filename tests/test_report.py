@@ -143,3 +143,13 @@ def test_report_of_a_temperature_kept_at_one():
 
 def test_report_without_views():
     assert "View position unknown" in report.render_report(_result(views=False))
+
+
+def test_report_marks_a_zero_width_bootstrap_interval():
+    result = _result()
+    text = report.render_report(result)
+    assert "¹" not in text
+    result["metrics"]["f1"].update(value=0.0, ci95=[0.0, 0.0])
+    text = report.render_report(result)
+    assert _row(text, "F1")[2] == "0.000 – 0.000 ¹"
+    assert "¹ zero width: every bootstrap resample gave the same value" in text
