@@ -1,6 +1,7 @@
 """The model artifact: `model.keras`, its model card `model.json`, and a calibrated classifier.
 
-The model card is the one description of a trained model that every command and
+The model card (`model.json` beside `model.keras`; in general the model file's
+name with `.json`) is the one description of a trained model that every command and
 front end reads: class names, input size, decision threshold and how it was
 chosen, calibration temperature and where it was fitted, the backend and
 settings it was trained with, the data it was trained on, its validation
@@ -182,8 +183,11 @@ def model_file(path: str | Path) -> Path:
 
 
 def card_path(model_path: str | Path) -> Path:
-    """`model.json` beside the model file (or inside the run folder)."""
-    return model_file(model_path).with_name(CARD_FILE)
+    """The card beside the model file, named after it: `model.keras` → `model.json`.
+
+    (`ensemble.keras` → `ensemble.json`; a run folder → its `model.json`.)
+    """
+    return model_file(model_path).with_suffix(".json")
 
 
 def read_card(model_path: str | Path) -> ModelCard:
@@ -212,7 +216,7 @@ def read_card(model_path: str | Path) -> ModelCard:
 def write_card(model_path: str | Path, card: ModelCard) -> Path:
     """Writes the card beside the model (atomically); returns its path."""
     path = Path(model_path)
-    path = (path / CARD_FILE) if path.is_dir() else path.with_name(CARD_FILE)
+    path = (path / CARD_FILE) if path.is_dir() else path.with_suffix(".json")
     atomic_write_json(path, card.to_dict())
     return path
 
