@@ -308,6 +308,52 @@ def predict(model_path, inputs, out_path, fmt, batch_size, tta, threshold) -> No
     )
 
 
+@cli.command(
+    epilog=_example(
+        "python cli.py export --model runs/demo --format onnx",
+        "python cli.py export --model runs/demo/model.keras --format saved_model \\",
+        "  --out serving/pneumonia/1 --check-images scans/",
+    )
+)
+@click.option(
+    "--model", "model_path", required=True, type=click.Path(), help="model.keras or its run folder."
+)
+@click.option(
+    "--format", "fmt", required=True, type=click.Choice(["onnx", "saved_model"]),
+    help="ONNX file or TensorFlow SavedModel folder.",
+)
+@click.option(
+    "--out", "out_path", type=click.Path(), default=None,
+    help="Output (default: model.onnx or model_savedmodel/ beside the model).",
+)
+@click.option("--force", is_flag=True, help="Replace an earlier export at --out.")
+@click.option(
+    "--check-images", multiple=True, type=click.Path(), metavar="PATH",
+    help="Image files or folders to check on besides the synthetic ones (repeatable).",
+)
+def export(model_path, fmt, out_path, force, check_images) -> None:
+    """Export for serving (ONNX, SavedModel), checked against the .keras model."""
+    if environment.check_backend("export") == "tensorflow":
+        environment.import_tensorflow_quietly()  # `--debug` keeps TF's start-up lines
+    from pneumokeras.export import FORMAT_NAMES, export_model
+
+    summary = export_model(model_path, fmt, out_path, force=force, check_images=check_images)
+    for note in summary.notes:
+        click.echo(f"note: {note}", err=True)
+    name = FORMAT_NAMES[summary.format]
+    opset = summary.details.get("onnx_opset")
+    given = f" + {summary.check_files} given" if summary.check_files else ""
+    click.echo(
+        f"exported {summary.model} to {summary.out} ({name}"
+        + (f", opset {opset}" if opset else "")
+        + ", dynamic batch)\n"
+        f"max |{name} - Keras| = {summary.max_abs_diff:.2e} (limit {summary.tolerance:g}) on "
+        f"{summary.synthetic_images} synthetic{given} images, batches of "
+        f"{' and '.join(map(str, summary.batch_sizes))}\n"
+        f"model card embedded and written to {summary.card}"
+    )
+
+
 def _force_tensorflow_backend() -> None:
     """explain needs tf.GradientTape (tf-keras-vis): pick TensorFlow before keras loads."""
     asked = os.environ.get("KERAS_BACKEND", "tensorflow")
