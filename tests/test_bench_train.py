@@ -65,6 +65,7 @@ def test_pipeline_worker_gives_augmented_batches(converted_dir):
 
 
 @pytest.mark.backend
+@pytest.mark.slow  # compiles ResNet18 (64 filters) under JAX in a child: ≈ 50 s
 def test_gpu_mode_runs_keras_jax_without_tensorflow(tmp_path):
     """--gpu with TensorFlow made unimportable and no accelerator: runs, then exits 1."""
     import json
