@@ -187,20 +187,36 @@ def _read_check_files(paths: Sequence[Path], size: int) -> np.ndarray:
 
 
 def _float32_model(model: Any) -> tuple[Any, list[str]]:
-    """The model computing in float32: itself, or a copy when saved with a mixed policy."""
+    """The model computing in float32: itself, or a copy when saved with a mixed policy.
+
+    Mixed policies keep float32 variables, so the copy (same config, every dtype
+    policy set to float32, nested models included) takes the weights as they are.
+    """
     import keras
 
-    policies = {layer.dtype_policy.name for layer in model.layers} - {"float32"}
-    if not policies:
+    serialized = keras.saving.serialize_keras_object(model)
+    found: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            config = node.get("config")
+            if node.get("class_name") == "DTypePolicy" and isinstance(config, dict):
+                if config.get("name") != "float32":
+                    found.add(str(config.get("name")))
+                    config["name"] = "float32"
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(serialized)
+    if not found:
         return model, []
-
-    def clone(layer: Any) -> Any:
-        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
-
-    copy = keras.models.clone_model(model, clone_function=clone)
+    copy = keras.saving.deserialize_keras_object(serialized)
     copy.set_weights(model.get_weights())
     return copy, [f"exported in float32 (the model was saved with dtype policy "
-                  f"{', '.join(sorted(policies))})"]
+                  f"{', '.join(sorted(found))})"]
 
 
 def _signature(size: int) -> Any:
