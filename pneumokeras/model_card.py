@@ -74,6 +74,9 @@ class ModelCard:
             out-of-distribution warnings (`mean`, `std`: [low, high] percentiles).
         input: the input contract, in words.
         output: the output contract, in words.
+        members: for an ensemble (`cv`), one entry per member model: `name` (its
+            nested model's name in the ensemble), `fold`, `gradcam_layer`, ...;
+            empty for a single model.
     """
 
     input_size: int
@@ -97,6 +100,7 @@ class ModelCard:
     input_statistics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     input: str = INPUT_CONTRACT
     output: str = OUTPUT_CONTRACT
+    members: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -131,6 +135,7 @@ class ModelCard:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in values.items() if k in known}
         kwargs["class_names"] = tuple(kwargs["class_names"])
+        kwargs["members"] = tuple(kwargs.get("members", ()))
         try:
             return cls(**kwargs)
         except TypeError as err:

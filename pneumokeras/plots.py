@@ -1,4 +1,5 @@
-"""The evaluation figures: ROC, precision-recall, confusion matrix, reliability diagram.
+"""The evaluation figures: ROC, precision-recall, confusion matrix, reliability diagram,
+and the ROC curves of the cross-validation folds.
 
 Drawn with scikit-learn's displays (`RocCurveDisplay`, `PrecisionRecallDisplay`,
 `ConfusionMatrixDisplay`, `CalibrationDisplay`) on the axes of a plain matplotlib
@@ -154,4 +155,48 @@ def calibration_figure(
     top.legend(loc="upper left")
     bottom.set(xlabel="predicted pneumonia probability", ylabel="count per bin")
     bottom.legend(loc="upper center", fontsize="small")
+    return fig
+
+
+def cv_roc_figure(fold_labels: Sequence[np.ndarray], fold_probs: Sequence[np.ndarray]) -> Figure:
+    """The K folds' ROC curves on their held-out patients, and their mean ± 1 sd.
+
+    The mean curve averages the folds' sensitivities on a common grid of
+    1 - specificity (vertical averaging, Fawcett, Pattern Recognition Letters
+    2006); its legend gives the mean ± sd of the folds' ROC-AUCs. A fold holding
+    one class has no curve and is left out, with a note in its legend entry.
+
+    Args:
+        fold_labels: per fold, (N_k,) int, 1 = pneumonia.
+        fold_probs: per fold, (N_k,) pneumonia probabilities of its held-out model.
+    """
+    from sklearn.metrics import auc, roc_curve
+
+    fig = Figure(figsize=(5.5, 5.5))
+    ax = fig.add_subplot()
+    grid = np.linspace(0.0, 1.0, 201)
+    curves, aucs = [], []
+    for k, (labels, probs) in enumerate(zip(fold_labels, fold_probs, strict=True)):
+        if _one_class(labels):
+            ax.plot([], [], lw=1, label=f"fold {k}: one class, no curve")
+            continue
+        fpr, tpr, _ = roc_curve(labels, probs)
+        aucs.append(auc(fpr, tpr))
+        ax.plot(fpr, tpr, lw=1, alpha=0.6, label=f"fold {k} (AUC {aucs[-1]:.3f})")
+        curve = np.interp(grid, fpr, tpr)
+        curve[0] = 0.0
+        curves.append(curve)
+    if curves:
+        mean, sd = np.mean(curves, axis=0), np.std(curves, axis=0)
+        mean[-1] = 1.0
+        spread = f" ± {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else ""
+        ax.plot(grid, mean, color="k", lw=2, label=f"mean (AUC {np.mean(aucs):.3f}{spread})")
+        ax.fill_between(grid, np.clip(mean - sd, 0, 1), np.clip(mean + sd, 0, 1), color="grey",
+                        alpha=0.2, label="± 1 sd")
+    else:
+        _undefined(ax, "ROC undefined: every fold holds one class")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (recall)",
+           xlim=(0, 1), ylim=(0, 1.01), title=f"ROC of the {len(fold_labels)} held-out folds")
     return fig
