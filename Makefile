@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo app test lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python cli.py demo
+
+# The web app on the demo's model (and its converted data, to browse); http://127.0.0.1:8501
+app: $(STAMP)
+	@test -f demo_output/run/model.keras || { echo "no demo model in demo_output/run: run \`make demo\` first" >&2; exit 2; }
+	$(BIN)/python cli.py app --model demo_output/run --data demo_output/tfrecords
 
 # Every test under TensorFlow; under JAX only those marked `backend` (the rest do
 # not depend on the Keras backend). --durations keeps the slow ones visible.

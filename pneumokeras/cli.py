@@ -502,6 +502,52 @@ def demo(out_dir, patients, size, seed, workers, config_path, overrides) -> None
     )
 
 
+@cli.command(
+    epilog=_example(
+        "python cli.py app --model demo_output/run --data demo_output/tfrecords",
+        "  # then open http://127.0.0.1:8501 in a browser",
+    )
+)
+@click.option(
+    "--model",
+    "model_path",
+    default="demo_output/run",
+    show_default=True,
+    type=click.Path(),
+    help="model.keras or its run folder.",
+)
+@click.option(
+    "--data", "data_dir", type=click.Path(), default=None, help="Converted folder to browse."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--port", default=8501, show_default=True, help="TCP port.")
+@click.option(
+    "--max-upload-mb", default=100, show_default=True, help="Largest file accepted, MB."
+)
+def app(model_path, data_dir, host, port, max_upload_mb) -> None:
+    """Web app: upload X-rays, see probability, label and Grad-CAM."""
+    from pneumokeras.app_logic import streamlit_command
+    from pneumokeras.errors import UserError
+
+    if model_path == "demo_output/run" and not Path(model_path).exists():
+        raise UserError("no model in demo_output/run: run `make demo` first, or pass --model")
+    asked = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if asked != "tensorflow":
+        click.echo(
+            f"note: the app runs under the TensorFlow backend (Grad-CAM needs "
+            f"tf.GradientTape); KERAS_BACKEND={asked} is ignored here",
+            err=True,
+        )
+    argv, env = streamlit_command(model_path, data_dir, host, port, max_upload_mb)
+    click.echo(
+        f"serving the app at http://{host}:{port} (Ctrl+C stops it); research use only",
+        err=True,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)  # streamlit replaces this process: signals go to it
+
+
 _DEMO_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
 
 
