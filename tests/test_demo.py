@@ -23,7 +23,7 @@ def test_demo_runs_every_stage_learns_and_summarises(tmp_path):
             "data.image_size=64",
             "data.batch_size=16",
             "model.filters=8",
-            "train.epochs=5",
+            "train.epochs=10",
             "evaluate.bootstrap=20",
             "explain.limit=8",
         ],
@@ -40,7 +40,7 @@ def test_demo_runs_every_stage_learns_and_summarises(tmp_path):
         "[5/5]",
     ]
     # It learnt: a model at chance scores about 0.5 on these 30 validation patients
-    # (standard deviation ≈ 0.12); the demo recipe reaches ≈ 0.95 in 5 epochs.
+    # (standard deviation ≈ 0.12); the demo recipe reaches 0.9 or more in 10 epochs.
     card = json.loads((summary.out_dir / "run" / "model.json").read_text())
     assert card["validation"]["auc"] >= 0.8
     # The summary is what the stages wrote.
