@@ -260,6 +260,19 @@ def test_files_that_are_not_a_model_of_the_contract(tmp_path):
 
 
 @pytest.mark.backend
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX pass's path")
+@pytest.mark.slow
+def test_under_jax_a_bad_model_is_a_user_error_from_the_tensorflow_child(tmp_path):
+    text = tmp_path / "model.keras"
+    text.write_text("not a zip")
+    write_card(text, CARD)
+    with pytest.raises(UserError, match="not a valid .keras file"):
+        export.export_model(text, "saved_model")
+    assert os.environ["KERAS_BACKEND"] == "jax"  # put back after the child
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.keras"]
+
+
+@pytest.mark.backend
 @tensorflow_only
 def test_an_unreadable_check_image_writes_nothing(run_dir):
     broken = run_dir.parent / "broken.png"
