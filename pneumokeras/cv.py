@@ -633,7 +633,7 @@ def aggregate(
     }
 
     ensemble = build_ensemble([m.model for m in members], card.input_size)
-    with atomic_path(out_dir / ENSEMBLE_FILE) as tmp:
+    with atomic_path(out_dir / ENSEMBLE_FILE, suffix=".keras") as tmp:
         ensemble.save(tmp)
     model_card.write_card(out_dir / ENSEMBLE_FILE, card)
     atomic_write_text(out_dir / OOF_FILE, oof_csv(oof, calibrated))

@@ -19,18 +19,18 @@ def current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yields a temporary path beside `path` to write; renames it over `path` on success.
 
     For writers that take a file name (Keras `save`, TFRecord writers). The
-    temporary name (`.<name>.tmp-*<suffix>`) keeps the suffix, which Keras
-    requires, and the file gets the permissions a plain `open` would give (0666
+    temporary name is `.<name>.tmp-*<suffix>` (Keras `save` wants `suffix=".keras"`;
+    without one it never matches a glob for finished files), and the file gets the permissions a plain `open` would give (0666
     less the umask; `mkstemp` alone gives 0600). An exception (or a kill) inside
     the block leaves `path` untouched; the temporary file is removed on exceptions.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
     os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:

@@ -8,8 +8,6 @@ name and renamed when complete, so a shard or manifest that is visible is whole.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import tensorflow as tf
 
 from pneumokeras.errors import UserError
+from pneumokeras.fileio import atomic_path
 
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.csv"
@@ -91,20 +90,11 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
 
 def write_shard(path: Path, examples: Iterable[bytes]) -> int:
     """Writes serialized examples to `path` atomically; returns how many."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
     count = 0
-    try:
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for example in examples:
-                writer.write(example)
-                count += 1
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
+        for example in examples:
+            writer.write(example)
+            count += 1
     return count
 
 

@@ -141,7 +141,7 @@ def standard_logs(logs: Mapping[str, Any]) -> dict[str, Any]:
 
 def save_model(model: keras.Model, path: Path) -> None:
     """Saves `model` uncompiled to `path` atomically (`.keras` needs that suffix)."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, suffix=".keras") as tmp:
         export_model(model).save(tmp)
 
 

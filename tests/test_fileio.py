@@ -19,7 +19,7 @@ def test_written_files_respect_the_umask(tmp_path, umask):
     old = os.umask(umask)
     try:
         atomic_write_text(tmp_path / "a.txt", "x")
-        with atomic_path(tmp_path / "b.keras") as tmp:
+        with atomic_path(tmp_path / "b.keras", suffix=".keras") as tmp:
             assert tmp.suffix == ".keras"
             tmp.write_bytes(b"y")
         with open(tmp_path / "plain.txt", "w") as handle:
@@ -45,6 +45,7 @@ def test_atomic_path_replaces_on_success(tmp_path):
     target = tmp_path / "sub" / "shard.tfrecord"
     with atomic_path(target) as tmp:
         assert tmp.parent == target.parent and not target.exists()
+        assert tmp.name.startswith(".shard.tfrecord.tmp-") and tmp.suffix != ".tfrecord"
         tmp.write_bytes(b"data")
     assert target.read_bytes() == b"data"
     assert [p.name for p in target.parent.iterdir()] == ["shard.tfrecord"]
