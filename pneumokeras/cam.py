@@ -306,6 +306,74 @@ class HeatmapExplainer:
         return np.concatenate(maps, axis=0)
 
 
+class EnsembleHeatmapExplainer:
+    """The mean of an ensemble's member maps, each at its own target layer.
+
+    For `cv`'s `ensemble.keras` (the `Average` of nested member models): each
+    member is explained by its own `HeatmapExplainer` at its own layer (its last
+    convolutional stage by default), every map normalised to [0, 1] as usual;
+    their mean is normalised again. All members explain the same class: the
+    target indices are decided once, on the ensemble's output for `predicted`.
+
+    Args:
+        model: the ensemble, output `(batch, 2)`, holding the member models.
+        members: names of the nested member models in `model`.
+        method: `gradcam`, `gradcam++` or `scorecam`.
+        layers: one target layer per member ('' = that member's last spatial layer).
+
+    Raises:
+        UserError: not under TensorFlow, unknown method, member or layer.
+    """
+
+    def __init__(
+        self, model: keras.Model, members: Sequence[str], method: str = "gradcam",
+        layers: Sequence[str] | None = None,
+    ) -> None:
+        require_tensorflow()
+        layers = list(layers) if layers is not None else [""] * len(members)
+        if not members or len(layers) != len(members):
+            raise ValueError(
+                f"needs one layer per member. Received: {len(members)} members, "
+                f"{len(layers)} layers"
+            )
+        known = {layer.name for layer in model.layers}
+        missing = [name for name in members if name not in known]
+        if missing:
+            raise UserError(f"the ensemble holds no member model {missing[0]!r}")
+        self.model = model
+        self.method = method
+        self.members = [
+            HeatmapExplainer(model.get_layer(name), method, layer)
+            for name, layer in zip(members, layers, strict=True)
+        ]
+        self.num_classes = int(model.output_shape[-1])
+        distinct = sorted({m.layer for m in self.members})
+        self.layer = f"{distinct[0]} of each member" if len(distinct) == 1 else ", ".join(distinct)
+
+    def targets(self, images: np.ndarray, target_class: str | Sequence[int]) -> np.ndarray:
+        """Class index per image, decided on the ensemble (see `HeatmapExplainer.targets`)."""
+        if isinstance(target_class, str) and target_class == "predicted":
+            return np.argmax(_model_outputs(self.model, images), axis=-1).astype(int)
+        return self.members[0].targets(images, target_class)
+
+    def member_maps(
+        self, images: np.ndarray, target_class: str | Sequence[int] = "pneumonia"
+    ) -> np.ndarray:
+        """Each member's maps `(M, N, S, S)` in [0, 1]."""
+        images = np.asarray(images, dtype=np.float32)
+        indices = self.targets(images if images.ndim == 4 else images[..., None], target_class)
+        return np.stack([member(images, indices) for member in self.members])
+
+    def __call__(
+        self, images: np.ndarray, target_class: str | Sequence[int] = "pneumonia"
+    ) -> np.ndarray:
+        """The members' mean maps `(N, S, S)` float32, min-max normalised to [0, 1]."""
+        maps = self.member_maps(images, target_class)
+        if maps.shape[1] == 0:
+            return maps[0]
+        return _normalize_maps(maps.mean(axis=0))
+
+
 def compute_heatmaps(
     model: keras.Model,
     images: np.ndarray,

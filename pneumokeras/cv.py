@@ -235,7 +235,10 @@ def train_folds(
             skipped.append(k)
             continue
         resuming = records[k] is not None
-        say(f"fold {k}/{num_folds}: {'resuming' if resuming else 'training'} in {where}")
+        say(
+            f"fold {k}/{num_folds}: {'resuming' if resuming else 'training'} "
+            f"{config.model.name} in {where} (Keras {keras.backend.backend()})"
+        )
         summary = train_lib.train(data_dir, where, config, fold=k, verbose=verbose)
         say(
             f"fold {k}: best epoch {summary.best_epoch}, held-out ROC-AUC "

@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from pneumokeras.cam import BATCH, METHOD_TITLES, HeatmapExplainer, require_tensorflow
+from pneumokeras.cam import (
+    BATCH,
+    METHOD_TITLES,
+    EnsembleHeatmapExplainer,
+    HeatmapExplainer,
+    require_tensorflow,
+)
 from pneumokeras.config import Config, ExplainConfig
 from pneumokeras.errors import UserError
 from pneumokeras.fileio import atomic_open, atomic_write_bytes, atomic_write_json
@@ -323,7 +329,7 @@ class _Results:
 def _explain_batch(
     batch: list[_Sample],
     classifier: Classifier,
-    explainer: HeatmapExplainer,
+    explainer: HeatmapExplainer | EnsembleHeatmapExplainer,
     settings: ExplainConfig,
     out_dir: Path,
     results: _Results,
@@ -382,6 +388,22 @@ def _explain_batch(
         )
 
 
+def _explainer(
+    classifier: Classifier, settings: ExplainConfig
+) -> HeatmapExplainer | EnsembleHeatmapExplainer:
+    """The model's explainer; for an ensemble (`cv`), the mean of its members' maps.
+
+    The layer is `explain.layer`, else the card's `gradcam_layer` (each member's own).
+    """
+    members = classifier.card.members
+    if members:
+        names = [member["name"] for member in members]
+        layers = [settings.layer or member.get("gradcam_layer", "") for member in members]
+        return EnsembleHeatmapExplainer(classifier.model, names, settings.method, layers)
+    layer = settings.layer or classifier.card.gradcam_layer
+    return HeatmapExplainer(classifier.model, settings.method, layer)
+
+
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
@@ -402,7 +424,9 @@ def explain_run(
     Settings come from `config.explain` (method, layer, target class, limit,
     alpha); the decision threshold, calibration temperature, input size and
     default target layer from the model card (`model.json`; without one, the
-    defaults threshold 0.5 and temperature 1, with a warning). The reported
+    defaults threshold 0.5 and temperature 1, with a warning). An ensemble
+    (`cv`'s `ensemble.keras`) shows the mean of its members' maps, each at the
+    member's own layer (`cam.EnsembleHeatmapExplainer`). The reported
     probability is the temperature-calibrated probability of pneumonia; the
     predicted label compares it with the threshold, and `target_class: predicted`
     explains that label.
@@ -440,8 +464,7 @@ def explain_run(
     out_dir = Path(out_dir)
     previous = _previous_outputs(out_dir)
     classifier = _load_classifier(model_path)
-    layer = settings.layer or classifier.card.gradcam_layer
-    explainer = HeatmapExplainer(classifier.model, settings.method, layer)
+    explainer = _explainer(classifier, settings)
     samples, source = _gather_samples(
         files, data_dir, split, classifier.input_size, limit, only_positives, settings
     )

@@ -13,7 +13,10 @@ and temperature are training's defaults (never fitted by `evaluate`) is
 announced. Each row also carries `warning`: why the image may be outside what
 the model was trained on (a DICOM that is not a radiograph or not of the chest,
 an image smaller than the model's input, intensities far outside the training
-images'). Research and education only; not for diagnosis.
+images'). For an ensemble (`cv`'s `ensemble.keras`, whose card lists its
+`members`), `member_std` is the standard deviation of the members' calibrated
+probabilities: how much the K fold models disagree (Lakshminarayanan et al.,
+NeurIPS 2017). Research and education only; not for diagnosis.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = ("path", "patient_id", "probability", "label", "class", "warning", "error")
 TTA_COLUMNS = ("tta_mean", "tta_std")
+ENSEMBLE_COLUMNS = ("member_std",)
 # Test-time augmentation: small, label-preserving perturbations, drawn by the
 # training augmenter (`data.Augmenter`) with these settings.
 TTA_AUGMENT = AugmentConfig(
@@ -86,6 +90,46 @@ def load_for_prediction(model_path: str | os.PathLike[str], threshold: float | N
     return classifier
 
 
+def member_probabilities(
+    classifier: Classifier, images: np.ndarray, batch_size: int = 32
+) -> np.ndarray | None:
+    """Calibrated pneumonia probabilities `(M, N)` of an ensemble's M members; None otherwise.
+
+    Each member is the nested model its card entry names (`members[i]["name"]`),
+    calibrated with the ensemble's temperature; their mean is the ensemble's raw
+    probability, before calibration.
+
+    Args:
+        classifier: a loaded model and card; a card without `members` is a single model.
+        images: `(N, S, S[, 1])` pixels in [0, 255].
+        batch_size: images per model call.
+
+    Raises:
+        UserError: the card names a member the model does not hold.
+    """
+    import keras
+
+    if not classifier.card.members:
+        return None
+    images = np.asarray(images, dtype=np.float32)
+    images = images[..., None] if images.ndim == 3 else images
+    out = []
+    for member in classifier.card.members:
+        try:
+            model = classifier.model.get_layer(member["name"])
+        except (KeyError, ValueError) as err:
+            raise UserError(
+                f"{card_path(classifier.path)} lists member {member.get('name')!r}, which "
+                f"{classifier.path.name} does not hold"
+            ) from err
+        raw = [
+            keras.ops.convert_to_numpy(model(images[i : i + batch_size], training=False))[:, 1]
+            for i in range(0, len(images), batch_size)
+        ]
+        out.append(classifier.calibrate(np.concatenate(raw).astype(np.float64)))
+    return np.stack(out)
+
+
 def image_seed(pixels: np.ndarray, seed: int) -> int:
     """A seed from an image's content and the user's seed (TTA draws per image)."""
     digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes() + str(seed).encode())
@@ -113,11 +157,13 @@ def tta_probabilities(
     return classifier.probabilities(augmented)
 
 
-def _empty_row(path: Path, tta: int) -> dict[str, Any]:
+def _empty_row(path: Path, tta: int, ensemble: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"path": str(path), "patient_id": "", "probability": None,
                            "label": None, "class": None, "warning": "", "error": ""}
     if tta:
         row.update(tta_mean=None, tta_std=None)
+    if ensemble:
+        row.update(member_std=None)
     return row
 
 
@@ -136,10 +182,14 @@ def _predict_batch(
     """Fills probability, label and class (and TTA) of `rows` in place."""
     images = np.stack([r.pixels for r in records])
     probs = classifier.probabilities(images)
-    for row, record, prob, label in zip(rows, records, probs, classifier.decide(probs),
-                                        strict=True):
+    members = member_probabilities(classifier, images)
+    for i, (row, record, prob, label) in enumerate(
+        zip(rows, records, probs, classifier.decide(probs), strict=True)
+    ):
         row.update(probability=float(prob), label=int(label),
                    **{"class": classifier.class_name(label)})
+        if members is not None:
+            row.update(member_std=float(members[:, i].std()))
         if tta:
             samples = tta_probabilities(classifier, record.pixels, tta, seed)
             row.update(tta_mean=float(samples.mean()), tta_std=float(samples.std()))
@@ -182,7 +232,8 @@ def predict_files(
         pneumonia at the threshold, 0 = normal), `class` (its name), `warning`
         ('' or why the input may be out of distribution), `error` ('' or why the
         file was not predicted; then probability/label/class are None); with
-        `tta` also `tta_mean`, `tta_std`.
+        `tta` also `tta_mean`, `tta_std`; for an ensemble also `member_std` (see
+        `member_probabilities`).
 
     Raises:
         UserError: bad arguments, missing model or card, no input files, or no
@@ -205,7 +256,7 @@ def predict_files(
     for start in range(0, len(paths), batch_size):
         batch_rows, records = [], []
         for path in paths[start : start + batch_size]:
-            row = _empty_row(path, tta)
+            row = _empty_row(path, tta, bool(classifier.card.members))
             rows.append(row)
             try:
                 record = read_image(path, classifier.input_size)
@@ -230,10 +281,11 @@ def predict_files(
 
 
 def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
-    """Prediction rows as CSV text (columns `COLUMNS`, then the TTA ones) or a JSON list."""
+    """Prediction rows as CSV text (`COLUMNS`, then the TTA and ensemble ones) or a JSON list."""
     if fmt == "json":
         return json.dumps(rows, indent=2) + "\n"
-    columns = list(COLUMNS) + [c for c in TTA_COLUMNS if rows and c in rows[0]]
+    extra = (*TTA_COLUMNS, *ENSEMBLE_COLUMNS)
+    columns = list(COLUMNS) + [c for c in extra if rows and c in rows[0]]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
