@@ -354,6 +354,47 @@ def export(model_path, fmt, out_path, force, check_images) -> None:
     )
 
 
+@cli.command(
+    epilog=_example(
+        "python cli.py cv --data tfrecords/demo --out runs/cv --config configs/demo.yaml",
+        "python cli.py cv --data tfrecords/demo --out runs/cv --only-fold 2   # one per machine",
+    )
+)
+@click.option("--data", "data_dir", required=True, type=click.Path(),
+              help="Converted folder with folds (convert --folds K).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for fold-<k>/ runs, oof.csv, cv_metrics.json, ensemble.keras.")
+@_settings_options
+@click.option("--only-fold", type=int, default=None,
+              help="Train this fold only (one fold per machine); aggregate when all are done.")
+def cv(data_dir, out_dir, config_path, overrides, only_fold) -> None:
+    """K-fold cross-validation: out-of-fold metrics and an ensemble of the fold models."""
+    environment.check_backend("cv")
+    config = _load_config(config_path, overrides)
+    environment.import_tensorflow_quietly()  # `--debug` keeps TF's start-up lines
+    from pneumokeras.cv import METRICS_FILE, REPORT_FILE, cross_validate
+
+    summary = cross_validate(
+        data_dir, out_dir, config, only_fold=only_fold, say=lambda line: click.echo(line, err=True)
+    )
+    if summary.result is None:
+        click.echo(
+            f"trained fold(s) {', '.join(map(str, summary.trained)) or 'none'}; waiting for "
+            f"fold(s) {', '.join(map(str, summary.pending))}: rerun the same command to "
+            "aggregate once they are finished"
+        )
+        return
+    result, out = summary.result, Path(out_dir)
+    auc = result["summary"]["roc_auc"]
+    pooled = result["pooled"]["roc_auc"]
+    spread = "n/a" if auc["sd"] is None else f"{auc['sd']:.3f}"
+    click.echo(
+        f"{summary.num_folds} folds: ROC-AUC {auc['mean']:.3f} ± {spread} (mean ± sd), "
+        f"pooled out-of-fold {pooled['value']:.3f}; ensemble in {out / 'ensemble.keras'}; "
+        f"metrics in {out / METRICS_FILE}, report in {out / REPORT_FILE}"
+    )
+
+
 def _force_tensorflow_backend() -> None:
     """explain needs tf.GradientTape (tf-keras-vis): pick TensorFlow before keras loads."""
     asked = os.environ.get("KERAS_BACKEND", "tensorflow")
