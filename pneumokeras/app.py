@@ -25,6 +25,7 @@ import sys
 if "keras" not in sys.modules:  # Grad-CAM needs TensorFlow; choose it before Keras loads
     os.environ["KERAS_BACKEND"] = "tensorflow"
 
+import numpy as np
 import streamlit as st
 
 from pneumokeras import app_logic, environment
@@ -45,7 +46,9 @@ def load_model(path: str):
     """The classifier (model + card), loaded once per process."""
     from pneumokeras.model_card import load_classifier
 
-    return load_classifier(path, require_card=False)
+    classifier = app_logic.TracedClassifier(load_classifier(path, require_card=False))
+    classifier.warm_up()
+    return classifier
 
 
 @st.cache_resource(show_spinner=False)
@@ -53,7 +56,11 @@ def load_explainer(path: str, method: str, layer: str):
     """One `HeatmapExplainer` per (model, method, layer), built once per process."""
     from pneumokeras.cam import HeatmapExplainer
 
-    return HeatmapExplainer(load_model(path).model, method, layer)
+    explainer = HeatmapExplainer(load_model(path).model, method, layer)
+    if method != "scorecam":  # its first call costs what the first upload would
+        size = load_model(path).input_size
+        explainer(np.zeros((1, size, size, 1), np.float32), [1])
+    return explainer
 
 
 @st.cache_resource(show_spinner="Reading the split…")
@@ -304,6 +311,8 @@ def main() -> None:
     environment.import_tensorflow_quietly()  # its C++ start-up lines would fill the log
     import keras
 
+    app_logic.keep_keras_session()  # the served app keeps its model (see there)
+
     if keras.backend.backend() != "tensorflow":
         st.error("The app needs the TensorFlow backend (Grad-CAM uses tf.GradientTape); this "
                  f"process runs {keras.backend.backend()}. Start it with `python cli.py app`.")
@@ -314,6 +323,8 @@ def main() -> None:
         st.error(str(err))
         st.stop()
     settings = sidebar(classifier)
+    with st.spinner("Preparing the heatmap method (once per process)…"):
+        load_explainer(model_path, settings["method"], settings["layer"])
     st.caption(app_logic.decision_rule(classifier))
     view = st.radio("Show", VIEWS, horizontal=True, key="view", label_visibility="collapsed")
     if view == VIEWS[0]:

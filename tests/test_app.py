@@ -47,9 +47,16 @@ def examples():
     return app_logic.synthetic_examples()
 
 
-def start(monkeypatch, model: Path | str, data: Path | None = None):
+def start(monkeypatch, model: Path | str, data: Path | None = None, server: bool = True):
+    """A first page run; `server` as `cli.py app` serves it (Keras' session kept).
+
+    The app then replaces `keras.backend.clear_session` for this process: the
+    original is saved first so that monkeypatch restores it for the other tests.
+    """
     from streamlit.testing.v1 import AppTest
 
+    monkeypatch.setattr(keras.backend, "clear_session", keras.backend.clear_session)
+    monkeypatch.setenv(app_logic.SERVER_VARIABLE, "1" if server else "0")
     monkeypatch.setenv(app_logic.MODEL_VARIABLE, str(model))
     if data is None:
         monkeypatch.delenv(app_logic.DATA_VARIABLE, raising=False)
@@ -166,12 +173,14 @@ def test_gallery_and_a_converted_split(monkeypatch, run_dir, converted_dir):
 
 
 def test_a_missing_model_a_broken_one_and_data_of_another_size(monkeypatch, run_dir, tmp_path):
-    # The page reads its environment on every run, so one AppTest sees all three.
-    at = start(monkeypatch, tmp_path / "nothing")
+    # The page reads its environment on every run, so one AppTest sees all three
+    # (the first run with Streamlit's default of clearing Keras' session after it).
+    at = start(monkeypatch, tmp_path / "nothing", server=False)
     assert texts(at.error) == [f"model {tmp_path / 'nothing'} does not exist"]
     assert texts(at.warning) == [app_logic.RESEARCH_NOTICE]
     (tmp_path / "model.keras").write_bytes(b"not a zip")
     monkeypatch.setenv(app_logic.MODEL_VARIABLE, str(tmp_path))
+    monkeypatch.setenv(app_logic.SERVER_VARIABLE, "1")
     at.run()
     assert texts(at.error) == [
         f"{tmp_path / 'model.keras'} is not a valid .keras file (not a zip archive)"

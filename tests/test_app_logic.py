@@ -176,6 +176,19 @@ def test_analyse_predicts_explains_and_scores(classifier, explainer, examples):
 
 
 @needs_tensorflow
+def test_traced_classifier_predicts_like_the_eager_one(classifier, examples):
+    traced = app_logic.TracedClassifier(classifier)
+    traced.warm_up()
+    images = np.stack([read_upload(e.name, e.data, SIZE, 10).pixels for e in examples])
+    np.testing.assert_allclose(traced.probabilities(images), classifier.probabilities(images),
+                               rtol=1e-5, atol=1e-7)
+    assert traced.card is classifier.card and traced.input_size == SIZE
+    assert traced.probabilities(images[:0]).shape == (0,)
+    with pytest.raises(ValueError, match="images must be"):
+        traced.probabilities(np.zeros((1, 8, 8, 1)))
+
+
+@needs_tensorflow
 def test_a_bad_file_is_a_result_with_its_error(classifier, explainer):
     result = app_logic.analyse_upload(classifier, explainer, "x.txt", b"hello", 10)
     assert not result.ok and result.error == "not a DICOM, PNG or JPEG file"
@@ -300,7 +313,7 @@ def test_streamlit_command(tmp_path, classifier):
     assert env["KERAS_BACKEND"] == "tensorflow" and env["PATH"] == "/bin"
     assert env[app_logic.MODEL_VARIABLE] == str(classifier.path.resolve())
     assert env[app_logic.DATA_VARIABLE] == str(data.resolve())
-    assert env[app_logic.UPLOAD_LIMIT_VARIABLE] == "20"
+    assert env[app_logic.UPLOAD_LIMIT_VARIABLE] == "20" and env[app_logic.SERVER_VARIABLE] == "1"
     assert app_logic.upload_limit_mb(env) == 20
     assert app_logic.upload_limit_mb({}) == app_logic.DEFAULT_UPLOAD_LIMIT_MB
 
@@ -328,3 +341,14 @@ def test_cli_app_without_a_model_is_one_line(capsys, monkeypatch, tmp_path):
             main(argv)
         err = capsys.readouterr().err
         assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_keep_keras_session_only_in_the_apps_server(monkeypatch):
+    cleared = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda free_memory=True: cleared.append(1))
+    assert not app_logic.keep_keras_session({})
+    keras.backend.clear_session()
+    assert cleared == [1]
+    assert app_logic.keep_keras_session({app_logic.SERVER_VARIABLE: "1"})
+    keras.backend.clear_session()  # what Streamlit calls after each run: now nothing happens
+    assert cleared == [1]
