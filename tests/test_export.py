@@ -337,6 +337,16 @@ def test_cli_prints_the_difference_and_maps_failures_to_exit_codes(
     assert done.value.code == 2
 
 
+@pytest.mark.parametrize("backend", ["torch", ""])
+def test_cli_refuses_unsupported_backends_before_any_work(run_dir, monkeypatch, capsys, backend):
+    monkeypatch.setenv("KERAS_BACKEND", backend)
+    with pytest.raises(SystemExit) as done:
+        main(["export", "--model", str(run_dir), "--format", "onnx"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and "export" in err
+    assert sorted(p.name for p in run_dir.iterdir()) == ["model.json", "model.keras"]
+
+
 # ---------------------------------------------------------------- examples/onnx_app.py
 
 
@@ -436,3 +446,4 @@ def test_onnx_app_agrees_with_predict_without_keras(run_dir, app_inputs):
         assert match and match.group(1) == row["path"]
         assert float(match.group(2)) == pytest.approx(row["probability"], abs=1e-5)
         assert match.group(3) == row["class"]
+
