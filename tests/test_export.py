@@ -199,6 +199,7 @@ def test_a_model_saved_under_jax_exports(tmp_path):
 # ---------------------------------------------------------------- bad input
 
 
+@pytest.mark.backend
 def test_unknown_format_and_missing_model_are_user_errors(run_dir):
     with pytest.raises(UserError, match="format must be one of onnx, saved_model"):
         export.export_model(run_dir, "tflite")
@@ -207,6 +208,7 @@ def test_unknown_format_and_missing_model_are_user_errors(run_dir):
     assert sorted(p.name for p in run_dir.iterdir()) == ["model.json", "model.keras"]
 
 
+@pytest.mark.backend
 def test_outputs_that_exist_or_must_not_be_replaced(run_dir, tmp_path):
     (run_dir / "model.onnx").write_text("earlier")
     with pytest.raises(UserError, match="exists; pass --force"):
@@ -227,6 +229,7 @@ def test_outputs_that_exist_or_must_not_be_replaced(run_dir, tmp_path):
     assert (other / "holiday.jpg").read_text() == "x"
 
 
+@pytest.mark.backend
 def test_missing_check_images_are_user_errors(run_dir, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         export.export_model(run_dir, "onnx", check_images=[tmp_path / "none.png"])
@@ -337,6 +340,7 @@ def test_cli_prints_the_difference_and_maps_failures_to_exit_codes(
     assert done.value.code == 2
 
 
+@pytest.mark.backend
 @pytest.mark.parametrize("backend", ["torch", ""])
 def test_cli_refuses_unsupported_backends_before_any_work(run_dir, monkeypatch, capsys, backend):
     monkeypatch.setenv("KERAS_BACKEND", backend)
