@@ -1,7 +1,8 @@
 """Export for serving: ONNX and TensorFlow SavedModel, each checked against the `.keras`.
 
-`export_model` loads `model.keras` with its card through `model_card.load_classifier`
-and writes one of:
+`export_model` loads a model with its card through `model_card.load_classifier` (a
+run folder's `model.keras`, a `cv` folder's `ensemble.keras`, any `.keras` of the
+project's contract) and writes one of:
 
 - **ONNX** (`fmt="onnx"`, default `<stem>.onnx` beside the model): Keras'
   `model.export(format="onnx")` (tf2onnx). Input `image` float32 `(N, S, S, 1)`,

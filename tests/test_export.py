@@ -142,20 +142,20 @@ def test_saved_model_matches_keras_with_the_card_as_asset_and_beside(run_dir, tm
 @pytest.mark.backend
 @tensorflow_only
 def test_mixed_precision_ensemble_is_exported_in_float32(tmp_path):
-    """Nested models saved under mixed_bfloat16: exported (and checked) in float32."""
+    """A `cv` ensemble (nested members) saved under mixed_bfloat16: exported in float32."""
+    from pneumokeras.cv import build_ensemble
+
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
-        image = keras.Input((SIZE, SIZE, 1), name="image")
-        members = [contract_model(SIZE) for _ in range(2)]
-        average = keras.layers.Average(dtype="float32", name="predictions")
-        model = keras.Model(image, average([m(image) for m in members]))
+        model = build_ensemble([contract_model(SIZE) for _ in range(2)], SIZE)
     finally:
         keras.config.set_dtype_policy("float32")
     path = tmp_path / "ensemble.keras"
     model.save(path)
     write_card(path, CARD)
-    summary = export.export_model(path, "onnx")
+    summary = export.export_model(tmp_path / "ensemble.keras", "onnx")
     assert summary.out == tmp_path / "ensemble.onnx"
+    assert summary.card == tmp_path / "ensemble.onnx.json"
     assert summary.max_abs_diff <= export.TOLERANCE
     assert any("float32" in note and "mixed_bfloat16" in note for note in summary.notes)
 
