@@ -1,0 +1,274 @@
+"""Benchmark: how long the web app takes to load its model and to answer one upload.
+
+The 224 px ResNet18 of the default settings (`resnet.build_model(ModelConfig(), 224)`,
+11.2 M parameters, random weights, seed 0) is saved with a model card into a
+temporary run folder. A fresh worker process (as a freshly started app server)
+then times, under the TensorFlow backend:
+
+- **start-up**: importing TensorFlow and Keras; `load_classifier` (the `.keras`
+  file and its card); tracing the forward pass (`app_logic.TracedClassifier`) and
+  building the Grad-CAM explainer (`cam.HeatmapExplainer`, which clones the model
+  once), each with one warm-up call. The app does these once per process.
+- **per upload**, on synthetic RSNA-like DICOMs (1024 px, JPEG Baseline), each
+  stage the app runs for one file: `app_logic.read_upload` (the converter's reader),
+  the calibrated probability (traced; the eager `Classifier.probabilities` for
+  comparison), Grad-CAM at `stack4_block2_out`, and the overlay
+  figure (`app_logic.overlay_png`); and the whole (`analyse_upload` + `overlay_png`).
+  The first upload (which traces TensorFlow functions) is reported apart from the
+  median and maximum of the others. Grad-CAM++ is timed likewise; Score-CAM on one
+  image with `--scorecam` (it runs the model once per channel: 512 here).
+- **the page** (`--page`): `streamlit.testing.v1.AppTest` runs `pneumokeras/app.py`
+  itself: the first page run (model loading included), then one run per upload
+  (Streamlit's own work included; only the browser's transfer and drawing are not);
+  once with Streamlit's default of clearing the Keras session after every run, once
+  as `cli.py app` serves it (`app_logic.keep_keras_session`).
+
+Writes `benchmarks/out/bench_app.json` (atomically) and prints a Markdown table.
+
+    python benchmarks/bench_app.py [--images 8] [--page] [--scorecam]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SIZE = 224
+DICOM_SIZE = 1024
+TARGET_SECONDS = 2.0  # issue #13: probability and first overlay within 2 s after loading
+
+
+def build_run(run_dir: Path) -> None:
+    """Saves the default 224 px ResNet18 (random weights) and a fitted-looking card."""
+    import keras
+
+    from pneumokeras import model_card, resnet
+    from pneumokeras.config import ModelConfig
+
+    keras.utils.set_random_seed(0)
+    model = resnet.build_model(ModelConfig(), SIZE)
+    model.save(run_dir / "model.keras")
+    model_card.write_card(run_dir, model_card.ModelCard(
+        input_size=SIZE, threshold=0.5, threshold_method="youden", temperature=1.3,
+        model_name="resnet18", gradcam_layer=resnet.LAST_CONV_LAYER["resnet18"],
+        backend=keras.backend.backend(), keras_version=keras.__version__,
+    ))
+
+
+def _dicoms(count: int, seed: int = 123) -> list[bytes]:
+    """RSNA-like synthetic DICOMs (1024 px, JPEG Baseline), half of them positive."""
+    from pneumokeras import synth
+
+    classes = [synth.LUNG_OPACITY if i % 2 == 0 else synth.NORMAL for i in range(count)]
+    files = []
+    for index, label_class in enumerate(classes):
+        spec = synth.sample_patient(synth.patient_seed(seed, index), label_class)
+        files.append(synth.encode_dicom(spec, synth.render_image(spec, DICOM_SIZE)))
+    return files
+
+
+def _clock(func, *args, **kwargs):
+    start = time.perf_counter()
+    value = func(*args, **kwargs)
+    return value, time.perf_counter() - start
+
+
+def _summary(seconds: list[float]) -> dict[str, float]:
+    """First call apart; median and maximum of the rest."""
+    rest = seconds[1:] or seconds
+    return {"first": seconds[0], "median": statistics.median(rest), "max": max(rest),
+            "n": len(seconds)}
+
+
+def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
+    """Runs in a fresh process: start-up, per-upload stages, optionally the page."""
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    from pneumokeras import environment
+
+    environment.set_defaults()
+    results: dict = {}
+    start = time.perf_counter()
+    environment.import_tensorflow_quietly()
+    import keras  # noqa: F401
+    import numpy as np
+
+    results["import_tensorflow_keras_s"] = time.perf_counter() - start
+    from pneumokeras import app_logic
+    from pneumokeras.cam import HeatmapExplainer
+    from pneumokeras.model_card import load_classifier
+
+    eager, results["load_classifier_s"] = _clock(load_classifier, run_dir)
+    # What the app's cached loaders do: trace the forward pass, build and warm Grad-CAM.
+    start = time.perf_counter()
+    classifier = app_logic.TracedClassifier(eager)
+    classifier.warm_up()
+    results["trace_forward_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    explainer = HeatmapExplainer(classifier.model, "gradcam", classifier.card.gradcam_layer)
+    explainer(np.zeros((1, SIZE, SIZE, 1), np.float32), [1])
+    results["build_gradcam_s"] = time.perf_counter() - start
+    results["startup_total_s"] = sum(results[k] for k in (
+        "import_tensorflow_keras_s", "load_classifier_s", "trace_forward_s", "build_gradcam_s"))
+    files = _dicoms(images)
+
+    stages: dict[str, list[float]] = {k: [] for k in
+                                      ("read", "probability", "probability_eager", "gradcam",
+                                       "overlay", "total", "total_cpu")}
+    for index, data in enumerate(files):
+        name = f"case-{index}.dcm"
+        record, seconds = _clock(app_logic.read_upload, name, data, SIZE, 100)
+        stages["read"].append(seconds)
+        pixels = record.pixels[None, :, :, None].astype("float32")
+        stages["probability"].append(_clock(classifier.probabilities, pixels)[1])
+        stages["probability_eager"].append(_clock(eager.probabilities, pixels)[1])
+        stages["gradcam"].append(_clock(explainer, pixels, [1])[1])
+        start, cpu = time.perf_counter(), time.process_time()
+        result = app_logic.analyse_upload(classifier, explainer, name, data, 100)
+        analysed = time.perf_counter()
+        app_logic.overlay_png(result, 0.4)
+        stages["overlay"].append(time.perf_counter() - analysed)
+        stages["total"].append(time.perf_counter() - start)
+        # CPU seconds of this process (all its threads): on an otherwise idle 2-core
+        # machine the wall time lies between half of it and all of it.
+        stages["total_cpu"].append(time.process_time() - cpu)
+    results["per_upload_s"] = {k: _summary(v) for k, v in stages.items()}
+
+    plus, results["build_gradcam++_s"] = _clock(
+        HeatmapExplainer, classifier.model, "gradcam++", classifier.card.gradcam_layer)
+    pixels = app_logic.read_upload("x.dcm", files[0], SIZE, 100).pixels[None, ..., None]
+    results["gradcam++_s"] = _summary([_clock(plus, pixels, [1])[1] for _ in range(3)])
+    if scorecam:
+        score = HeatmapExplainer(classifier.model, "scorecam", classifier.card.gradcam_layer)
+        results["scorecam_s"] = _summary([_clock(score, pixels, [1])[1]])
+    if page:
+        # Streamlit's default first (it clears the Keras session after every run),
+        # then as `cli.py app` serves it (`app_logic.keep_keras_session`).
+        # New files for each (the page caches analyses by content, across sessions).
+        results["page_streamlit_default_s"] = measure_page(run_dir, _dicoms(images, 456),
+                                                           server=False)
+        results["page_s"] = measure_page(run_dir, _dicoms(images, 789), server=True)
+    return results
+
+
+def measure_page(run_dir: Path, files: list[bytes], server: bool) -> dict:
+    """The app script itself under AppTest: first run, then one run per new upload."""
+    from streamlit.testing.v1 import AppTest
+
+    from pneumokeras import app_logic
+
+    os.environ["PNEUMOKERAS_MODEL"] = str(run_dir)
+    os.environ[app_logic.SERVER_VARIABLE] = "1" if server else "0"
+    app = AppTest.from_file(str(ROOT / "pneumokeras" / "app.py"), default_timeout=600)
+    _, first = _clock(app.run)
+    uploads = []
+    for index, data in enumerate(files):
+        app.file_uploader[0].set_value((f"page-{index}.dcm", data, "application/dicom"))
+        _, seconds = _clock(app.run)
+        if app.exception or len(app.metric) != 1:
+            raise RuntimeError(f"the page did not show one prediction: {app.exception}")
+        uploads.append(seconds)
+    return {"first_run_s": first, "upload_run_s": _summary(uploads)}
+
+
+def _machine() -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {"python": platform.python_version(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "load_average": os.getloadavg()}
+
+
+def _table(results: dict) -> str:
+    per = results["per_upload_s"]
+    lines = [
+        "| what | seconds |", "|---|---:|",
+        f"| import TensorFlow + Keras | {results['import_tensorflow_keras_s']:.2f} |",
+        f"| load_classifier (model.keras + card) | {results['load_classifier_s']:.2f} |",
+        f"| trace the forward pass (one warm-up call) | {results['trace_forward_s']:.2f} |",
+        f"| build the Grad-CAM explainer (and one warm-up call) | "
+        f"{results['build_gradcam_s']:.2f} |",
+        f"| **start-up, once per process** | **{results['startup_total_s']:.2f}** |",
+    ]
+    for key, label in (("read", "read the DICOM (1024 px → 224 px)"),
+                       ("probability", "calibrated probability (traced, as the app)"),
+                       ("probability_eager", "(the same, eager: `Classifier.probabilities`)"),
+                       ("gradcam", "Grad-CAM (stack4_block2_out)"),
+                       ("overlay", "overlay figure (PNG)"),
+                       ("total", "**one upload: read + traced probability + Grad-CAM + "
+                                 "overlay**"),
+                       ("total_cpu", "the same in CPU seconds (all threads)")):
+        item = per[key]
+        lines.append(f"| {label}: median (max) of {item['n'] - 1}; first | "
+                     f"{item['median']:.3f} ({item['max']:.3f}); {item['first']:.3f} |")
+    plus = results["gradcam++_s"]
+    lines.append(f"| Grad-CAM++ instead: median; first | {plus['median']:.3f}; "
+                 f"{plus['first']:.3f} |")
+    if "scorecam_s" in results:
+        lines.append(f"| Score-CAM instead (one image) | {results['scorecam_s']['first']:.1f} |")
+    if "page_s" in results:
+        lines.append(f"| the page (AppTest): first run of a fresh process, model loading "
+                     f"included | {results['page_streamlit_default_s']['first_run_s']:.2f} |")
+    for key, how in (("page_s", "as served by `cli.py app`"),
+                     ("page_streamlit_default_s", "Streamlit clearing the Keras session")):
+        if key not in results:
+            continue
+        item = results[key]["upload_run_s"]
+        lines.append(f"| the page ({how}): one upload, median (max); first | "
+                     f"{item['median']:.2f} ({item['max']:.2f}); {item['first']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=8, help="uploads to time (≥ 2)")
+    parser.add_argument("--page", action="store_true", help="also time the page (AppTest)")
+    parser.add_argument("--scorecam", action="store_true", help="also time Score-CAM once")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "bench_app.json")
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the worker
+    args = parser.parse_args()
+    if args.images < 2:
+        parser.error("--images must be ≥ 2")
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.images, args.page, args.scorecam)))
+        return
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    with tempfile.TemporaryDirectory(prefix="bench-app-") as folder:
+        run_dir = Path(folder)
+        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                        "from benchmarks.bench_app import build_run; "
+                        "from pathlib import Path; build_run(Path(sys.argv[2]))",
+                        str(ROOT), str(run_dir)], check=True,
+                       env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+        command = [sys.executable, __file__, "--measure", str(run_dir), "--images",
+                   str(args.images)] + ["--page"] * args.page + ["--scorecam"] * args.scorecam
+        done = subprocess.run(command, check=True, capture_output=True, text=True,
+                              env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    from pneumokeras.fileio import atomic_write_json
+
+    results.update(machine=_machine(), images=args.images, image_size=SIZE,
+                   target_seconds=TARGET_SECONDS)
+    atomic_write_json(args.out, results)
+    print(_table(results))
+    total = results["per_upload_s"]["total"]["median"]
+    verdict = "met" if total < TARGET_SECONDS else "NOT met"
+    cpu = results["per_upload_s"]["total_cpu"]["median"]
+    load = results["machine"]["load_average"][0]
+    print(f"\none upload after loading: {total:.2f} s median, {cpu:.2f} CPU s (target < "
+          f"{TARGET_SECONDS:.0f} s: {verdict}); load average {load:.1f}; {args.out}")
+
+
+if __name__ == "__main__":
+    main()
