@@ -580,6 +580,12 @@ def app(model_path, data_dir, host, port, max_upload_mb) -> None:
             err=True,
         )
     argv, env = streamlit_command(model_path, data_dir, host, port, max_upload_mb)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"note: --host {host} lets other machines reach the app; it has no login, and "
+            "uploads are sent unencrypted (plain HTTP)",
+            err=True,
+        )
     click.echo(
         f"serving the app at http://{host}:{port} (Ctrl+C stops it); research use only",
         err=True,
