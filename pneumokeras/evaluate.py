@@ -130,6 +130,43 @@ def _decide_threshold(
     return {"value": value, "method": method, "chosen_on": "val"}
 
 
+def _kept_calibration(card: model_card.ModelCard) -> calibration.TemperatureFit | None:
+    """The card's own fit when it was made on out-of-fold predictions (a `cv` ensemble).
+
+    Such a model's members trained on the data's `val` patients (they are inside the
+    folds), so refitting there would use data the model has seen.
+    """
+    facts = card.calibration
+    if facts.get("fitted_on") != "oof":
+        return None
+    return calibration.TemperatureFit(
+        temperature=card.temperature,
+        fitted=float(facts["fitted_temperature"]),
+        decision=str(facts["decision"]),
+        nll_before=float(facts["nll_before"]),
+        nll_fitted=float(facts["nll_after"]),
+        nll_after=float(facts["nll_after"]),
+        lr_statistic=float("nan"),
+        p_value=float(facts["p_value"]),
+        n=int(facts["n"]),
+    )
+
+
+def _kept_record(facts: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's description of a fit kept from the card (out-of-fold)."""
+    return {
+        "fitted_on": "oof",
+        "explanation": f"kept from the model card: {facts.get('explanation', '')}",
+        "val_n": facts["n"],
+        "val_patients": facts["n_patients"],
+        "val_positives": facts["n_positive"],
+        "val_negatives": facts["n_negative"],
+        "val_nll_before": facts["nll_before"],
+        "val_nll_fitted": facts["nll_after"],
+        "val_nll_after": facts["nll_after"],
+    }
+
+
 def _one_class_warning(labels: np.ndarray, what: str) -> str | None:
     present = np.unique(labels)
     if present.size == 2:
@@ -305,16 +342,22 @@ def evaluate_run(
         else _predict(classifier.model, data_dir, split, len(test.labels), config, progress)
     )
 
-    fit = calibration.fit_calibration(val.labels, val_raw)
+    kept = _kept_calibration(classifier.card)
+    fit = kept or calibration.fit_calibration(val.labels, val_raw)
     logger.info("temperature scaling: %s", fit.explanation())
     chosen = _decide_threshold(
         val, calibration.calibrate(val_raw, fit.temperature), threshold, config
     )
+    if kept and threshold is None:
+        chosen = {"value": classifier.card.threshold, "method": classifier.card.threshold_method,
+                  "chosen_on": classifier.card.calibration["fitted_on"]}
     calibrated = calibration.calibrate(test_raw, fit.temperature)
     cal = calibration.calibration_record(
         fit, val.labels, val.patients, test.labels, test_raw, split,
         bins=config.evaluate.calibration_bins,
     )
+    if kept:
+        cal.update(_kept_record(classifier.card.calibration))
     table = _metric_table(test.labels, calibrated, test.patients, chosen["value"], config,
                           progress)
     subgroups, view_warnings = _subgroups(test, calibrated, chosen["value"], config, progress)
@@ -323,6 +366,8 @@ def evaluate_run(
     result = _result(model_path, data_dir, manifest, test, config, chosen, table, cal)
     result.update(subgroups={"view": subgroups}, warnings=warnings, disclaimer=DISCLAIMER)
     _write_outputs(out_dir, result, test, test_raw, calibrated)
+    if kept:  # the card's out-of-fold fit stays; `val` was training data of the members
+        return result
     model_card.write_card(classifier.path, classifier.card.replace(
         threshold=chosen["value"], threshold_method=chosen["method"],
         temperature=fit.temperature, calibration=_card_calibration(cal, data_dir),
