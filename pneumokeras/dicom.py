@@ -154,11 +154,11 @@ def to_uint8(ds: pydicom.Dataset, arr: np.ndarray) -> np.ndarray:
     values = apply_modality_lut(arr, ds)
     voi_range = _voi_output_range(ds)
     if voi_range is not None:
-        out = _scale(apply_voi_lut(values, ds), *voi_range)
+        out = scale_to_uint8(apply_voi_lut(values, ds), *voi_range)
     elif arr.dtype == np.uint8 and ds.get("BitsStored", 8) == 8 and _identity_modality(ds):
         out = arr
     else:
-        out = _scale(values, float(values.min()), float(values.max()))
+        out = scale_to_uint8(values, float(values.min()), float(values.max()))
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         out = 255 - out
     return out
@@ -368,8 +368,11 @@ def _voi_output_range(ds: pydicom.Dataset) -> tuple[float, float] | None:
     return float(out.min()), float(out.max())
 
 
-def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Maps [low, high] linearly onto [0, 255], rounded; all 0 when high <= low."""
+def scale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Maps [low, high] linearly onto [0, 255], rounded; all 0 when high <= low.
+
+    The rule for any image without a window: DICOMs here, 16-bit PNGs in `images`.
+    """
     if high <= low:
         return np.zeros(values.shape, dtype=np.uint8)
     scaled = (values.astype(np.float64) - low) * (255.0 / (high - low))

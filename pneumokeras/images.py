@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydicom.uid import UID
 
-from pneumokeras.dicom import read_dicom, resize_square
+from pneumokeras.dicom import read_dicom, resize_square, scale_to_uint8
 from pneumokeras.errors import UserError
 
 IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
@@ -136,7 +136,8 @@ def read_image(path: str | os.PathLike[str], size: int) -> ImageRecord:
     try:
         with Image.open(path) as img:
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                pixels = _scale_to_uint8(np.asarray(img))
+                values = np.asarray(img)
+                pixels = scale_to_uint8(values, float(values.min()), float(values.max()))
             else:
                 pixels = np.asarray(img.convert("L"))
             facts = {
@@ -163,12 +164,3 @@ def load_image(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, str
     """
     record = read_image(path, size)
     return record.pixels, record.patient_id
-
-
-def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Maps [min, max] linearly onto [0, 255], rounded; a constant image gives 0."""
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values.astype(np.float64) - low) * (255.0 / (high - low))
-    return np.rint(scaled).astype(np.uint8)
