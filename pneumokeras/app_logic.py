@@ -231,14 +231,10 @@ class Result:
 
 
 def _warnings(record: ImageRecord, classifier: Classifier) -> str:
-    """Out-of-distribution warnings, as `predict` gives them (`drift`)."""
-    from pneumokeras import drift
+    """Out-of-distribution warnings, exactly as `predict` gives them."""
+    from pneumokeras.predict import input_warnings
 
-    facts = {"modality": record.modality, "body_part": record.body_part,
-             "rows": record.height, "columns": record.width}
-    found = drift.source_warnings(facts, classifier.input_size)
-    found += drift.intensity_warnings(record.pixels, classifier.card.input_statistics)
-    return "; ".join(found)
+    return input_warnings(record, classifier)
 
 
 def analyse(

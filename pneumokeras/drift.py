@@ -98,3 +98,19 @@ def source_warnings(facts: Mapping[str, Any], input_size: int) -> list[str]:
             f"({input_size} px) and was enlarged"
         )
     return warnings
+
+
+def image_warnings(
+    pixels: np.ndarray, facts: Mapping[str, Any], input_size: int, recorded: Mapping[str, Any]
+) -> str:
+    """All warnings for one image, joined with '; ' ('' when none).
+
+    Args:
+        pixels: `(S, S)` uint8 image as the model sees it.
+        facts: what the file says (see `source_warnings`).
+        input_size: the model's input side, pixels.
+        recorded: the card's `input_statistics` ({} = no intensity check).
+    """
+    return "; ".join(
+        source_warnings(facts, input_size) + intensity_warnings(pixels, recorded)
+    )

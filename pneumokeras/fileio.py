@@ -24,8 +24,9 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
     For writers that take a file name (Keras `save`, TFRecord writers). The
     temporary name is `.<name>.tmp-*<suffix>` (Keras `save` wants `suffix=".keras"`;
-    without one it never matches a glob for finished files), and the file gets the permissions a plain `open` would give (0666
-    less the umask; `mkstemp` alone gives 0600). An exception (or a kill) inside
+    without one it never matches a glob for finished files), and the file gets the
+    permissions a plain `open` would give (0666 less the umask; `mkstemp` alone
+    gives 0600). An exception (or a kill) inside
     the block leaves `path` untouched; the temporary file is removed on exceptions.
     """
     path = Path(path)

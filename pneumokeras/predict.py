@@ -167,12 +167,13 @@ def _empty_row(path: Path, tta: int, ensemble: bool) -> dict[str, Any]:
     return row
 
 
-def _warnings(record: ImageRecord, classifier: Classifier) -> str:
+def input_warnings(record: ImageRecord, classifier: Classifier) -> str:
+    """Why an image may be outside what the model was trained on ('' when nothing)."""
     facts = {"modality": record.modality, "body_part": record.body_part,
              "rows": record.height, "columns": record.width}
-    found = drift.source_warnings(facts, classifier.input_size)
-    found += drift.intensity_warnings(record.pixels, classifier.card.input_statistics)
-    return "; ".join(found)
+    return drift.image_warnings(
+        record.pixels, facts, classifier.input_size, classifier.card.input_statistics
+    )
 
 
 def _predict_batch(
@@ -263,7 +264,7 @@ def predict_files(
             except (DicomError, ImageError) as err:
                 row["error"] = str(err)
                 continue
-            row.update(patient_id=record.patient_id, warning=_warnings(record, classifier))
+            row.update(patient_id=record.patient_id, warning=input_warnings(record, classifier))
             batch_rows.append(row)
             records.append(record)
         if records:
