@@ -418,11 +418,24 @@ def decision_rule(classifier: Classifier) -> str:
     if classifier.card_missing:
         return (f"No model card: probabilities are uncalibrated and the label is pneumonia "
                 f"when P ≥ {card.threshold:.2f} (a placeholder, not fitted).")
-    calibration = (f"calibrated with temperature T = {card.temperature:.3g}"
-                   if card.fitted else "not calibrated (T = 1, never fitted)")
+    if not card.fitted:
+        calibration = "not calibrated (T = 1, never fitted)"
+    elif (card.calibration or {}).get("applied") is False:
+        calibration = ("not rescaled (T = 1: the temperature fitted on validation was not "
+                       "supported by the data)")
+    else:
+        calibration = f"calibrated with temperature T = {card.temperature:.3g}"
     return (f"P(pneumonia) is the model's probability {calibration}; the label is pneumonia "
             f"when P ≥ {card.threshold:.3f} (threshold: "
             f"{THRESHOLD_METHOD_WORDS.get(card.threshold_method, card.threshold_method)}).")
+
+
+def _shown_path(path: Path) -> str:
+    """`path` relative to the working folder when inside it (`demo_output/run/...`)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def model_facts(classifier: Classifier) -> list[tuple[str, str]]:
@@ -434,7 +447,7 @@ def model_facts(classifier: Classifier) -> list[tuple[str, str]]:
     if details:
         architecture += f" ({', '.join(details)})"
     facts = [
-        ("file", str(classifier.path)),
+        ("file", _shown_path(classifier.path)),
         ("architecture", f"{architecture}, {classifier.model.count_params():,} parameters"),
         ("input", f"{card.input_size} × {card.input_size} px grayscale, pixels 0-255"),
         ("trained under", f"Keras {card.keras_version or '(not recorded)'}, "
@@ -454,7 +467,7 @@ def model_facts(classifier: Classifier) -> list[tuple[str, str]]:
         facts.append(("held-out fold", str(card.fold)))
     if card.validation:
         shown = ", ".join(f"{k} {_number(v)}" for k, v in sorted(card.validation.items())
-                          if k != "loss")
+                          if not k.endswith("loss"))  # training losses say little here
         facts.append((f"validation (epoch {card.best_epoch})", shown))
     calibration = card.calibration or {}
     cal_text = f"T = {card.temperature:.3g}"

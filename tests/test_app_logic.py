@@ -222,7 +222,7 @@ def test_model_facts_from_a_full_card(classifier):
         config={"model": {"filters": 32, "last_stride": 1}},
         data={"source": "synthetic", "image_size": 128,
               "splits": {"train": {"count": 480, "positives": 108}}},
-        validation={"auc": 0.97, "loss": 0.3},
+        validation={"auc": 0.97, "loss": 0.3, "box_map_loss": 0.2, "recall": 0.9},
         calibration={"n": 60, "fitted_on": "val", "nll_before": 0.31, "nll_after": 0.28,
                      "applied": True},
         gradcam_layer="stack4_block2_out",
@@ -232,12 +232,17 @@ def test_model_facts_from_a_full_card(classifier):
     assert facts["trained under"] == "Keras 3.15.1, jax backend, pneumokeras " \
         f"{card.project_version}"
     assert facts["trained on"] == "synthetic at 128 px: train 480 (108 positive)"
-    assert facts["validation (epoch 4)"] == "auc 0.970"
+    assert facts["validation (epoch 4)"] == "auc 0.970, recall 0.900"
     assert facts["calibration"] == "T = 1.7, fitted on 60 val images; NLL 0.310 → 0.280"
     assert facts["threshold"] == "0.450: Youden's J on the validation split"
     assert facts["Grad-CAM layer (default)"] == "stack4_block2_out"
     assert "temperature T = 1.7" in app_logic.decision_rule(classifier)
     assert "P ≥ 0.450" in app_logic.decision_rule(classifier)
+    kept = _with_card(classifier, card.replace(temperature=1.0, calibration={"applied": False}))
+    assert "T = 1: the temperature fitted on validation was not supported" in \
+        app_logic.decision_rule(kept)
+    assert dict(app_logic.model_facts(kept))["calibration"].endswith(
+        "(fit not applied: not supported by the data)")
 
 
 def test_decision_rule_says_when_nothing_was_fitted(classifier):
