@@ -340,7 +340,8 @@ def oof_csv(oof: OutOfFold, calibrated: np.ndarray) -> str:
     writer.writerow(OOF_COLUMNS)
     for row in zip(oof.patients, oof.folds, oof.labels, oof.raw, calibrated, strict=True):
         patient, fold, label, raw, cal = row
-        writer.writerow([patient, int(fold), int(label), f"{raw:.8f}", f"{cal:.8f}"])
+        # Shortest exact decimals: the file reproduces every decision at the threshold.
+        writer.writerow([patient, int(fold), int(label), repr(float(raw)), repr(float(cal))])
     return buffer.getvalue()
 
 

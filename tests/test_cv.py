@@ -246,11 +246,18 @@ def test_evaluate_accepts_the_ensemble(cv3, converted_dir, tmp_path):
     out, _, _ = cv3
     for name in ("ensemble.keras", "ensemble.json"):
         shutil.copy(out / name, tmp_path / name)
+    before = (tmp_path / "ensemble.json").read_text()
     result = evaluate_run(tmp_path / "ensemble.keras", converted_dir, tmp_path / "eval",
                           _config(), progress=False)
     assert result["n"] == len(_patients(converted_dir, "test"))
     assert (tmp_path / "eval" / "report.md").is_file()
-    assert len(read_card(tmp_path / "ensemble.keras").members) == 3  # kept by evaluate
+    # The members trained on `val`: the out-of-fold temperature and threshold are
+    # used as they are, and the card is not rewritten.
+    card = read_card(tmp_path / "ensemble.keras")
+    assert (tmp_path / "ensemble.json").read_text() == before and len(card.members) == 3
+    assert result["temperature"] == card.temperature
+    assert result["threshold"]["value"] == card.threshold
+    assert result["threshold"]["chosen_on"] == result["calibration"]["fitted_on"] == "oof"
 
 
 @pytest.mark.backend
