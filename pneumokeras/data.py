@@ -30,6 +30,9 @@ from pneumokeras.errors import UserError
 AUTOTUNE = tf.data.AUTOTUNE
 # Target names of the training model with a box head (see `resnet.add_box_head`).
 PREDICTIONS, BOX_MAP = "predictions", "box_map"
+# Process i of a multi-process run draws its shuffling, sampling and augmentation
+# from seed + i * PROCESS_SEED_STRIDE (above the small per-class/per-layer offsets).
+PROCESS_SEED_STRIDE = 1000
 
 
 def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -260,6 +263,7 @@ def training_dataset(
     shard: tuple[int, int] = (1, 0),
     box_grid: int = 0,
     class_weight: Mapping[int, float] | None = None,
+    batch_size: int | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """Shuffled, augmented training batches.
 
@@ -269,11 +273,21 @@ def training_dataset(
         fold: train on all folds but this one (folds recorded by convert).
         seed: shuffle/augmentation seed (default `config.train.seed`).
         drop_remainder: drop the last partial batch (needed when data-parallel).
-        shard: `(number of processes, this process)` for multi-process training.
+        shard: `(number of processes, this process)` for multi-process training:
+            this process reads every n-th shard file. Shares differ in size, yet
+            data-parallel processes must run the same number of steps, so with
+            natural sampling and `drop_remainder` an epoch is `steps` batches
+            from the share repeated endlessly and shuffled (`steps` counts `1/n`
+            of the split); without `drop_remainder`, one pass over the share.
+            Each process draws from its own seed (`PROCESS_SEED_STRIDE`): the
+            parts of a global batch are independent draws, not one class
+            sequence and one series of augmentations repeated in every process.
         box_grid: side g of the box head's feature map; > 0 yields targets
             `{"predictions": labels, "box_map": (B, g·g)}` (see `box_targets`).
         class_weight: with `box_grid`, per-example weights by label, as a third
             element (Keras takes `class_weight` only for one output).
+        batch_size: examples per batch (default `data.batch_size`; a process of a
+            multi-process run reads its part of the global batch).
 
     Returns:
         `(dataset, steps_per_epoch)`. With `sampling: balanced` the dataset repeats
@@ -282,13 +296,15 @@ def training_dataset(
     data_dir = Path(data_dir)
     manifest = tfrecords.load_manifest(data_dir)
     check_image_size(manifest, config, data_dir)
-    seed = config.train.seed if seed is None else seed
+    seed = (config.train.seed if seed is None else seed) + PROCESS_SEED_STRIDE * shard[1]
     deterministic = config.data.deterministic
-    batch = config.data.batch_size
+    batch = config.data.batch_size if batch_size is None else batch_size
     records = _records(data_dir, manifest, "train", fold, shard, deterministic)
     if config.data.cache:
         records = records.cache()
     count = _training_count(manifest, fold) // shard[0]
+    # Data-parallel processes must all run `steps` steps (see `shard`).
+    equal_steps = config.data.sampling == "natural" and shard[0] > 1 and drop_remainder
     if config.data.sampling == "balanced":
         by_class = [
             records.filter(lambda e, c=c: tf.equal(e["image/label"], c))
@@ -300,6 +316,12 @@ def training_dataset(
             by_class, weights=[0.5, 0.5], seed=seed, stop_on_empty_dataset=False
         )
     else:
+        if equal_steps:
+            # An endless stream of the share, cut to `steps` batches below.
+            # Repeating before shuffling keeps one shuffle per epoch: tf.data
+            # reshuffles on every pass, and read-ahead past the end of a pass
+            # would reshuffle at a point that depends on timing.
+            records = records.repeat()
         records = records.shuffle(
             config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True
         )
@@ -325,14 +347,15 @@ def training_dataset(
         def augment(b: Mapping[str, tf.Tensor]) -> tuple:
             return augmenter(b["image"]), b["label"]
 
+    batches = records.map(
+        lambda e: decode(e, size, with_boxes=bool(box_grid)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    ).batch(batch, drop_remainder=drop_remainder or config.data.sampling == "balanced")
+    if equal_steps:
+        batches = batches.take(steps)
     dataset = (
-        records.map(
-            lambda e: decode(e, size, with_boxes=bool(box_grid)),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=deterministic,
-        )
-        .batch(batch, drop_remainder=drop_remainder or config.data.sampling == "balanced")
-        .map(
+        batches.map(
             augment,
             # The Keras layers draw from a stateful seed generator: parallel calls
             # would advance it in a racy order, so a deterministic run augments
@@ -342,7 +365,7 @@ def training_dataset(
         .prefetch(AUTOTUNE)
         .with_options(_options(deterministic))
     )
-    if config.data.sampling == "natural" and shard == (1, 0):
+    if equal_steps or (config.data.sampling == "natural" and shard == (1, 0)):
         # Filters hide the length from tf.data; Keras needs it to size epochs.
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
     return dataset, steps
@@ -361,11 +384,13 @@ def evaluation_dataset(
     fold: int | None = None,
     drop_remainder: bool = False,
     box_grid: int = 0,
+    batch_size: int | None = None,
 ) -> tf.data.Dataset:
     """Batches of `(images, labels)` of a split in file order, without augmentation.
 
     With `box_grid` > 0, targets are `{"predictions": labels, "box_map": (B, g·g)}`
-    as in `training_dataset` (validation of a model with a box head).
+    as in `training_dataset` (validation of a model with a box head). `batch_size`
+    defaults to `data.batch_size`.
     """
     data_dir = Path(data_dir)
     manifest = tfrecords.load_manifest(data_dir)
@@ -378,7 +403,7 @@ def evaluation_dataset(
         count = int(manifest["splits"][split]["count"])
     else:
         count = sum(1 for f in manifest["folds"].values() if (f == fold) == (split == "val"))
-    batch = config.data.batch_size
+    batch = config.data.batch_size if batch_size is None else batch_size
     batches = count // batch if drop_remainder else -(-count // batch)
     if box_grid:
         records = records.map(
