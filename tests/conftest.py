@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,21 @@ environment.set_defaults(
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Puts `sys.modules["__main__"]` back after each test.
+
+    Streamlit's AppTest runs the app script as `__main__` and leaves it there; a
+    later test whose code spawns worker processes (convert, synth) would then make
+    every child re-run the app script instead of pytest's `__main__`, and the pool
+    would restart its dying workers forever.
+    """
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
 
 
 @pytest.fixture
