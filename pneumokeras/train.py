@@ -16,10 +16,23 @@
 A run folder describes one run. Re-running the same command after a kill resumes
 at the last finished epoch; a run with other settings, data, fold or backend is
 refused, and so is a finished run (unless `overwrite`, which replaces it).
+
+Several processes (JAX, after `distributed.initialize`): `data.batch_size` stays
+the global batch (each process feeds its `1/n` part from its own share of the
+training shards; the learning rate is not rescaled), `DataParallel` spans the
+devices of all processes, and process 0 alone writes the run folder. A killed
+run resumes when all processes are started again with the same command: every
+process restores process 0's backup (`_SharedBackup`), so a resume needs the run
+folder on a file system all processes see (any folder on one machine; a shared
+file system across machines); a process that does not see it stops the run with
+a clear error. Validation runs the whole validation split in every process: each
+global validation batch holds every example once per process, which leaves the
+metrics (ratios of counts, means) those of the whole split.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -31,14 +44,14 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from pneumokeras import __version__, drift, performance, resnet, tfrecords
+from pneumokeras import __version__, distributed, drift, performance, resnet, tfrecords
 from pneumokeras import data as data_lib
 from pneumokeras.config import Config
 from pneumokeras.errors import UserError
@@ -55,11 +68,17 @@ STATISTICS_SAMPLE = 512
 # Test hook: kill this process (SIGKILL) at the end of this 1-based epoch, after
 # the backup of that epoch was written, so resume tests kill at a known point.
 KILL_AFTER_EPOCH_VARIABLE = "PNEUMOKERAS_TEST_KILL_AFTER_EPOCH"
+# Test hook: at the end of training each process saves its model weights into
+# this folder as process-<index>.npz (multi-process runs must agree).
+WEIGHTS_DUMP_VARIABLE = "PNEUMOKERAS_TEST_WEIGHTS_DIR"
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSummary:
-    """What a training run produced (`best_epoch` numbered from 1)."""
+    """What a training run produced (`best_epoch` numbered from 1).
+
+    `process_index` 0 wrote the run folder; `processes` ran the training together.
+    """
 
     run_dir: Path
     best_epoch: int
@@ -67,6 +86,8 @@ class TrainSummary:
     epochs_run: int
     seconds: float
     backend: str
+    processes: int = 1
+    process_index: int = 0
 
 
 def make_loss(config: Config) -> keras.losses.Loss:
@@ -323,10 +344,11 @@ class BestModelSaver(keras.callbacks.Callback):
     """Saves model.keras + its card when validation ROC-AUC improves.
 
     The best score so far is read back from the card, so a resumed run keeps
-    comparing against the killed run's best epoch.
+    comparing against the killed run's best epoch. Without `card` (the processes
+    of a multi-process run other than 0) it only keeps track of the best epoch.
     """
 
-    def __init__(self, run_dir: Path, card: ModelCard):
+    def __init__(self, run_dir: Path, card: ModelCard | None):
         super().__init__()
         self.model_path = run_dir / MODEL_FILE
         self.card = card
@@ -343,7 +365,10 @@ class BestModelSaver(keras.callbacks.Callback):
         if math.isnan(score) or score <= self.best:
             return
         self.best, self.best_epoch = score, epoch + 1
-        save_model(self.model, self.model_path)
+        if self.card is None:
+            return
+        with _process_local():
+            save_model(self.model, self.model_path)
         validation = {k[4:]: float(v) for k, v in logs.items() if k.startswith("val_")}
         write_card(self.model_path, self.card.replace(best_epoch=epoch + 1, validation=validation))
 
@@ -358,6 +383,64 @@ class _KillAfterEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         if epoch + 1 == self.epoch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _process_local() -> Iterator[None]:
+    """Keras without the multi-process distribution (process 0's writes, the input pipeline).
+
+    Under `DataParallel` over several processes, creating or assigning a Keras
+    variable is a collective (JAX checks the value is the same in every
+    process), so it must happen in all processes at once. Saving a model or its
+    weights creates variables (Keras builds a reference optimizer to list what
+    to save); done by process 0 alone, that would pair with the next collective
+    of the others. Reading variables is local either way.
+    """
+    previous = keras.distribution.distribution()
+    if distributed.process_count() == 1 or previous is None:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
+class _SharedBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore of a multi-process run: process 0 writes it, every process reads it.
+
+    All processes must restore the same epoch together (restoring assigns
+    variables, a collective), so they first compare the epoch each finds in the
+    backup folder; a process that does not see process 0's backup (the run
+    folder not on a file system shared by all processes) stops them all.
+    """
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        metadata = Path(self._training_metadata_path)
+        epoch = -1
+        if Path(self._weights_path).is_file() and metadata.is_file():
+            epoch = int(json.loads(metadata.read_text())["epoch"])
+        epochs = distributed.all_gather(np.array([epoch], np.int32))[:, 0]
+        if len(set(epochs.tolist())) > 1:
+            found = ", ".join(
+                f"process {i}: {'epoch ' + str(e) if e >= 0 else 'none'}"
+                for i, e in enumerate(epochs.tolist())
+            )
+            raise UserError(
+                f"the processes see different backups in {self.backup_dir} ({found}); a "
+                "multi-process resume needs the run folder on a file system all processes share"
+            )
+        super().on_train_begin(logs)
+
+    def _save_model(self) -> None:
+        if distributed.is_writer():
+            with _process_local():
+                super()._save_model()
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        if distributed.is_writer():
+            super().on_train_end(logs)
 
 
 def _devices() -> int:
@@ -375,9 +458,32 @@ def _devices() -> int:
 
 
 def _distribution_scope(config: Config):
-    """Sets up data parallelism over all local devices; returns (scope, devices)."""
+    """Sets up data parallelism over all devices; returns (scope, devices).
+
+    One process: its local devices. Several (JAX): the devices of all of them;
+    each process feeds its own part of every global batch.
+    """
     import contextlib
 
+    processes = distributed.process_count()
+    if processes > 1:
+        import jax
+
+        if config.train.distribute != "auto":
+            raise UserError(
+                "multi-process training spreads over every device: use train.distribute=auto"
+            )
+        devices = jax.device_count()
+        if config.data.batch_size % devices:
+            raise UserError(
+                f"data.batch_size {config.data.batch_size} (the global batch) must divide by "
+                f"the {devices} devices of the {processes} processes"
+            )
+        # Each process reads its own data, so Keras must not shard it again.
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(auto_shard_dataset=False)
+        )
+        return contextlib.nullcontext(), devices
     devices = _devices() if config.train.distribute == "auto" else 1
     if devices <= 1:
         return contextlib.nullcontext(), 1
@@ -398,11 +504,7 @@ def _distribution_scope(config: Config):
 
 def _process_shard() -> tuple[int, int]:
     """(processes, this process) for multi-process JAX training, else (1, 0)."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.process_count(), jax.process_index()
-    return 1, 0
+    return distributed.process_count(), distributed.process_index()
 
 
 def _class_weight(
@@ -453,14 +555,21 @@ def _compile(model: keras.Model, config: Config, steps: int, box_grid: int) -> N
 
 
 def _callbacks(run_dir: Path, saver: BestModelSaver) -> list[keras.callbacks.Callback]:
+    """The callbacks of `fit`; only process 0 gets those that touch the run folder."""
     # Order matters: the backup of an epoch is written before anything after it.
+    backup = (
+        _SharedBackup if distributed.process_count() > 1 else keras.callbacks.BackupAndRestore
+    )
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
+        backup(str(run_dir / "backup"), delete_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
         saver,
-        HistoryWriter(run_dir / "history.csv"),
-        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
     ]
+    if distributed.is_writer():
+        callbacks += [
+            HistoryWriter(run_dir / "history.csv"),
+            keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+        ]
     kill_after = os.environ.get(KILL_AFTER_EPOCH_VARIABLE)
     if kill_after:
         callbacks.append(_KillAfterEpoch(int(kill_after)))
@@ -493,6 +602,9 @@ def train(
             one line per epoch when output goes to a file or pipe.
         overwrite: replace a finished (or different) run in `run_dir`.
 
+    In a multi-process run (`distributed.initialize` first), every process calls
+    this with the same arguments; process 0 alone uses `run_dir`.
+
     Raises:
         UserError: no manifest, missing shards, image size differing from the
             data, a fold the data does not have, or a run folder holding a
@@ -509,50 +621,61 @@ def train(
     performance.configure_backend(config.train.precision)  # before anything runs on JAX
     keras.utils.set_random_seed(config.train.seed)
     scope, devices = _distribution_scope(config)
+    processes, index = _process_shard()
+    writer = index == 0
     drop_remainder = devices > 1
+    # `data.batch_size` is the global batch; each process feeds its part of it.
+    local_batch = config.data.batch_size // processes
     with scope:
         model, box_grid = _build_model(config)
-    train_ds, steps = data_lib.training_dataset(
-        data_dir,
-        config,
-        fold=fold,
-        drop_remainder=drop_remainder,
-        shard=_process_shard(),
-        box_grid=box_grid,
-        class_weight=class_weight,
-    )
+    # The augmentation layers' seed state differs per process (`data.training_dataset`)
+    # and lives in tf.data, so it is made outside the multi-process distribution.
+    with _process_local():
+        train_ds, steps = data_lib.training_dataset(
+            data_dir,
+            config,
+            fold=fold,
+            drop_remainder=drop_remainder,
+            shard=(processes, index),
+            box_grid=box_grid,
+            class_weight=class_weight,
+            batch_size=local_batch,
+        )
     if config.train.steps_per_epoch:
         steps = min(steps, config.train.steps_per_epoch)
+    # Every process validates on the whole split (module docstring); the last,
+    # partial batch is kept unless a process has several devices to split it on.
     val_ds = data_lib.evaluation_dataset(
-        data_dir, "val", config, fold=fold, drop_remainder=drop_remainder, box_grid=box_grid
+        data_dir,
+        "val",
+        config,
+        fold=fold,
+        drop_remainder=devices // processes > 1,
+        box_grid=box_grid,
+        batch_size=local_batch,
     )
     with scope:
         _compile(model, config, steps, box_grid)
-    statistics = drift.training_statistics(
-        data_lib.sample_images(data_dir, "train", STATISTICS_SAMPLE)
-    )
-    card = training_card(config, manifest, data_dir, fold, class_weight, devices, statistics)
-    # Only now, with settings, data and model checked, does the run folder change.
-    prepare_run_dir(run_dir, config, manifest, fold, overwrite)
+    card = None
+    if writer:
+        statistics = drift.training_statistics(
+            data_lib.sample_images(data_dir, "train", STATISTICS_SAMPLE)
+        )
+        card = training_card(config, manifest, data_dir, fold, class_weight, devices, statistics)
+    # Only now, with settings, data and model checked, does the run folder change;
+    # in a multi-process run only process 0's, and the others learn its verdict.
+    distributed.on_writer(lambda: prepare_run_dir(run_dir, config, manifest, fold, overwrite))
     saver = BestModelSaver(run_dir, card)
-    # Balanced sampling repeats forever, so `fit` needs the epoch length.
-    repeat = config.data.sampling == "balanced" or config.train.steps_per_epoch
-    fit_ds = train_ds.repeat() if repeat and config.data.sampling != "balanced" else train_ds
-    history = model.fit(
-        fit_ds,
-        validation_data=val_ds,
-        epochs=config.train.epochs,
-        steps_per_epoch=steps if repeat else None,
-        class_weight=None if box_grid else class_weight,
-        shuffle=False,  # the tf.data pipeline shuffles
-        callbacks=_callbacks(run_dir, saver),
-        verbose=_fit_verbosity(verbose),
+    history = _fit(
+        model, config, run_dir, (train_ds, val_ds, steps), box_grid, class_weight, saver, verbose
     )
+    _dump_weights(model, index)
     if np.isnan(history.history.get("loss", [0.0])).any():
         raise RuntimeError("training stopped: the loss became NaN")
     if saver.best_epoch is None:
         raise RuntimeError("no epoch produced a finite validation ROC-AUC; nothing saved")
-    finish_run_dir(run_dir)
+    if writer:
+        finish_run_dir(run_dir)
     return TrainSummary(
         run_dir=run_dir,
         best_epoch=saver.best_epoch,
@@ -560,4 +683,50 @@ def train(
         epochs_run=len(history.history.get("loss", [])),
         seconds=time.perf_counter() - start,
         backend=keras.backend.backend(),
+        processes=processes,
+        process_index=index,
     )
+
+
+def _fit(
+    model: keras.Model,
+    config: Config,
+    run_dir: Path,
+    data: tuple[Any, Any, int],
+    box_grid: int,
+    class_weight: Mapping[int, float] | None,
+    saver: BestModelSaver,
+    verbose: int | str,
+) -> keras.callbacks.History:
+    """`model.fit` on `data` (training, validation, steps) with the run's callbacks.
+
+    In a multi-process run, losing another process becomes one clear error.
+    """
+    train_ds, val_ds, steps = data
+    # Balanced sampling repeats forever, so `fit` needs the epoch length.
+    repeat = config.data.sampling == "balanced" or config.train.steps_per_epoch
+    fit_ds = train_ds.repeat() if repeat and config.data.sampling != "balanced" else train_ds
+    try:
+        return model.fit(
+            fit_ds,
+            validation_data=val_ds,
+            epochs=config.train.epochs,
+            steps_per_epoch=steps if repeat else None,
+            class_weight=None if box_grid else class_weight,
+            shuffle=False,  # the tf.data pipeline shuffles
+            callbacks=_callbacks(run_dir, saver),
+            verbose=_fit_verbosity(verbose) if distributed.is_writer() else 0,
+        )
+    except Exception as exc:
+        message = distributed.peer_failure(exc) if distributed.process_count() > 1 else None
+        if message:
+            raise RuntimeError(message) from exc
+        raise
+
+
+def _dump_weights(model: keras.Model, index: int) -> None:
+    """Test hook (see `WEIGHTS_DUMP_VARIABLE`)."""
+    folder = os.environ.get(WEIGHTS_DUMP_VARIABLE)
+    if folder:
+        weights = {f"w{i:04d}": np.asarray(w.value) for i, w in enumerate(model.weights)}
+        np.savez(Path(folder) / f"process-{index}.npz", **weights)
