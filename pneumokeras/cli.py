@@ -168,6 +168,9 @@ def convert(
     epilog=_example(
         "KERAS_BACKEND=jax python cli.py train --data tfrecords/demo --out runs/demo \\",
         "  --config configs/demo.yaml --set train.epochs=3",
+        "Two processes on one machine (run both; the second with --process-id 1):",
+        "  KERAS_BACKEND=jax python cli.py train --data tfrecords/demo --out runs/demo \\",
+        "  --coordinator 127.0.0.1:8476 --num-processes 2 --process-id 0",
     )
 )
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="Converted folder.")
@@ -183,20 +186,74 @@ def convert(
 @click.option(
     "--overwrite", is_flag=True, help="Replace a finished (or different) run in --out."
 )
-def train(data_dir, run_dir, config_path, overrides, fold, overwrite) -> None:
+@click.option(
+    "--coordinator",
+    metavar="HOST:PORT",
+    default=None,
+    help="Several processes (JAX): process 0's address, where its coordinator listens "
+    "(or PNEUMOKERAS_COORDINATOR).",
+)
+@click.option(
+    "--num-processes",
+    type=int,
+    default=None,
+    help="Processes in the run (or PNEUMOKERAS_NUM_PROCESSES; SLURM/Open MPI: detected).",
+)
+@click.option(
+    "--process-id",
+    type=int,
+    default=None,
+    help="This process, 0..N-1; 0 writes --out (or PNEUMOKERAS_PROCESS_ID).",
+)
+def train(
+    data_dir, run_dir, config_path, overrides, fold, overwrite, coordinator, num_processes,
+    process_id,
+) -> None:
     """Train the classifier; a rerun resumes a killed run."""
+    from pneumokeras import distributed
+
     backend = environment.check_backend("train")
+    cluster = distributed.settings(coordinator, num_processes, process_id)
+    distributed.check_backend(cluster, backend)
     config = _load_config(config_path, overrides)
     environment.import_tensorflow_quietly()  # `--debug` keeps TF's start-up lines
+    distributed.initialize(cluster, backend)  # before any JAX computation
     from pneumokeras.train import train as run_train
 
-    click.echo(f"training {config.model.name} under Keras {backend} backend", err=True)
-    summary = run_train(data_dir, run_dir, config, fold=fold, overwrite=overwrite)
+    where = f" (process {cluster.process_id} of {cluster.num_processes})"
+    click.echo(
+        f"training {config.model.name} under Keras {backend} backend"
+        + (where if cluster.multi_process else ""),
+        err=True,
+    )
+    try:
+        summary = run_train(data_dir, run_dir, config, fold=fold, overwrite=overwrite)
+    except Exception as err:
+        if not cluster.multi_process:
+            raise
+        _exit_multi_process(err)
+    if summary.process_index:
+        click.echo(f"process {summary.process_index} of {summary.processes} finished")
+        return
     click.echo(
         f"best epoch {summary.best_epoch}: validation ROC-AUC "
         f"{summary.best_val_auc:.3f}; model in {summary.run_dir / 'model.keras'} "
         f"({summary.seconds:.0f} s, {summary.backend})"
     )
+
+
+def _exit_multi_process(err: Exception) -> None:
+    """One error line and an immediate exit (see `distributed.hard_exit`), as `main` words it."""
+    from pneumokeras import distributed
+    from pneumokeras.config import ConfigError
+    from pneumokeras.errors import UserError
+
+    if _DEBUG:
+        traceback.print_exc()
+    line = str(err).splitlines()[0] if str(err) else ""
+    if isinstance(err, UserError | ConfigError):
+        distributed.hard_exit(line or type(err).__name__, 2)
+    distributed.hard_exit(f"{type(err).__name__}: {line} (run with --debug for the traceback)", 1)
 
 
 @cli.command(
