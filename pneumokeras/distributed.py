@@ -29,9 +29,11 @@ Timeouts, in seconds:
                                    dead and JAX ends the others
 
 A process that dies makes the others stop at their next cross-process step (the
-all-reduce connection breaks), at the latest after the heartbeat timeout; one
-that never arrives makes the others stop after the init timeout. Either way the
-others exit non-zero with one line saying so.
+all-reduce connection breaks: exit 1, one line `... lost another process ...`),
+at the latest after the heartbeat timeout (if JAX's heartbeat check comes first,
+JAX ends them itself: exit 134 after its fatal log line "Terminating process
+because the JAX distributed service detected fatal errors"). One that never
+arrives makes the others stop after the init timeout (exit 1, one line).
 
 Only the JAX backend: TensorFlow's `MultiWorkerMirroredStrategy` fails in Keras
 3's `fit` (keras-team/keras#20585).
