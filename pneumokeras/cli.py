@@ -452,12 +452,12 @@ def cv(data_dir, out_dir, config_path, overrides, only_fold) -> None:
     )
 
 
-def _force_tensorflow_backend() -> None:
-    """explain needs tf.GradientTape (tf-keras-vis): pick TensorFlow before keras loads."""
+def _force_tensorflow_backend(what: str = "explain", why: str = "tf-keras-vis") -> None:
+    """Grad-CAM needs tf.GradientTape (tf-keras-vis): pick TensorFlow before keras loads."""
     asked = os.environ.get("KERAS_BACKEND", "tensorflow")
     if asked != "tensorflow":
         click.echo(
-            f"note: explain runs under the TensorFlow backend (tf-keras-vis needs "
+            f"note: {what} runs under the TensorFlow backend ({why} needs "
             f"tf.GradientTape); KERAS_BACKEND={asked} is ignored here",
             err=True,
         )
@@ -629,13 +629,7 @@ def app(model_path, data_dir, host, port, max_upload_mb) -> None:
 
     if model_path == "demo_output/run" and not Path(model_path).exists():
         raise UserError("no model in demo_output/run: run `make demo` first, or pass --model")
-    asked = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if asked != "tensorflow":
-        click.echo(
-            f"note: the app runs under the TensorFlow backend (Grad-CAM needs "
-            f"tf.GradientTape); KERAS_BACKEND={asked} is ignored here",
-            err=True,
-        )
+    _force_tensorflow_backend("the app", "Grad-CAM")
     argv, env = streamlit_command(model_path, data_dir, host, port, max_upload_mb)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(
