@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from model_fixtures import predict_in_fresh_process
 
 from pneumokeras import cv, metrics, plots, predict, rsna, tfrecords, train
 from pneumokeras.calibration import calibrate, fit_calibration
@@ -178,23 +179,6 @@ def test_the_card_is_fitted_on_the_out_of_fold_predictions(cv3):
     assert card.fold is None and card.input_size == 64
 
 
-def _load_in_fresh_process(model_path, images_path, backend):
-    code = (
-        "import sys, numpy as np, keras\n"
-        "m = keras.saving.load_model(sys.argv[1])\n"
-        "np.save(sys.argv[3], np.asarray(m.predict(np.load(sys.argv[2]), verbose=0)))\n"
-        "assert 'pneumokeras' not in sys.modules\n"
-    )
-    out = Path(images_path).with_suffix(f".{backend}.npy")
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(model_path), str(images_path), str(out)],
-        env=env, capture_output=True, text=True, timeout=600, cwd="/",
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return np.load(out)
-
-
 @pytest.mark.backend
 @pytest.mark.slow
 def test_the_ensemble_is_the_mean_of_its_members(cv3, converted_dir, tmp_path):
@@ -211,7 +195,7 @@ def test_the_ensemble_is_the_mean_of_its_members(cv3, converted_dir, tmp_path):
     # Loads in safe mode, without pneumokeras, under the other backend.
     other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
     np.save(tmp_path / "images.npy", images)
-    there = _load_in_fresh_process(out / "ensemble.keras", tmp_path / "images.npy", other)
+    there = predict_in_fresh_process(out / "ensemble.keras", tmp_path / "images.npy", other)
     np.testing.assert_allclose(there, here, atol=1e-4)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from model_fixtures import predict_in_fresh_process
 
 from pneumokeras import data, train
 from pneumokeras.config import load_config
@@ -73,27 +74,6 @@ def test_short_training_lowers_the_loss_and_writes_the_run(converted_dir, tmp_pa
     assert not (tmp_path / "run" / "backup").exists()
 
 
-def _predict_in_fresh_process(model_path, images_path, backend):
-    code = (
-        "import sys, numpy as np, keras\n"
-        "m = keras.saving.load_model(sys.argv[1])\n"
-        "np.save(sys.argv[3], np.asarray(m.predict(np.load(sys.argv[2]), verbose=0)))\n"
-        "assert 'pneumokeras' not in sys.modules\n"
-    )
-    out = Path(images_path).with_suffix(f".{backend}.npy")
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(model_path), str(images_path), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd="/",
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return np.load(out)
-
-
 def test_saved_model_predicts_the_same_under_both_backends(converted_dir, tmp_path):
     config = _config("train.epochs=1")
     train.train(converted_dir, tmp_path / "run", config, verbose=0)
@@ -103,7 +83,7 @@ def test_saved_model_predicts_the_same_under_both_backends(converted_dir, tmp_pa
     np.save(tmp_path / "images.npy", images)
     here = keras.saving.load_model(tmp_path / "run" / "model.keras").predict(images, verbose=0)
     for backend in ("tensorflow", "jax"):
-        there = _predict_in_fresh_process(
+        there = predict_in_fresh_process(
             tmp_path / "run" / "model.keras", tmp_path / "images.npy", backend
         )
         np.testing.assert_allclose(there, np.asarray(here), atol=1e-4)
