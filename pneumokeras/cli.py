@@ -260,13 +260,20 @@ def _exit_multi_process(err: Exception) -> None:
     epilog=_example(
         "python cli.py evaluate --model runs/demo/model.keras --data tfrecords/demo \\",
         "  --split test --out runs/demo/eval",
+        "python cli.py evaluate --model runs/demo --data kermany_tfrecords --split all \\",
+        "  --refit-fraction 0.3 --out runs/demo/eval_kermany",
     )
 )
 @click.option(
     "--model", "model_path", required=True, type=click.Path(), help="model.keras or its run folder."
 )
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="Converted folder.")
-@click.option("--split", default="test", show_default=True, help="Split to evaluate.")
+@click.option(
+    "--split",
+    default="test",
+    show_default=True,
+    help="Split to evaluate; on external data also `all` (every split together).",
+)
 @click.option(
     "--out",
     "out_dir",
@@ -278,18 +285,43 @@ def _exit_multi_process(err: Exception) -> None:
     "--threshold",
     type=float,
     default=None,
-    help="Decision threshold (default: chosen on the validation split).",
+    help="Decision threshold (default: chosen on the validation split; external data: the "
+    "model card's).",
+)
+@click.option(
+    "--external/--internal",
+    "external",
+    default=None,
+    help="Treat the data as a data set the model did not train on (the card's threshold and "
+    "temperature, card unchanged) or as its own (fit on its val split, update the card). "
+    "Default: external when the data's manifest fingerprint differs from the training "
+    "data's in the model card.",
+)
+@click.option(
+    "--refit-fraction",
+    type=float,
+    default=None,
+    help="External data: re-fit temperature and threshold on this share of the patients "
+    "(0 < F < 1, stratified, seeded by train.seed) and report the rest with the model's "
+    "own and the re-fitted ones side by side.",
 )
 @_settings_options
-def evaluate(model_path, data_dir, split, out_dir, threshold, config_path, overrides) -> None:
-    """Clinical metrics with 95 % CIs, calibration, plots."""
+def evaluate(
+    model_path, data_dir, split, out_dir, threshold, external, refit_fraction, config_path,
+    overrides,
+) -> None:
+    """Clinical metrics with 95 % CIs, calibration, plots; also on external data."""
     environment.check_backend("evaluate")
     config = _load_config(config_path, overrides)
     environment.import_tensorflow_quietly()  # `--debug` keeps TF's start-up lines
     from pneumokeras.evaluate import evaluate_run
 
-    metrics = evaluate_run(model_path, data_dir, out_dir, config, split=split, threshold=threshold)
-    click.echo(_metrics_line(metrics) + f"; report in {Path(out_dir) / 'report.md'}")
+    metrics = evaluate_run(
+        model_path, data_dir, out_dir, config, split=split, threshold=threshold,
+        external_data=external, refit_fraction=refit_fraction,
+    )
+    where = "external data: " if metrics["external"] else ""
+    click.echo(where + _metrics_line(metrics) + f"; report in {Path(out_dir) / 'report.md'}")
 
 
 def _metrics_line(metrics: dict) -> str:

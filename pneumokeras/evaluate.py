@@ -34,11 +34,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from pneumokeras import calibration, metrics, model_card, plots, report, tfrecords
+from pneumokeras import calibration, external, metrics, model_card, plots, report, tfrecords
 from pneumokeras import data as data_lib
 from pneumokeras.config import Config
 from pneumokeras.errors import UserError
 from pneumokeras.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pneumokeras.train import manifest_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +68,9 @@ def _read_split(data_dir: Path, split: str) -> SplitData:
 
 
 def _read_splits(
-    data_dir: Path, split: str, threshold: float | None
+    data_dir: Path, split: str
 ) -> tuple[dict[str, Any], SplitData, SplitData]:
-    """Checks the arguments and reads the manifest, the validation and the evaluated split."""
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise UserError(f"threshold must be in [0, 1]; got {threshold}")
+    """Reads the manifest, the validation and the evaluated split (internal evaluation)."""
     manifest = tfrecords.load_manifest(data_dir)
     for needed in ("val", split):
         if needed not in manifest["splits"]:
@@ -208,11 +207,15 @@ def _subgroups(
 
 
 def _warnings(
-    split: str, test: SplitData, view_warnings: list[str], cal: dict[str, Any]
+    split: str, test: SplitData, view_warnings: list[str | None], cal: dict[str, Any],
+    fitted_here: bool = True,
 ) -> list[str]:
-    """All warnings of a run (optimistic split, one class, calibration), each logged."""
+    """All warnings of a run (optimistic split, one class, calibration), each logged.
+
+    `fitted_here`: the threshold and temperature were fitted on this data's `val`.
+    """
     warnings = []
-    if split == "val":
+    if split == "val" and fitted_here:
         warnings.append(
             "the evaluated split is the validation split that chose the threshold and "
             "temperature: the numbers are optimistic"
@@ -298,6 +301,111 @@ def _write_outputs(
     atomic_write_text(out_dir / "report.md", report.render_report(result))
 
 
+def _read_evaluated(data_dir: Path, manifest: dict[str, Any], split: str) -> tuple[
+    list[str], SplitData
+]:
+    """The splits an external evaluation reads (`all`: every non-empty one) and their data."""
+    known = manifest["splits"]
+    if split == external.ALL_SPLITS:
+        names = [name for name, info in known.items() if int(info["count"]) > 0]
+        if not names:
+            raise UserError(f"{data_dir} holds no examples")
+    elif split not in known:
+        raise UserError(f"{data_dir} has no split {split!r} (known: {', '.join(known)}, all)")
+    else:
+        names = [split]
+    parts = [_read_split(data_dir, name) for name in names]
+    return names, SplitData(*(np.concatenate([getattr(p, f.name) for p in parts])
+                              for f in dataclasses.fields(SplitData)))
+
+
+def _check_own_calibration(classifier: model_card.Classifier) -> None:
+    """An external evaluation uses the card's threshold and temperature: they must be fitted."""
+    card, where = classifier.card, classifier.path
+    if classifier.card_missing:
+        raise UserError(
+            f"{where} has no model card ({model_card.CARD_FILE}); an external evaluation "
+            "uses the threshold and temperature the card holds"
+        )
+    missing = external.missing_calibration_facts(card.calibration)
+    if not card.fitted or missing:
+        raise UserError(
+            f"the model card of {where} holds no fitted threshold and temperature "
+            f"(threshold_method {card.threshold_method!r}); evaluate the model on its own "
+            "data set first, then on the external one"
+        )
+
+
+def _evaluate_external(
+    classifier: model_card.Classifier, paths: tuple[Path, Path, Path], manifest: dict[str, Any],
+    config: Config, split: str, threshold: float | None, refit_fraction: float | None,
+    provenance: external.Provenance, progress: bool,
+) -> dict[str, Any]:
+    """Evaluates on a data set the model was not trained on; the card is left as it is.
+
+    The threshold (unless given) and temperature are the card's own; nothing is
+    fitted on the evaluated data, except in the optional re-fit comparison
+    (`external.refit_comparison`), which reports its numbers beside the model's own.
+    """
+    model_path, data_dir, out_dir = paths
+    card = classifier.card
+    _check_own_calibration(classifier)
+    names, test = _read_evaluated(data_dir, manifest, split)
+    if refit_fraction is not None:  # fails before predicting when a part lacks a class
+        external.refit_split(test.labels, test.patients, refit_fraction, config.train.seed)
+    test_raw = np.concatenate([
+        _predict(classifier.model, data_dir, name, int(manifest["splits"][name]["count"]),
+                 config, progress)
+        for name in names
+    ])
+    chosen = (
+        {"value": threshold, "method": "manual", "chosen_on": "argument"} if threshold is not None
+        else {"value": card.threshold, "method": card.threshold_method,
+              "chosen_on": f"model card ({card.calibration.get('fitted_on', 'val')} of the "
+                           "training data)"}
+    )
+    calibrated = calibration.calibrate(test_raw, card.temperature)
+    cal = external.own_calibration_record(
+        card.calibration, card.temperature, test.labels, test_raw, split,
+        bins=config.evaluate.calibration_bins,
+    )
+    table = _metric_table(test.labels, calibrated, test.patients, chosen["value"], config,
+                          progress)
+    subgroups, view_warnings = _subgroups(test, calibrated, chosen["value"], config, progress)
+    refit = None
+    if refit_fraction is not None:
+        method = (card.threshold_method if card.threshold_method in ("youden", "f1")
+                  else config.evaluate.threshold_method)
+        refit = external.refit_comparison(
+            test.labels, test.patients, test_raw, card.temperature, chosen["value"],
+            refit_fraction, config.train.seed, method, config.evaluate.calibration_bins,
+        )
+    extra = [provenance.warning, *(refit["warnings"] if refit else [])]
+    warnings = _warnings(split, test, [*view_warnings, *extra], cal, fitted_here=False)
+    result = _result(model_path, data_dir, manifest, test, config, chosen, table, cal)
+    result.update(
+        external=True, provenance=provenance.reason,
+        data_sets=_data_sets(card, manifest, data_dir, split, names, test),
+        refit=refit, subgroups={"view": subgroups}, warnings=warnings, disclaimer=DISCLAIMER,
+    )
+    _write_outputs(out_dir, result, test, test_raw, calibrated)
+    return result
+
+
+def _data_sets(
+    card: model_card.ModelCard, manifest: dict[str, Any], data_dir: Path, split: str,
+    names: list[str], test: SplitData,
+) -> dict[str, Any]:
+    """metrics.json's `data_sets`: the training data (from the card) and the evaluated data."""
+    return {
+        "trained_on": external.training_data(card.data, card.calibration),
+        "evaluated_on": external.evaluated_data(
+            manifest, str(data_dir), manifest_fingerprint(manifest), split, names,
+            test.labels, test.patients,
+        ),
+    }
+
+
 def evaluate_run(
     model_path: str | Path,
     data_dir: str | Path,
@@ -306,24 +414,38 @@ def evaluate_run(
     split: str = "test",
     threshold: float | None = None,
     progress: bool = True,
+    external_data: bool | None = None,
+    refit_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Evaluates a saved model on a converted split; writes metrics, plots and a report.
 
     See the module docstring for the order of steps. The image size comes from the
     model (`config.data.image_size` is ignored); `config.data.batch_size`, the
-    `evaluate` section and `train.seed` (bootstrap seed) are used.
+    `evaluate` section and `train.seed` (bootstrap and re-fit split seed) are used.
+
+    External data (`external.detect`: the folder's manifest fingerprint differs
+    from the training data's in the card, or `external_data=True`): the card's own
+    threshold and temperature are used, nothing is fitted on the data (except in
+    the re-fit comparison, reported beside them), no `val` split is needed, and
+    the card is not rewritten.
 
     Args:
-        model_path: model.keras or its run folder; the model card beside it is
-            updated (threshold, threshold_method, temperature, calibration; other
-            fields kept) or created.
-        data_dir: converted folder (manifest + shards) with a `val` split.
+        model_path: model.keras or its run folder; on internal data the model card
+            beside it is updated (threshold, threshold_method, temperature,
+            calibration; other fields kept) or created.
+        data_dir: converted folder (manifest + shards); with a `val` split unless
+            it is external.
         out_dir: output folder for metrics.json, the four PNGs and report.md.
         config: validated settings.
-        split: split to report (`test`; `val` gives optimistic numbers).
+        split: split to report (`test`; `val` gives optimistic numbers); on
+            external data also `all` (every split together).
         threshold: decision threshold on calibrated probabilities, in [0, 1];
-            None chooses it on validation with `config.evaluate.threshold_method`.
+            None chooses it on validation with `config.evaluate.threshold_method`
+            (internal) or takes the card's (external).
         progress: show progress bars on stderr.
+        external_data: True or False overrides the detection; None detects.
+        refit_fraction: external only: share of patients, in (0, 1), that re-fit
+            the temperature and threshold for the own-vs-refit comparison.
 
     Returns:
         The dict written to metrics.json.
@@ -331,11 +453,34 @@ def evaluate_run(
     Raises:
         UserError: missing/unloadable model or card, size mismatch, unknown or
             empty split, a validation split with one class, a threshold outside
-            [0, 1].
+            [0, 1], `all` or a re-fit fraction on internal data, a card without
+            a fitted threshold and temperature on external data, a re-fit
+            fraction outside (0, 1) or leaving a part with one class.
     """
     model_path, data_dir, out_dir = Path(model_path), Path(data_dir), Path(out_dir)
-    manifest, val, test = _read_splits(data_dir, split, threshold)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UserError(f"threshold must be in [0, 1]; got {threshold}")
+    if refit_fraction is not None and not 0.0 < refit_fraction < 1.0:
+        raise UserError(f"--refit-fraction must be in (0, 1); got {refit_fraction}")
+    manifest = tfrecords.load_manifest(data_dir)
     classifier, config = _load_classifier(model_path, data_dir, manifest, config)
+    provenance = external.detect(
+        classifier.card.data, manifest, manifest_fingerprint(manifest), external_data
+    )
+    logger.info("%s data: %s", "external" if provenance.external else "internal",
+                provenance.reason)
+    if provenance.external:
+        return _evaluate_external(
+            classifier, (model_path, data_dir, out_dir), manifest, config, split, threshold,
+            refit_fraction, provenance, progress,
+        )
+    if split == external.ALL_SPLITS or refit_fraction is not None:
+        option = "--split all" if split == external.ALL_SPLITS else "--refit-fraction"
+        raise UserError(
+            f"{option} is for a data set the model was not trained on, and {data_dir} is its "
+            f"own ({provenance.reason}); pass --external to evaluate it as external data"
+        )
+    manifest, val, test = _read_splits(data_dir, split)
     val_raw = _predict(classifier.model, data_dir, "val", len(val.labels), config, progress)
     test_raw = (
         val_raw if split == "val"
@@ -364,7 +509,11 @@ def evaluate_run(
     warnings = _warnings(split, test, view_warnings, cal)
 
     result = _result(model_path, data_dir, manifest, test, config, chosen, table, cal)
-    result.update(subgroups={"view": subgroups}, warnings=warnings, disclaimer=DISCLAIMER)
+    result.update(
+        external=False, provenance=provenance.reason,
+        data_sets=_data_sets(classifier.card, manifest, data_dir, split, [split], test),
+        subgroups={"view": subgroups}, warnings=warnings, disclaimer=DISCLAIMER,
+    )
     _write_outputs(out_dir, result, test, test_raw, calibrated)
     if kept:  # the card's out-of-fold fit stays; `val` was training data of the members
         return result

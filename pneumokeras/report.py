@@ -98,9 +98,73 @@ def metric_table(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _count(value: Any, noun: str) -> str:
+    return f"{value} {noun}" if value is not None else f"{noun}: not recorded"
+
+
+def _data_sets(result: Mapping[str, Any]) -> list[str]:
+    """Which data set the model was trained on and which it is tested on, in words.
+
+    Empty for a metrics.json dict without `data_sets` (written before external
+    validation existed).
+    """
+    sets = result.get("data_sets")
+    if not sets:
+        return []
+    trained, tested = sets["trained_on"], sets["evaluated_on"]
+    if trained["recorded"]:
+        splits = ", ".join(f"{name} {count}" for name, count in trained["splits"].items())
+        training = (
+            f"- **trained on**: source **{trained['source'] or 'unknown'}** (layout "
+            f"{trained['layout'] or 'not recorded'}), `{trained['data_dir']}`: "
+            f"{_count(trained['images'], 'images')} ({splits}), "
+            f"{_count(trained['positives'], 'with pneumonia')}, "
+            f"{_count(trained['patients'], 'patients')}; manifest fingerprint "
+            f"{trained['fingerprint']}"
+        )
+    else:
+        training = "- **trained on**: not recorded in the model card"
+    splits = ", ".join(f"{name} {count}" for name, count in tested["splits"].items())
+    lines = [
+        "## Data sets",
+        "",
+        training,
+        f"- **tested on**: source **{tested['source'] or 'unknown'}** (layout "
+        f"{tested['layout'] or 'not recorded'}), `{tested['data_dir']}`, split "
+        f"**{tested['split']}** ({splits}): {tested['images']} images of "
+        f"{tested['patients']} patients, {tested['positives']} with pneumonia; manifest "
+        f"fingerprint {tested['fingerprint']}",
+    ]
+    if result.get("external"):
+        cal = trained.get("calibrated_on") or {}
+        lines += [
+            f"- **external validation**: the model did not train on this data "
+            f"({result['provenance']}).",
+            f"- **threshold and temperature come from the training data set**: the model "
+            f"card's own, fitted on the {cal.get('fitted_on') or 'val'} split of "
+            f"`{cal.get('data_dir') or trained['data_dir']}` "
+            f"({_count(cal.get('patients'), 'patients')}); nothing was fitted on the tested "
+            "data" + (" except in the re-fit comparison below." if result.get("refit") else "."),
+        ]
+    else:
+        fitted = (
+            "kept from the model card's out-of-fold fit"
+            if result["calibration"].get("fitted_on") == "oof"
+            else "fitted on this data's validation split"
+        )
+        lines.append(
+            f"- **internal evaluation**: {result.get('provenance', 'the model’s own data set')}; "
+            f"threshold and temperature are {fitted}."
+        )
+    return lines + [""]
+
+
 def _header(result: Mapping[str, Any]) -> list[str]:
     threshold, boot = result["threshold"], result["bootstrap"]
     words = probability_words(result["calibration"])
+    how = THRESHOLD_HOW[threshold["method"]]
+    if result.get("external") and threshold["method"] != "manual":
+        how = f"the model's own from its card, {how} of its training data"
     return [
         "# Pneumonia classifier evaluation",
         "",
@@ -111,7 +175,7 @@ def _header(result: Mapping[str, Any]) -> list[str]:
         f"split **{result['split']}**: {result['n']} images of {result['patients']} patients, "
         f"{result['positives']} with pneumonia",
         f"- decision threshold: **{threshold['value']:.4f}** on the {words} pneumonia "
-        f"probability ({THRESHOLD_HOW[threshold['method']]})",
+        f"probability ({how})",
         f"- {boot['level']:.0%} confidence intervals: Wilson score intervals for the "
         "proportions (accuracy, precision, recall, specificity); a percentile bootstrap "
         f"over patients ({boot['resamples']} resamples, seed {boot['seed']}) for F1, "
@@ -123,18 +187,24 @@ def _header(result: Mapping[str, Any]) -> list[str]:
 
 def _calibration(result: Mapping[str, Any]) -> list[str]:
     cal, split = result["calibration"], result["split"]
+    own = cal.get("source") == "model card"
+    where = "training data's validation split" if own else "validation split"
     validation = (
-        f"Validation split: {cal['val_n']} images of {cal['val_patients']} patients "
-        f"({cal['val_positives']} with pneumonia, {cal['val_negatives']} without)."
+        f"{where[0].upper()}{where[1:]}: {cal['val_n']} images of {cal['val_patients']} "
+        f"patients ({cal['val_positives']} with pneumonia, {cal['val_negatives']} without)."
+    )
+    intro = (
+        f"Temperature from the model card — {cal['explanation']}. " if own
+        else f"Temperature scaling on the validation split — {cal['explanation']}. "
     )
     lines = [
         "## Calibration",
         "",
-        f"Temperature scaling on the validation split — {cal['explanation']}. " + validation,
+        intro + validation,
         "",
         "| NLL (nats per image) | before | after |",
         "|---|---|---|",
-        f"| validation split | {cal['val_nll_before']:.4f} | {cal['val_nll_after']:.4f} |",
+        f"| {where} | {cal['val_nll_before']:.4f} | {cal['val_nll_after']:.4f} |",
         f"| {split} split | {cal['split_nll_before']:.4f} | {cal['split_nll_after']:.4f} |",
         "",
     ]
@@ -158,6 +228,51 @@ def _calibration(result: Mapping[str, Any]) -> list[str]:
     return lines + ["", "![Reliability diagram](calibration.png)", ""]
 
 
+REFIT_ROWS = {
+    "temperature": "Temperature T",
+    "threshold": "Threshold",
+    "sensitivity": "Sensitivity (recall)",
+    "specificity": "Specificity",
+    "f1": "F1",
+    "ece": "ECE",
+    "brier": "Brier score",
+    "nll": "NLL (nats per image)",
+    "roc_auc": "ROC-AUC (unchanged by T)",
+}
+
+
+def _refit(refit: Mapping[str, Any]) -> list[str]:
+    """The own-vs-refit table: what re-fitting on part of the new data would change."""
+    part, held, fit = refit["refit_part"], refit["held_out"], refit["fit"]
+    lines = [
+        "## Own vs re-fitted threshold and temperature",
+        "",
+        f"A seeded (seed {refit['seed']}), class-stratified {refit['fraction']:.0%} of the "
+        f"patients ({part['n']} images of {part['patients']} patients, {part['positives']} "
+        f"with pneumonia) re-fits the temperature and then the threshold "
+        f"({THRESHOLD_HOW[refit['threshold_method']].replace('the validation split', 'that part')}"
+        f"); temperature: {fit['explanation']}. Both are scored on the other "
+        f"{held['n']} images of {held['patients']} patients ({held['positives']} with "
+        "pneumonia). The model card is not changed.",
+        "",
+        "| held-out part | model's own (training data) | re-fitted on this data |",
+        "|---|---|---|",
+    ]
+    for key, label in REFIT_ROWS.items():
+        digits = 4 if key in ("temperature", "threshold", "ece", "brier", "nll") else 3
+        lines.append(
+            f"| {label} | {_fmt(refit['own'][key], digits)} | {_fmt(refit['refit'][key], digits)} |"
+        )
+    return lines + [
+        "",
+        "Lower ECE, Brier score and NLL are better. A large gain from re-fitting says the "
+        "model's probabilities and operating point do not carry over to this data set as "
+        "they are; the re-fitted numbers are what a site would get after re-fitting on a "
+        "labelled sample of its own (a smaller sample moves them more).",
+        "",
+    ]
+
+
 def render_report(result: Mapping[str, Any]) -> str:
     """The Markdown report of one evaluation.
 
@@ -168,7 +283,7 @@ def render_report(result: Mapping[str, Any]) -> str:
         Markdown text embedding the four PNGs by relative path.
     """
     (tn, fp), (fn, tp) = result["confusion_matrix"]["matrix"]
-    lines = _header(result)
+    lines = _header(result) + _data_sets(result)
     if result["warnings"]:
         lines += ["**Warnings**", ""] + [f"- {w}" for w in result["warnings"]] + [""]
     lines += [_metrics_heading(result["calibration"]), ""]
@@ -185,6 +300,8 @@ def render_report(result: Mapping[str, Any]) -> str:
         "",
     ]
     lines += _calibration(result)
+    if result.get("refit"):
+        lines += _refit(result["refit"])
     lines += ["## Subgroups by view position", ""]
     views = result["subgroups"]["view"]
     if not views:

@@ -282,3 +282,166 @@ def test_evaluate_run_says_when_calibration_hurts(model_path, tmp_path, caplog, 
     assert worse[0] in report and "**Calibration made the test split worse**" in report
     assert "calibrated probabilities" not in report
     assert worse[0] in model_card.read_card(model_path).calibration["warnings"]
+
+
+# ---------------------------------------------------------------- external validation
+
+
+@pytest.fixture(scope="module")
+def other_dataset(tmp_path_factory) -> Path:
+    """Another synthetic data set (seed 2, source `hospital_b`), 32 px: 30 patients."""
+    root = tmp_path_factory.mktemp("other")
+    generate(root / "raw", patients=30, size=64, seed=2, workers=0, progress=False)
+    images = root / "raw" / "hospital_b"
+    (root / "raw" / "stage_2_train_images").rename(images)
+    convert(images, root / "raw" / "stage_2_train_labels.csv", root / "tf", size=SIZE,
+            val_fraction=0.2, test_fraction=0.4, seed=3, workers=0, progress=False)
+    return root / "tf"
+
+
+@pytest.fixture(scope="module")
+def trained_run(saved_model, dataset, tmp_path_factory) -> Path:
+    """A run folder as training leaves it (card with the data facts), evaluated on its data.
+
+    The internal evaluation fits its threshold and temperature on `dataset`'s
+    validation split and writes them into the card, as a user would before
+    validating it elsewhere.
+    """
+    from pneumokeras.train import training_card
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(saved_model.read_bytes())
+    config = dataclasses.replace(FAST, data=dataclasses.replace(FAST.data, image_size=SIZE))
+    manifest = tfrecords.load_manifest(dataset)
+    model_card.write_card(run, training_card(config, manifest, dataset, None, None, 1, {}))
+    result = evaluate.evaluate_run(run, dataset, run / "eval", FAST, progress=False)
+    assert not result["external"] and "trained on" in result["provenance"]
+    assert result["data_sets"]["trained_on"]["fingerprint"] == \
+        result["data_sets"]["evaluated_on"]["fingerprint"]
+    return run
+
+
+@pytest.mark.backend
+def test_external_evaluation_uses_the_cards_calibration_and_leaves_the_card(
+    trained_run, dataset, other_dataset, tmp_path
+):
+    card_bytes = (trained_run / "model.json").read_bytes()
+    card = model_card.read_card(trained_run)
+    out = tmp_path / "ext"
+    result = evaluate.evaluate_run(trained_run, other_dataset, out, FAST, split="all",
+                                   refit_fraction=0.5, progress=False)
+    assert (trained_run / "model.json").read_bytes() == card_bytes  # not rewritten
+    for name in ("metrics.json", "report.md", *evaluate.PLOTS):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(result))
+
+    assert result["external"] and "differs from the training data's" in result["provenance"]
+    manifest = tfrecords.load_manifest(other_dataset)
+    counts = {name: info["count"] for name, info in manifest["splits"].items()}
+    assert result["split"] == "all" and result["n"] == sum(counts.values()) == 30
+    assert result["positives"] == sum(info["positives"] for info in manifest["splits"].values())
+    # The card's own threshold and temperature; nothing fitted on the new data.
+    assert result["threshold"]["value"] == card.threshold
+    assert result["threshold"]["method"] == card.threshold_method == "youden"
+    assert result["temperature"] == card.temperature
+    cal = result["calibration"]
+    assert cal["source"] == "model card" and cal["fitted_data_dir"] == str(dataset)
+    assert (cal["val_n"], cal["split"]) == (card.calibration["n"], "all")
+    assert sum(cal["after"]["bins"]["counts"]) == 30
+
+    trained, tested = result["data_sets"]["trained_on"], result["data_sets"]["evaluated_on"]
+    assert (trained["source"], trained["data_dir"]) == ("stage_2_train_images",
+                                                        str(dataset.resolve()))
+    assert trained["images"] == 40
+    assert (tested["source"], tested["split"], tested["splits"]) == ("hospital_b", "all", counts)
+    assert tested["images"] == 30 and tested["patients"] == 30
+
+    refit = result["refit"]
+    assert refit["refit_part"]["n"] + refit["held_out"]["n"] == 30
+    assert refit["own"]["threshold"] == card.threshold
+    assert refit["own"]["temperature"] == card.temperature
+    for side in ("own", "refit"):
+        scores = refit[side]
+        for key in ("sensitivity", "specificity", "f1", "ece", "brier"):
+            assert scores[key] is None or 0.0 <= scores[key] <= 1.0, (side, key)
+        assert scores["nll"] > 0 and scores["temperature"] > 0
+    assert refit["own"]["roc_auc"] == pytest.approx(refit["refit"]["roc_auc"])
+
+    report = (out / "report.md").read_text()
+    assert "## Data sets" in report and "**trained on**: source **stage_2_train_images**" in report
+    assert "**tested on**: source **hospital_b**" in report and "split **all**" in report
+    assert str(dataset.resolve()) in report and str(other_dataset) in report
+    assert "threshold and temperature come from the training data set" in report
+    assert "## Own vs re-fitted threshold and temperature" in report
+    assert "| Sensitivity (recall) |" in report and "| ECE |" in report
+    assert "Temperature from the model card" in report
+
+
+@pytest.mark.backend
+def test_external_evaluation_needs_no_val_split_and_can_be_forced(
+    trained_run, dataset, tmp_path
+):
+    card_bytes = (trained_run / "model.json").read_bytes()
+    data = _write_dataset(tmp_path / "d", {"train": [0, 1, 1], "test": [0, 1, 0, 1]})
+    result = evaluate.evaluate_run(trained_run, data, tmp_path / "all", FAST, split="all",
+                                   progress=False)
+    assert result["external"] and (result["n"], result["positives"]) == (7, 4)
+    assert result["data_sets"]["evaluated_on"]["splits"] == {"train": 3, "test": 4}
+    one = evaluate.evaluate_run(trained_run, data, tmp_path / "test", FAST, split="test",
+                                progress=False)
+    assert one["n"] == 4 and one["refit"] is None
+    assert "Own vs re-fitted" not in (tmp_path / "test" / "report.md").read_text()
+    # --external on the training data itself: the card's calibration, card unchanged.
+    forced = evaluate.evaluate_run(trained_run, dataset, tmp_path / "forced", FAST,
+                                   external_data=True, progress=False)
+    assert forced["external"] and forced["provenance"] == "set by --external"
+    assert forced["temperature"] == model_card.read_card(trained_run).temperature
+    assert (trained_run / "model.json").read_bytes() == card_bytes
+
+
+@pytest.mark.backend
+def test_external_evaluation_errors_write_nothing(
+    trained_run, dataset, other_dataset, model_path, tmp_path
+):
+    card_bytes = (trained_run / "model.json").read_bytes()
+    out = tmp_path / "o"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in other_dataset.iterdir():
+        (broken / item.name).write_bytes(item.read_bytes())
+    next(broken.glob("train-*.tfrecord")).unlink()
+    with pytest.raises(UserError, match="missing"):
+        evaluate.evaluate_run(trained_run, broken, out, FAST, split="all", progress=False)
+    one_positive = _write_dataset(tmp_path / "d", {"test": [0, 0, 0, 1]})
+    with pytest.raises(UserError, match="held-out part without pneumonia"):
+        evaluate.evaluate_run(trained_run, one_positive, out, FAST, split="test",
+                              refit_fraction=0.5, progress=False)
+    with pytest.raises(UserError, match="no split 'holdout'"):
+        evaluate.evaluate_run(trained_run, other_dataset, out, FAST, split="holdout")
+    with pytest.raises(UserError, match="--split all is for a data set the model was not"):
+        evaluate.evaluate_run(trained_run, dataset, out, FAST, split="all")
+    with pytest.raises(UserError, match="--refit-fraction is for a data set"):
+        evaluate.evaluate_run(trained_run, dataset, out, FAST, refit_fraction=0.5)
+    # A card whose threshold and temperature were never fitted cannot be validated.
+    with pytest.raises(UserError, match="no fitted threshold and temperature"):
+        evaluate.evaluate_run(model_path, other_dataset, out, FAST, external_data=True)
+    assert not out.exists()
+    assert (trained_run / "model.json").read_bytes() == card_bytes
+
+
+@pytest.mark.parametrize("fraction", ["0", "1", "1.5"])
+def test_cli_refit_fraction_outside_the_interval_is_one_line_exit_2(
+    fraction, tmp_path, capsys, monkeypatch
+):
+    from pneumokeras.cli import main
+
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    data = _write_dataset(tmp_path / "d", {"val": [0, 1], "test": [0, 1]})
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", "--model", str(tmp_path / "m.keras"), "--data", str(data),
+              "--split", "all", "--refit-fraction", fraction, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--refit-fraction must be in (0, 1)" in err
+    assert not (tmp_path / "o").exists()
