@@ -153,3 +153,91 @@ def test_report_marks_a_zero_width_bootstrap_interval():
     text = report.render_report(result)
     assert _row(text, "F1")[2] == "0.000 – 0.000 ¹"
     assert "¹ zero width: every bootstrap resample gave the same value" in text
+
+
+# ---------------------------------------------------------------- data sets, external data
+
+
+def _external_result(refit: bool = True) -> dict:
+    """`_result()` as an external evaluation: the card's own calibration, both data sets."""
+    from pneumokeras import external
+
+    result = _result()
+    labels, raw = _sample(300, 1 / 3, seed=1)
+    patients = np.arange(300).astype(str)
+    card_cal = {"fitted_on": "val", "data_dir": "/data/rsna", "n": 2000, "n_patients": 2000,
+                "n_positive": 900, "n_negative": 1100, "fitted_temperature": 2.9,
+                "applied": True, "decision": "applied", "p_value": 1e-9,
+                "nll_before": 0.61, "nll_after": 0.55}
+    card_data = {"source": "stage_2_train_images", "data_dir": "/data/rsna",
+                 "fingerprint": "aaaa", "splits": {"train": {"count": 1600, "positives": 700},
+                                                   "val": {"count": 2000, "positives": 900}}}
+    manifest = {"source": "chest_xray", "source_layout": "folders",
+                "splits": {"train": {"count": 200}, "test": {"count": 100}}}
+    result["calibration"] = external.own_calibration_record(card_cal, 2.9, labels, raw, "all")
+    result.update(
+        split="all", external=True,
+        provenance="its manifest fingerprint bbbb differs from the training data's aaaa",
+        data_sets={"trained_on": external.training_data(card_data, card_cal),
+                   "evaluated_on": external.evaluated_data(
+                       manifest, "tfrecords/kermany", "bbbb", "all", ["train", "test"],
+                       labels, patients)},
+        refit=external.refit_comparison(labels, patients, raw, 2.9, 0.5, 0.3, seed=0)
+        if refit else None,
+    )
+    return result
+
+
+def test_report_names_both_data_sets_and_where_calibration_comes_from():
+    result = _external_result()
+    text = report.render_report(result)
+    assert "- **trained on**: source **stage_2_train_images** (layout not recorded), " \
+        "`/data/rsna`: 3600 images (train 1600, val 2000), 1600 with pneumonia, " \
+        "patients: not recorded; manifest fingerprint aaaa" in text
+    assert "- **tested on**: source **chest_xray** (layout folders), `tfrecords/kermany`, " \
+        "split **all** (train 200, test 100): 300 images of 300 patients" in text
+    assert "**external validation**: the model did not train on this data (its manifest " \
+        "fingerprint bbbb differs" in text
+    assert "**threshold and temperature come from the training data set**: the model card's " \
+        "own, fitted on the val split of `/data/rsna` (2000 patients); nothing was fitted on " \
+        "the tested data except in the re-fit comparison below." in text
+    assert "the model's own from its card, maximising Youden's J on the validation split of " \
+        "its training data" in text
+    assert "Temperature from the model card — the model's own temperature T = 2.900" in text
+    cal = result["calibration"]
+    assert f"| training data's validation split | {cal['val_nll_before']:.4f} | " \
+        f"{cal['val_nll_after']:.4f} |" in text
+
+
+def test_report_of_own_vs_refit_calibration():
+    result = _external_result()
+    refit = result["refit"]
+    text = report.render_report(result)
+    assert "## Own vs re-fitted threshold and temperature" in text
+    text = text[text.index("## Own vs re-fitted"):]  # its rows share labels with the metrics
+    assert f"class-stratified 30% of the patients ({refit['refit_part']['n']} images" in text
+    assert f"scored on the other {refit['held_out']['n']} images" in text
+    for key, label in report.REFIT_ROWS.items():
+        row = _row(text, label)
+        assert len(row) == 3, key
+    assert _row(text, "Temperature T") == ["Temperature T", "2.9000",
+                                           f"{refit['refit']['temperature']:.4f}"]
+    assert _row(text, "ECE")[1:] == [f"{refit['own']['ece']:.4f}",
+                                     f"{refit['refit']['ece']:.4f}"]
+    without = report.render_report(_external_result(refit=False))
+    assert "Own vs re-fitted" not in without
+    assert "nothing was fitted on the tested data." in without
+
+
+def test_report_of_an_internal_evaluation_says_it_is_the_models_own_data():
+    result = _result()
+    assert "## Data sets" not in report.render_report(result)  # an older metrics.json
+    external_result = _external_result(refit=False)
+    result.update(external=False, provenance="the data is the converted folder the model was "
+                  "trained on (manifest fingerprint aaaa)",
+                  data_sets=external_result["data_sets"])
+    text = report.render_report(result)
+    assert "## Data sets" in text and "**internal evaluation**: the data is the converted " \
+        "folder the model was trained on" in text
+    assert "threshold and temperature are fitted on this data's validation split." in text
+    assert "come from the training data set" not in text
