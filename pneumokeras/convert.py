@@ -1,9 +1,18 @@
-"""RSNA folder (DICOMs + label CSV) → sharded TFRecords, a manifest and skipped.csv.
+"""An image folder and its labels → sharded TFRecords, a manifest and skipped.csv.
+
+Three input layouts (`--layout`): `rsna` (DICOMs named `<patientId>.dcm` + the
+RSNA label CSV, `rsna.py`), `folders` (one sub-folder per class, optionally in
+`train|val|test`) and `findings` (PNG/JPEG + a findings CSV such as NIH
+ChestX-ray14's or CheXpert's); the last two are listed by `layouts.py`, one
+example per image, split and folded by patient. DICOMs are read by
+`dicom.read_dicom`, PNG/JPEG by `images.read_image` (same square pad and area
+resize; a gray picture saved as RGB is converted and listed in notes.csv, real
+colour is skipped).
 
 Two passes, each resumable:
 
-1. Encode: worker processes read every labelled DICOM once (header and pixels,
-   `dicom.read_dicom`), encode the stored-size PNG and append it to their own
+1. Encode: worker processes read every labelled image once (header and pixels),
+   encode the stored-size PNG and append it to their own
    spool file under `.convert-state/`; the parent writes one index line per
    file in file-name order (view, size, where its PNG is, or why it was
    skipped), so a killed run picks up after the last indexed file. Only small
@@ -45,14 +54,16 @@ import numpy as np
 import pydicom
 from tqdm import tqdm
 
-from pneumokeras import environment, rsna
+from pneumokeras import environment, layouts, rsna
 from pneumokeras.dicom import DicomError, check_grayscale_uint8, read_dicom
 from pneumokeras.errors import UserError
 from pneumokeras.fileio import atomic_open, atomic_write_json
+from pneumokeras.images import GRAY_MODES, ImageError, read_image
 from pneumokeras.workers import WorkerPool, resolve
 
 STATE_DIR = ".convert-state"
 SPOOL_INDEX, PLAN = "spool.jsonl", "plan.json"
+NOTES = "notes.csv"  # images converted with a note (a gray picture saved as RGB)
 KILL_HOOK = "PNEUMOKERAS_TEST_KILL_AFTER"  # test hook, see `_kill_point`
 # PNG settings (libpng through imagecodecs): the Paeth row filter, then zlib
 # Huffman-only coding. On 256 px radiographs ≈ 0.8 ms an image against 2.6 ms for
@@ -74,6 +85,7 @@ class ConvertSummary:
     skipped: int
     seconds: float
     resumed_shards: int
+    notes: int = 0  # images converted with a note (notes.csv)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -132,29 +144,40 @@ def _close_spool(spool_dir: str) -> None:
         entry[1].close()
 
 
+def _read_pixels(path: str, size: int) -> tuple[np.ndarray, str, int, int, str, str]:
+    """Worker: a DICOM, PNG or JPEG (by suffix) → `(pixels, view, rows, columns,
+    PatientID tag, note)`; pixels (size, size) uint8, note '' unless converted.
+    """
+    if Path(path).suffix.lower() == ".dcm":
+        image = read_dicom(path, size=size)
+        return image.pixels, image.view.upper(), image.rows, image.columns, image.patient_id, ""
+    record = read_image(path, size)  # refuses real colour (ImageError)
+    note = "" if record.mode in GRAY_MODES else f"{record.mode} image of a gray picture: made gray"
+    return record.pixels, "", record.height, record.width, "", note
+
+
 def _encode_task(task: tuple[str, int, str]) -> tuple:
-    """Worker: one DICOM → PNG in the spool.
+    """Worker: one image → PNG in the spool.
 
     Returns:
-        `(view, rows, columns, PatientID tag, spool file, offset, length, reason)`;
-        spool file '' and a reason when the DICOM was not usable.
+        `(view, rows, columns, PatientID tag, spool file, offset, length, reason,
+        note)`; spool file '' and a reason when the image was not usable.
     """
     path, size, spool_dir = task
     try:
-        image = read_dicom(path, size=size)
-        png = encode_png(image.pixels)
-    except DicomError as err:
-        return "", 0, 0, "", "", -1, 0, str(err)
+        pixels, view, rows, columns, tag_id, note = _read_pixels(path, size)
+        png = encode_png(pixels)
+    except (DicomError, ImageError) as err:
+        return "", 0, 0, "", "", -1, 0, str(err), ""
     except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
-        return "", 0, 0, "", "", -1, 0, f"unreadable: {type(err).__name__}: {err}"
+        return "", 0, 0, "", "", -1, 0, f"unreadable: {type(err).__name__}: {err}", ""
     spool, offset = _spool_png(spool_dir, png)
-    view = image.view.upper()
-    return view, image.rows, image.columns, image.patient_id, spool, offset, len(png), ""
+    return view, rows, columns, tag_id, spool, offset, len(png), "", note
 
 
 @dataclasses.dataclass(frozen=True)
 class _Encoded:
-    """One spool index entry: a labelled DICOM after the encode pass."""
+    """One spool index entry: a labelled image after the encode pass."""
 
     patient: str
     view: str
@@ -165,6 +188,7 @@ class _Encoded:
     offset: int  # of its PNG in that file; -1 when skipped
     length: int
     reason: str  # why it was skipped; '' when encoded
+    note: str = ""  # how it was converted when that deserves a note (RGB → gray)
 
     def to_line(self) -> str:
         return json.dumps(dataclasses.astuple(self)) + "\n"
@@ -232,10 +256,10 @@ def _encode_pass(
     try:
         with open(state_dir / SPOOL_INDEX, "a", encoding="utf-8") as index:
             for patient, result in zip(todo, results, strict=False):
-                view, rows, columns, tag_id, spool, offset, length, reason = result
+                view, rows, columns, tag_id, spool, offset, length, reason, note = result
                 mismatch = bool(tag_id) and tag_id != patient
                 entry = _Encoded(
-                    patient, view, rows, columns, mismatch, spool, offset, length, reason
+                    patient, view, rows, columns, mismatch, spool, offset, length, reason, note
                 )
                 index.write(entry.to_line())
                 index.flush()  # a kill loses at most the images not yet indexed
@@ -330,12 +354,20 @@ def _check_arguments(size: int, shard_size: int, limit: int | None, seed: int) -
 
 @dataclasses.dataclass
 class _Inventory:
-    """Which DICOM belongs to which labelled patient, and what is skipped so far."""
+    """Which image belongs to which labelled example, and what is skipped so far.
 
-    by_patient: dict[str, Path]  # patientId → its DICOM (the first of duplicates)
-    candidates: list[str]  # sorted patients with a label and a DICOM
-    unlabelled: list[str]  # sorted patients with a DICOM but no label
-    skipped: list[tuple[str, str, str]]  # (patientId, file, reason)
+    Examples are RSNA patients (their DICOM) or, in the other layouts, images.
+    """
+
+    by_patient: dict[str, Path]  # example id → its image (the first of duplicates)
+    candidates: list[str]  # sorted examples with a label and an image
+    unlabelled: list[str]  # sorted examples with an image but no label (RSNA)
+    skipped: list[tuple[str, str, str]]  # (example id, file, reason)
+    names: dict[str, str] = dataclasses.field(default_factory=dict)  # id → file as shown
+
+    def shown(self, patient: str) -> str:
+        """How skipped.csv names an example's file (RSNA: the file name)."""
+        return self.names.get(patient) or self.by_patient[patient].name
 
 
 def _match_files(files: list[Path], records: dict[str, rsna.PatientRecord]) -> _Inventory:
@@ -355,6 +387,92 @@ def _match_files(files: list[Path], records: dict[str, rsna.PatientRecord]) -> _
         unlabelled=sorted(set(by_patient) - set(records)),
         skipped=skipped,
     )
+
+
+def _read_inputs(
+    images_dir: Path,
+    labels_csv: str | Path | None,
+    class_info_csv: str | Path | None,
+    options: layouts.LayoutOptions,
+) -> tuple[dict[str, rsna.PatientRecord], _Inventory, layouts.Listing | None]:
+    """Labels and files of any layout: per-example records, the inventory, and the
+    other layouts' listing (None for RSNA)."""
+    if options.layout == "rsna":
+        if labels_csv is None:
+            raise UserError("--layout rsna needs --labels (stage_2_train_labels.csv)")
+        records = rsna.read_labels(labels_csv, class_info_csv)
+        return records, _match_files(list_dicoms(images_dir), records), None
+    if class_info_csv is not None:
+        raise UserError("--class-info applies to --layout rsna only")
+    listing = layouts.list_images(images_dir, labels_csv, options)
+    items = listing.items
+    inventory = _Inventory(
+        by_patient={i: item.path for i, item in items.items()},
+        candidates=list(items),
+        unlabelled=[],
+        skipped=list(listing.skipped),
+        names={i: item.file for i, item in items.items()},
+    )
+    return {i: rsna.PatientRecord(i, item.label) for i, item in items.items()}, inventory, listing
+
+
+def _split_and_fold(
+    options: layouts.LayoutOptions,
+    listing: layouts.Listing | None,
+    records: dict[str, rsna.PatientRecord],
+    encoded: dict[str, _Encoded],
+    fractions: tuple[float, float],
+    folds: int,
+    seed: int,
+) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Splits and folds of the encoded examples: RSNA by patientId, the other
+    layouts by patient over their images (or the data set's own splits)."""
+    usable = sorted(encoded)
+    views = {p: encoded[p].view for p in usable}
+    if listing is None:
+        used = {p: records[p] for p in usable}
+        splits = rsna.split_patients(used, *fractions, seed, views)
+        train_val = splits["train"] + splits["val"]
+        return splits, rsna.assign_folds(used, train_val, folds, seed) if folds else {}
+    items = listing.items
+    if options.keep_splits:
+        splits = layouts.kept_splits(items, usable)
+    else:
+        splits = layouts.split_items(items, usable, *fractions, seed, views)
+    train_val = splits["train"] + splits["val"]
+    return splits, layouts.assign_folds(items, train_val, folds, seed) if folds else {}
+
+
+def _layout_info(
+    options: layouts.LayoutOptions,
+    listing: layouts.Listing | None,
+    splits: dict[str, list[str]],
+    encoded: dict[str, _Encoded],
+) -> dict[str, Any]:
+    """The manifest's account of the input layout, labels, grouping and notes."""
+    used = [p for ids in splits.values() for p in ids]
+    notes = sum(bool(e.note) for e in encoded.values())
+    if listing is None:
+        return {
+            "source_layout": "rsna",
+            "label_mapping": {"column": "Target", "positive": "1"},
+            "grouping": {"rule": "patientId (one DICOM each)", "patients": len(used)},
+            "kept_splits": False,
+            "patients_in_several_splits": 0,
+            "notes": notes,
+        }
+    return {
+        "source_layout": options.layout,
+        "label_mapping": listing.label_mapping,
+        "grouping": {
+            "rule": listing.grouping,
+            "patients": len({listing.items[p].patient for p in used}),
+            "images": len(used),
+        },
+        "kept_splits": options.keep_splits,
+        "patients_in_several_splits": layouts.patients_in_several_splits(listing.items, splits),
+        "notes": notes,
+    }
 
 
 def _open_state(
@@ -418,7 +536,7 @@ def _decode_all(
         )
     for entry in entries:
         if entry.reason:
-            skipped.append((entry.patient, by_patient[entry.patient].name, entry.reason))
+            skipped.append((entry.patient, inventory.shown(entry.patient), entry.reason))
     return {e.patient: e for e in entries if not e.reason}, tfrecords
 
 
@@ -568,12 +686,21 @@ def _finish(
     manifest: dict[str, Any],
     skipped: list[tuple[str, str, str]],
     tfrecords: Any,
+    notes: list[tuple[str, str, str]] = (),  # type: ignore[assignment]
 ) -> None:
-    """Writes skipped.csv and the manifest, removes stale shards and the state folder."""
+    """Writes skipped.csv, notes.csv (when any) and the manifest, removes stale
+    shards, a stale notes.csv and the state folder."""
     with atomic_open(out_dir / tfrecords.SKIPPED, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["patientId", "file", "reason"])
         writer.writerows(sorted(skipped))
+    if notes:
+        with atomic_open(out_dir / NOTES, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["patientId", "file", "note"])
+            writer.writerows(sorted(notes))
+    elif (out_dir / NOTES).is_file():
+        (out_dir / NOTES).unlink()
     atomic_write_json(out_dir / tfrecords.MANIFEST, manifest)
     # Remove shards of an earlier, different conversion into the same folder.
     current = set(manifest["shards"])
@@ -585,7 +712,7 @@ def _finish(
 
 def convert(
     images_dir: str | Path,
-    labels_csv: str | Path,
+    labels_csv: str | Path | None,
     out_dir: str | Path,
     class_info_csv: str | Path | None = None,
     size: int = 256,
@@ -597,69 +724,88 @@ def convert(
     limit: int | None = None,
     shard_size: int = 512,
     progress: bool = True,
+    layout: str | layouts.LayoutOptions = "rsna",
 ) -> ConvertSummary:
-    """Converts an RSNA-layout folder to sharded TFRecords (resumable).
+    """Converts an image folder and its labels to sharded TFRecords (resumable).
 
     Args:
-        images_dir: folder of `<patientId>.dcm` files.
-        labels_csv: RSNA `stage_2_train_labels.csv`.
-        out_dir: output folder (shards, `manifest.json`, `skipped.csv`).
-        class_info_csv: optional `stage_2_detailed_class_info.csv`.
+        images_dir: RSNA: folder of `<patientId>.dcm` files; folders: the class
+            (or split) folders' parent; findings: the folder the CSV's paths are in.
+        labels_csv: RSNA `stage_2_train_labels.csv`, or the findings CSV; None
+            for the folders layout.
+        out_dir: output folder (shards, `manifest.json`, `skipped.csv`, and
+            `notes.csv` when an image was converted with a note).
+        class_info_csv: RSNA only: optional `stage_2_detailed_class_info.csv`.
         size: side of the stored square images, pixels.
-        val_fraction, test_fraction: shares of patients held out, [0, 1).
+        val_fraction, test_fraction: shares of patients held out, [0, 1)
+            (ignored when the folders layout keeps its own splits).
         folds: K > 1 assigns stratified folds over train+val patients.
         seed: seed of the split, folds and shard order, [0, 2**32).
         workers: decoding processes; None = all cores, 0 = in-process.
-        limit: convert only the first N patients (sorted by id) that have a label
-            and a DICOM that decodes.
+        limit: convert only the first N examples (sorted by id) that have a label
+            and an image that decodes.
         shard_size: examples per shard.
         progress: show progress bars on stderr.
+        layout: `rsna`, `folders` or `findings`, or `layouts.LayoutOptions` with
+            that layout's options.
 
     Raises:
-        UserError: unusable inputs (no DICOMs, unreadable labels, bad arguments).
+        UserError: unusable inputs (no images, unreadable labels, bad arguments).
     """
     start = time.perf_counter()
     images_dir, out_dir = Path(images_dir), Path(out_dir)
+    options = layouts.LayoutOptions(layout) if isinstance(layout, str) else layout
+    options.check()
     _check_arguments(size, shard_size, limit, seed)
     workers = resolve(workers)
-    records = rsna.read_labels(labels_csv, class_info_csv)
-    inventory = _match_files(list_dicoms(images_dir), records)
+    records, inventory, listing = _read_inputs(images_dir, labels_csv, class_info_csv, options)
     state_dir, plan = _open_state(out_dir, size, limit, inventory)
 
     encoded, tfrecords = _decode_all(workers, state_dir, inventory, size, limit, progress)
-    usable = sorted(encoded)
-    if not usable:
-        raise UserError(f"no DICOM in {images_dir} matches a label in {labels_csv}")
-    used = {p: records[p] for p in usable}
-    views = {p: encoded[p].view for p in usable}
-    splits = rsna.split_patients(used, val_fraction, test_fraction, seed, views)
-    fold_of = rsna.assign_folds(used, splits["train"] + splits["val"], folds, seed) if folds else {}
+    if not encoded:
+        what = "DICOM" if listing is None else "image"
+        raise UserError(f"no {what} in {images_dir} matches a label in {labels_csv} and decodes")
+    if listing is not None:  # the CSV's view, where it has one, is the record's
+        items = listing.items
+        encoded = {
+            p: dataclasses.replace(e, view=items[p].view or e.view) for p, e in encoded.items()
+        }
+    fractions = (val_fraction, test_fraction)
+    splits, fold_of = _split_and_fold(options, listing, records, encoded, fractions, folds, seed)
 
-    layout = _shard_layout(splits, seed, shard_size, tfrecords.shard_name)
+    layout_plan = _shard_layout(splits, seed, shard_size, tfrecords.shard_name)
+    labels = [(p, records[p].label, encoded[p].view) for p in sorted(encoded)]
     _forget_other_layouts(
         state_dir,
         plan,
         _plan_fingerprint(
-            seed=seed, val=val_fraction, test=test_fraction, folds=folds, layout=layout
+            seed=seed,
+            val=val_fraction,
+            test=test_fraction,
+            folds=folds,
+            layout=layout_plan,
+            labels=labels,
         ),
     )
     shard_stats, resumed = _write_shards(
-        out_dir, state_dir, layout, encoded, records, tfrecords, progress
+        out_dir, state_dir, layout_plan, encoded, records, tfrecords, progress
     )
     skipped = inventory.skipped
     manifest = _manifest(
         str(images_dir.resolve().name),
         size,
         seed,
-        layout,
+        layout_plan,
         shard_stats,
         records,
         fold_of,
         folds,
         len(skipped),
-        sum(encoded[p].id_mismatch for p in usable),
+        sum(e.id_mismatch for e in encoded.values()),
     )
-    _finish(out_dir, state_dir, manifest, skipped, tfrecords)
+    manifest.update(_layout_info(options, listing, splits, encoded))
+    notes = [(p, inventory.shown(p), e.note) for p, e in encoded.items() if e.note]
+    _finish(out_dir, state_dir, manifest, skipped, tfrecords, notes)
 
     splits_info = manifest["splits"]
     return ConvertSummary(
@@ -669,4 +815,5 @@ def convert(
         skipped=len(skipped),
         seconds=time.perf_counter() - start,
         resumed_shards=resumed,
+        notes=len(notes),
     )

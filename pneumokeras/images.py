@@ -9,6 +9,16 @@ One reader for every command and front end that takes image files (`predict`,
   (centred on a black square, BOX resize). A 16-bit grayscale PNG is first scaled
   linearly from its [min, max] to [0, 255] (Pillow's `"L"` conversion would clip
   it), the rule `dicom.to_uint8` applies to DICOMs without a window.
+- Colour (`read_gray`, one rule for every reader): an RGB (or palette, RGBA,
+  CMYK) picture whose channels agree is a gray picture saved in colour (common in
+  Kermany's and NIH's files) and is converted like any other (`convert("L")`,
+  which gives the common value when the channels are equal); its mode (`RGB`)
+  stays in `ImageRecord.mode`, so callers can note the conversion. A picture in
+  which more than `COLOUR_SHARE` of the pixels have channels spread by more than
+  `COLOUR_TOLERANCE` grey levels is real colour (a photo, a coloured overlay) and
+  is refused with `ImageError("colour image ...")`. The tolerance absorbs JPEG
+  rounding of a gray picture (its chroma is neutral, its channels differ by 1 or
+  2 levels) and a small coloured mark (under 1 % of the picture).
 
 `read_image` also returns what the file says about itself (`ImageRecord`): for a
 DICOM its modality, body part, view, photometric interpretation, transfer syntax
@@ -32,6 +42,11 @@ from pneumokeras.dicom import read_dicom, resize_square, scale_to_uint8
 from pneumokeras.errors import UserError
 
 IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
+# Pillow modes read as one gray channel; the deep ones are scaled from [min, max].
+GRAY_MODES = ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I", "F")
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+COLOUR_TOLERANCE = 24  # grey levels of channel spread (max - min) still called gray
+COLOUR_SHARE = 0.01  # share of pixels beyond the tolerance that makes a picture colour
 
 
 class ImageError(ValueError):
@@ -112,7 +127,8 @@ def read_image(path: str | os.PathLike[str], size: int) -> ImageRecord:
 
     Raises:
         DicomError: unreadable DICOM.
-        ImageError: unreadable PNG/JPEG or an unsupported suffix.
+        ImageError: unreadable PNG/JPEG, a colour picture (see `read_gray`) or an
+            unsupported suffix.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -135,11 +151,7 @@ def read_image(path: str | os.PathLike[str], size: int) -> ImageRecord:
         raise ImageError(f"unsupported file type {suffix or '(no suffix)'}")
     try:
         with Image.open(path) as img:
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                values = np.asarray(img)
-                pixels = scale_to_uint8(values, float(values.min()), float(values.max()))
-            else:
-                pixels = np.asarray(img.convert("L"))
+            pixels = read_gray(img)
             facts = {
                 "format": img.format or "",
                 "mode": img.mode,
@@ -152,6 +164,28 @@ def read_image(path: str | os.PathLike[str], size: int) -> ImageRecord:
         raise ImageError(f"truncated or corrupt image ({err})") from err
     pixels = resize_square(np.ascontiguousarray(pixels, dtype=np.uint8), size)
     return ImageRecord(pixels=pixels, patient_id="", **facts)
+
+
+def read_gray(img: Image.Image) -> np.ndarray:
+    """An open Pillow image → (H, W) uint8 gray pixels, by the colour rule above.
+
+    Raises:
+        ImageError: real colour (channels differ beyond the tolerance).
+        OSError: truncated or corrupt image data (Pillow decodes here).
+    """
+    if img.mode in _DEEP_MODES:
+        values = np.asarray(img)
+        return scale_to_uint8(values, float(values.min()), float(values.max()))
+    if img.mode not in GRAY_MODES:
+        rgb = np.asarray(img.convert("RGB"))
+        spread = rgb.max(axis=2) - rgb.min(axis=2)  # uint8: max ≥ min, no wrap-around
+        coloured = float(np.mean(spread > COLOUR_TOLERANCE))
+        if coloured > COLOUR_SHARE:
+            raise ImageError(
+                f"colour image ({img.mode} channels differ in {coloured:.0%} of the pixels); "
+                "only grayscale radiographs are read"
+            )
+    return np.asarray(img.convert("L"))
 
 
 def load_image(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, str]:
