@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from layout_fixtures import add_odd_files, write_chexpert, write_kermany, write_nih
 from pydicom.data import get_testdata_file
 
 from pneumokeras import tfrecords
 from pneumokeras.convert import KILL_HOOK, STATE_DIR, convert, encode_png
 from pneumokeras.errors import UserError
+from pneumokeras.images import read_image
+from pneumokeras.layouts import LayoutOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -368,3 +371,225 @@ def test_real_rsna_dicom_converts(shared_file, tmp_path):
     (record,) = tfrecords.read_split(tmp_path / "out", "train")
     np.testing.assert_allclose(record["boxes"], [[100 / 1024, 200 / 1024, 300 / 1024, 400 / 1024]])
     assert record["view"] == "PA"
+
+
+# ------------------------------------------------------------------ other layouts (issue #15)
+
+
+def _convert_layout(images, labels, out, layout, **kwargs):
+    args = dict(size=32, workers=0, shard_size=8, progress=False, layout=layout)
+    args.update(kwargs)
+    return convert(images, labels, out, **args)
+
+
+def _csv_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _all_records(out):
+    return {
+        split: {r["patient_id"]: r for r in tfrecords.read_split(out, split)}
+        for split in ("train", "val", "test")
+    }
+
+
+def _png_pixels(png):
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return np.array(image)
+
+
+@pytest.fixture(scope="module")
+def kermany(tmp_path_factory):
+    """A Kermany-like tree (36 images) plus odd files in train/ (see layout_fixtures)."""
+    root = tmp_path_factory.mktemp("chest_xray")
+    return root, {**write_kermany(root), **add_odd_files(root)}
+
+
+@pytest.fixture(scope="module")
+def kermany_converted(kermany, tmp_path_factory):
+    root, _ = kermany
+    out = tmp_path_factory.mktemp("kermany_out")
+    summary = _convert_layout(
+        root, None, out, "folders", folds=2, val_fraction=0.2, test_fraction=0.2
+    )
+    return out, summary
+
+
+def test_folders_layout_records_manifest_skips_and_notes(kermany, kermany_converted):
+    root, paths = kermany
+    out, summary = kermany_converted
+    assert sum(summary.counts.values()) == 38  # 36 + the 16-bit PNG + the gray RGB JPEG
+    assert (summary.skipped, summary.notes) == (3, 1)
+    skipped = {row["file"]: row["reason"] for row in _csv_rows(out / "skipped.csv")}
+    assert skipped["train/NORMAL/IM-9001-0001.png"].startswith("colour image (RGB channels")
+    assert skipped["train/NORMAL/IM-9002-0001.jpeg"].startswith("truncated or corrupt image")
+    assert skipped["train/NORMAL/notes.txt"] == "not an image file (.txt)"
+    (note,) = _csv_rows(out / "notes.csv")
+    assert note == {
+        "patientId": "train/PNEUMONIA/person1_virus_9",
+        "file": "train/PNEUMONIA/person1_virus_9.jpeg",
+        "note": "RGB image of a gray picture: made gray",
+    }
+    manifest = tfrecords.load_manifest(out)
+    assert (manifest["source"], manifest["source_layout"]) == (root.name, "folders")
+    assert manifest["label_mapping"] == {"class_folders": {"NORMAL": 0, "PNEUMONIA": 1}}
+    assert manifest["grouping"]["patients"] == 19 + 9 and manifest["grouping"]["images"] == 38
+    assert (manifest["notes"], manifest["skipped"], manifest["kept_splits"]) == (1, 3, False)
+
+    records = _all_records(out)
+    split_of_patient: dict[str, set[str]] = {}
+    for split, by_id in records.items():
+        for image_id, record in by_id.items():
+            assert record["boxes"].shape == (0, 4) and record["view"] == record["class"] == ""
+            assert record["label"] == int("/PNEUMONIA/" in image_id)
+            patient = image_id.split("/")[-1].split("_")[0] if "person" in image_id else image_id
+            split_of_patient.setdefault(patient, set()).add(split)
+    assert len(split_of_patient) == 28 and all(len(s) == 1 for s in split_of_patient.values())
+    folds = manifest["folds"]
+    assert set(folds) == set(records["train"]) | set(records["val"])
+    person1 = {folds[i] for i in folds if "/person1_" in i}
+    assert len(person1) == 1 and len([i for i in folds if "/person1_" in i]) == 3
+
+    # Pixels: exactly what images.read_image gives (predict and the app), 16-bit included.
+    flat = {i: r for by_id in records.values() for i, r in by_id.items()}
+    for role in ("normal_png", "png16", "gray_rgb", "train_person"):
+        image_id = paths[role].relative_to(root).with_suffix("").as_posix()
+        expected = read_image(paths[role], 32).pixels
+        np.testing.assert_array_equal(_png_pixels(flat[image_id]["png"]), expected)
+
+
+def test_folders_keep_splits_and_a_worker_pool(kermany, kermany_converted, tmp_path):
+    root, _ = kermany
+    options = LayoutOptions("folders", keep_splits=True)
+    summary = _convert_layout(root, None, tmp_path / "kept", options, workers=2)
+    assert summary.counts == {"train": 14, "val": 12, "test": 12}
+    records = _all_records(tmp_path / "kept")
+    assert all(i.startswith(f"{s}/") for s, by_id in records.items() for i in by_id)
+    manifest = tfrecords.load_manifest(tmp_path / "kept")
+    assert manifest["kept_splits"] is True and manifest["patients_in_several_splits"] == 0
+    # The pool decodes PNG/JPEG as the parent does: same bytes as in-process.
+    in_process = _convert_layout(root, None, tmp_path / "one", options, workers=0)
+    assert in_process.counts == summary.counts
+    _assert_identical(tmp_path / "kept", tmp_path / "one")
+
+
+def test_findings_layout_nih_groups_follow_ups_by_patient(tmp_path):
+    images, labels = write_nih(tmp_path / "nih", patients=24)
+    out = tmp_path / "out"
+    summary = _convert_layout(
+        images, labels, out, "findings", folds=2, val_fraction=0.25, test_fraction=0.25
+    )
+    assert sum(summary.counts.values()) == 48 and summary.skipped == 1
+    (row,) = _csv_rows(out / "skipped.csv")
+    assert row == {"patientId": "99999999_000", "file": "99999999_000.png",
+                   "reason": "image file not found"}
+    manifest = tfrecords.load_manifest(out)
+    assert manifest["source_layout"] == "findings"
+    assert manifest["label_mapping"]["column"] == "Finding Labels"
+    assert manifest["grouping"] == {"rule": "patient column 'Patient ID'", "patients": 24,
+                                    "images": 48}
+    records = _all_records(out)
+    patient_splits: dict[str, set[str]] = {}
+    for split, by_id in records.items():
+        for image_id, record in by_id.items():
+            patient_splits.setdefault(str(int(image_id.split("_")[0])), set()).add(split)
+            assert record["view"] in ("AP", "PA") and record["boxes"].shape == (0, 4)
+    assert all(len(s) == 1 for s in patient_splits.values()) and len(patient_splits) == 24
+    patient_folds: dict[str, set[int]] = {}
+    for image_id, fold in manifest["folds"].items():
+        patient_folds.setdefault(image_id.split("_")[0], set()).add(fold)
+    assert all(len(f) == 1 for f in patient_folds.values())
+    assert sum(summary.positives.values()) == 8
+
+
+def test_findings_layout_chexpert_drops_uncertain_rows(tmp_path):
+    images, labels = write_chexpert(tmp_path)
+    out = tmp_path / "out"
+    summary = _convert_layout(images, labels, out, "findings", val_fraction=0, test_fraction=0)
+    assert (summary.counts["train"], summary.positives["train"], summary.skipped) == (10, 4, 2)
+    reasons = {row["reason"] for row in _csv_rows(out / "skipped.csv")}
+    assert reasons == {"uncertain label (-1) dropped (--uncertain drop)"}
+    manifest = tfrecords.load_manifest(out)
+    assert manifest["label_mapping"]["uncertain"] == "drop"
+    assert manifest["grouping"]["patients"] == 6
+    assert not (out / "notes.csv").exists()
+
+
+def test_folders_kill_and_resume_is_byte_identical(kermany, tmp_path):
+    """SIGKILL after 26 images indexed: past the gray RGB note (24th) and the colour
+    and corrupt files (skipped, 17th and 18th), so the resumed run takes those from
+    the spool index. (The write pass resumes as for RSNA, tested above.)"""
+    root, _ = kermany
+    options = LayoutOptions("folders", keep_splits=True)
+    _convert_layout(root, None, tmp_path / "whole", options, shard_size=KILL_SHARD_SIZE)
+    out = tmp_path / "killed"
+    killed = _cli(
+        "convert", "--layout", "folders", "--keep-splits", "--images", str(root),
+        "--size", "32", "--workers", "0", "--shard-size", str(KILL_SHARD_SIZE),
+        "--out", str(out), env={KILL_HOOK: "encode:26"},
+    )  # fmt: skip
+    _, stderr = killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL, stderr
+    assert not (out / "manifest.json").exists()
+    index = (out / STATE_DIR / "spool.jsonl").read_text()
+    assert len(index.splitlines()) == 26 and "made gray" in index and "colour image" in index
+    summary = _convert_layout(root, None, out, options, shard_size=KILL_SHARD_SIZE)
+    assert summary.resumed_shards == 0 and summary.notes == 1
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    _assert_identical(tmp_path / "whole", out)
+
+
+def test_real_nih_png_converts(shared_file, tmp_path):
+    png = shared_file("nih_00000001_000.png")
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(png, images / "00000001_000.png")
+    labels = tmp_path / "Data_Entry_2017.csv"
+    labels.write_text(
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+        "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n"
+        "00000001_000.png,Cardiomegaly|Pneumonia,0,1,58,M,PA,2682,2749,0.143,0.143\n"
+    )
+    out = tmp_path / "out"
+    summary = _convert_layout(
+        images, labels, out, "findings", size=256, val_fraction=0, test_fraction=0
+    )
+    assert (summary.counts["train"], summary.positives["train"], summary.skipped) == (1, 1, 0)
+    (record,) = tfrecords.read_split(out, "train")
+    assert (record["patient_id"], record["view"]) == ("00000001_000", "PA")
+    np.testing.assert_array_equal(_png_pixels(record["png"]), read_image(png, 256).pixels)
+
+
+def _main(capsys, argv):
+    from pneumokeras.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    return done.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_cli_layout_errors_are_one_line(capsys, kermany, tmp_path):
+    root, _ = kermany
+    images, labels = write_nih(tmp_path / "nih", patients=3)
+    out = str(tmp_path / "out")
+    cases = {
+        "'--layout'": ["--layout", "kermany", "--images", str(root)],
+        "--keep-splits applies to --layout folders": ["--images", str(root), "--keep-splits"],
+        "--layout rsna needs --labels": ["--images", str(root)],
+        "--label-column 'Pneumonia' is not a column": [
+            "--layout", "findings", "--images", str(images), "--labels", str(labels),
+            "--label-column", "Pneumonia",
+        ],
+        "'--uncertain'": ["--layout", "findings", "--images", str(images), "--uncertain", "x"],
+        "unknown class folder": ["--layout", "folders", "--images", str(tmp_path)],
+    }  # fmt: skip
+    (tmp_path / "COVID").mkdir()
+    for expected, argv in cases.items():
+        code, err = _main(capsys, ["convert", *argv, "--out", out])
+        assert code == 2 and len(err) == 1 and expected in err[0], (expected, err)
+    assert not (tmp_path / "out").exists()
