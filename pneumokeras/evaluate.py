@@ -18,6 +18,14 @@
    report.md, then store the threshold, the temperature and the calibration
    facts in the model card (`model_card.write_card`).
 
+External data (a converted folder the model was not trained on: its manifest
+fingerprint differs from the card's training data, or `external_data=True`;
+rules in `external`) skips steps 2, 3 and the card update: the card's own
+threshold and temperature (fitted on the training data's validation split) are
+applied, no `val` split is needed, `split` may be `all` (every split together),
+and `refit_fraction` adds an own-vs-re-fitted comparison on a held-out part of
+the patients (`external.refit_comparison`). The report names both data sets.
+
 One-class data: the validation split must hold both classes (neither a temperature
 nor a threshold can be fitted otherwise), else `UserError`. An evaluated split
 with one class is still reported: metrics that need both classes are `null` in

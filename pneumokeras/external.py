@@ -93,7 +93,9 @@ def detect(
     )
     source, layout = manifest.get("source", ""), manifest.get("source_layout")
     warning = None
-    if source and source == training.get("source") and layout == training.get("source_layout"):
+    # A card records the layout only when training recorded it; unknown matches any.
+    same_layout = training.get("source_layout") in (None, layout)
+    if source and source == training.get("source") and same_layout:
         warning = (
             f"the evaluated data has the same source name ({source}) as the training data: "
             "if it holds the same images converted again (another seed, size or split), "

@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from layout_fixtures import write_kermany
 from model_fixtures import contract_model
 from PIL import Image
 
@@ -289,13 +290,14 @@ def test_evaluate_run_says_when_calibration_hurts(model_path, tmp_path, caplog, 
 
 @pytest.fixture(scope="module")
 def other_dataset(tmp_path_factory) -> Path:
-    """Another synthetic data set (seed 2, source `hospital_b`), 32 px: 30 patients."""
+    """A Kermany-style class-folder set (`chest_xray`, layout `folders`) converted at 32 px.
+
+    36 images (18 normal, 18 pneumonia) of several sizes, JPEG and PNG.
+    """
     root = tmp_path_factory.mktemp("other")
-    generate(root / "raw", patients=30, size=64, seed=2, workers=0, progress=False)
-    images = root / "raw" / "hospital_b"
-    (root / "raw" / "stage_2_train_images").rename(images)
-    convert(images, root / "raw" / "stage_2_train_labels.csv", root / "tf", size=SIZE,
-            val_fraction=0.2, test_fraction=0.4, seed=3, workers=0, progress=False)
+    write_kermany(root / "chest_xray")
+    convert(root / "chest_xray", None, root / "tf", size=SIZE, val_fraction=0.2,
+            test_fraction=0.4, seed=3, workers=0, progress=False, layout="folders")
     return root / "tf"
 
 
@@ -339,7 +341,10 @@ def test_external_evaluation_uses_the_cards_calibration_and_leaves_the_card(
     assert result["external"] and "differs from the training data's" in result["provenance"]
     manifest = tfrecords.load_manifest(other_dataset)
     counts = {name: info["count"] for name, info in manifest["splits"].items()}
-    assert result["split"] == "all" and result["n"] == sum(counts.values()) == 30
+    assert result["split"] == "all" and result["n"] == sum(counts.values()) == 36
+    patients = {r["patient_id"] for name in counts for r in tfrecords.read_split(other_dataset,
+                                                                                 name)}
+    assert result["patients"] == len(patients)
     assert result["positives"] == sum(info["positives"] for info in manifest["splits"].values())
     # The card's own threshold and temperature; nothing fitted on the new data.
     assert result["threshold"]["value"] == card.threshold
@@ -348,17 +353,20 @@ def test_external_evaluation_uses_the_cards_calibration_and_leaves_the_card(
     cal = result["calibration"]
     assert cal["source"] == "model card" and cal["fitted_data_dir"] == str(dataset)
     assert (cal["val_n"], cal["split"]) == (card.calibration["n"], "all")
-    assert sum(cal["after"]["bins"]["counts"]) == 30
+    assert sum(cal["after"]["bins"]["counts"]) == 36
 
     trained, tested = result["data_sets"]["trained_on"], result["data_sets"]["evaluated_on"]
     assert (trained["source"], trained["data_dir"]) == ("stage_2_train_images",
                                                         str(dataset.resolve()))
     assert trained["images"] == 40
-    assert (tested["source"], tested["split"], tested["splits"]) == ("hospital_b", "all", counts)
-    assert tested["images"] == 30 and tested["patients"] == 30
+    assert (tested["source"], tested["layout"]) == ("chest_xray", "folders")
+    assert (tested["split"], tested["splits"]) == ("all", counts)
+    assert tested["images"] == 36 and tested["patients"] == len(patients)
 
     refit = result["refit"]
-    assert refit["refit_part"]["n"] + refit["held_out"]["n"] == 30
+    assert refit["refit_part"]["n"] + refit["held_out"]["n"] == 36
+    assert refit["refit_part"]["patients"] + refit["held_out"]["patients"] == len(patients)
+    assert refit["refit_part"]["positives"] + refit["held_out"]["positives"] == 18
     assert refit["own"]["threshold"] == card.threshold
     assert refit["own"]["temperature"] == card.temperature
     for side in ("own", "refit"):
@@ -370,7 +378,8 @@ def test_external_evaluation_uses_the_cards_calibration_and_leaves_the_card(
 
     report = (out / "report.md").read_text()
     assert "## Data sets" in report and "**trained on**: source **stage_2_train_images**" in report
-    assert "**tested on**: source **hospital_b**" in report and "split **all**" in report
+    assert "**tested on**: source **chest_xray** (layout folders)" in report
+    assert "split **all**" in report
     assert str(dataset.resolve()) in report and str(other_dataset) in report
     assert "threshold and temperature come from the training data set" in report
     assert "## Own vs re-fitted threshold and temperature" in report

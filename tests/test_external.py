@@ -44,6 +44,11 @@ def test_detect_warns_when_another_fingerprint_has_the_training_source_name():
     found = external.detect(TRAINING, {"source": "stage_2_train_images"}, "cccc")
     assert found.external and "same source name" in found.warning
     assert "--internal" in found.warning
+    # A card without a layout matches any; a recorded other layout does not.
+    rsna = {"source": "stage_2_train_images", "source_layout": "rsna"}
+    assert external.detect(TRAINING, rsna, "cccc").warning
+    folders = {**TRAINING, "source_layout": "folders"}
+    assert external.detect(folders, rsna, "cccc").warning is None
 
 
 # ---------------------------------------------------------------- data set facts
