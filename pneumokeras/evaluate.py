@@ -327,8 +327,12 @@ def _read_evaluated(data_dir: Path, manifest: dict[str, Any], split: str) -> tup
                               for f in dataclasses.fields(SplitData)))
 
 
-def _check_own_calibration(classifier: model_card.Classifier) -> None:
-    """An external evaluation uses the card's threshold and temperature: they must be fitted."""
+def _check_own_calibration(classifier: model_card.Classifier, reason: str) -> None:
+    """An external evaluation uses the card's threshold and temperature: they must be fitted.
+
+    `reason`: why the data counts as external (said in the error, with `--internal`,
+    for a folder of the model's own data converted again).
+    """
     card, where = classifier.card, classifier.path
     if classifier.card_missing:
         raise UserError(
@@ -339,8 +343,9 @@ def _check_own_calibration(classifier: model_card.Classifier) -> None:
     if not card.fitted or missing:
         raise UserError(
             f"the model card of {where} holds no fitted threshold and temperature "
-            f"(threshold_method {card.threshold_method!r}); evaluate the model on its own "
-            "data set first, then on the external one"
+            f"(threshold_method {card.threshold_method!r}), and the data is external "
+            f"({reason}); evaluate the model on its own data set first, or pass --internal "
+            "if this is its own data set"
         )
 
 
@@ -357,7 +362,7 @@ def _evaluate_external(
     """
     model_path, data_dir, out_dir = paths
     card = classifier.card
-    _check_own_calibration(classifier)
+    _check_own_calibration(classifier, provenance.reason)
     names, test = _read_evaluated(data_dir, manifest, split)
     if refit_fraction is not None:  # fails before predicting when a part lacks a class
         external.refit_split(test.labels, test.patients, refit_fraction, config.train.seed)
