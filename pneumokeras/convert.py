@@ -7,7 +7,8 @@ ChestX-ray14's or CheXpert's); the last two are listed by `layouts.py`, one
 example per image, split and folded by patient. DICOMs are read by
 `dicom.read_dicom`, PNG/JPEG by `images.read_image` (same square pad and area
 resize; a gray picture saved as RGB is converted and listed in notes.csv, real
-colour is skipped).
+colour is skipped); patients.csv says which patient each of their images
+belongs to.
 
 Two passes, each resumable:
 
@@ -64,6 +65,7 @@ from pneumokeras.workers import WorkerPool, resolve
 STATE_DIR = ".convert-state"
 SPOOL_INDEX, PLAN = "spool.jsonl", "plan.json"
 NOTES = "notes.csv"  # images converted with a note (a gray picture saved as RGB)
+PATIENTS = "patients.csv"  # folders, findings: example id → the patient it belongs to
 KILL_HOOK = "PNEUMOKERAS_TEST_KILL_AFTER"  # test hook, see `_kill_point`
 # PNG settings (libpng through imagecodecs): the Paeth row filter, then zlib
 # Huffman-only coding. On 256 px radiographs ≈ 0.8 ms an image against 2.6 ms for
@@ -416,6 +418,18 @@ def _read_inputs(
     return {i: rsna.PatientRecord(i, item.label) for i, item in items.items()}, inventory, listing
 
 
+def _usable(
+    encoded: dict[str, _Encoded], listing: layouts.Listing | None, where: str
+) -> dict[str, _Encoded]:
+    """The encoded examples, with the CSV's view where it has one; refuses none."""
+    if not encoded:
+        raise UserError(f"no {'DICOM' if listing is None else 'image'} in {where} and decodes")
+    if listing is None:
+        return encoded
+    items = listing.items
+    return {p: dataclasses.replace(e, view=items[p].view or e.view) for p, e in encoded.items()}
+
+
 def _split_and_fold(
     options: layouts.LayoutOptions,
     listing: layouts.Listing | None,
@@ -466,6 +480,7 @@ def _layout_info(
         "label_mapping": listing.label_mapping,
         "grouping": {
             "rule": listing.grouping,
+            "file": PATIENTS,
             "patients": len({listing.items[p].patient for p in used}),
             "images": len(used),
         },
@@ -686,21 +701,20 @@ def _finish(
     manifest: dict[str, Any],
     skipped: list[tuple[str, str, str]],
     tfrecords: Any,
-    notes: list[tuple[str, str, str]] = (),  # type: ignore[assignment]
+    tables: dict[str, tuple[list[str], list[tuple[str, ...]]]],
 ) -> None:
-    """Writes skipped.csv, notes.csv (when any) and the manifest, removes stale
-    shards, a stale notes.csv and the state folder."""
-    with atomic_open(out_dir / tfrecords.SKIPPED, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["patientId", "file", "reason"])
-        writer.writerows(sorted(skipped))
-    if notes:
-        with atomic_open(out_dir / NOTES, "w", newline="", encoding="utf-8") as handle:
+    """Writes skipped.csv, the other `tables` that have rows (notes.csv,
+    patients.csv: name → (header, rows)) and the manifest; removes stale shards,
+    stale tables and the state folder."""
+    tables = {tfrecords.SKIPPED: (["patientId", "file", "reason"], skipped), **tables}
+    for name, (header, rows) in tables.items():
+        if not rows and name != tfrecords.SKIPPED:
+            (out_dir / name).unlink(missing_ok=True)
+            continue
+        with atomic_open(out_dir / name, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["patientId", "file", "note"])
-            writer.writerows(sorted(notes))
-    elif (out_dir / NOTES).is_file():
-        (out_dir / NOTES).unlink()
+            writer.writerow(header)
+            writer.writerows(sorted(rows))
     atomic_write_json(out_dir / tfrecords.MANIFEST, manifest)
     # Remove shards of an earlier, different conversion into the same folder.
     current = set(manifest["shards"])
@@ -733,8 +747,9 @@ def convert(
             (or split) folders' parent; findings: the folder the CSV's paths are in.
         labels_csv: RSNA `stage_2_train_labels.csv`, or the findings CSV; None
             for the folders layout.
-        out_dir: output folder (shards, `manifest.json`, `skipped.csv`, and
-            `notes.csv` when an image was converted with a note).
+        out_dir: output folder (shards, `manifest.json`, `skipped.csv`;
+            `notes.csv` when an image was converted with a note; `patients.csv`,
+            example id → patient, in the folders and findings layouts).
         class_info_csv: RSNA only: optional `stage_2_detailed_class_info.csv`.
         size: side of the stored square images, pixels.
         val_fraction, test_fraction: shares of patients held out, [0, 1)
@@ -762,14 +777,7 @@ def convert(
     state_dir, plan = _open_state(out_dir, size, limit, inventory)
 
     encoded, tfrecords = _decode_all(workers, state_dir, inventory, size, limit, progress)
-    if not encoded:
-        what = "DICOM" if listing is None else "image"
-        raise UserError(f"no {what} in {images_dir} matches a label in {labels_csv} and decodes")
-    if listing is not None:  # the CSV's view, where it has one, is the record's
-        items = listing.items
-        encoded = {
-            p: dataclasses.replace(e, view=items[p].view or e.view) for p, e in encoded.items()
-        }
+    encoded = _usable(encoded, listing, f"{images_dir} matches a label in {labels_csv}")
     fractions = (val_fraction, test_fraction)
     splits, fold_of = _split_and_fold(options, listing, records, encoded, fractions, folds, seed)
 
@@ -805,7 +813,12 @@ def convert(
     )
     manifest.update(_layout_info(options, listing, splits, encoded))
     notes = [(p, inventory.shown(p), e.note) for p, e in encoded.items() if e.note]
-    _finish(out_dir, state_dir, manifest, skipped, tfrecords, notes)
+    patients = [] if listing is None else [(p, listing.items[p].patient) for p in encoded]
+    tables = {
+        NOTES: (["patientId", "file", "note"], notes),
+        PATIENTS: (["patientId", "patient"], patients),
+    }
+    _finish(out_dir, state_dir, manifest, skipped, tfrecords, tables)
 
     splits_info = manifest["splits"]
     return ConvertSummary(

@@ -439,6 +439,12 @@ def test_folders_layout_records_manifest_skips_and_notes(kermany, kermany_conver
     assert (manifest["source"], manifest["source_layout"]) == (root.name, "folders")
     assert manifest["label_mapping"] == {"class_folders": {"NORMAL": 0, "PNEUMONIA": 1}}
     assert manifest["grouping"]["patients"] == 19 + 9 and manifest["grouping"]["images"] == 38
+    patient_of = {
+        r["patientId"]: r["patient"] for r in _csv_rows(out / manifest["grouping"]["file"])
+    }
+    assert len(patient_of) == 38 and len(set(patient_of.values())) == 28
+    assert patient_of["train/PNEUMONIA/person1_virus_9"] == "person1"
+    assert patient_of["val/NORMAL/IM-1001-0001"] == "val/NORMAL/IM-1001-0001"
     assert (manifest["notes"], manifest["skipped"], manifest["kept_splits"]) == (1, 3, False)
 
     records = _all_records(out)
@@ -486,13 +492,20 @@ def test_findings_layout_nih_groups_follow_ups_by_patient(tmp_path):
     )
     assert sum(summary.counts.values()) == 48 and summary.skipped == 1
     (row,) = _csv_rows(out / "skipped.csv")
-    assert row == {"patientId": "99999999_000", "file": "99999999_000.png",
-                   "reason": "image file not found"}
+    assert row == {
+        "patientId": "99999999_000",
+        "file": "99999999_000.png",
+        "reason": "image file not found",
+    }
     manifest = tfrecords.load_manifest(out)
     assert manifest["source_layout"] == "findings"
     assert manifest["label_mapping"]["column"] == "Finding Labels"
-    assert manifest["grouping"] == {"rule": "patient column 'Patient ID'", "patients": 24,
-                                    "images": 48}
+    assert manifest["grouping"] == {
+        "rule": "patient column 'Patient ID'",
+        "patients": 24,
+        "images": 48,
+        "file": "patients.csv",
+    }
     records = _all_records(out)
     patient_splits: dict[str, set[str]] = {}
     for split, by_id in records.items():
@@ -518,6 +531,8 @@ def test_findings_layout_chexpert_drops_uncertain_rows(tmp_path):
     assert manifest["label_mapping"]["uncertain"] == "drop"
     assert manifest["grouping"]["patients"] == 6
     assert not (out / "notes.csv").exists()
+    patients = {r["patient"] for r in _csv_rows(out / "patients.csv")}
+    assert patients == {f"patient{i:05d}" for i in range(1, 7)}
 
 
 def test_folders_kill_and_resume_is_byte_identical(kermany, tmp_path):
