@@ -362,7 +362,7 @@ class _Inventory:
     """
 
     by_patient: dict[str, Path]  # example id → its image (the first of duplicates)
-    candidates: list[str]  # sorted examples with a label and an image
+    candidates: list[str]  # examples with a label and an image, in encode order
     unlabelled: list[str]  # sorted examples with an image but no label (RSNA)
     skipped: list[tuple[str, str, str]]  # (example id, file, reason)
     names: dict[str, str] = dataclasses.field(default_factory=dict)  # id → file as shown
@@ -410,7 +410,7 @@ def _read_inputs(
     items = listing.items
     inventory = _Inventory(
         by_patient={i: item.path for i, item in items.items()},
-        candidates=list(items),
+        candidates=layouts.mixed_order(list(items)),
         unlabelled=[],
         skipped=list(listing.skipped),
         names={i: item.file for i, item in items.items()},
@@ -757,8 +757,9 @@ def convert(
         folds: K > 1 assigns stratified folds over train+val patients.
         seed: seed of the split, folds and shard order, [0, 2**32).
         workers: decoding processes; None = all cores, 0 = in-process.
-        limit: convert only the first N examples (sorted by id) that have a label
-            and an image that decodes.
+        limit: convert only the first N examples that have a label and an image
+            that decodes (RSNA: by sorted patientId; other layouts: in
+            `layouts.mixed_order`, so that both classes come in).
         shard_size: examples per shard.
         progress: show progress bars on stderr.
         layout: `rsna`, `folders` or `findings`, or `layouts.LayoutOptions` with

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -386,7 +387,8 @@ class _FileFinder:
             if self._by_name is None:
                 self._by_name = {}
                 for path in sorted(self.images_dir.rglob("*")):
-                    self._by_name.setdefault(path.name, path)
+                    if path.is_file():
+                        self._by_name.setdefault(path.name, path)
             return self._by_name.get(cell)
         return None
 
@@ -453,6 +455,8 @@ def read_findings(images_dir: Path, labels_csv: Path, options: LayoutOptions) ->
         )
     if not items:
         raise UserError(f"no row of {labels_csv} has an image file in {images_dir} and a label")
+    if not any(item.label for item in items.values()):
+        raise UserError(_no_positive(rows, label_col, positive))
     grouping = (
         f"patient column {found['patient']!r}"
         if found["patient"]
@@ -470,6 +474,28 @@ def read_findings(images_dir: Path, labels_csv: Path, options: LayoutOptions) ->
         },
         grouping=grouping,
     )
+
+
+def _no_positive(rows: list[dict[str, str]], label_col: str, positive: str) -> str:
+    """Why a findings CSV gave no positive image: the column's commonest values."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        cell = (row[label_col] or "").strip()
+        counts[cell] = counts.get(cell, 0) + 1
+    common = sorted(counts, key=lambda c: (-counts[c], c))[:5]
+    return (
+        f"no image is positive: no {label_col!r} cell means --positive {positive!r} "
+        f"(commonest values: {', '.join(repr(c) for c in common)})"
+    )
+
+
+def mixed_order(ids: list[str]) -> list[str]:
+    """`ids` in a fixed pseudo-random order (by SHA-256 of the id), classes mixed.
+
+    The order the encode pass takes images in, and so which ones `--limit N`
+    converts: sorted paths would give class folder after class folder.
+    """
+    return sorted(ids, key=lambda i: (hashlib.sha256(i.encode()).digest(), i))
 
 
 def _groups(items: Mapping[str, ImageItem], ids: list[str]) -> dict[str, list[str]]:

@@ -18,7 +18,7 @@ from pneumokeras import tfrecords
 from pneumokeras.convert import KILL_HOOK, STATE_DIR, convert, encode_png
 from pneumokeras.errors import UserError
 from pneumokeras.images import read_image
-from pneumokeras.layouts import LayoutOptions
+from pneumokeras.layouts import LayoutOptions, list_images, mixed_order
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -484,6 +484,14 @@ def test_folders_keep_splits_and_a_worker_pool(kermany, kermany_converted, tmp_p
     _assert_identical(tmp_path / "kept", tmp_path / "one")
 
 
+def test_folders_limit_takes_both_classes(kermany, tmp_path):
+    root, _ = kermany
+    summary = _convert_layout(
+        root, None, tmp_path / "out", "folders", limit=8, val_fraction=0, test_fraction=0
+    )
+    assert summary.counts["train"] == 8 and 0 < summary.positives["train"] < 8
+
+
 def test_findings_layout_nih_groups_follow_ups_by_patient(tmp_path):
     images, labels = write_nih(tmp_path / "nih", patients=24)
     out = tmp_path / "out"
@@ -536,23 +544,30 @@ def test_findings_layout_chexpert_drops_uncertain_rows(tmp_path):
 
 
 def test_folders_kill_and_resume_is_byte_identical(kermany, tmp_path):
-    """SIGKILL after 26 images indexed: past the gray RGB note (24th) and the colour
-    and corrupt files (skipped, 17th and 18th), so the resumed run takes those from
-    the spool index. (The write pass resumes as for RSNA, tested above.)"""
+    """SIGKILL once the gray RGB image (a note) and the colour and corrupt files
+    (skipped) are indexed, so the resumed run takes those from the spool index.
+    (The write pass resumes as for RSNA, tested above.)"""
     root, _ = kermany
     options = LayoutOptions("folders", keep_splits=True)
+    order = mixed_order(list(list_images(root, None, options).items))
+    odd = (
+        "train/PNEUMONIA/person1_virus_9",
+        "train/NORMAL/IM-9001-0001",
+        "train/NORMAL/IM-9002-0001",
+    )
+    kill_at = max(order.index(i) for i in odd) + 1
     _convert_layout(root, None, tmp_path / "whole", options, shard_size=KILL_SHARD_SIZE)
     out = tmp_path / "killed"
     killed = _cli(
         "convert", "--layout", "folders", "--keep-splits", "--images", str(root),
         "--size", "32", "--workers", "0", "--shard-size", str(KILL_SHARD_SIZE),
-        "--out", str(out), env={KILL_HOOK: "encode:26"},
+        "--out", str(out), env={KILL_HOOK: f"encode:{kill_at}"},
     )  # fmt: skip
     _, stderr = killed.communicate(timeout=300)
     assert killed.returncode == -signal.SIGKILL, stderr
     assert not (out / "manifest.json").exists()
     index = (out / STATE_DIR / "spool.jsonl").read_text()
-    assert len(index.splitlines()) == 26 and "made gray" in index and "colour image" in index
+    assert len(index.splitlines()) == kill_at and "made gray" in index and "colour image" in index
     summary = _convert_layout(root, None, out, options, shard_size=KILL_SHARD_SIZE)
     assert summary.resumed_shards == 0 and summary.notes == 1
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []

@@ -233,6 +233,22 @@ def test_findings_columns_named_explicitly_and_missing_ones(tmp_path):
         list_images(images, None, _findings())
 
 
+def test_findings_without_any_positive_say_which_values_the_column_has(tmp_path):
+    images, labels = write_nih(tmp_path)
+    with pytest.raises(UserError) as err:
+        list_images(images, labels, _findings(positive="Hernia"))
+    message = str(err.value)
+    assert "no image is positive" in message and "'No Finding'" in message
+    assert "--positive 'Hernia'" in message
+
+
+def test_mixed_order_is_fixed_and_mixes_the_class_folders():
+    ids = [f"NORMAL/IM-{i:04d}" for i in range(20)] + [f"PNEUMONIA/person{i}" for i in range(20)]
+    order = layouts.mixed_order(ids)
+    assert sorted(order) == sorted(ids) and order == layouts.mixed_order(ids[::-1])
+    assert {i.split("/")[0] for i in order[:8]} == {"NORMAL", "PNEUMONIA"}
+
+
 def test_findings_repeated_and_empty_rows_are_skipped(tmp_path):
     images, labels = write_nih(tmp_path, patients=3)
     with open(labels) as handle:
