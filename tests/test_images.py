@@ -187,3 +187,36 @@ def test_read_image_gives_a_pictures_format_mode_and_size(files, tmp_path):
     record = read_image(disguised, SIZE)
     assert (record.format, record.mode, record.width, record.height) == ("JPEG", "RGB", 12, 10)
     assert record.pixels.shape == (SIZE, SIZE) and record.pixels.dtype == np.uint8
+
+
+# ------------------------------------------------------------------ the colour rule
+
+
+def test_gray_pictures_saved_in_colour_are_read_and_real_colour_is_refused(tmp_path):
+    rng = np.random.default_rng(3)
+    gray = rng.integers(0, 256, (30, 40), dtype=np.uint8)
+    expected = resize_square(gray, SIZE)
+    rgb = np.stack([gray] * 3, axis=-1)
+    for name, image in {
+        "rgb.png": Image.fromarray(rgb),
+        "rgba.png": Image.fromarray(np.dstack([rgb, np.full_like(gray, 255)])),
+        "palette.png": Image.fromarray(rgb).quantize(256),
+    }.items():
+        image.save(tmp_path / name)
+        record = read_image(tmp_path / name, SIZE)
+        assert record.mode in ("RGB", "RGBA", "P")
+        if name != "palette.png":  # quantising may merge close grays
+            np.testing.assert_array_equal(record.pixels, expected)
+    # JPEG rounding of a gray picture, and a small red mark (its chroma smeared
+    # over a 16 px block by JPEG, still under 1 % of the picture), pass.
+    marked = np.stack([rng.integers(0, 256, (100, 120), dtype=np.uint8)] * 3, axis=-1)
+    marked[:2, :3] = (255, 0, 0)
+    Image.fromarray(marked).save(tmp_path / "marked.jpg", quality=90)
+    assert read_image(tmp_path / "marked.jpg", SIZE).mode == "RGB"
+    # Real colour: channels apart on more than 1 % of the pixels.
+    colour = rgb.copy()
+    colour[:5, :, 0] = 255 - colour[:5, :, 0]
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    with pytest.raises(ImageError, match=r"^colour image \(RGB channels differ in \d+% of"):
+        read_image(tmp_path / "colour.png", SIZE)
+    assert images_module.COLOUR_TOLERANCE == 24 and images_module.COLOUR_SHARE == 0.01
