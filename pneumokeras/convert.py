@@ -490,6 +490,18 @@ def _layout_info(
     }
 
 
+def _tables(
+    inventory: _Inventory, listing: layouts.Listing | None, encoded: dict[str, _Encoded]
+) -> dict[str, tuple[list[str], list[tuple[str, ...]]]]:
+    """notes.csv and patients.csv: file name → (header, rows); no rows, no file."""
+    notes = [(p, inventory.shown(p), e.note) for p, e in encoded.items() if e.note]
+    patients = [] if listing is None else [(p, listing.items[p].patient) for p in encoded]
+    return {
+        NOTES: (["patientId", "file", "note"], notes),
+        PATIENTS: (["patientId", "patient"], patients),
+    }
+
+
 def _open_state(
     out_dir: Path, size: int, limit: int | None, inventory: _Inventory
 ) -> tuple[Path, dict[str, Any]]:
@@ -768,6 +780,7 @@ def convert(
     Raises:
         UserError: unusable inputs (no images, unreadable labels, bad arguments).
     """
+    # Long by its docstring and the manifest's arguments; each step is one call.
     start = time.perf_counter()
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     options = layouts.LayoutOptions(layout) if isinstance(layout, str) else layout
@@ -813,12 +826,7 @@ def convert(
         sum(e.id_mismatch for e in encoded.values()),
     )
     manifest.update(_layout_info(options, listing, splits, encoded))
-    notes = [(p, inventory.shown(p), e.note) for p, e in encoded.items() if e.note]
-    patients = [] if listing is None else [(p, listing.items[p].patient) for p in encoded]
-    tables = {
-        NOTES: (["patientId", "file", "note"], notes),
-        PATIENTS: (["patientId", "patient"], patients),
-    }
+    tables = _tables(inventory, listing, encoded)
     _finish(out_dir, state_dir, manifest, skipped, tfrecords, tables)
 
     splits_info = manifest["splits"]
@@ -829,5 +837,5 @@ def convert(
         skipped=len(skipped),
         seconds=time.perf_counter() - start,
         resumed_shards=resumed,
-        notes=len(notes),
+        notes=len(tables[NOTES][1]),
     )

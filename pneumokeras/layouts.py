@@ -362,6 +362,28 @@ def _column(
     return next((c for c in defaults if c in columns), None)
 
 
+def _find_columns(
+    columns: list[str], options: LayoutOptions, labels_csv: Path
+) -> dict[str, str | None]:
+    """`{image, label, patient, view}` → column (None: absent; image and label required)."""
+    found = {
+        key: _column(given, defaults, columns, option, labels_csv)
+        for key, given, defaults, option in (
+            ("image", options.image_column, IMAGE_COLUMNS, "--image-column"),
+            ("label", options.label_column, LABEL_COLUMNS, "--label-column"),
+            ("patient", options.patient_column, PATIENT_COLUMNS, "--patient-column"),
+            ("view", options.view_column, VIEW_COLUMNS, "--view-column"),
+        )
+    }
+    for key in ("image", "label"):
+        if found[key] is None:
+            raise UserError(
+                f"{labels_csv}: no {key} column found; name it with --{key}-column "
+                f"(columns: {', '.join(columns)})"
+            )
+    return found
+
+
 class _FileFinder:
     """Finds an image cell's file under `--images`.
 
@@ -406,21 +428,7 @@ def read_findings(images_dir: Path, labels_csv: Path, options: LayoutOptions) ->
     columns, rows = _read_rows(labels_csv)
     if not rows:
         raise UserError(f"{labels_csv} has no rows")
-    found = {
-        key: _column(given, defaults, columns, option, labels_csv)
-        for key, given, defaults, option in (
-            ("image", options.image_column, IMAGE_COLUMNS, "--image-column"),
-            ("label", options.label_column, LABEL_COLUMNS, "--label-column"),
-            ("patient", options.patient_column, PATIENT_COLUMNS, "--patient-column"),
-            ("view", options.view_column, VIEW_COLUMNS, "--view-column"),
-        )
-    }
-    for key in ("image", "label"):
-        if found[key] is None:
-            raise UserError(
-                f"{labels_csv}: no {key} column found; name it with --{key}-column "
-                f"(columns: {', '.join(columns)})"
-            )
+    found = _find_columns(columns, options, labels_csv)
     image_col, label_col = found["image"], found["label"]
     positive = options.positive or ("Pneumonia" if label_col == "Finding Labels" else "1")
     pattern = _compile_pattern(options.patient_pattern or FINDINGS_PATIENT_PATTERN)
