@@ -58,6 +58,18 @@ COMPILE_KWARGS: dict[str, Any] = (
 )
 
 
+def compile_kwargs(xla: bool = True) -> dict[str, Any]:
+    """`model.compile` arguments for `train.xla` (see `config.TrainConfig.xla`).
+
+    `xla=False` only changes TensorFlow (`jit_compile=False`: plain graphs, no
+    XLA compile); JAX keeps XLA whatever it says, since its alternative is eager
+    op-by-op execution.
+    """
+    if not xla and keras.backend.backend() == "tensorflow":
+        return {"jit_compile": False}
+    return dict(COMPILE_KWARGS)
+
+
 def configure_backend(precision: str) -> None:
     """Sets the Keras dtype policy and the backend settings that speed up training.
 

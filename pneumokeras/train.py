@@ -550,7 +550,7 @@ def _compile(model: keras.Model, config: Config, steps: int, box_grid: int) -> N
         loss=loss,
         loss_weights=loss_weights,
         metrics=metrics,
-        **performance.COMPILE_KWARGS,
+        **performance.compile_kwargs(config.train.xla),
     )
 
 

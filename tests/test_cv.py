@@ -34,6 +34,8 @@ TINY = [
     "model.filters=8",
     "train.learning_rate=3e-3",
     "train.distribute=none",
+    # No XLA compile under TensorFlow (most of a tiny run); one test keeps the default.
+    "train.xla=false",
     "evaluate.bootstrap=50",
 ]
 OUTPUTS = ("oof.csv", "cv_metrics.json", "cv_roc.png", "report.md", "ensemble.keras",

@@ -26,6 +26,7 @@ def test_demo_runs_every_stage_learns_and_summarises(tmp_path):
             "train.epochs=10",
             "evaluate.bootstrap=20",
             "explain.limit=8",
+            "train.xla=false",  # XLA compile would be most of this tiny run
         ],
     )
     lines = []

@@ -27,3 +27,12 @@ def test_unknown_precision_is_refused():
 def test_compile_asks_for_xla_on_tensorflow_and_jax():
     expected = {"jit_compile": True} if keras.backend.backend() in ("tensorflow", "jax") else {}
     assert performance.COMPILE_KWARGS == expected
+
+
+def test_train_xla_false_turns_xla_off_on_tensorflow_only():
+    assert performance.compile_kwargs(True) == performance.COMPILE_KWARGS
+    off = performance.compile_kwargs(False)
+    if keras.backend.backend() == "tensorflow":
+        assert off == {"jit_compile": False}
+    else:
+        assert off == performance.COMPILE_KWARGS  # JAX keeps XLA

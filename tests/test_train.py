@@ -25,6 +25,8 @@ TINY = [
     "model.filters=8",
     "train.learning_rate=3e-3",
     "train.distribute=none",
+    # No XLA compile under TensorFlow (most of a tiny run); one test keeps the default.
+    "train.xla=false",
 ]
 
 
@@ -40,6 +42,7 @@ def _history(run_dir):
 def test_short_training_lowers_the_loss_and_writes_the_run(converted_dir, tmp_path):
     config = _config(
         "train.epochs=4",
+        "train.xla=true",  # the default path (XLA under TensorFlow) is trained once
         "augment.rotation_degrees=0",
         "augment.flip=false",
         "augment.brightness=0",
