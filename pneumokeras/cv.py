@@ -586,7 +586,7 @@ def aggregate(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     manifest = tfrecords.load_manifest(data_dir)
     num_folds = _num_folds(manifest, data_dir)
-    fingerprint = train_lib.manifest_fingerprint(manifest)
+    fingerprint = tfrecords.manifest_fingerprint(manifest)
     records = _check_fold_folders(out_dir, num_folds, config, fingerprint)
     unfinished = [k for k, record in records.items() if not _finished(record)]
     if unfinished:
@@ -685,7 +685,7 @@ def cross_validate(
     if only_fold is not None:
         data_lib.check_fold(manifest, only_fold, data_dir)
     data_lib.check_image_size(manifest, config, data_dir)
-    fingerprint = train_lib.manifest_fingerprint(manifest)
+    fingerprint = tfrecords.manifest_fingerprint(manifest)
     records = _check_fold_folders(out_dir, num_folds, config, fingerprint)
     trained, skipped = train_folds(
         data_dir, out_dir, config, num_folds, records, only_fold, verbose, say

@@ -47,7 +47,6 @@ from pneumokeras import data as data_lib
 from pneumokeras.config import Config
 from pneumokeras.errors import UserError
 from pneumokeras.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
-from pneumokeras.train import manifest_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -413,7 +412,7 @@ def _data_sets(
     return {
         "trained_on": external.training_data(card.data, card.calibration),
         "evaluated_on": external.evaluated_data(
-            manifest, str(data_dir), manifest_fingerprint(manifest), split, names,
+            manifest, str(data_dir), tfrecords.manifest_fingerprint(manifest), split, names,
             test.labels, test.patients,
         ),
     }
@@ -478,7 +477,7 @@ def evaluate_run(
     manifest = tfrecords.load_manifest(data_dir)
     classifier, config = _load_classifier(model_path, data_dir, manifest, config)
     provenance = external.detect(
-        classifier.card.data, manifest, manifest_fingerprint(manifest), external_data
+        classifier.card.data, manifest, tfrecords.manifest_fingerprint(manifest), external_data
     )
     logger.info("%s data: %s", "external" if provenance.external else "internal",
                 provenance.reason)

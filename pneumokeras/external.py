@@ -67,7 +67,7 @@ def detect(
     Args:
         training: the model card's `data` (training data facts; may be empty).
         manifest: the evaluated folder's manifest.
-        fingerprint: that manifest's fingerprint (`train.manifest_fingerprint`).
+        fingerprint: that manifest's fingerprint (`tfrecords.manifest_fingerprint`).
         forced: True (`--external`) or False (`--internal`) overrides the rule.
 
     Returns:

@@ -3,12 +3,15 @@
 One `tf.train.Example` per patient (keys in `FEATURES`, see DESIGN.md). Shards are
 named `<split>-00003-of-00016.tfrecord`; every file is written under a temporary
 name and renamed when complete, so a shard or manifest that is visible is whole.
+`manifest_fingerprint` identifies a converted folder (training records it;
+evaluation compares it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +171,9 @@ def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
             f"split {split!r} has {len(records)} examples; manifest says {info['count']}"
         )
     return records
+
+
+def manifest_fingerprint(manifest: Mapping[str, Any]) -> str:
+    """A short hash of the converted data's manifest (shards, counts, splits, folds)."""
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

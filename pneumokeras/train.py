@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -166,12 +165,6 @@ def save_model(model: keras.Model, path: Path) -> None:
         export_model(model).save(tmp)
 
 
-def manifest_fingerprint(manifest: Mapping[str, Any]) -> str:
-    """A short hash of the converted data's manifest (shards, counts, splits, folds)."""
-    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def training_card(
     config: Config,
     manifest: Mapping[str, Any],
@@ -195,7 +188,7 @@ def training_card(
             "data_dir": str(data_dir.resolve()),
             "source": manifest.get("source", ""),
             "image_size": manifest["image_size"],
-            "fingerprint": manifest_fingerprint(manifest),
+            "fingerprint": tfrecords.manifest_fingerprint(manifest),
             "splits": {
                 name: {"count": split["count"], "positives": split["positives"]}
                 for name, split in splits.items()
@@ -219,7 +212,7 @@ def _run_record(
     return {
         "status": status,
         "config": config.to_dict(),
-        "data_fingerprint": manifest_fingerprint(manifest),
+        "data_fingerprint": tfrecords.manifest_fingerprint(manifest),
         "data_source": manifest.get("source", ""),
         "fold": fold,
         "backend": keras.backend.backend(),
