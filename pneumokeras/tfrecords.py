@@ -1,14 +1,18 @@
 """TFRecord example schema, sharded writer, manifest and shard validation.
 
-One `tf.train.Example` per patient (keys in `FEATURES`, see DESIGN.md). Shards are
-named `<split>-00003-of-00016.tfrecord`; every file is written under a temporary
-name and renamed when complete, so a shard or manifest that is visible is whole.
+One `tf.train.Example` per example (keys in `FEATURES`, see DESIGN.md): per
+patient in RSNA conversions, per image in the `folders` and `findings` layouts,
+whose `patients.csv` says which patient each example id belongs to
+(`read_patients`, `patient_ids`). Shards are named
+`<split>-00003-of-00016.tfrecord`; every file is written under a temporary name
+and renamed when complete, so a shard or manifest that is visible is whole.
 `manifest_fingerprint` identifies a converted folder (training records it;
 evaluation compares it).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +26,11 @@ from pneumokeras.fileio import atomic_path
 
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.csv"
+# Example id → patient (folders, findings layouts); the manifest names it under
+# `grouping.file`. `convert` writes it (its own constant: it imports this module,
+# and TensorFlow, only in its writer).
+PATIENTS = "patients.csv"
+PATIENTS_COLUMNS = ("patientId", "patient")
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -177,3 +186,71 @@ def manifest_fingerprint(manifest: Mapping[str, Any]) -> str:
     """A short hash of the converted data's manifest (shards, counts, splits, folds)."""
     text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_patients(data_dir: str | Path) -> dict[str, str]:
+    """Example id → patient of a converted folder, from the `patients.csv` its manifest names.
+
+    An RSNA folder has no such file (one DICOM per patient: an example's id is its
+    patient) and gets an empty mapping, which `patient_ids` reads as the identity.
+
+    Returns:
+        `{example id: patient}`; empty when the manifest names no grouping file.
+
+    Raises:
+        UserError: no or unreadable manifest, a named file that is missing, or a
+            malformed one (another header, a row without two non-empty cells, an
+            example id given twice).
+    """
+    data_dir = Path(data_dir)
+    manifest = load_manifest(data_dir)
+    grouping = manifest.get("grouping")
+    name = grouping.get("file") if isinstance(grouping, Mapping) else None
+    if not name:
+        return {}
+    path = data_dir / name
+    if not path.is_file():
+        raise UserError(f"{path} (named in {data_dir / MANIFEST}) is missing; re-run convert")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{path} is unreadable: {err}") from err
+    if not rows or tuple(rows[0]) != PATIENTS_COLUMNS:
+        header = ",".join(rows[0]) if rows else "nothing"
+        raise UserError(
+            f"{path} must start with the header {','.join(PATIENTS_COLUMNS)}, not {header}; "
+            "re-run convert"
+        )
+    patients: dict[str, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != 2 or not all(row):
+            raise UserError(f"{path} line {line}: expected example id,patient; got {row!r}")
+        if row[0] in patients:
+            raise UserError(f"{path} line {line}: example id {row[0]!r} is given twice")
+        patients[row[0]] = row[1]
+    return patients
+
+
+def patient_ids(example_ids: Iterable[str], patients: Mapping[str, str]) -> list[str]:
+    """The patient of each example: `patients[id]`, or the id itself when `patients` is empty.
+
+    Args:
+        example_ids: `image/patient_id` values of the examples.
+        patients: `read_patients` of their folder.
+
+    Raises:
+        UserError: an example id a non-empty mapping lacks (a patients.csv of
+            another conversion).
+    """
+    if not patients:
+        return list(example_ids)
+    out = []
+    for example in example_ids:
+        if example not in patients:
+            raise UserError(
+                f"example {example!r} has no row in {PATIENTS}: the file belongs to another "
+                "conversion; re-run convert"
+            )
+        out.append(patients[example])
+    return out

@@ -2,9 +2,10 @@ import json
 
 import numpy as np
 import pytest
+from layout_fixtures import write_nih
 
 from pneumokeras import tfrecords
-from pneumokeras.convert import encode_png
+from pneumokeras.convert import convert, encode_png
 from pneumokeras.errors import UserError
 
 
@@ -105,3 +106,81 @@ def test_write_shard_is_atomic_on_error(tmp_path):
     with pytest.raises(RuntimeError):
         tfrecords.write_shard(tmp_path / "train-00000-of-00001.tfrecord", failing())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_manifest_fingerprint_is_a_short_hash_of_the_content_not_the_key_order():
+    manifest = {"image_size": 16, "splits": {"train": {"count": 3}}, "seed": 0}
+    fingerprint = tfrecords.manifest_fingerprint(manifest)
+    assert len(fingerprint) == 16 and int(fingerprint, 16) >= 0
+    reordered = {"seed": 0, "splits": {"train": {"count": 3}}, "image_size": 16}
+    assert tfrecords.manifest_fingerprint(reordered) == fingerprint
+    assert tfrecords.manifest_fingerprint({**manifest, "seed": 1}) != fingerprint
+
+
+# ---------------------------------------------------------------- example → patient
+
+
+@pytest.fixture(scope="module")
+def nih_converted(tmp_path_factory):
+    """An NIH-like findings set (1-3 follow-up images per patient) converted at 16 px."""
+    root = tmp_path_factory.mktemp("nih")
+    images, labels = write_nih(root / "nih", patients=12)
+    convert(images, labels, root / "tf", size=16, val_fraction=0.25, test_fraction=0.25,
+            workers=0, progress=False, layout="findings")
+    return root / "tf"
+
+
+def _copy(src, dst):
+    dst.mkdir()
+    for item in src.iterdir():
+        (dst / item.name).write_bytes(item.read_bytes())
+    return dst
+
+
+def test_read_patients_maps_each_image_to_its_patient(nih_converted):
+    manifest = tfrecords.load_manifest(nih_converted)
+    assert manifest["grouping"]["file"] == tfrecords.PATIENTS  # convert's name agrees
+    patients = tfrecords.read_patients(nih_converted)
+    records = [r for split in manifest["splits"] for r in tfrecords.read_split(nih_converted,
+                                                                              split)]
+    ids = [r["patient_id"] for r in records]
+    assert sorted(patients) == sorted(ids) and len(ids) == 24
+    found = tfrecords.patient_ids(ids, patients)
+    # NIH image 00000005_002 belongs to patient 5: the Patient ID column.
+    assert found == [str(int(example.split("_")[0])) for example in ids]
+    assert len(set(found)) == manifest["grouping"]["patients"] == 12
+
+
+def test_read_patients_of_an_rsna_folder_is_the_identity(tmp_path):
+    examples = _write_dataset(tmp_path, n=5, shards=1)
+    assert tfrecords.read_patients(tmp_path) == {}
+    ids = [e["patient_id"] for e in examples]
+    assert tfrecords.patient_ids(ids, {}) == ids
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("example,patient\na,1\n", "must start with the header patientId,patient, not example"),
+        ("", "must start with the header patientId,patient, not nothing"),
+        ("patientId,patient\na,1\nb\n", "line 3: expected example id,patient; got \\['b'\\]"),
+        ("patientId,patient\na,\n", "line 2: expected example id,patient"),
+        ("patientId,patient\na,1\na,2\n", "line 3: example id 'a' is given twice"),
+    ],
+)
+def test_read_patients_refuses_a_malformed_file_in_one_line(nih_converted, tmp_path, text,
+                                                             message):
+    data = _copy(nih_converted, tmp_path / "d")
+    (data / tfrecords.PATIENTS).write_text(text)
+    with pytest.raises(UserError, match=message) as raised:
+        tfrecords.read_patients(data)
+    assert "\n" not in str(raised.value)
+
+
+def test_read_patients_missing_file_and_unknown_example(nih_converted, tmp_path):
+    data = _copy(nih_converted, tmp_path / "d")
+    (data / tfrecords.PATIENTS).unlink()
+    with pytest.raises(UserError, match=r"patients.csv \(named in .*manifest.json\) is missing"):
+        tfrecords.read_patients(data)
+    with pytest.raises(UserError, match="'00000099_000' has no row in patients.csv"):
+        tfrecords.patient_ids(["00000099_000"], tfrecords.read_patients(nih_converted))
