@@ -26,6 +26,12 @@ applied, no `val` split is needed, `split` may be `all` (every split together),
 and `refit_fraction` adds an own-vs-re-fitted comparison on a held-out part of
 the patients (`external.refit_comparison`). The report names both data sets.
 
+Patients: an example's patient comes from the converted folder's `patients.csv`
+(`tfrecords.read_patients`; folders and findings layouts store one example per
+image, several per patient), else it is the example itself (RSNA). The bootstrap
+resamples patients, the re-fit split never puts a patient on both sides, and
+patient counts count patients, not images.
+
 One-class data: the validation split must hold both classes (neither a temperature
 nor a threshold can be fitted otherwise), else `UserError`. An evaluated split
 with one class is still reported: metrics that need both classes are `null` in
@@ -59,17 +65,18 @@ class SplitData:
     """Labels and patient information of one split, in `tfrecords.read_split` order."""
 
     labels: np.ndarray  # (N,) int, 1 = pneumonia
-    patients: np.ndarray  # (N,) str
+    patients: np.ndarray  # (N,) str: the patient (not the example id; see patients.csv)
     views: np.ndarray  # (N,) str, upper case, '' when unknown
 
 
-def _read_split(data_dir: Path, split: str) -> SplitData:
+def _read_split(data_dir: Path, split: str, patients: dict[str, str]) -> SplitData:
+    """One split's labels, patients and views; `patients`: `tfrecords.read_patients`."""
     records = tfrecords.read_split(data_dir, split)
     if not records:
         raise UserError(f"split {split!r} of {data_dir} is empty")
     return SplitData(
         labels=np.array([r["label"] for r in records]),
-        patients=np.array([r["patient_id"] for r in records]),
+        patients=np.array(tfrecords.patient_ids((r["patient_id"] for r in records), patients)),
         views=np.array([r["view"].upper() for r in records]),
     )
 
@@ -82,8 +89,9 @@ def _read_splits(
     for needed in ("val", split):
         if needed not in manifest["splits"]:
             raise UserError(f"{data_dir} has no split {needed!r}")
-    val = _read_split(data_dir, "val")
-    test = val if split == "val" else _read_split(data_dir, split)
+    patients = tfrecords.read_patients(data_dir)
+    val = _read_split(data_dir, "val", patients)
+    test = val if split == "val" else _read_split(data_dir, split, patients)
     if np.unique(val.labels).size < 2:
         raise UserError(
             f"the validation split of {data_dir} holds one class only; the temperature "
@@ -321,7 +329,8 @@ def _read_evaluated(data_dir: Path, manifest: dict[str, Any], split: str) -> tup
         raise UserError(f"{data_dir} has no split {split!r} (known: {', '.join(known)}, all)")
     else:
         names = [split]
-    parts = [_read_split(data_dir, name) for name in names]
+    patients = tfrecords.read_patients(data_dir)
+    parts = [_read_split(data_dir, name, patients) for name in names]
     return names, SplitData(*(np.concatenate([getattr(p, f.name) for p in parts])
                               for f in dataclasses.fields(SplitData)))
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from layout_fixtures import write_kermany
+from layout_fixtures import write_kermany, write_nih
 from model_fixtures import contract_model
 from PIL import Image
 
-from pneumokeras import calibration, evaluate, metrics, model_card, tfrecords
+from pneumokeras import calibration, evaluate, external, metrics, model_card, tfrecords
 from pneumokeras.config import from_dict
 from pneumokeras.convert import convert, encode_png
 from pneumokeras.errors import UserError
@@ -342,9 +342,11 @@ def test_external_evaluation_uses_the_cards_calibration_and_leaves_the_card(
     manifest = tfrecords.load_manifest(other_dataset)
     counts = {name: info["count"] for name, info in manifest["splits"].items()}
     assert result["split"] == "all" and result["n"] == sum(counts.values()) == 36
-    patients = {r["patient_id"] for name in counts for r in tfrecords.read_split(other_dataset,
-                                                                                 name)}
-    assert result["patients"] == len(patients)
+    examples = [r["patient_id"] for name in counts
+                for r in tfrecords.read_split(other_dataset, name)]
+    # Patients, not images: Kermany's personN_* images share a patient (patients.csv).
+    patients = set(tfrecords.patient_ids(examples, tfrecords.read_patients(other_dataset)))
+    assert result["patients"] == len(patients) < len(examples)
     assert result["positives"] == sum(info["positives"] for info in manifest["splits"].values())
     # The card's own threshold and temperature; nothing fitted on the new data.
     assert result["threshold"]["value"] == card.threshold
@@ -365,6 +367,7 @@ def test_external_evaluation_uses_the_cards_calibration_and_leaves_the_card(
 
     refit = result["refit"]
     assert refit["refit_part"]["n"] + refit["held_out"]["n"] == 36
+    # No patient on both sides of the re-fit split.
     assert refit["refit_part"]["patients"] + refit["held_out"]["patients"] == len(patients)
     assert refit["refit_part"]["positives"] + refit["held_out"]["positives"] == 18
     assert refit["own"]["threshold"] == card.threshold
@@ -385,6 +388,67 @@ def test_external_evaluation_uses_the_cards_calibration_and_leaves_the_card(
     assert "## Own vs re-fitted threshold and temperature" in report
     assert "| Sensitivity (recall) |" in report and "| ECE |" in report
     assert "Temperature from the model card" in report
+
+
+@pytest.fixture(scope="module")
+def nih_dataset(tmp_path_factory) -> Path:
+    """An NIH-like findings set converted at 32 px: 24 images of 12 patients (1-3 each)."""
+    root = tmp_path_factory.mktemp("nih")
+    images, labels = write_nih(root / "nih", patients=12)
+    convert(images, labels, root / "tf", size=SIZE, val_fraction=0.25, test_fraction=0.25,
+            seed=2, workers=0, progress=False, layout="findings")
+    return root / "tf"
+
+
+def test_evaluated_data_reads_patients_not_images(nih_dataset):
+    manifest = tfrecords.load_manifest(nih_dataset)
+    names, test = evaluate._read_evaluated(nih_dataset, manifest, "all")
+    examples = [r["patient_id"] for name in names for r in tfrecords.read_split(nih_dataset, name)]
+    assert list(test.patients) == [str(int(e.split("_")[0])) for e in examples]  # NIH Patient ID
+    assert (test.labels.size, np.unique(test.patients).size) == (24, 12)
+    # The re-fit split on those patients keeps each patient's follow-ups on one side;
+    # on image ids it would not (the fixture's seed splits one patient's images).
+    fit = external.refit_split(test.labels, test.patients, 0.5, seed=0)
+    assert not set(test.patients[fit]) & set(test.patients[~fit])
+    by_image = external.refit_split(test.labels, np.array(examples), 0.5, seed=0)
+    assert set(test.patients[by_image]) & set(test.patients[~by_image])
+
+
+@pytest.mark.backend
+def test_external_bootstrap_and_refit_group_images_by_patient(
+    trained_run, nih_dataset, tmp_path, monkeypatch
+):
+    seen_groups, seen_refit = [], []
+    table, split = metrics.metric_table, external.refit_split
+
+    def spy_table(labels, probs, threshold, groups=None, **kwargs):
+        seen_groups.append(np.asarray(groups))
+        return table(labels, probs, threshold, groups=groups, **kwargs)
+
+    def spy_split(labels, patients, fraction, seed):
+        mask = split(labels, patients, fraction, seed)
+        seen_refit.append((np.asarray(patients), mask))
+        return mask
+
+    monkeypatch.setattr(metrics, "metric_table", spy_table)
+    monkeypatch.setattr(external, "refit_split", spy_split)
+    result = evaluate.evaluate_run(trained_run, nih_dataset, tmp_path / "o", FAST, split="all",
+                                   refit_fraction=0.5, progress=False)
+    manifest = tfrecords.load_manifest(nih_dataset)
+    examples = [r["patient_id"] for name in manifest["splits"]
+                for r in tfrecords.read_split(nih_dataset, name)]
+    patients = tfrecords.patient_ids(examples, tfrecords.read_patients(nih_dataset))
+    assert result["external"] and (result["n"], result["patients"]) == (24, 12)
+    # The bootstrap's resampling unit is the patient (first table: the whole split).
+    assert list(seen_groups[0]) == patients
+    assert result["bootstrap"]["unit"] == "patient"
+    assert len(seen_refit) == 2  # the early check and the comparison
+    for grouped, mask in seen_refit:
+        assert list(grouped) == patients
+        assert not set(grouped[mask]) & set(grouped[~mask])
+    refit = result["refit"]
+    assert refit["refit_part"]["patients"] + refit["held_out"]["patients"] == 12
+    assert result["data_sets"]["evaluated_on"]["patients"] == 12
 
 
 @pytest.mark.backend
