@@ -91,9 +91,10 @@ def detect(
     reason = (
         f"its manifest fingerprint {fingerprint} differs from the training data's {recorded}"
     )
-    source, layout = manifest.get("source", ""), manifest.get("source_layout")
+    # Manifests written before other layouts existed are RSNA conversions, as the
+    # card records them; a card without a layout (older) matches any.
+    source, layout = manifest.get("source", ""), manifest.get("source_layout", "rsna")
     warning = None
-    # A card records the layout only when training recorded it; unknown matches any.
     same_layout = training.get("source_layout") in (None, layout)
     if source and source == training.get("source") and same_layout:
         warning = (
@@ -114,7 +115,8 @@ def training_data(card_data: Mapping[str, Any], card_calibration: Mapping[str, A
 
     Args:
         card_data: the card's `data` (`source`, `data_dir`, `fingerprint`,
-            `splits.<name>.count|positives`, optionally `source_layout`, `patients`).
+            `splits.<name>.count|positives`; `source_layout`, `images` and
+            `patients` in cards written since external validation, else unknown).
         card_calibration: the card's `calibration` (where T was fitted).
 
     Returns:
@@ -123,7 +125,9 @@ def training_data(card_data: Mapping[str, Any], card_calibration: Mapping[str, A
         facts are None.
     """
     splits = card_data.get("splits") or {}
-    images = sum(_split_counts(splits).values()) if splits else None
+    images = card_data.get("images")
+    if images is None and splits:
+        images = sum(_split_counts(splits).values())
     positives = sum(int(s.get("positives", 0)) for s in splits.values()) if splits else None
     return {
         "recorded": bool(card_data),

@@ -174,8 +174,16 @@ def training_card(
     devices: int,
     statistics: Mapping[str, Any],
 ) -> ModelCard:
-    """The model card of a model being trained (threshold and temperature not fitted yet)."""
+    """The model card of a model being trained (threshold and temperature not fitted yet).
+
+    Its `data` names the converted folder fully: `source`, `source_layout`
+    (`rsna` for manifests written before other layouts existed), `images` and
+    `patients` over all splits (the manifest's `grouping.patients`; without it one
+    image per patient, as in RSNA), split counts and the manifest's fingerprint.
+    """
     splits = manifest["splits"]
+    images = sum(int(split["count"]) for split in splits.values())
+    grouping = manifest.get("grouping") or {}
     return ModelCard(
         input_size=config.data.image_size,
         backend=keras.backend.backend(),
@@ -187,6 +195,9 @@ def training_card(
         data={
             "data_dir": str(data_dir.resolve()),
             "source": manifest.get("source", ""),
+            "source_layout": manifest.get("source_layout", "rsna"),
+            "images": images,
+            "patients": int(grouping.get("patients", images)),
             "image_size": manifest["image_size"],
             "fingerprint": tfrecords.manifest_fingerprint(manifest),
             "splits": {

@@ -49,6 +49,10 @@ def test_detect_warns_when_another_fingerprint_has_the_training_source_name():
     assert external.detect(TRAINING, rsna, "cccc").warning
     folders = {**TRAINING, "source_layout": "folders"}
     assert external.detect(folders, rsna, "cccc").warning is None
+    # A manifest without a layout is an RSNA conversion from before the other layouts.
+    old_rsna = {"source": "stage_2_train_images"}
+    assert external.detect({**TRAINING, "source_layout": "rsna"}, old_rsna, "cccc").warning
+    assert external.detect(folders, old_rsna, "cccc").warning is None
 
 
 # ---------------------------------------------------------------- data set facts
@@ -61,6 +65,12 @@ def test_training_data_facts_from_the_card_and_unknowns():
     assert facts["patients"] is None and facts["recorded"]
     assert facts["calibrated_on"] == {"data_dir": "/d/rsna", "fitted_on": "val", "images": 10,
                                       "patients": 10}
+    # A card written since external validation names the layout, images and patients.
+    full = external.training_data(
+        {**TRAINING, "source_layout": "findings", "images": 90, "patients": 41}, CARD_CAL)
+    assert (full["layout"], full["images"], full["patients"]) == ("findings", 90, 41)
+    old = external.training_data(TRAINING, CARD_CAL)  # older card: layout and patients unknown
+    assert (old["layout"], old["images"], old["patients"]) == (None, 90, None)
     empty = external.training_data({}, {})
     assert not empty["recorded"] and empty["images"] is None and empty["calibrated_on"] is None
 

@@ -36,6 +36,21 @@ def test_card_round_trips_and_validates():
             card.replace(**bad)
 
 
+def test_training_data_record_old_and_new_cards_load(tmp_path):
+    (tmp_path / "model.keras").write_bytes(b"")
+    old_data = {"data_dir": "/d/rsna", "source": "stage_2_train_images", "image_size": SIZE,
+                "fingerprint": "aaaa", "splits": {"train": {"count": 8, "positives": 2}}}
+    new_data = {**old_data, "source_layout": "folders", "images": 8, "patients": 5}
+    for data in (old_data, new_data):  # cards written before and after the data facts grew
+        written = ModelCard(input_size=SIZE, data=data)
+        model_card.write_card(tmp_path, written)
+        assert model_card.read_card(tmp_path) == written
+        assert dict(model_card.read_card(tmp_path).data) == data
+    old_file = {**ModelCard(input_size=SIZE).to_dict(), "data": old_data}
+    (tmp_path / "model.json").write_text(json.dumps(old_file))
+    assert "source_layout" not in model_card.read_card(tmp_path).data
+
+
 def test_read_card_errors_are_one_line(tmp_path):
     model = tmp_path / "model.keras"
     model.write_bytes(b"")

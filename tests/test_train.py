@@ -285,3 +285,21 @@ def test_cli_output_to_a_file_has_no_progress_bars(converted_dir, tmp_path):
     summary = stdout.strip().splitlines()[-1]
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert summary.startswith(f"best epoch {meta['best_epoch']}: validation ROC-AUC")
+
+
+def test_training_card_names_the_layout_images_and_patients(tmp_path):
+    config = _config()
+    splits = {"train": {"count": 30, "positives": 9, "files": []},
+              "val": {"count": 6, "positives": 2, "files": []}}
+    folders = {"image_size": 64, "splits": splits, "shards": {}, "source": "chest_xray",
+               "source_layout": "folders", "grouping": {"file": "patients.csv", "patients": 21,
+                                                        "images": 36}}
+    card = train.training_card(config, folders, tmp_path, None, None, 1, {})
+    assert (card.data["source"], card.data["source_layout"]) == ("chest_xray", "folders")
+    assert (card.data["images"], card.data["patients"]) == (36, 21)
+    # A manifest from before the other layouts: RSNA, one DICOM per patient.
+    old = {key: value for key, value in folders.items() if key not in ("source_layout",
+                                                                       "grouping")}
+    card = train.training_card(config, old, tmp_path, None, None, 1, {})
+    assert (card.data["source_layout"], card.data["images"], card.data["patients"]) == (
+        "rsna", 36, 36)
