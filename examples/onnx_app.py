@@ -31,7 +31,8 @@ DICOM (single frame, MONOCHROME1/2):
   then "square".
 PNG / JPEG: Pillow; 16-bit or 32-bit integer grayscale has its [min, max] mapped
   linearly onto [0, 255] (rounded); anything else `convert("L")` (ITU-R 601-2
-  luma for colour); then "square".
+  luma, exact for a gray picture saved as RGB; `cli.py predict` refuses real
+  colour, which this example converts all the same); then "square".
 Square: a non-square image is centred on a black (0) square of its longer side
   (offsets rounded down), then area-averaged to S x S by Pillow's BOX filter
   (skipped when it is S x S already).

@@ -401,7 +401,9 @@ def app_inputs(tmp_path_factory) -> list[Path]:
     for name, ds in datasets.items():
         ds.save_as(root / name, enforce_file_format=True)
         paths.append(root / name)
-    Image.fromarray(rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)).save(root / "rgb.png")
+    # A gray picture saved as RGB (predict refuses real colour: images.read_gray).
+    gray = rng.integers(0, 256, (40, 70, 1), dtype=np.uint8)
+    Image.fromarray(np.repeat(gray, 3, axis=2)).save(root / "rgb.png")
     Image.fromarray(rng.integers(0, 4096, (48, 48), dtype=np.uint16)).save(root / "deep.png")
     Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(root / "photo.jpg")
     return paths + [root / "rgb.png", root / "deep.png", root / "photo.jpg"]
