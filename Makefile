@@ -29,12 +29,17 @@ app: $(STAMP)
 	@test -f demo_output/run/model.keras || { echo "no demo model in demo_output/run: run \`make demo\` first" >&2; exit 2; }
 	$(BIN)/python cli.py app --model demo_output/run --data demo_output/tfrecords
 
+# Two pytest-xdist workers (the CI machine has 2 cores; most of a tiny test's time is
+# single-threaded Python: tracing, compiling, starting processes). `loadfile` keeps
+# each test module on one worker so its module fixtures are built once.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
+
 # Every test under TensorFlow; under JAX only those marked `backend` (the rest do
 # not depend on the Keras backend). --durations keeps the slow ones visible.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q --durations=15
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q --durations=15 -m backend
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=15
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=15 -m backend
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

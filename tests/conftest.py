@@ -77,3 +77,20 @@ def converted_dir(synth_dir, tmp_path_factory):
         progress=False,
     )
     return out
+
+
+# ---------------------------------------------------------------- parallel runs
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with slow tests first, each module's tests kept together.
+
+    `make test` runs pytest-xdist with `--dist loadfile` (one module per worker at
+    a time, so module fixtures such as a trained model or a 3-fold run are built
+    once): starting the long modules first lets the short ones fill the gaps
+    instead of one worker finishing a long module alone at the end. (`loadgroup`
+    cannot spread single tests instead: pytest-xdist 3.8 marks groups through
+    `item._nodeid`, which pytest 9 no longer reads.)
+    """
+    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in slow_modules)  # stable

@@ -372,7 +372,9 @@ def _epochs(run_dir):
         return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
-@pytest.mark.backend
+# Not `backend`: what it checks (skipping finished folds, resuming the killed one,
+# aggregating once all are there) is cv's own bookkeeping; resuming a killed training
+# run under each backend is test_train.py's test_resume_after_kill.
 @pytest.mark.slow
 def test_two_folds_one_per_machine_killed_and_resumed(converted_dir, tmp_path):
     data = _two_folds(converted_dir, tmp_path / "data")

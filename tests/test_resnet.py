@@ -196,6 +196,7 @@ def saved_model(tmp_path_factory) -> tuple[Path, Path, np.ndarray]:
     return model_path, folder / "pixels.npy", model.predict(pixels, verbose=0)
 
 
+@pytest.mark.slow  # two fresh interpreters load ResNet18 (≈ 15-40 s each)
 @pytest.mark.parametrize("loader_backend", ["tensorflow", "jax"])
 def test_keras_file_round_trip_in_fresh_process(saved_model, tmp_path: Path, loader_backend: str):
     model_path, pixels_path, expected = saved_model

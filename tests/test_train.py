@@ -39,6 +39,7 @@ def _history(run_dir):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss_and_writes_the_run(converted_dir, tmp_path):
     config = _config(
         "train.epochs=4",
@@ -77,6 +78,7 @@ def test_short_training_lowers_the_loss_and_writes_the_run(converted_dir, tmp_pa
     assert not (tmp_path / "run" / "backup").exists()
 
 
+@pytest.mark.slow
 def test_saved_model_predicts_the_same_under_both_backends(converted_dir, tmp_path):
     config = _config("train.epochs=1")
     train.train(converted_dir, tmp_path / "run", config, verbose=0)
@@ -104,6 +106,7 @@ def test_clear_errors(converted_dir, tmp_path):
         train.train(broken, tmp_path / "run", _config())
 
 
+@pytest.mark.slow
 def test_fold_training_and_focal_loss(converted_dir, tmp_path):
     config = _config("train.epochs=1", "train.loss=focal", "train.warmup_epochs=0.5")
     summary = train.train(converted_dir, tmp_path / "run", config, fold=2, verbose=0)
@@ -111,6 +114,7 @@ def test_fold_training_and_focal_loss(converted_dir, tmp_path):
     assert meta["fold"] == 2 and summary.epochs_run == 1
 
 
+@pytest.mark.slow
 def test_box_supervision_trains_a_head_that_is_not_saved(converted_dir, tmp_path):
     config = _config("train.epochs=2", "train.box_loss_weight=2.0")
     summary = train.train(converted_dir, tmp_path / "run", config, verbose=0)
@@ -137,6 +141,7 @@ def build_model_like(config):
     return resnet.build_model(config.model, config.data.image_size)
 
 
+@pytest.mark.slow
 def test_box_supervision_with_last_stride_one_and_focal_loss(converted_dir, tmp_path):
     config = _config(
         "train.epochs=1", "train.box_loss_weight=1.0", "model.last_stride=1", "train.loss=focal"
@@ -186,6 +191,7 @@ def _cli_train(converted_dir, run_dir, *extra, env=None):
     )
 
 
+@pytest.mark.slow
 def test_resume_after_kill(converted_dir, tmp_path):
     run = tmp_path / "run"
     extra = ("--set", "train.epochs=3")
@@ -226,6 +232,7 @@ def test_cli_unknown_setting_is_one_line(tmp_path):
     assert stderr.strip().splitlines() == [stderr.strip()] and "no.such_key" in stderr
 
 
+@pytest.mark.slow
 def test_a_run_folder_describes_one_run(converted_dir, tmp_path):
     run = tmp_path / "run"
     config = _config("train.epochs=1")
@@ -277,6 +284,7 @@ def test_fold_errors_name_the_folds(converted_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_cli_output_to_a_file_has_no_progress_bars(converted_dir, tmp_path):
     process = _cli_train(converted_dir, tmp_path / "run", "--set", "train.epochs=1")
     stdout, stderr = process.communicate(timeout=600)
