@@ -328,7 +328,8 @@ def training_dataset(
     steps = count // batch if drop_remainder else -(-count // batch)
     if steps < 1:
         raise UserError(
-            f"the training data ({count} examples) is smaller than one batch of {batch}"
+            f"the training data ({count} examples) is smaller than one batch of {batch}; "
+            "lower data.batch_size"
         )
     size = config.data.image_size
     augmenter = Augmenter(config.augment, seed)

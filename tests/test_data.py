@@ -139,6 +139,15 @@ def test_image_size_mismatch_is_a_clear_error(converted_dir):
 # ------------------------------------------------------------------ box supervision
 
 
+def test_whole_batches_only_need_one_batch_of_training_data(converted_dir):
+    # train asks for whole batches (one step shape); 48 training examples.
+    _, steps = data.training_dataset(converted_dir, _config(), drop_remainder=True)
+    assert steps == 48 // 8
+    with pytest.raises(UserError, match=r"\(48 examples\) is smaller than one batch of 64; "
+                                        "lower data.batch_size"):
+        data.training_dataset(converted_dir, _config("data.batch_size=64"), drop_remainder=True)
+
+
 def test_box_mask_marks_pixel_centres_inside_any_box():
     # The one rasteriser: training's box targets and localization's scores use it.
     boxes = np.array([[0.1, 0.2, 0.3, 0.25], [0.5, 0.55, 0.4, 0.4]], np.float32)
