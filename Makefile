@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo app test lint install clean
+.PHONY: demo app test test-tf test-jax lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,14 +35,27 @@ app: $(STAMP)
 PYTEST_PARALLEL ?= -n 2 --dist loadfile
 
 # Every test under TensorFlow; under JAX only those marked `backend` (the rest do
-# not depend on the Keras backend). --durations keeps the slow ones visible.
+# not depend on the Keras backend). The two passes run at the same time (each
+# leaves gaps the other fills: process start-ups, a heartbeat wait); the JAX
+# pass's output is printed when both are done. --durations keeps the slow ones
+# visible. `make test-tf` / `make test-jax` run one pass.
 test: $(STAMP)
 	$(BIN)/ruff check .
+	@echo "JAX pass running in the background (its output follows the TensorFlow pass)"
+	@KERAS_BACKEND=jax $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=15 -m backend \
+	    > .pytest-jax.log 2>&1 & jax=$$!; \
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=15; tf=$$?; \
+	wait $$jax; jaxrc=$$?; echo "---- JAX pass (-m backend)"; cat .pytest-jax.log; \
+	echo "test: TensorFlow pass exit $$tf, JAX pass exit $$jaxrc"; [ $$tf = 0 ] && [ $$jaxrc = 0 ]
+
+test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=15
+
+test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=15 -m backend
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .pytest-jax.log
