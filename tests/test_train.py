@@ -192,7 +192,7 @@ def _cli_train(converted_dir, run_dir, *extra, env=None):
 
 
 @pytest.mark.slow
-def test_resume_after_kill(converted_dir, tmp_path):
+def test_resume_after_kill_and_plain_output_to_a_pipe(converted_dir, tmp_path):
     run = tmp_path / "run"
     extra = ("--set", "train.epochs=3")
     # The process kills itself at the end of epoch 2, after that epoch's backup.
@@ -202,10 +202,15 @@ def test_resume_after_kill(converted_dir, tmp_path):
     assert [int(r["epoch"]) for r in _history(run)] == [1, 2]
     assert json.loads((run / "run.json").read_text())["status"] == "running"
     resumed = _cli_train(converted_dir, run, *extra)
-    _, stderr = resumed.communicate(timeout=600)
+    stdout, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr[-2000:]
     assert [int(r["epoch"]) for r in _history(run)] == [1, 2, 3]
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    # Its output went to a pipe: plain lines, no progress bars, the summary last.
+    assert "\r" not in stdout and "\x1b[" not in stdout
+    meta = json.loads((run / "model.json").read_text())
+    assert stdout.strip().splitlines()[-1].startswith(
+        f"best epoch {meta['best_epoch']}: validation ROC-AUC")
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX data parallelism")
@@ -282,17 +287,6 @@ def test_fold_errors_name_the_folds(converted_dir, tmp_path):
     with pytest.raises(UserError, match="converted without --folds"):
         train.train(unfolded, tmp_path / "run", _config(), fold=0)
     assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.slow
-def test_cli_output_to_a_file_has_no_progress_bars(converted_dir, tmp_path):
-    process = _cli_train(converted_dir, tmp_path / "run", "--set", "train.epochs=1")
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-2000:]
-    assert "\r" not in stdout and "\x1b[" not in stdout
-    summary = stdout.strip().splitlines()[-1]
-    meta = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert summary.startswith(f"best epoch {meta['best_epoch']}: validation ROC-AUC")
 
 
 def test_training_card_names_the_layout_images_and_patients(tmp_path):
