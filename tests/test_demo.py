@@ -13,7 +13,10 @@ from pneumokeras.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.backend
+# Runs once, in the TensorFlow pass (`make demo`'s default backend), not `backend`:
+# each stage it chains (synth, convert, train, evaluate, explain in a spawned
+# TensorFlow process) has its own tests, and those that touch Keras run under both
+# backends; what this adds is the chaining, the summary and that the recipe learns.
 @pytest.mark.slow
 def test_demo_runs_every_stage_learns_and_summarises(tmp_path):
     # The demo recipe, thinner and shorter: 300 patients at 128 px seen at 64 px.
