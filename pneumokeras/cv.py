@@ -255,10 +255,18 @@ def train_folds(
 class OutOfFold:
     """Pooled out-of-fold predictions, in fold order, then file order (`(N,)` each)."""
 
-    patients: np.ndarray  # str
+    patients: np.ndarray  # str: example ids (`image/patient_id`)
     folds: np.ndarray  # int
     labels: np.ndarray  # int, 1 = pneumonia
     raw: np.ndarray  # float64, uncalibrated pneumonia probability of the held-out model
+    # The patient of each example (patients.csv of folders/findings conversions,
+    # where a patient may have several images); None: each example is a patient.
+    groups: np.ndarray | None = None
+
+    @property
+    def patient_groups(self) -> np.ndarray:
+        """`(N,)` patient of each example: what the bootstrap resamples."""
+        return self.patients if self.groups is None else self.groups
 
 
 def _fold_patients(
@@ -330,7 +338,11 @@ def out_of_fold(
             raise RuntimeError(f"the model of fold {k} outputs non-finite probabilities")
         patients = np.array([p for p, _ in held], dtype=str)
         parts.append((patients, np.full(len(held), k), labels_k.astype(int), raw_k))
-    return OutOfFold(*(np.concatenate([part[i] for part in parts]) for i in range(4)))
+    examples, fold_of, labels, raw = (np.concatenate([part[i] for part in parts])
+                                      for i in range(4))
+    groups = np.array(tfrecords.patient_ids(examples, tfrecords.read_patients(data_dir)),
+                      dtype=str)
+    return OutOfFold(examples, fold_of, labels, raw, groups)
 
 
 def oof_csv(oof: OutOfFold, calibrated: np.ndarray) -> str:
@@ -394,7 +406,7 @@ def _calibration_facts(fit: calibration.TemperatureFit, oof: OutOfFold) -> dict[
         "method": "temperature scaling",
         "fitted_on": "oof",
         "n": fit.n,
-        "n_patients": int(np.unique(oof.patients).size),
+        "n_patients": int(np.unique(oof.patient_groups).size),
         "n_positive": positives,
         "n_negative": int(len(oof.labels) - positives),
         "fitted_temperature": fit.fitted,
@@ -605,7 +617,7 @@ def aggregate(
     threshold = metrics.choose_threshold(oof.labels, calibrated, method)
     per_fold, summary = fold_metrics(oof, calibrated, threshold, num_folds)
     pooled = metrics.metric_table(
-        oof.labels, calibrated, threshold, groups=oof.patients,
+        oof.labels, calibrated, threshold, groups=oof.patient_groups,
         resamples=config.evaluate.bootstrap, seed=config.train.seed,
     )
     cal = _calibration_facts(fit, oof)

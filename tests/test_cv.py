@@ -96,6 +96,17 @@ def test_cv_roc_figure_draws_each_fold_and_the_mean():
     assert plots.to_png(figure)[:4] == b"\x89PNG"
 
 
+def test_out_of_fold_patients_are_the_grouped_patients_when_there_are_some():
+    labels, raw = np.array([0, 1, 1, 0]), np.array([0.2, 0.7, 0.6, 0.4])
+    images = np.array(["a/1", "a/2", "b/1", "c/1"])
+    plain = cv.OutOfFold(images, np.array([0, 0, 1, 1]), labels, raw)
+    assert list(plain.patient_groups) == list(images)  # RSNA: one image per patient
+    grouped = cv.OutOfFold(images, plain.folds, labels, raw, np.array(["a", "a", "b", "c"]))
+    fit = fit_calibration(labels, raw)
+    assert cv._calibration_facts(fit, grouped)["n_patients"] == 3
+    assert cv._calibration_facts(fit, plain)["n_patients"] == 4
+
+
 def test_fold_metrics_mean_and_sd_over_folds():
     rng = np.random.default_rng(1)
     folds = np.repeat([0, 1, 2], 30)
