@@ -479,6 +479,10 @@ def _distribution_scope(config: Config):
             )
         devices = jax.device_count()
         if config.data.batch_size % devices:
+            # Every process refuses alike; meet first, so that none leaves (and
+            # takes the coordination service with it) while another is still
+            # starting its backend, which would fail that one with exit 1.
+            distributed.all_gather(np.zeros(1, np.int32))
             raise UserError(
                 f"data.batch_size {config.data.batch_size} (the global batch) must divide by "
                 f"the {devices} devices of the {processes} processes"
