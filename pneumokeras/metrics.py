@@ -15,7 +15,10 @@ Intervals (`metric_table`), 95 % by default:
   Science 2001) from `scipy.stats.binomtest(k, n).proportion_ci`. Unlike the
   percentile bootstrap it does not collapse to zero width at 0 or 1: 47 of 47
   negatives correct gives specificity 1.000 (0.924 – 1.000), not (1.000 – 1.000).
-  It treats images as independent trials (RSNA has one image per patient).
+  It treats images as independent trials: exact for RSNA (one image per
+  patient); with several images per patient (NIH follow-ups, Kermany's
+  personN images) correlated images make it somewhat too narrow, while the
+  bootstrap below resamples whole patients.
 - ROC-AUC, PR-AUC, F1 and the Brier score get a percentile bootstrap over patients
   (`bootstrap_ci`); a resample on which a value is undefined (e.g. AUC of a
   one-class resample) is skipped.
