@@ -36,7 +36,7 @@ PYTEST_PARALLEL ?= -n 2 --dist loadfile
 
 # Every test under TensorFlow; under JAX only those marked `backend` (the rest do
 # not depend on the Keras backend). One pass after the other: run at the same
-# time they were no faster on 2 cores (22.5 min against ≈ 19) and the overload
+# time they were no faster on 2 cores (22.5 min against 22.8 on a clean clone) and the overload
 # exposed a start-up race in a two-process JAX test. --durations keeps the slow ones visible.
 # `make test-tf` / `make test-jax` run one pass.
 test: $(STAMP)
