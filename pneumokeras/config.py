@@ -69,18 +69,20 @@ class ModelConfig:
     """Backbone settings.
 
     Attributes:
-        name: `resnet18` (written here), or `densenet121` / `efficientnetv2b0`
-            from `keras.applications` (random init, 1 channel).
-        filters: ResNet18 stem width; 64 is the standard network, smaller values
+        name: `resnet18` (written here), `resnet10` (the same with one block per
+            stage instead of two: half the layers, for quick CPU runs and tests),
+            or `densenet121` / `efficientnetv2b0` from `keras.applications`
+            (random init, 1 channel).
+        filters: ResNet stem width; 64 is the standard network, smaller values
             give proportionally thinner stages (tests and the CPU demo).
         dropout: dropout rate before the classifier (0 disables).
-        last_stride: stride of ResNet18's last stage. 1 keeps it at the third
+        last_stride: stride of the ResNet's last stage. 1 keeps it at the third
             stage's resolution (image / 16 instead of / 32: 8 x 8 cells at 128 px),
             a finer Grad-CAM grid for small images at about 1.4x the compute
             (the "last stride 1" of CAM-style localisation and re-ID models).
     """
 
-    name: Literal["resnet18", "densenet121", "efficientnetv2b0"] = "resnet18"
+    name: Literal["resnet18", "resnet10", "densenet121", "efficientnetv2b0"] = "resnet18"
     filters: int = 64
     dropout: float = 0.0
     last_stride: Literal[1, 2] = 2

@@ -1,4 +1,5 @@
-"""Backbones from stock Keras layers: ResNet18 (written here), DenseNet121, EfficientNetV2B0.
+"""Backbones from stock Keras layers: ResNet18 and ResNet10 (written here), DenseNet121,
+EfficientNetV2B0.
 
 Every model built here shares one contract (see docs/DESIGN.md, "model.keras"):
 
@@ -21,6 +22,9 @@ padding, bias-free convolutions, BatchNorm momentum 0.1 in torch terms /
 0.9 in Keras terms, epsilon 1e-5, He-normal fan-out initialisation), so weights
 map one-to-one from a torch checkpoint and the parameter count matches:
 11,171,266 trainable parameters for one input channel and two classes.
+ResNet10 is the same network with one basic block per stage instead of two
+(MONAI's `resnet10`): about half the layers, so half the tracing and compiling
+of a training step, for quick CPU runs and the test suite.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pneumokeras.config import ModelConfig
 # activation) before global pooling.
 LAST_CONV_LAYER: dict[str, str] = {
     "resnet18": "stack4_block2_out",
+    "resnet10": "stack4_block1_out",
     "densenet121": "relu",
     "efficientnetv2b0": "top_activation",
 }
@@ -45,6 +50,11 @@ LAST_CONV_LAYER: dict[str, str] = {
 _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
 _MIN_IMAGE_SIZE = 32
+# Basic blocks per stage of the ResNets written here.
+RESNET_BLOCKS: dict[str, tuple[int, int, int, int]] = {
+    "resnet18": (2, 2, 2, 2),
+    "resnet10": (1, 1, 1, 1),
+}
 
 
 def _conv_initializer() -> keras.initializers.Initializer:
@@ -212,11 +222,36 @@ def build_resnet18(
     Raises:
         ValueError: an argument is out of range.
     """
+    return build_resnet(
+        image_size, RESNET_BLOCKS["resnet18"], filters, num_classes, dropout, name, last_stride
+    )
+
+
+def build_resnet(
+    image_size: int,
+    blocks: tuple[int, int, int, int],
+    filters: int = 64,
+    num_classes: int = 2,
+    dropout: float = 0.0,
+    name: str = "resnet",
+    last_stride: int = 2,
+) -> keras.Model:
+    """A basic-block ResNet for one-channel images with `blocks` blocks per stage.
+
+    `build_resnet18` is `blocks=(2, 2, 2, 2)`; `(1, 1, 1, 1)` is ResNet10. The
+    other arguments and the returned model are as in `build_resnet18`; the last
+    feature map is `stack4_block{blocks[3]}_out`.
+
+    Raises:
+        ValueError: an argument is out of range.
+    """
     _check_head_args(image_size, num_classes, dropout)
     if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
         raise ValueError(f"filters must be an integer ≥ 1. Received: filters={filters!r}")
     if last_stride not in (1, 2):
         raise ValueError(f"last_stride must be 1 or 2. Received: last_stride={last_stride!r}")
+    if len(blocks) != 4 or min(blocks) < 1:
+        raise ValueError(f"blocks must be 4 counts ≥ 1. Received: blocks={blocks!r}")
 
     image, x = _image_input(image_size)
     # Stem: torchvision conv1 (7×7/2, padding 3) + bn1 + relu + maxpool (3×3/2,
@@ -236,11 +271,11 @@ def build_resnet18(
     x = layers.ZeroPadding2D(padding=1, name="stem_pool_pad")(x)
     x = layers.MaxPooling2D(pool_size=3, strides=2, name="stem_pool")(x)
 
-    for stage, multiplier in enumerate((1, 2, 4, 8), start=1):
+    for stage, (multiplier, count) in enumerate(zip((1, 2, 4, 8), blocks, strict=True), 1):
         x = apply_stack(
             x,
             filters * multiplier,
-            blocks=2,
+            blocks=count,
             stride=1 if stage == 1 else last_stride if stage == 4 else 2,
             name=f"stack{stage}",
         )
@@ -329,7 +364,7 @@ def build_model(config: ModelConfig, image_size: int, num_classes: int = 2) -> k
     """Builds the backbone named by `config.name` with the shared head.
 
     Args:
-        config: model settings; `filters` and `last_stride` apply to `resnet18` only.
+        config: model settings; `filters` and `last_stride` apply to the ResNets only.
         image_size: side of the square input, pixels (≥ 32); must match the data.
         num_classes: number of output classes.
 
@@ -341,16 +376,20 @@ def build_model(config: ModelConfig, image_size: int, num_classes: int = 2) -> k
     Raises:
         ValueError: unknown model name or an argument out of range.
     """
-    if config.name == "resnet18":
-        return build_resnet18(
+    if config.name in RESNET_BLOCKS:
+        return build_resnet(
             image_size,
+            RESNET_BLOCKS[config.name],
             filters=config.filters,
             num_classes=num_classes,
             dropout=config.dropout,
+            name=config.name,
             last_stride=config.last_stride,
         )
     if config.last_stride != 2:
-        raise ValueError(f"model.last_stride applies to resnet18 only. Received: {config.name!r}")
+        raise ValueError(
+            f"model.last_stride applies to resnet18 and resnet10 only. Received: {config.name!r}"
+        )
     if config.name == "densenet121":
         return build_densenet121(image_size, num_classes=num_classes, dropout=config.dropout)
     if config.name == "efficientnetv2b0":

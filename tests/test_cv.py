@@ -1,6 +1,6 @@
 """Tests for pneumokeras.cv: K-fold training, out-of-fold metrics and the deep ensemble.
 
-One 3-fold run (tiny ResNet18, one epoch per fold) is shared by most tests
+One 3-fold run (tiny ResNet10, one epoch per fold) is shared by most tests
 (`cv3`); a 2-fold copy of the data checks `--only-fold`, a kill inside a fold
 and the resume between folds. Error tests tamper with copies of the shared run.
 """
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "data.image_size=64",
     "data.batch_size=8",
+    "model.name=resnet10",  # ResNet18's layers with half the blocks: half the tracing
     "model.filters=8",
     "train.learning_rate=3e-3",
     "train.distribute=none",
@@ -188,7 +189,7 @@ def test_the_card_is_fitted_on_the_out_of_fold_predictions(cv3):
     assert card.threshold == pytest.approx(expected, abs=1e-6)
     assert [m["name"] for m in card.members] == ["member_0", "member_1", "member_2"]
     assert [m["fold"] for m in card.members] == [0, 1, 2]
-    assert all(m["gradcam_layer"] == "stack4_block2_out" for m in card.members)
+    assert all(m["gradcam_layer"] == "stack4_block1_out" for m in card.members)
     assert card.fold is None and card.input_size == 64
 
 
@@ -266,14 +267,14 @@ def test_explain_shows_the_mean_of_the_members_maps(cv3, converted_dir, tmp_path
     out, _, _ = cv3
     summary = explain_run(out / "ensemble.keras", tmp_path / "explain", _config(),
                           data_dir=converted_dir, split="test", limit=3, progress=False)
-    assert summary["count"] == 3 and summary["layer"] == "stack4_block2_out of each member"
+    assert summary["count"] == 3 and summary["layer"] == "stack4_block1_out of each member"
     assert (tmp_path / "explain" / "contact_sheet.png").is_file()
     model = keras.saving.load_model(out / "ensemble.keras")
     images = _test_images(converted_dir, 3).astype(np.float32)
     names = [f"member_{k}" for k in range(3)]
-    explainer = EnsembleHeatmapExplainer(model, names, "gradcam", ["stack4_block2_out"] * 3)
+    explainer = EnsembleHeatmapExplainer(model, names, "gradcam", ["stack4_block1_out"] * 3)
     maps = explainer(images, "pneumonia")
-    each = [HeatmapExplainer(model.get_layer(n), "gradcam", "stack4_block2_out")(images)
+    each = [HeatmapExplainer(model.get_layer(n), "gradcam", "stack4_block1_out")(images)
             for n in names]
     np.testing.assert_allclose(maps, _normalize_maps(np.mean(each, axis=0)), atol=1e-5)
     assert maps.shape == (3, 64, 64)
@@ -341,13 +342,17 @@ def _unfolded(converted_dir, target):
     return target
 
 
-def test_data_without_folds_is_one_line_and_exit_2(converted_dir, tmp_path):
+def test_data_without_folds_is_one_line_and_exit_2(converted_dir, tmp_path, capsys):
+    from pneumokeras.cli import main
+
     unfolded = _unfolded(converted_dir, tmp_path / "unfolded")
     with pytest.raises(UserError, match="converted without folds"):
         cv.cross_validate(unfolded, tmp_path / "cv", _config())
-    process = _cli_cv(unfolded, tmp_path / "cv")
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 2
+    with pytest.raises(SystemExit) as done:
+        main(["cv", "--data", str(unfolded), "--out", str(tmp_path / "cv"),
+              *[a for o in TINY for a in ("--set", o)]])
+    stderr = capsys.readouterr().err
+    assert done.value.code == 2
     assert stderr.strip().splitlines() == [stderr.strip()] and "without folds" in stderr
     assert not (tmp_path / "cv").exists()
 

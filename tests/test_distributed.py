@@ -36,6 +36,7 @@ SETTINGS = [
     "data.image_size=64",
     "data.batch_size=6",
     "data.deterministic=true",
+    "model.name=resnet10",  # ResNet18's layers, half the blocks: half the compiling
     "model.filters=8",
     "train.learning_rate=3e-3",
     "train.distribute=auto",
@@ -385,6 +386,8 @@ def test_two_processes_equal_one_process_over_two_devices(killed_and_resumed, tm
     assert sorted(two) == sorted(one) and len(two) > 10
     for name in two:
         np.testing.assert_allclose(two[name], one[name], atol=1e-5, err_msg=name)
+    # The reference is plain data parallelism over two devices of one process.
+    assert json.loads((root / "one" / "model.json").read_text())["devices"] == 2
     loss = float(killed_and_resumed["state1"]["history"][0]["loss"])
     assert loss == pytest.approx(float(_history(root / "one")[0]["loss"]), rel=1e-5)
 

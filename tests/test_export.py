@@ -2,8 +2,8 @@
 
 A 32 px stand-in model (`contract_model`) with a fitted card. The export runs
 under TensorFlow, so the tests that export in this process skip under JAX; a
-model saved under JAX is exported from a fresh `KERAS_BACKEND=jax` process
-(`test_a_model_saved_under_jax_exports`), which runs the export in a spawned
+model saved under JAX is exported in the JAX pass
+(`test_under_jax_the_export_runs_in_a_tensorflow_child`), through a spawned
 TensorFlow child.
 """
 
@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import keras
@@ -160,42 +159,6 @@ def test_mixed_precision_ensemble_is_exported_in_float32(tmp_path):
     assert any("float32" in note and "mixed_bfloat16" in note for note in summary.notes)
 
 
-@pytest.mark.slow
-def test_a_model_saved_under_jax_exports(tmp_path):
-    """A fresh JAX process saves the model, then exports it (TensorFlow child process).
-
-    Not marked `backend`: both processes fix their own backend, so the test is the
-    same in either pass of the suite.
-    """
-    script = tmp_path / "jax_export.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(REPO / "tests")!r})
-
-        if __name__ == "__main__":
-            import keras
-            from model_fixtures import contract_model
-            from pneumokeras.export import export_model
-            from pneumokeras.model_card import ModelCard, write_card
-
-            assert keras.backend.backend() == "jax"
-            contract_model({SIZE}).save({str(tmp_path / "model.keras")!r})
-            write_card({str(tmp_path / "model.keras")!r}, ModelCard(input_size={SIZE}))
-            summary = export_model({str(tmp_path)!r}, "onnx")
-            assert keras.backend.backend() == "jax"
-            print("DIFF", summary.max_abs_diff, "NOTES", summary.notes)
-    """))
-    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    diff = float(re.search(r"DIFF (\S+)", done.stdout).group(1))
-    assert diff <= export.TOLERANCE
-    assert "child process (KERAS_BACKEND=jax)" in done.stdout
-    assert "training's defaults" in done.stdout  # an unfitted card is said
-    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "model.onnx.json").is_file()
-
-
 # ---------------------------------------------------------------- bad input
 
 
@@ -264,15 +227,29 @@ def test_files_that_are_not_a_model_of_the_contract(tmp_path):
 
 @pytest.mark.backend
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX pass's path")
-@pytest.mark.slow
-def test_under_jax_a_bad_model_is_a_user_error_from_the_tensorflow_child(tmp_path):
-    text = tmp_path / "model.keras"
+@pytest.mark.slow  # two TensorFlow children (≈ 15-30 s each)
+def test_under_jax_the_export_runs_in_a_tensorflow_child(run_dir, tmp_path):
+    """A model saved under JAX exports (and checks) in a spawned TensorFlow process;
+    a bad model there is a user error here; this process stays on JAX."""
+    unfitted = tmp_path / "unfitted"
+    unfitted.mkdir()
+    (run_dir / "model.keras").rename(unfitted / "model.keras")
+    write_card(unfitted / "model.keras", ModelCard(input_size=SIZE))
+    summary = export.export_model(unfitted, "onnx")
+    assert summary.max_abs_diff <= export.TOLERANCE
+    assert any("child process (KERAS_BACKEND=jax)" in note for note in summary.notes)
+    assert any("training's defaults" in note for note in summary.notes)  # an unfitted card
+    assert sorted(p.name for p in unfitted.iterdir()) == [
+        "model.json", "model.keras", "model.onnx", "model.onnx.json"
+    ]
+    text = tmp_path / "text" / "model.keras"
+    text.parent.mkdir()
     text.write_text("not a zip")
     write_card(text, CARD)
     with pytest.raises(UserError, match="not a valid .keras file"):
         export.export_model(text, "saved_model")
-    assert os.environ["KERAS_BACKEND"] == "jax"  # put back after the child
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.keras"]
+    assert os.environ["KERAS_BACKEND"] == "jax" and keras.backend.backend() == "jax"
+    assert sorted(p.name for p in text.parent.iterdir()) == ["model.json", "model.keras"]
 
 
 @pytest.mark.backend

@@ -141,6 +141,21 @@ def test_invalid_arguments(kwargs, message):
         build_resnet18(**kwargs)
 
 
+def test_resnet10_is_resnet18_with_one_block_per_stage():
+    # MONAI's resnet10 (BasicBlock, layers [1, 1, 1, 1]) with 1 input channel and
+    # 2 classes, counted by hand: stem 3,136 + 128; stage 1 73,728 + 256; stage 2
+    # 73,728 + 147,456 + 8,192 (1x1 shortcut) + 768; stage 3 294,912 + 589,824 +
+    # 32,768 + 1,536; stage 4 1,179,648 + 2,359,296 + 131,072 + 3,072; fc 1,026.
+    model = build_model(ModelConfig(name="resnet10"), image_size=224)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == 4_900_546 and model.name == "resnet10"
+    assert model.get_layer(LAST_CONV_LAYER["resnet10"]).output.shape == (None, 7, 7, 512)
+    names = {layer.name for layer in model.layers}
+    assert "stack4_block1_out" in names and not any("block2" in name for name in names)
+    fine = build_model(ModelConfig(name="resnet10", filters=8, last_stride=1), image_size=64)
+    assert fine.get_layer("stack4_block1_out").output.shape[1:3] == (4, 4)
+
+
 def test_build_model_dispatches_on_name():
     model = build_model(ModelConfig(name="resnet18", filters=8, dropout=0.1), image_size=32)
     assert model.name == "resnet18"
@@ -196,9 +211,13 @@ def saved_model(tmp_path_factory) -> tuple[Path, Path, np.ndarray]:
     return model_path, folder / "pixels.npy", model.predict(pixels, verbose=0)
 
 
-@pytest.mark.slow  # two fresh interpreters load ResNet18 (≈ 15-40 s each)
-@pytest.mark.parametrize("loader_backend", ["tensorflow", "jax"])
-def test_keras_file_round_trip_in_fresh_process(saved_model, tmp_path: Path, loader_backend: str):
+# Saved under TensorFlow (this module runs in the TensorFlow pass), loaded by a
+# fresh JAX interpreter that cannot import pneumokeras. The other direction is
+# test_train.py's (a JAX-trained run loaded by a fresh TensorFlow interpreter); the
+# same backend is test_keras_file_round_trip_in_this_process.
+@pytest.mark.slow  # a fresh interpreter loads ResNet18 under JAX (≈ 15-40 s)
+def test_keras_file_round_trip_in_fresh_process(saved_model, tmp_path: Path):
+    loader_backend = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
     model_path, pixels_path, expected = saved_model
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(KERAS_BACKEND=loader_backend, TF_CPP_MIN_LOG_LEVEL="3")
@@ -220,6 +239,13 @@ def test_keras_file_round_trip_in_fresh_process(saved_model, tmp_path: Path, loa
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == loader_backend
     np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), expected, atol=1e-5)
+
+
+def test_keras_file_round_trip_in_this_process(saved_model):
+    model_path, pixels_path, expected = saved_model
+    model = keras.saving.load_model(model_path, safe_mode=True)
+    assert model.get_layer("head_dropout").rate == 0.2
+    np.testing.assert_allclose(model.predict(np.load(pixels_path), verbose=0), expected, atol=1e-5)
 
 
 def test_box_head_is_the_classifiers_own_activation_map():
@@ -264,5 +290,5 @@ def test_last_stride_one_keeps_the_third_stage_resolution():
     assert fine(_pixels(1, 64)).shape == (1, 2)
     with pytest.raises(ValueError, match="last_stride must be 1 or 2"):
         build_resnet18(**SMALL, last_stride=4)
-    with pytest.raises(ValueError, match="resnet18 only"):
+    with pytest.raises(ValueError, match="resnet18 and resnet10 only"):
         build_model(ModelConfig(name="densenet121", last_stride=1), 64)

@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "data.image_size=64",
     "data.batch_size=8",
+    # ResNet10: ResNet18's layers with half the blocks, so half the tracing; one
+    # test trains ResNet18 itself (the default), with XLA.
+    "model.name=resnet10",
     "model.filters=8",
     "train.learning_rate=3e-3",
     "train.distribute=none",
@@ -43,7 +46,8 @@ def _history(run_dir):
 def test_short_training_lowers_the_loss_and_writes_the_run(converted_dir, tmp_path):
     config = _config(
         "train.epochs=4",
-        "train.xla=true",  # the default path (XLA under TensorFlow) is trained once
+        "model.name=resnet18",  # the default model and path (XLA under TensorFlow) once
+        "train.xla=true",
         "augment.rotation_degrees=0",
         "augment.flip=false",
         "augment.brightness=0",
@@ -78,20 +82,30 @@ def test_short_training_lowers_the_loss_and_writes_the_run(converted_dir, tmp_pa
     assert not (tmp_path / "run" / "backup").exists()
 
 
-@pytest.mark.slow
-def test_saved_model_predicts_the_same_under_both_backends(converted_dir, tmp_path):
+@pytest.fixture(scope="module")
+def one_epoch_run(converted_dir, tmp_path_factory):
+    """A finished one-epoch run (TINY settings), shared by the tests that only read it."""
+    run = tmp_path_factory.mktemp("one-epoch") / "run"
     config = _config("train.epochs=1")
-    train.train(converted_dir, tmp_path / "run", config, verbose=0)
+    train.train(converted_dir, run, config, verbose=0)
+    return run, config
+
+
+# The other direction (saved under TensorFlow, loaded by a fresh JAX interpreter) is
+# test_resnet.py's round trip and test_cv.py's ensemble test.
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX pass's direction")
+@pytest.mark.slow
+def test_a_model_trained_under_jax_predicts_the_same_in_a_fresh_tensorflow(
+    one_epoch_run, converted_dir, tmp_path
+):
+    run, config = one_epoch_run
     images = np.concatenate(
         [x.numpy() for x, _ in data.evaluation_dataset(converted_dir, "test", config)]
     )
     np.save(tmp_path / "images.npy", images)
-    here = keras.saving.load_model(tmp_path / "run" / "model.keras").predict(images, verbose=0)
-    for backend in ("tensorflow", "jax"):
-        there = predict_in_fresh_process(
-            tmp_path / "run" / "model.keras", tmp_path / "images.npy", backend
-        )
-        np.testing.assert_allclose(there, np.asarray(here), atol=1e-4)
+    here = keras.saving.load_model(run / "model.keras").predict(images, verbose=0)
+    there = predict_in_fresh_process(run / "model.keras", tmp_path / "images.npy", "tensorflow")
+    np.testing.assert_allclose(there, np.asarray(here), atol=1e-4)
 
 
 def test_clear_errors(converted_dir, tmp_path):
@@ -104,14 +118,6 @@ def test_clear_errors(converted_dir, tmp_path):
     next(broken.glob("train-*.tfrecord")).unlink()
     with pytest.raises(UserError, match="missing"):
         train.train(broken, tmp_path / "run", _config())
-
-
-@pytest.mark.slow
-def test_fold_training_and_focal_loss(converted_dir, tmp_path):
-    config = _config("train.epochs=1", "train.loss=focal", "train.warmup_epochs=0.5")
-    summary = train.train(converted_dir, tmp_path / "run", config, fold=2, verbose=0)
-    meta = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert meta["fold"] == 2 and summary.epochs_run == 1
 
 
 @pytest.mark.slow
@@ -142,16 +148,25 @@ def build_model_like(config):
 
 
 @pytest.mark.slow
-def test_box_supervision_with_last_stride_one_and_focal_loss(converted_dir, tmp_path):
+def test_fold_training_box_supervision_last_stride_one_focal_loss_and_warmup(
+    converted_dir, tmp_path
+):
     config = _config(
-        "train.epochs=1", "train.box_loss_weight=1.0", "model.last_stride=1", "train.loss=focal"
+        "train.epochs=1",
+        "train.box_loss_weight=1.0",
+        "model.last_stride=1",
+        "train.loss=focal",
+        "train.warmup_epochs=0.5",
     )
-    train.train(converted_dir, tmp_path / "run", config, verbose=0)
+    summary = train.train(converted_dir, tmp_path / "run", config, fold=2, verbose=0)
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["fold"] == 2 and summary.epochs_run == 1
+    assert meta["gradcam_layer"] == "stack4_block1_out"  # ResNet10's last block
     assert "box_map_loss" in _history(tmp_path / "run")[0]
     model = keras.saving.load_model(tmp_path / "run" / "model.keras")
-    assert model.get_layer("stack4_block2_out").output.shape[1:3] == (4, 4)  # 64 px / 16
+    assert model.get_layer("stack4_block1_out").output.shape[1:3] == (4, 4)  # 64 px / 16
     bad = _config("model.name=densenet121", "model.last_stride=1")
-    with pytest.raises(UserError, match="resnet18 only"):
+    with pytest.raises(UserError, match="resnet18 and resnet10 only"):
         train.train(converted_dir, tmp_path / "bad", bad, verbose=0)
 
 
@@ -213,21 +228,8 @@ def test_resume_after_kill_and_plain_output_to_a_pipe(converted_dir, tmp_path):
         f"best epoch {meta['best_epoch']}: validation ROC-AUC")
 
 
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX data parallelism")
-def test_data_parallel_on_two_jax_devices(converted_dir, tmp_path):
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "KERAS_BACKEND": "jax"}
-    process = _cli_train(
-        converted_dir,
-        tmp_path / "run",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "train.distribute=auto",
-        env=env,
-    )
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-2000:]
-    assert json.loads((tmp_path / "run" / "model.json").read_text())["devices"] == 2
+# Data parallelism over two JAX devices in one process: test_distributed.py's
+# reference run (one process, two devices), compared there with two processes.
 
 
 def test_cli_unknown_setting_is_one_line(tmp_path):
@@ -238,10 +240,10 @@ def test_cli_unknown_setting_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_folder_describes_one_run(converted_dir, tmp_path):
+def test_a_run_folder_describes_one_run(one_epoch_run, converted_dir, tmp_path):
     run = tmp_path / "run"
-    config = _config("train.epochs=1")
-    train.train(converted_dir, run, config, verbose=0)
+    shutil.copytree(one_epoch_run[0], run)
+    config = one_epoch_run[1]
     before = (run / "model.keras").read_bytes(), (run / "history.csv").read_text()
     # A finished run is refused, whatever the settings; nothing changes.
     for again in (config, _config("train.epochs=1", "model.filters=4")):
