@@ -558,9 +558,13 @@ def _decode_all(
             size,
             limit,
             progress,
-            # TensorFlow (parent only) loads while the workers start and decode.
-            while_workers_start=_import_tfrecords,
+            # TensorFlow (parent only) loads while the workers start and decode;
+            # without workers there is nothing to overlap, so it loads after the
+            # encode pass (a stop or a kill while encoding never waits for it).
+            while_workers_start=_import_tfrecords if workers else lambda: None,
         )
+    if tfrecords is None:
+        tfrecords = _import_tfrecords()
     for entry in entries:
         if entry.reason:
             skipped.append((entry.patient, inventory.shown(entry.patient), entry.reason))
