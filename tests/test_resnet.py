@@ -9,10 +9,6 @@ runs together cover "saved under JAX, loaded under TensorFlow" and the reverse.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import keras
@@ -178,20 +174,6 @@ def test_keras_applications_share_the_contract(name, size):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
-_LOADER = textwrap.dedent(
-    """
-    import sys
-    import keras
-    import numpy as np
-
-    model = keras.saving.load_model(sys.argv[1])  # safe_mode=True (default)
-    np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
-    assert "pneumokeras" not in sys.modules
-    print(keras.backend.backend())
-    """
-)
-
-
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory) -> tuple[Path, Path, np.ndarray]:
     """A small ResNet18 saved under the suite's backend, its input and its output."""
@@ -211,36 +193,9 @@ def saved_model(tmp_path_factory) -> tuple[Path, Path, np.ndarray]:
     return model_path, folder / "pixels.npy", model.predict(pixels, verbose=0)
 
 
-# Saved under TensorFlow (this module runs in the TensorFlow pass), loaded by a
-# fresh JAX interpreter that cannot import pneumokeras. The other direction is
-# test_train.py's (a JAX-trained run loaded by a fresh TensorFlow interpreter); the
-# same backend is test_keras_file_round_trip_in_this_process.
-@pytest.mark.slow  # a fresh interpreter loads ResNet18 under JAX (≈ 15-40 s)
-def test_keras_file_round_trip_in_fresh_process(saved_model, tmp_path: Path):
-    loader_backend = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
-    model_path, pixels_path, expected = saved_model
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(KERAS_BACKEND=loader_backend, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _LOADER,
-            str(model_path),
-            str(pixels_path),
-            str(tmp_path / "probs.npy"),
-        ],
-        cwd=tmp_path,  # the repository is not on sys.path: pneumokeras cannot load
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == loader_backend
-    np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), expected, atol=1e-5)
-
-
+# A fresh interpreter of the other backend, without pneumokeras, loads a saved model
+# in test_cv.py (the ensemble of trained ResNet10 folds: TensorFlow → JAX in the
+# TensorFlow pass, JAX → TensorFlow in the JAX pass).
 def test_keras_file_round_trip_in_this_process(saved_model):
     model_path, pixels_path, expected = saved_model
     model = keras.saving.load_model(model_path, safe_mode=True)

@@ -8,11 +8,9 @@ import sys
 from pathlib import Path
 
 import keras
-import numpy as np
 import pytest
-from model_fixtures import predict_in_fresh_process
 
-from pneumokeras import data, train
+from pneumokeras import train
 from pneumokeras.config import load_config
 from pneumokeras.errors import UserError
 
@@ -80,32 +78,6 @@ def test_short_training_lowers_the_loss_and_writes_the_run(converted_dir, tmp_pa
     assert (tmp_path / "run" / "model.keras").is_file()
     assert any((tmp_path / "run" / "logs").rglob("*"))
     assert not (tmp_path / "run" / "backup").exists()
-
-
-@pytest.fixture(scope="module")
-def one_epoch_run(converted_dir, tmp_path_factory):
-    """A finished one-epoch run (TINY settings), shared by the tests that only read it."""
-    run = tmp_path_factory.mktemp("one-epoch") / "run"
-    config = _config("train.epochs=1")
-    train.train(converted_dir, run, config, verbose=0)
-    return run, config
-
-
-# The other direction (saved under TensorFlow, loaded by a fresh JAX interpreter) is
-# test_resnet.py's round trip and test_cv.py's ensemble test.
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX pass's direction")
-@pytest.mark.slow
-def test_a_model_trained_under_jax_predicts_the_same_in_a_fresh_tensorflow(
-    one_epoch_run, converted_dir, tmp_path
-):
-    run, config = one_epoch_run
-    images = np.concatenate(
-        [x.numpy() for x, _ in data.evaluation_dataset(converted_dir, "test", config)]
-    )
-    np.save(tmp_path / "images.npy", images)
-    here = keras.saving.load_model(run / "model.keras").predict(images, verbose=0)
-    there = predict_in_fresh_process(run / "model.keras", tmp_path / "images.npy", "tensorflow")
-    np.testing.assert_allclose(there, np.asarray(here), atol=1e-4)
 
 
 def test_clear_errors(converted_dir, tmp_path):
@@ -248,10 +220,10 @@ def test_cli_unknown_setting_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_folder_describes_one_run(one_epoch_run, converted_dir, tmp_path):
+def test_a_run_folder_describes_one_run(converted_dir, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(one_epoch_run[0], run)
-    config = one_epoch_run[1]
+    config = _config("train.epochs=1")
+    train.train(converted_dir, run, config, verbose=0)
     before = (run / "model.keras").read_bytes(), (run / "history.csv").read_text()
     # A finished run is refused, whatever the settings; nothing changes.
     for again in (config, _config("train.epochs=1", "model.filters=4")):
