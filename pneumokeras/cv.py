@@ -50,7 +50,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -64,7 +63,13 @@ from pneumokeras import data as data_lib
 from pneumokeras import train as train_lib
 from pneumokeras.config import Config
 from pneumokeras.errors import UserError
-from pneumokeras.fileio import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from pneumokeras.fileio import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json_object,
+)
 
 FOLD_PREFIX = "fold-"
 ENSEMBLE_FILE = "ensemble.keras"
@@ -166,13 +171,7 @@ def _fold_record(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / train_lib.RUN_RECORD
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is unreadable: {err}") from err
-    if not isinstance(record, dict):
-        raise UserError(f"{path} is not a run record")
-    return record
+    return read_json_object(path, "run record")
 
 
 def _check_fold_folders(

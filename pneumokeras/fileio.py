@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary name in the same folder, then rename."""
+"""Atomic file writes (a temporary name in the same folder, then rename) and JSON reads."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from pneumokeras.errors import UserError
 
 
 def current_umask() -> int:
@@ -67,3 +69,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Writes `obj` as indented, key-sorted JSON to `path` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """The JSON object in `path`, a record this project wrote (`what` names it in errors).
+
+    Raises:
+        UserError: the file cannot be read or parsed, or holds no JSON object:
+            one line naming `what` and the path.
+    """
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{what} {path} is unreadable: {err}") from err
+    if not isinstance(values, dict):
+        raise UserError(f"{what} {path} is not a JSON object")
+    return values

@@ -18,7 +18,6 @@ a `Classifier` whose `probabilities` are temperature-calibrated and whose
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import zipfile
 from collections.abc import Mapping
@@ -30,7 +29,7 @@ import numpy as np
 from pneumokeras import __version__
 from pneumokeras.calibration import calibrate
 from pneumokeras.errors import UserError
-from pneumokeras.fileio import atomic_write_json
+from pneumokeras.fileio import atomic_write_json, read_json_object
 
 CLASS_NAMES = ("normal", "pneumonia")
 MODEL_FILE = "model.keras"
@@ -208,12 +207,7 @@ def read_card(model_path: str | Path) -> ModelCard:
         raise UserError(
             f"{path.parent} has no model card ({CARD_FILE}) beside {model_file(model_path).name}"
         )
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"model card {path} is unreadable: {err}") from err
-    if not isinstance(values, dict):
-        raise UserError(f"model card {path} is not a JSON object")
+    values = read_json_object(path, "model card")
     try:
         return ModelCard.from_dict(values)
     except ValueError as err:

@@ -22,7 +22,7 @@ from typing import Any
 import tensorflow as tf
 
 from pneumokeras.errors import UserError
-from pneumokeras.fileio import atomic_path
+from pneumokeras.fileio import atomic_path, read_json_object
 
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.csv"
@@ -120,10 +120,7 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     path = data_dir / MANIFEST
     if not path.is_file():
         raise UserError(f"{data_dir} has no {MANIFEST}; create it with `python cli.py convert`")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is unreadable: {err}") from err
+    manifest = read_json_object(path, "manifest")
     for key in ("image_size", "splits", "shards"):
         if key not in manifest:
             raise UserError(f"{path} lacks {key!r}; re-run convert")

@@ -54,7 +54,7 @@ from pneumokeras import __version__, distributed, drift, performance, resnet, tf
 from pneumokeras import data as data_lib
 from pneumokeras.config import Config
 from pneumokeras.errors import UserError
-from pneumokeras.fileio import atomic_path, atomic_write_json, atomic_write_text
+from pneumokeras.fileio import atomic_path, atomic_write_json, atomic_write_text, read_json_object
 from pneumokeras.model_card import CARD_FILE, MODEL_FILE, ModelCard, read_card, write_card
 
 MONITOR = "val_auc"
@@ -276,7 +276,7 @@ def prepare_run_dir(
                 f"{run_dir} is not empty and holds {what} without a {RUN_RECORD}; "
                 "choose a new --out, or pass --overwrite to replace the run"
             )
-        recorded = json.loads(record_path.read_text())
+        recorded = read_json_object(record_path, "run record")
         if recorded.get("status") == "finished":
             raise UserError(
                 f"{run_dir} holds a finished run; choose a new --out, or pass --overwrite "

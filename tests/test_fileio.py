@@ -49,3 +49,24 @@ def test_atomic_path_replaces_on_success(tmp_path):
         tmp.write_bytes(b"data")
     assert target.read_bytes() == b"data"
     assert [p.name for p in target.parent.iterdir()] == ["shard.tfrecord"]
+
+
+def test_read_json_object_or_one_line_error(tmp_path):
+    from pneumokeras.errors import UserError
+    from pneumokeras.fileio import read_json_object
+
+    good = tmp_path / "run.json"
+    good.write_text('{"status": "running"}')
+    assert read_json_object(good, "run record") == {"status": "running"}
+    for name, text, message in [
+        ("cut.json", '{"status": "run', "run record .*cut.json is unreadable"),
+        ("list.json", "[1, 2]", "run record .*list.json is not a JSON object"),
+        ("bytes.json", b"\xff\xfe{", "run record .*bytes.json is unreadable"),
+    ]:
+        path = tmp_path / name
+        (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+        with pytest.raises(UserError, match=message) as info:
+            read_json_object(path, "run record")
+        assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="missing.json is unreadable"):
+        read_json_object(tmp_path / "missing.json", "run record")

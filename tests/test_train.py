@@ -258,6 +258,10 @@ def test_an_unfinished_run_resumes_only_with_its_own_settings(converted_dir, tmp
     with pytest.raises(UserError, match="fold: None → 1"):
         train.train(converted_dir, run, config, fold=1, verbose=0)
     assert train.prepare_run_dir(run, config, manifest, None, overwrite=False) is True
+    # A run record cut short (a disk that filled up) is one line, not a traceback.
+    (run / train.RUN_RECORD).write_text('{"status": "runn')
+    with pytest.raises(UserError, match="run record .*run.json is unreadable"):
+        train.prepare_run_dir(run, config, manifest, None, overwrite=False)
 
 
 def test_fold_errors_name_the_folds(converted_dir, tmp_path):
