@@ -66,6 +66,23 @@ def timed(func, *args, **kwargs) -> float:
     return time.perf_counter() - start
 
 
+def time_convert_cli(arguments: list[str], out: Path, limit: int | None = None) -> float:
+    """Seconds of `cli.py convert ARGUMENTS --out OUT [--limit N]` in a fresh process.
+
+    Start-up, the TensorFlow import and the workers' spawn are included; `out`
+    is removed before and after.
+    """
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, str(ROOT / "cli.py"), "convert", *arguments, "--out", str(out)]
+    if limit is not None:
+        command += ["--limit", str(limit)]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(out)
+    return seconds
+
+
 def rss_mib() -> float:
     """Resident set size of this process now, MiB."""
     with open("/proc/self/status") as handle:
@@ -135,18 +152,9 @@ def main() -> None:
 
     def ours(workers: int, limit: int | None = None) -> float:
         """Seconds of `cli.py convert` in a fresh process, start-up included."""
-        out = workdir / f"out_{workers}"
-        shutil.rmtree(out, ignore_errors=True)
-        command = [sys.executable, str(ROOT / "cli.py"), "convert", "--images",
-                   str(synth_dir / "stage_2_train_images"), "--labels", str(labels),
-                   "--out", str(out), "--size", str(args.size), "--workers", str(workers)]
-        if limit is not None:
-            command += ["--limit", str(limit)]
-        start = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
-        seconds = time.perf_counter() - start
-        shutil.rmtree(out)
-        return seconds
+        arguments = ["--images", str(synth_dir / "stage_2_train_images"), "--labels",
+                     str(labels), "--size", str(args.size), "--workers", str(workers)]
+        return time_convert_cli(arguments, workdir / f"out_{workers}", limit)
 
     # Warm the page cache so every variant reads from memory.
     for path in files:

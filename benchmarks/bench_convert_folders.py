@@ -26,7 +26,6 @@ import io
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_convert import time_convert_cli  # noqa: E402 - the sibling benchmark
 
 from pneumokeras import synth  # noqa: E402
 from pneumokeras.fileio import atomic_write_json  # noqa: E402
@@ -115,17 +116,9 @@ def decode_floor(files: list[Path]) -> float:
 
 def cli_convert(data: Path, out: Path, size: int, workers: int, limit: int | None) -> float:
     """Seconds of `cli.py convert --layout folders` in a fresh process."""
-    shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, str(ROOT / "cli.py"), "convert", "--layout", "folders",
-               "--images", str(data), "--out", str(out), "--size", str(size),
-               "--workers", str(workers)]  # fmt: skip
-    if limit is not None:
-        command += ["--limit", str(limit)]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    seconds = time.perf_counter() - start
-    shutil.rmtree(out)
-    return seconds
+    arguments = ["--layout", "folders", "--images", str(data), "--size", str(size),
+                 "--workers", str(workers)]  # fmt: skip
+    return time_convert_cli(arguments, out, limit)
 
 
 def main() -> None:

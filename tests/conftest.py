@@ -89,6 +89,38 @@ def converted_dir(synth_dir, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def dicoms(tmp_path_factory) -> list[Path]:
+    """Three synthetic RSNA DICOMs (64 px)."""
+    from pneumokeras.synth import IMAGES_DIR, generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, patients=3, size=64, seed=2, workers=0, progress=False)
+    return sorted((root / IMAGES_DIR).glob("*.dcm"))
+
+
+@pytest.fixture
+def image_files(tmp_path: Path) -> dict[str, Path]:
+    """A non-square PNG, a JPEG, and a 16-bit PNG, in nested folders, odd-case suffixes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    paths = {
+        "png": tmp_path / "in" / "wide.PNG",
+        "jpeg": tmp_path / "in" / "sub" / "photo.JpEg",
+        "png16": tmp_path / "in" / "sub" / "deep.png",
+    }
+    Image.fromarray(rng.integers(0, 256, (40, 70), dtype=np.uint8)).save(paths["png"])
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(
+        paths["jpeg"], format="JPEG"
+    )
+    Image.fromarray(rng.integers(0, 4096, (48, 48), dtype=np.uint16)).save(paths["png16"])
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    return paths
+
+
 # ---------------------------------------------------------------- parallel runs
 
 

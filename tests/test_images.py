@@ -5,8 +5,6 @@ No Keras backend is involved: these run once. DICOMs come from `synth.generate`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -19,35 +17,10 @@ from pneumokeras.convert import encode_png
 from pneumokeras.dicom import DicomError, read_dicom, resize_square
 from pneumokeras.errors import UserError
 from pneumokeras.images import ImageError, find_inputs, load_image, read_image
-from pneumokeras.synth import IMAGES_DIR, generate
 
 SIZE = 32
 
 
-@pytest.fixture(scope="module")
-def dicoms(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, patients=3, size=64, seed=2, workers=0, progress=False)
-    return sorted((root / IMAGES_DIR).glob("*.dcm"))
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
-    """A non-square PNG, a JPEG, and a 16-bit PNG, in nested folders, odd-case suffixes."""
-    rng = np.random.default_rng(0)
-    (tmp_path / "in" / "sub").mkdir(parents=True)
-    paths = {
-        "png": tmp_path / "in" / "wide.PNG",
-        "jpeg": tmp_path / "in" / "sub" / "photo.JpEg",
-        "png16": tmp_path / "in" / "sub" / "deep.png",
-    }
-    Image.fromarray(rng.integers(0, 256, (40, 70), dtype=np.uint8)).save(paths["png"])
-    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(
-        paths["jpeg"], format="JPEG"
-    )
-    Image.fromarray(rng.integers(0, 4096, (48, 48), dtype=np.uint16)).save(paths["png16"])
-    (tmp_path / "in" / "notes.txt").write_text("not an image")
-    return paths
 
 
 def test_dicom_pixels_equal_the_converters(dicoms):
@@ -63,22 +36,22 @@ def test_dicom_pixels_equal_the_converters(dicoms):
     assert patient_id == read_dicom(dcm).patient_id != ""
 
 
-def test_png_and_jpeg_are_padded_and_box_resized(files):
-    wide = np.array(Image.open(files["png"]))
-    pixels, patient_id = load_image(files["png"], SIZE)
+def test_png_and_jpeg_are_padded_and_box_resized(image_files):
+    wide = np.array(Image.open(image_files["png"]))
+    pixels, patient_id = load_image(image_files["png"], SIZE)
     np.testing.assert_array_equal(pixels, resize_square(wide, SIZE))
     assert patient_id == ""
     # Centred on black: the padded top and bottom rows stay 0.
     assert pixels[0].max() == 0 and pixels[-1].max() == 0
 
-    jpeg, _ = load_image(files["jpeg"], SIZE)
-    expected = resize_square(np.array(Image.open(files["jpeg"]).convert("L")), SIZE)
+    jpeg, _ = load_image(image_files["jpeg"], SIZE)
+    expected = resize_square(np.array(Image.open(image_files["jpeg"]).convert("L")), SIZE)
     np.testing.assert_array_equal(jpeg, expected)
 
 
-def test_16_bit_png_is_scaled_not_clipped(files, tmp_path):
-    deep = np.array(Image.open(files["png16"]))
-    pixels, _ = load_image(files["png16"], 48)  # same size: no resampling
+def test_16_bit_png_is_scaled_not_clipped(image_files, tmp_path):
+    deep = np.array(Image.open(image_files["png16"]))
+    pixels, _ = load_image(image_files["png16"], 48)  # same size: no resampling
     scaled = np.rint((deep - deep.min()) * (255.0 / (deep.max() - deep.min())))
     np.testing.assert_array_equal(pixels, scaled.astype(np.uint8))
     assert pixels.min() == 0 and pixels.max() == 255
@@ -87,10 +60,10 @@ def test_16_bit_png_is_scaled_not_clipped(files, tmp_path):
     np.testing.assert_array_equal(load_image(flat, 8)[0], 0)  # constant: black, not clipped
 
 
-def test_find_inputs_recurses_and_ignores_case(files, dicoms):
-    folder = files["png"].parent
-    found = find_inputs([str(folder), str(files["png"]), str(dicoms[0])])
-    assert found == sorted(files.values()) + [dicoms[0]]  # duplicate dropped, .txt skipped
+def test_find_inputs_recurses_and_ignores_case(image_files, dicoms):
+    folder = image_files["png"].parent
+    found = find_inputs([str(folder), str(image_files["png"]), str(dicoms[0])])
+    assert found == sorted(image_files.values()) + [dicoms[0]]  # duplicate dropped, .txt skipped
     # A file named explicitly is kept whatever its suffix; reading it says why not.
     assert find_inputs([folder / "notes.txt"]) == [folder / "notes.txt"]
     with pytest.raises(UserError, match="does not exist"):
@@ -173,13 +146,13 @@ def test_read_image_reports_other_modalities_and_stored_sizes(tmp_path):
     assert tall.patient_id == ""
 
 
-def test_read_image_gives_a_pictures_format_mode_and_size(files, tmp_path):
-    wide = read_image(files["png"], SIZE)
+def test_read_image_gives_a_pictures_format_mode_and_size(image_files, tmp_path):
+    wide = read_image(image_files["png"], SIZE)
     assert (wide.format, wide.mode, wide.width, wide.height) == ("PNG", "L", 70, 40)
     assert wide.modality == wide.transfer_syntax == wide.patient_id == ""
-    jpeg = read_image(files["jpeg"], SIZE)
+    jpeg = read_image(image_files["jpeg"], SIZE)
     assert (jpeg.format, jpeg.mode, jpeg.width, jpeg.height) == ("JPEG", "L", 64, 64)
-    deep = read_image(files["png16"], SIZE)
+    deep = read_image(image_files["png16"], SIZE)
     assert deep.format == "PNG" and deep.mode.startswith("I")
     # The content decides the format, not the suffix; colour is reported as such.
     disguised = tmp_path / "colour.png"

@@ -31,7 +31,6 @@ from pneumokeras.convert import encode_png
 from pneumokeras.dicom import read_dicom
 from pneumokeras.errors import UserError
 from pneumokeras.images import load_image
-from pneumokeras.synth import IMAGES_DIR, generate
 
 pytestmark = pytest.mark.backend
 
@@ -54,30 +53,6 @@ def model_path(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def dicoms(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, patients=3, size=64, seed=2, workers=0, progress=False)
-    return sorted((root / IMAGES_DIR).glob("*.dcm"))
-
-
-@pytest.fixture
-def images(tmp_path: Path) -> dict[str, Path]:
-    """A non-square PNG, a JPEG, and a 16-bit PNG, in nested folders, odd-case suffixes."""
-    rng = np.random.default_rng(0)
-    (tmp_path / "in" / "sub").mkdir(parents=True)
-    paths = {
-        "png": tmp_path / "in" / "wide.PNG",
-        "jpeg": tmp_path / "in" / "sub" / "photo.JpEg",
-        "png16": tmp_path / "in" / "sub" / "deep.png",
-    }
-    Image.fromarray(rng.integers(0, 256, (40, 70), dtype=np.uint8)).save(paths["png"])
-    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(
-        paths["jpeg"], format="JPEG"
-    )
-    Image.fromarray(rng.integers(0, 4096, (48, 48), dtype=np.uint16)).save(paths["png16"])
-    (tmp_path / "in" / "notes.txt").write_text("not an image")
-    return paths
 
 
 def _model_probability(model_path: Path, pixels: np.ndarray, temperature: float) -> float:
@@ -115,12 +90,12 @@ def test_dicom_pixels_equal_the_converters(dicoms, model_path, tmp_path):
 # ---------------------------------------------------------------- rows and files
 
 
-def test_rows_for_every_format_and_broken_files(model_path, dicoms, images, tmp_path):
+def test_rows_for_every_format_and_broken_files(model_path, dicoms, image_files, tmp_path):
     broken_dcm = tmp_path / "broken.dcm"
     broken_dcm.write_bytes(b"DICM? no")
     broken_png = tmp_path / "broken.png"
     broken_png.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    inputs = [str(dicoms[0]), str(broken_dcm), str(images["png"].parent), str(broken_png)]
+    inputs = [str(dicoms[0]), str(broken_dcm), str(image_files["png"].parent), str(broken_png)]
     out = tmp_path / "out" / "predictions.csv"
     rows = predict.predict_files(model_path, inputs, out_path=out, batch_size=2)
 
@@ -295,8 +270,8 @@ def test_tta_is_seeded_and_reports_spread(model_path, dicoms, tmp_path):
 # TensorFlow one. Fresh interpreters load our models under TensorFlow in
 # test_train.py (a JAX-trained run) and under JAX in test_resnet.py and test_cv.py.
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="runs in the JAX pass")
-def test_other_app_prints_predicts_probability(model_path, images):
-    image = images["png"]
+def test_other_app_prints_predicts_probability(model_path, image_files):
+    image = image_files["png"]
     expected = predict.predict_files(model_path, [str(image)])[0]
     # Runs the example in a fresh interpreter and checks pneumokeras was never imported.
     code = (
