@@ -280,23 +280,25 @@ class Classifier:
         """Side of the square input images, pixels."""
         return self.card.input_size
 
-    def raw_probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Uncalibrated pneumonia probabilities `(N,)` float64 of `(N, S, S[, 1])` images.
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """The model's softmax `(n, 2)` of one batch `(n, S, S, 1)` float32.
 
-        A plain forward pass per batch (no `Model.predict` tracing per model).
+        A plain call (no `Model.predict` tracing per model); subclasses may trace it.
         """
         import keras
 
+        return keras.ops.convert_to_numpy(self.model(batch, training=False))
+
+    def raw_probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Uncalibrated pneumonia probabilities `(N,)` float64 of `(N, S, S[, 1])` images."""
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 3:
             images = images[..., None]
         size = self.input_size
         if images.ndim != 4 or images.shape[1:] != (size, size, 1):
             raise ValueError(f"images must be (N, {size}, {size}, 1). Received: {images.shape}")
-        outputs = [
-            keras.ops.convert_to_numpy(self.model(images[i : i + batch_size], training=False))
-            for i in range(0, len(images), batch_size)
-        ]
+        outputs = [self.forward(images[i : i + batch_size])
+                   for i in range(0, len(images), batch_size)]
         if not outputs:
             return np.zeros(0, dtype=np.float64)
         return np.concatenate(outputs)[:, 1].astype(np.float64)
