@@ -7,16 +7,28 @@ whatever the count, so outputs do not depend on it.
 Workers are spawned, never forked: the parent may hold threads (TensorFlow's),
 and a forked copy of a threaded process can deadlock. A script that calls a
 command with workers therefore needs the usual `if __name__ == "__main__":` guard.
+
+A worker that dies (killed for memory, or a child that cannot start) is an
+error, not a wait: `multiprocessing.Pool` would start a replacement and wait
+forever for the task the dead one held.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pneumokeras.errors import UserError
+
+# How often (seconds) a waiting `imap` checks that no worker has died.
+WORKER_CHECK_SECONDS = 2.0
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process ended while the pool was in use; its task is lost."""
 
 
 def resolve(workers: int | None, tasks: int | None = None) -> int:
@@ -36,6 +48,19 @@ def resolve(workers: int | None, tasks: int | None = None) -> int:
     return workers if tasks is None else min(workers, tasks)
 
 
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    """`items` in lists of `size` (the last one shorter), lazily."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, max(1, size))):
+        yield chunk
+
+
+def _run_chunk(task: tuple[Callable[[Any], Any], list]) -> list:
+    """In a worker: `func` over one chunk."""
+    func, chunk = task
+    return [func(item) for item in chunk]
+
+
 class WorkerPool:
     """`imap` in this process (0 workers) or over a pool of spawned processes.
 
@@ -47,12 +72,43 @@ class WorkerPool:
         """Starts `workers` processes (none for 0); see `resolve`."""
         self.workers = workers
         self._pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
+        self._pids: set[int] = set()
+        if self._pool is not None:
+            self._pids.update(p.pid for p in self._pool._pool)  # noqa: SLF001
 
     def imap(self, func: Callable[[Any], Any], items: Iterable, chunksize: int = 8) -> Iterator:
         """Lazily `func(item)` for each item, in order; `func` must be picklable by name."""
         if self._pool is None:
             return map(func, items)
-        return self._pool.imap(func, items, chunksize=chunksize)
+        # Chunks made here: `Pool.imap` with chunksize 1 returns the iterator whose
+        # `next(timeout)` lets the wait be checked (a larger one hides it).
+        tasks = ((func, chunk) for chunk in _chunks(items, chunksize))
+        return self._watched(self._pool.imap(_run_chunk, tasks, chunksize=1))
+
+    def _watched(self, results: Any) -> Iterator:
+        """The chunks' results in order; raises `WorkerDiedError` once a worker has died."""
+        while True:
+            try:
+                yield from results.next(timeout=WORKER_CHECK_SECONDS)
+            except StopIteration:
+                return
+            except multiprocessing.TimeoutError:
+                self._check_workers()
+
+    def _check_workers(self) -> None:
+        # A healthy pool never replaces its workers (no maxtasksperchild): a
+        # process that has exited, or a worker the pool started to replace one
+        # (pids beyond the first ones), means a death.
+        processes = list(self._pool._pool) if self._pool is not None else []  # noqa: SLF001
+        self._pids.update(p.pid for p in processes if p.pid is not None)
+        dead = [p for p in processes if p.exitcode is not None]
+        if dead or len(self._pids) > self.workers:
+            code = dead[0].exitcode if dead else "unknown"
+            self.close()
+            raise WorkerDiedError(
+                f"a worker process died (exit code {code}); if it was killed for memory, "
+                "rerun with fewer --workers"
+            )
 
     def close(self) -> None:
         """Stops the worker processes (idempotent)."""

@@ -12,6 +12,12 @@ def _pid_and_square(value: int) -> tuple[int, int]:
     return os.getpid(), value * value
 
 
+def _die_on_three(value: int) -> int:
+    if value == 3:
+        os._exit(9)  # as a worker killed for memory ends
+    return value
+
+
 def test_none_means_every_core_and_tasks_cap_the_count():
     assert resolve(None) == (os.cpu_count() or 1)
     assert resolve(0) == 0 and resolve(3) == 3
@@ -45,3 +51,14 @@ def test_leaving_the_block_stops_the_workers():
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     pool.close()  # idempotent
+
+
+def test_a_worker_that_dies_is_an_error_not_a_wait(monkeypatch):
+    from pneumokeras import workers
+
+    monkeypatch.setattr(workers, "WORKER_CHECK_SECONDS", 0.2)
+    pool = WorkerPool(2)
+    with pool, pytest.raises(workers.WorkerDiedError, match="a worker process died") as info:
+        list(pool.imap(_die_on_three, range(8), chunksize=1))
+    assert "--workers" in str(info.value) and "\n" not in str(info.value)
+    assert pool._pool is None  # stopped
