@@ -36,15 +36,6 @@ from keras import layers
 
 from pneumokeras.config import ModelConfig
 
-# Grad-CAM target layer per model name: the last spatial feature map (after its
-# activation) before global pooling.
-LAST_CONV_LAYER: dict[str, str] = {
-    "resnet18": "stack4_block2_out",
-    "resnet10": "stack4_block1_out",
-    "densenet121": "relu",
-    "efficientnetv2b0": "top_activation",
-}
-
 # torchvision BatchNorm2d defaults: momentum 0.1 (Keras counts the other way),
 # eps 1e-5 (Keras' own default is 1e-3).
 _BN_MOMENTUM = 0.9
@@ -54,6 +45,13 @@ _MIN_IMAGE_SIZE = 32
 RESNET_BLOCKS: dict[str, tuple[int, int, int, int]] = {
     "resnet18": (2, 2, 2, 2),
     "resnet10": (1, 1, 1, 1),
+}
+# Grad-CAM target layer per model name: the last spatial feature map (after its
+# activation) before global pooling; a ResNet's is its last stage's last block.
+LAST_CONV_LAYER: dict[str, str] = {
+    **{name: f"stack4_block{blocks[3]}_out" for name, blocks in RESNET_BLOCKS.items()},
+    "densenet121": "relu",
+    "efficientnetv2b0": "top_activation",
 }
 
 

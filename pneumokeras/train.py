@@ -297,7 +297,7 @@ def prepare_run_dir(
 
 def finish_run_dir(run_dir: Path) -> None:
     """Marks the run finished in its record (a rerun is then refused)."""
-    record = json.loads((run_dir / RUN_RECORD).read_text())
+    record = read_json_object(run_dir / RUN_RECORD, "run record")
     atomic_write_json(run_dir / RUN_RECORD, {**record, "status": "finished"})
 
 

@@ -267,8 +267,8 @@ def test_tta_is_seeded_and_reports_spread(model_path, dicoms, tmp_path):
 
 
 # Once, in the JAX pass: a fresh Keras-on-JAX interpreter starts in half the time of a
-# TensorFlow one. Fresh interpreters load our models under TensorFlow in
-# test_train.py (a JAX-trained run) and under JAX in test_resnet.py and test_cv.py.
+# TensorFlow one. A fresh interpreter of the other backend loads a saved model in
+# test_cv.py (TensorFlow → JAX in the TensorFlow pass, JAX → TensorFlow in the JAX pass).
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="runs in the JAX pass")
 def test_other_app_prints_predicts_probability(model_path, image_files):
     image = image_files["png"]
