@@ -213,7 +213,9 @@ def test_the_ensemble_is_the_mean_of_its_members(cv3, converted_dir, tmp_path):
     np.testing.assert_allclose(there, here, atol=1e-4)
 
 
-@pytest.mark.backend
+# Once: what predict and evaluate add for an ensemble (the members' spread, the
+# out-of-fold card kept) is bookkeeping around the ensemble's forward pass, which
+# test_the_ensemble_is_the_mean_of_its_members checks under both backends.
 def test_predict_reports_the_members_spread(cv3, converted_dir, tmp_path):
     from PIL import Image
 
@@ -237,7 +239,6 @@ def test_predict_reports_the_members_spread(cv3, converted_dir, tmp_path):
     assert "member_std" not in single[0]
 
 
-@pytest.mark.backend
 def test_evaluate_accepts_the_ensemble(cv3, converted_dir, tmp_path):
     from pneumokeras.evaluate import evaluate_run
 

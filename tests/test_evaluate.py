@@ -4,7 +4,10 @@
 untrained stand-in model (see `contract_model`), and on hand-written shards for
 one-class cases. The metrics, calibration, plots and report it assembles are
 tested in test_metrics.py, test_calibration.py, test_plots.py and test_report.py.
-Tests that build or run a model are marked `backend` (TensorFlow and JAX).
+Two runs are marked `backend` (TensorFlow and JAX): `evaluate_run` on a converted
+split and an external evaluation, each loading and running a model. The others check
+what evaluate does with the predictions (one-class splits, thresholds, calibration that
+hurts, patient grouping, errors): the same model call, so they run once.
 """
 
 from __future__ import annotations
@@ -185,7 +188,6 @@ def test_evaluate_run_writes_metrics_plots_report_and_model_json(
         in report
 
 
-@pytest.mark.backend
 def test_evaluate_run_on_a_one_class_split_with_a_given_threshold(model_path, tmp_path, caplog):
     data = _write_dataset(tmp_path / "d", {"val": [0, 1, 0, 1], "test": [0, 0, 0]})
     result = evaluate.evaluate_run(
@@ -206,7 +208,6 @@ def test_evaluate_run_on_a_one_class_split_with_a_given_threshold(model_path, tm
     assert meta["temperature"] == result["temperature"]
 
 
-@pytest.mark.backend
 def test_evaluate_run_needs_both_classes_in_validation(model_path, tmp_path):
     data = _write_dataset(tmp_path / "d", {"val": [0, 0, 0], "test": [0, 1]})
     with pytest.raises(UserError, match="validation split .* one class"):
@@ -224,14 +225,12 @@ def test_evaluate_run_missing_or_broken_model(tmp_path):
         evaluate.evaluate_run(bad, data, tmp_path / "o", FAST)
 
 
-@pytest.mark.backend
 def test_evaluate_run_size_mismatch(model_path, tmp_path):
     data = _write_dataset(tmp_path / "d", {"val": [0, 1], "test": [0, 1]}, size=48)
     with pytest.raises(UserError, match="takes 32 px images but .* 48 px"):
         evaluate.evaluate_run(model_path, data, tmp_path / "o", FAST)
 
 
-@pytest.mark.backend
 def test_evaluate_run_bad_split_and_threshold(model_path, tmp_path):
     data = _write_dataset(tmp_path / "d", {"val": [0, 1], "test": [0, 1]})
     with pytest.raises(UserError, match="no split 'holdout'"):
@@ -240,7 +239,6 @@ def test_evaluate_run_bad_split_and_threshold(model_path, tmp_path):
         evaluate.evaluate_run(model_path, data, tmp_path / "o", FAST, threshold=1.5)
 
 
-@pytest.mark.backend
 def test_evaluate_run_on_a_run_folder_without_a_card(saved_model, tmp_path, caplog):
     run = tmp_path / "run"
     run.mkdir()
@@ -254,7 +252,6 @@ def test_evaluate_run_on_a_run_folder_without_a_card(saved_model, tmp_path, capl
     assert card.calibration["n_patients"] == 4
 
 
-@pytest.mark.backend
 def test_evaluate_run_says_when_calibration_hurts(model_path, tmp_path, caplog, monkeypatch):
     # Test labels on the wrong side of 0.5 for every image: any sharpening
     # temperature (as a fit on a small validation split can give) raises each
@@ -414,7 +411,6 @@ def test_evaluated_data_reads_patients_not_images(nih_dataset):
     assert set(test.patients[by_image]) & set(test.patients[~by_image])
 
 
-@pytest.mark.backend
 def test_external_bootstrap_and_refit_group_images_by_patient(
     trained_run, nih_dataset, tmp_path, monkeypatch
 ):
@@ -451,7 +447,6 @@ def test_external_bootstrap_and_refit_group_images_by_patient(
     assert result["data_sets"]["evaluated_on"]["patients"] == 12
 
 
-@pytest.mark.backend
 def test_external_evaluation_needs_no_val_split_and_can_be_forced(
     trained_run, dataset, tmp_path
 ):
@@ -473,7 +468,6 @@ def test_external_evaluation_needs_no_val_split_and_can_be_forced(
     assert (trained_run / "model.json").read_bytes() == card_bytes
 
 
-@pytest.mark.backend
 def test_external_evaluation_errors_write_nothing(
     trained_run, dataset, other_dataset, model_path, tmp_path
 ):

@@ -3,8 +3,8 @@
 An untrained stand-in model at 32 px (see `contract_model`) with a hand-written
 model.json; DICOMs from `synth.generate`. Checks that predict feeds the model the
 converter's pixels, that PNG/JPEG/DICOM and broken files give the right rows, and
-that the stand-alone example prints predict's probability. Runs under
-KERAS_BACKEND=tensorflow and jax.
+that the stand-alone example prints predict's probability. The tests marked
+`backend` run under KERAS_BACKEND=tensorflow and jax.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from pneumokeras.dicom import read_dicom
 from pneumokeras.errors import UserError
 from pneumokeras.images import load_image
 
-pytestmark = pytest.mark.backend
-
 SIZE = 32
 META = {
     "class_names": ["normal", "pneumonia"],
@@ -44,6 +42,11 @@ META = {
 }
 REPO = Path(__file__).resolve().parents[1]
 
+# Marked `backend` (TensorFlow and JAX): the tests where the model's numbers or its
+# loading matter (the training pixels, TTA's draws, run folders and broken files, the
+# example app). The rest check predict's rows, cards and warnings around the same
+# model call, and run once.
+
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
@@ -51,8 +54,6 @@ def model_path(tmp_path_factory) -> Path:
     contract_model(SIZE).save(path)
     path.with_name("model.json").write_text(json.dumps(META))
     return path
-
-
 
 
 def _model_probability(model_path: Path, pixels: np.ndarray, temperature: float) -> float:
@@ -65,6 +66,7 @@ def _model_probability(model_path: Path, pixels: np.ndarray, temperature: float)
 # ---------------------------------------------------------------- preprocessing
 
 
+@pytest.mark.backend
 def test_a_dicom_and_its_converted_png_predict_as_the_training_pixels(
     dicoms, model_path, tmp_path
 ):
@@ -191,6 +193,7 @@ def test_an_incomplete_or_unfitted_card_is_said_plainly(model_path, dicoms, tmp_
     assert rows[0]["label"] == int(rows[0]["probability"] >= META["threshold"])
 
 
+@pytest.mark.backend
 def test_run_folders_and_broken_model_files(model_path, dicoms, tmp_path):
     rows = predict.predict_files(model_path.parent, [str(dicoms[0])])
     assert rows == predict.predict_files(model_path, [str(dicoms[0])])
@@ -243,6 +246,7 @@ def test_model_json_must_match_the_model(model_path, dicoms, tmp_path):
         predict.predict_files(other, [str(dicoms[0])])
 
 
+@pytest.mark.backend
 def test_tta_is_seeded_and_reports_spread(model_path, dicoms, tmp_path):
     inputs = [str(d) for d in dicoms]
     rows = predict.predict_files(model_path, inputs, tta=3, seed=1, out_path=tmp_path / "t.csv")
@@ -270,6 +274,7 @@ def test_tta_is_seeded_and_reports_spread(model_path, dicoms, tmp_path):
 # TensorFlow one. A fresh interpreter of the other backend loads a saved model in
 # test_cv.py (TensorFlow → JAX in the TensorFlow pass, JAX → TensorFlow in the JAX pass).
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="runs in the JAX pass")
+@pytest.mark.backend
 def test_other_app_prints_predicts_probability(model_path, image_files):
     image = image_files["png"]
     expected = predict.predict_files(model_path, [str(image)])[0]

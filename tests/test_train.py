@@ -40,8 +40,9 @@ def _history(run_dir):
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.slow
-def test_short_training_lowers_the_loss_and_writes_the_run(converted_dir, tmp_path):
+@pytest.fixture(scope="module")
+def short_run(converted_dir, tmp_path_factory):
+    """A finished 4-epoch run of ResNet18: (its folder, its config, its summary)."""
     config = _config(
         "train.epochs=4",
         "model.name=resnet18",  # the default model and path (XLA under TensorFlow) once
@@ -51,8 +52,14 @@ def test_short_training_lowers_the_loss_and_writes_the_run(converted_dir, tmp_pa
         "augment.brightness=0",
         "augment.contrast=0",
     )
-    summary = train.train(converted_dir, tmp_path / "run", config, verbose=0)
-    rows = _history(tmp_path / "run")
+    run = tmp_path_factory.mktemp("short") / "run"
+    return run, config, train.train(converted_dir, run, config, verbose=0)
+
+
+@pytest.mark.slow
+def test_short_training_lowers_the_loss_and_writes_the_run(short_run):
+    run, _, summary = short_run
+    rows = _history(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert {"auc", "precision", "recall", "accuracy", "val_auc", "learning_rate"} <= set(rows[0])
@@ -60,7 +67,7 @@ def test_short_training_lowers_the_loss_and_writes_the_run(converted_dir, tmp_pa
     rates = [float(r["learning_rate"]) for r in rows]
     assert rates[0] == pytest.approx(3e-3)
     assert rates == sorted(rates, reverse=True) and rates[-1] > 0
-    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    meta = json.loads((run / "model.json").read_text())
     assert meta["class_names"] == ["normal", "pneumonia"]
     assert meta["input_size"] == 64 and meta["backend"] == keras.backend.backend()
     # One epoch numbering: the card, the summary and history.csv count from 1.
@@ -72,12 +79,12 @@ def test_short_training_lowers_the_loss_and_writes_the_run(converted_dir, tmp_pa
     assert meta["data"]["splits"]["train"]["count"] > 0 and meta["data"]["fingerprint"]
     low, high = meta["input_statistics"]["mean"]
     assert 0 < low < high < 255
-    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    record = json.loads((run / "run.json").read_text())
     assert record["status"] == "finished"
     assert meta["gradcam_layer"] == "stack4_block2_out"
-    assert (tmp_path / "run" / "model.keras").is_file()
-    assert any((tmp_path / "run" / "logs").rglob("*"))
-    assert not (tmp_path / "run" / "backup").exists()
+    assert (run / "model.keras").is_file()
+    assert any((run / "logs").rglob("*"))
+    assert not (run / "backup").exists()
 
 
 def test_clear_errors(converted_dir, tmp_path):
@@ -92,10 +99,21 @@ def test_clear_errors(converted_dir, tmp_path):
         train.train(broken, tmp_path / "run", _config())
 
 
+# One training for the options that change the model or the loss (a box head,
+# last stride 1, focal loss, warm-up) and a fold: each training is a trace (and
+# under JAX a compile) of its own, so they share one.
 @pytest.mark.slow
-def test_box_supervision_trains_a_head_that_is_not_saved(converted_dir, tmp_path):
-    config = _config("train.epochs=2", "train.box_loss_weight=2.0")
-    summary = train.train(converted_dir, tmp_path / "run", config, verbose=0)
+def test_fold_training_box_supervision_last_stride_one_focal_loss_and_warmup(
+    converted_dir, tmp_path
+):
+    config = _config(
+        "train.epochs=2",
+        "train.box_loss_weight=2.0",
+        "model.last_stride=1",
+        "train.loss=focal",
+        "train.warmup_epochs=0.5",
+    )
+    summary = train.train(converted_dir, tmp_path / "run", config, fold=2, verbose=0)
     rows = _history(tmp_path / "run")
     # Plain metric names, as without the head; the loss parts are logged too.
     assert {"auc", "val_auc", "predictions_loss", "box_map_loss", "val_box_map_loss"} <= set(
@@ -103,43 +121,27 @@ def test_box_supervision_trains_a_head_that_is_not_saved(converted_dir, tmp_path
     )
     assert float(rows[-1]["box_map_loss"]) < float(rows[0]["box_map_loss"])
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["fold"] == 2 and summary.epochs_run == 2
     assert meta["validation"]["auc"] == pytest.approx(summary.best_val_auc)
     assert meta["config"]["train"]["box_loss_weight"] == 2.0
+    assert meta["config"]["train"]["loss"] == "focal"
+    assert meta["gradcam_layer"] == "stack4_block1_out"  # ResNet10's last block
     # The saved model is the plain classifier: one output, no box layers.
     model = keras.saving.load_model(tmp_path / "run" / "model.keras")
     assert model.output_shape == (None, 2)
     assert not [layer.name for layer in model.layers if layer.name.startswith("box_")]
     fresh = build_model_like(config)
     assert len(model.weights) == len(fresh.weights)
+    assert model.get_layer("stack4_block1_out").output.shape[1:3] == (4, 4)  # 64 px / 16
+    bad = _config("model.name=densenet121", "model.last_stride=1")
+    with pytest.raises(UserError, match="resnet18 and resnet10 only"):
+        train.train(converted_dir, tmp_path / "bad", bad, verbose=0)
 
 
 def build_model_like(config):
     from pneumokeras import resnet
 
     return resnet.build_model(config.model, config.data.image_size)
-
-
-@pytest.mark.slow
-def test_fold_training_box_supervision_last_stride_one_focal_loss_and_warmup(
-    converted_dir, tmp_path
-):
-    config = _config(
-        "train.epochs=1",
-        "train.box_loss_weight=1.0",
-        "model.last_stride=1",
-        "train.loss=focal",
-        "train.warmup_epochs=0.5",
-    )
-    summary = train.train(converted_dir, tmp_path / "run", config, fold=2, verbose=0)
-    meta = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert meta["fold"] == 2 and summary.epochs_run == 1
-    assert meta["gradcam_layer"] == "stack4_block1_out"  # ResNet10's last block
-    assert "box_map_loss" in _history(tmp_path / "run")[0]
-    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
-    assert model.get_layer("stack4_block1_out").output.shape[1:3] == (4, 4)  # 64 px / 16
-    bad = _config("model.name=densenet121", "model.last_stride=1")
-    with pytest.raises(UserError, match="resnet18 and resnet10 only"):
-        train.train(converted_dir, tmp_path / "bad", bad, verbose=0)
 
 
 def test_standard_logs_drop_the_output_prefix_of_metrics_only():
@@ -221,13 +223,14 @@ def test_cli_unknown_setting_is_one_line(tmp_path):
 
 # Once, in the TensorFlow pass: what it checks (refusing a finished run, --overwrite,
 # a folder of other files) is the run folder's bookkeeping, not the backend's; its
-# second training (another model width) would be one more cold XLA compile under JAX.
+# training (another model width) would be one more cold XLA compile under JAX. The
+# finished run is a copy of `short_run`'s.
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="run-folder bookkeeping")
 @pytest.mark.slow
-def test_a_run_folder_describes_one_run(converted_dir, tmp_path):
+def test_a_run_folder_describes_one_run(converted_dir, short_run, tmp_path):
     run = tmp_path / "run"
-    config = _config("train.epochs=1")
-    train.train(converted_dir, run, config, verbose=0)
+    shutil.copytree(short_run[0], run)
+    config = short_run[1]
     before = (run / "model.keras").read_bytes(), (run / "history.csv").read_text()
     # A finished run is refused, whatever the settings; nothing changes.
     for again in (config, _config("train.epochs=1", "model.filters=4")):
