@@ -19,14 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # backends; what this adds is the chaining, the summary and that the recipe learns.
 @pytest.mark.slow
 def test_demo_runs_every_stage_learns_and_summarises(tmp_path):
-    # The demo recipe, thinner and shorter: 300 patients at 128 px seen at 64 px.
+    # The demo recipe, thinner and shorter: 300 patients at 128 px seen at 64 px, by
+    # ResNet10 (ResNet18's layers with half the blocks: half the tracing; ResNet18 is
+    # built and checked in test_resnet.py) for 6 epochs.
     config = load_config(
         ROOT / "configs" / "demo.yaml",
         [
             "data.image_size=64",
             "data.batch_size=16",
+            "model.name=resnet10",
             "model.filters=8",
-            "train.epochs=10",
+            "train.epochs=6",
             "evaluate.bootstrap=20",
             "explain.limit=8",
             "train.xla=false",  # XLA compile would be most of this tiny run
@@ -44,7 +47,8 @@ def test_demo_runs_every_stage_learns_and_summarises(tmp_path):
         "[5/5]",
     ]
     # It learnt: a model at chance scores about 0.5 on these 30 validation patients
-    # (standard deviation ≈ 0.12); the demo recipe reaches 0.9 or more in 10 epochs.
+    # (standard deviation ≈ 0.12); this recipe reached 0.94 in 6 epochs (0.87 with
+    # ResNet18 in 10).
     card = json.loads((summary.out_dir / "run" / "model.json").read_text())
     assert card["validation"]["auc"] >= 0.8
     # The summary is what the stages wrote.
@@ -54,7 +58,7 @@ def test_demo_runs_every_stage_learns_and_summarises(tmp_path):
     assert card["threshold"] == metrics["threshold"]["value"]  # evaluate wrote the card
     assert summary.report.read_text().startswith("# Pneumonia classifier evaluation")
     explained = json.loads((summary.overlays / "summary.json").read_text())
-    assert 1 <= explained["count"] <= 8 and explained["layer"] == "stack4_block2_out"
+    assert 1 <= explained["count"] <= 8 and explained["layer"] == "stack4_block1_out"
     assert summary.pointing_game == explained["pointing_game"]
     with open(summary.overlays / "explain.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

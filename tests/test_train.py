@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "data.image_size=64",
     "data.batch_size=8",
-    # ResNet10: ResNet18's layers with half the blocks, so half the tracing. ResNet18
-    # itself trains in test_demo.py (TensorFlow) and test_bench_train.py (JAX).
+    # ResNet10: ResNet18's layers with half the blocks (the same code, one block per
+    # stage), so half the tracing. ResNet18 itself is built, saved and loaded in
+    # test_resnet.py and trains in test_bench_train.py's --gpu run (JAX).
     "model.name=resnet10",
     "model.filters=8",
     "train.learning_rate=3e-3",
