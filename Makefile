@@ -12,9 +12,9 @@ $(BIN)/python:
 
 # uv installs the pinned wheels in parallel: ≈ 25 s for the whole set on a clean
 # 2-core machine without a cache, against ≈ 5 min for pip (measured side by side).
-# --compile-bytecode writes every module's .pyc at install (≈ 20 s more, in parallel):
-# uv leaves them out by default, and where PYTHONDONTWRITEBYTECODE is set (as on the
-# CI image) Python never writes them either, so every process, each test's child
+# --compile-bytecode writes every module's .pyc at install (≈ 30 s more, in parallel):
+# uv leaves them out by default, and where PYTHONDONTWRITEBYTECODE is set (as in this
+# machine's environment) Python never writes them either, so every process, each test's child
 # included, compiled TensorFlow, Keras and JAX from source again: importing them took
 # 26 s instead of 10 s (measured side by side in two fresh environments).
 UV_VERSION := 0.13.9

@@ -124,26 +124,27 @@ def image_files(tmp_path: Path) -> dict[str, Path]:
 # ---------------------------------------------------------------- parallel runs
 
 
-# The modules that take longest, longest first (seconds per pass measured with
-# `--durations=0` on a clean clone; CI prints the slowest tests): pytest-xdist then
-# starts them first and lets the short modules fill the gaps, instead of one worker
-# finishing a long module alone at the end. Unlisted modules follow in file order.
+# The modules that take longest, longest first (seconds of test time in the
+# TensorFlow / JAX pass, `--durations=0` on a clean clone of the code that wrote
+# this list; CI prints the slowest tests): pytest-xdist then starts them first and
+# lets the short modules fill the gaps, instead of one worker finishing a long
+# module alone at the end. Unlisted modules follow in file order.
 LONGEST_MODULES_FIRST = (
-    "test_distributed",  # JAX 268 s (two-process runs), TensorFlow 18 s
-    "test_cv",  # 149 / 179 s
-    "test_train",  # 122 / 140 s
-    "test_export",  # 62 / 13 s
-    "test_app_browser",  # TensorFlow 56 s
-    "test_demo",  # TensorFlow 53 s
-    "test_convert",  # TensorFlow 55 s
-    "test_explain",  # TensorFlow 44 s
-    "test_bench_train",  # JAX 45 s
-    "test_environment",  # TensorFlow 40 s
-    "test_resnet",  # TensorFlow 35 s
-    "test_evaluate",  # 29 / 30 s
-    "test_predict",  # 32 / 5 s
-    "test_data",  # 26 / 11 s
-    "test_synth",  # TensorFlow 15 s
+    "test_distributed",  # 9 / 157 s (two-process runs under JAX)
+    "test_cv",  # 124 / 85 s
+    "test_train",  # 82 / 35 s
+    "test_demo",  # 34 s, TensorFlow pass only
+    "test_bench_train",  # JAX 32 s
+    "test_app_browser",  # TensorFlow 28 s
+    "test_export",  # 7 / 25 s
+    "test_data",  # 8 / 24 s
+    "test_evaluate",  # 22 / 11 s
+    "test_predict",  # 4 / 21 s
+    "test_convert",  # TensorFlow 18 s
+    "test_resnet",  # TensorFlow 17 s
+    "test_explain",  # TensorFlow 17 s
+    "test_environment",  # TensorFlow 13 s
+    "test_synth",  # TensorFlow 10 s
 )
 
 

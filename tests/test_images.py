@@ -21,8 +21,6 @@ from pneumokeras.images import ImageError, find_inputs, load_image, read_image
 SIZE = 32
 
 
-
-
 def test_dicom_pixels_equal_the_converters(dicoms):
     import tensorflow as tf
 

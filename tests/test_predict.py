@@ -271,8 +271,8 @@ def test_tta_is_seeded_and_reports_spread(model_path, dicoms, tmp_path):
 
 
 # Once, in the JAX pass: a fresh Keras-on-JAX interpreter starts in half the time of a
-# TensorFlow one. A fresh interpreter of the other backend loads a saved model in
-# test_cv.py (TensorFlow → JAX in the TensorFlow pass, JAX → TensorFlow in the JAX pass).
+# TensorFlow one. Fresh interpreters of the other backend load saved models in
+# test_cv.py (TensorFlow → JAX), test_explain.py and test_export.py (JAX → TensorFlow).
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="runs in the JAX pass")
 @pytest.mark.backend
 def test_other_app_prints_predicts_probability(model_path, image_files):
