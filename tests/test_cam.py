@@ -71,11 +71,18 @@ def _reference_gradcam(model, images, layer, class_index):
     probe = keras.Model(
         model.inputs, [model.get_layer(layer).output, model.get_layer("logits").output]
     )
-    with tf.GradientTape() as tape:
-        features, logits = probe(tf.constant(images), training=False)
-        # The class's log-odds: its logit minus the other one (see log_odds_score).
-        score = tf.reduce_sum(logits[:, class_index] - logits[:, 1 - class_index])
-    grads = tape.gradient(score, features)
+
+    # A graph, not eager: TensorFlow's eager gradients would backpropagate through
+    # every layer to the input (see cam.HeatmapExplainer).
+    @tf.function
+    def features_and_gradients(images):
+        with tf.GradientTape() as tape:
+            features, logits = probe(images, training=False)
+            # The class's log-odds: its logit minus the other one (see log_odds_score).
+            score = tf.reduce_sum(logits[:, class_index] - logits[:, 1 - class_index])
+        return features, tape.gradient(score, features)
+
+    features, grads = features_and_gradients(tf.constant(images))
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
     upsampled = tf.image.resize(cams[..., None], images.shape[1:3], method="bilinear")[..., 0]
@@ -88,7 +95,8 @@ def _reference_gradcam(model, images, layer, class_index):
 
 @needs_tensorflow
 @pytest.mark.backend
-@pytest.mark.parametrize("layer", ["", "stack3_block2_out"])
+# A stage's output, and a layer inside a block (its shortcut feeds the layers after it).
+@pytest.mark.parametrize("layer", ["", "stack3_block2_out", "stack3_block1_conv2"])
 def test_gradcam_matches_gradient_tape(tiny_model, images, layer):
     explainer = cam.HeatmapExplainer(tiny_model, "gradcam", layer)
     maps = {}
@@ -167,3 +175,58 @@ def test_log_odds_score_is_the_targets_logit_minus_the_others():
     logits = np.array([[1.0, 3.0], [2.0, 5.0], [0.5, -1.0]], np.float32)
     score = cam.log_odds_score([1, 0, 0])(keras.ops.convert_to_tensor(logits))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(score), [2.0, -3.0, 1.5])
+
+
+@needs_tensorflow
+@pytest.mark.backend
+@pytest.mark.parametrize("layer", ["stack3_block2_out", "stack3_block1_conv2"])
+def test_split_at_layer_gives_the_models_output(tiny_model, images, layer):
+    activations, head = cam.split_at_layer(tiny_model, layer)
+    inputs = activations(images)
+    assert inputs[0].shape[1:] == tiny_model.get_layer(layer).output.shape[1:]
+    # Inside a block the head also reads the block's input (the shortcut).
+    assert len(inputs) == (2 if layer.endswith("conv2") else 1)
+    np.testing.assert_allclose(
+        _outputs(head, inputs), _outputs(tiny_model, images), rtol=1e-5, atol=1e-6
+    )
+
+
+_THIN_GRADCAM = """
+import numpy as np
+from pneumokeras.cam import HeatmapExplainer
+from pneumokeras.resnet import build_resnet18
+
+model = build_resnet18(64, filters=8)
+images = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 1)).astype("float32")
+for method in ("gradcam", "gradcam++"):
+    for layer in ("", "stack1_block1_conv1"):
+        maps = HeatmapExplainer(model, method, layer)(images)
+        assert maps.shape == (3, 64, 64), maps.shape
+print("maps ok")
+"""
+
+
+@needs_tensorflow
+def test_thin_model_gradcam_keeps_the_heap_intact(tmp_path):
+    """Regression: Grad-CAM of an 8-filter ResNet18 aborted on AVX-512 CPUs.
+
+    TensorFlow 2.21's eager oneDNN `Conv2DBackpropFilter` corrupted the heap
+    ("double free or corruption", SIGABRT or SIGSEGV) when tf-keras-vis
+    backpropagated through the whole model. glibc's `MALLOC_CHECK_=3` and
+    `MALLOC_PERTURB_` make a corrupted heap fail at once instead of now and then:
+    with the eager path this script died in every run on an AVX-512 CPU. On an
+    AVX2-only CPU oneDNN picks other kernels and it passes either way.
+    """
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "MALLOC_CHECK_": "3",
+           "MALLOC_PERTURB_": "165"}
+    done = subprocess.run(
+        [sys.executable, "-c", _THIN_GRADCAM], env=env, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "maps ok" in done.stdout
+
