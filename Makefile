@@ -48,6 +48,7 @@ PYTEST_PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 # `make test-tf` / `make test-jax` run one pass.
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=15
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=15 -m backend
 
@@ -59,6 +60,7 @@ test-jax: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -4,4 +4,4 @@
 from pneumokeras.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="cli.py")

@@ -17,7 +17,7 @@ then times, under the TensorFlow backend:
   The first upload (which traces TensorFlow functions) is reported apart from the
   median and maximum of the others. Grad-CAM++ is timed likewise; Score-CAM on one
   image with `--scorecam` (it runs the model once per channel: 512 here).
-- **the page** (`--page`): `streamlit.testing.v1.AppTest` runs `pneumokeras/app.py`
+- **the page** (`--page`): `streamlit.testing.v1.AppTest` runs `pneumokeras/app/page.py`
   itself: the first page run (model loading included), then one run per upload
   (Streamlit's own work included; only the browser's transfer and drawing are not);
   once with Streamlit's default of clearing the Keras session after every run, once
@@ -52,8 +52,8 @@ def build_run(run_dir: Path) -> None:
     """Saves the default 224 px ResNet18 (random weights) and a fitted-looking card."""
     import keras
 
-    from pneumokeras import model_card, resnet
     from pneumokeras.config import ModelConfig
+    from pneumokeras.models import model_card, resnet
 
     keras.utils.set_random_seed(0)
     model = resnet.build_model(ModelConfig(), SIZE)
@@ -93,7 +93,7 @@ def _summary(seconds: list[float]) -> dict[str, float]:
 def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
     """Runs in a fresh process: start-up, per-upload stages, optionally the page."""
     os.environ["KERAS_BACKEND"] = "tensorflow"
-    from pneumokeras import environment
+    from pneumokeras.utils import environment
 
     environment.set_defaults()
     results: dict = {}
@@ -103,9 +103,9 @@ def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
     import numpy as np
 
     results["import_tensorflow_keras_s"] = time.perf_counter() - start
-    from pneumokeras import app_logic
-    from pneumokeras.cam import HeatmapExplainer
-    from pneumokeras.model_card import load_classifier
+    from pneumokeras.app import logic as app_logic
+    from pneumokeras.explain.cam import HeatmapExplainer
+    from pneumokeras.models.model_card import load_classifier
 
     eager, results["load_classifier_s"] = _clock(load_classifier, run_dir)
     # What the app's cached loaders do: trace the forward pass, build and warm Grad-CAM.
@@ -164,7 +164,7 @@ def measure_page(run_dir: Path, files: list[bytes], server: bool) -> dict:
     """The app script itself under AppTest: first run, then one run per new upload."""
     from streamlit.testing.v1 import AppTest
 
-    from pneumokeras import app_logic
+    from pneumokeras.app import logic as app_logic
 
     os.environ["PNEUMOKERAS_MODEL"] = str(run_dir)
     os.environ[app_logic.SERVER_VARIABLE] = "1" if server else "0"
@@ -256,7 +256,7 @@ def main() -> None:
         done = subprocess.run(command, check=True, capture_output=True, text=True,
                               env={**os.environ, "KERAS_BACKEND": "tensorflow"})
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    from pneumokeras.fileio import atomic_write_json
+    from pneumokeras.utils.fileio import atomic_write_json
 
     results.update(machine=_machine(), images=args.images, image_size=SIZE,
                    target_seconds=TARGET_SECONDS)

@@ -38,8 +38,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pneumokeras.convert import convert  # noqa: E402
-from pneumokeras.fileio import atomic_write_json  # noqa: E402
+from pneumokeras.records.convert import convert  # noqa: E402
+from pneumokeras.utils.fileio import atomic_write_json  # noqa: E402
 
 RSNA_PATIENTS = 26_684
 

@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 from bench_convert import time_convert_cli  # noqa: E402 - the sibling benchmark
 
 from pneumokeras import synth  # noqa: E402
-from pneumokeras.fileio import atomic_write_json  # noqa: E402
-from pneumokeras.workers import WorkerPool  # noqa: E402
+from pneumokeras.utils.fileio import atomic_write_json  # noqa: E402
+from pneumokeras.utils.workers import WorkerPool  # noqa: E402
 
 BASES = 40  # rendered radiographs per generating process
 GRAIN = 3.0  # grey levels (σ) of per-file grain

@@ -58,7 +58,7 @@ def _test_split(data_dir: Path):
     import numpy as np
     from PIL import Image
 
-    from pneumokeras import tfrecords
+    from pneumokeras.records import tfrecords
 
     records = tfrecords.read_split(data_dir, "test")
     images = np.stack([np.asarray(Image.open(io.BytesIO(r["png"]))) for r in records])
@@ -67,7 +67,7 @@ def _test_split(data_dir: Path):
 
 
 def _scores(labels, probs) -> dict[str, float]:
-    from pneumokeras import metrics
+    from pneumokeras.evaluation import metrics
 
     point = metrics.classification_metrics(labels, probs, 0.5)
     return {"roc_auc": point["roc_auc"], "brier": point["brier"],
@@ -78,7 +78,7 @@ def _pointing(explainer, images, labels, boxes) -> dict[str, float | int]:
     """Pointing-game hit rate of the pneumonia maps over test positives with boxes."""
     import numpy as np
 
-    from pneumokeras.localization import pointing_game
+    from pneumokeras.explain.localization import pointing_game
 
     rows = [i for i, (y, b) in enumerate(zip(labels, boxes, strict=True)) if y == 1 and len(b)]
     maps = explainer(images[rows], "pneumonia")
@@ -90,19 +90,19 @@ def run(args: argparse.Namespace) -> dict:
     """Synthesises, converts, cross-validates and compares; returns the JSON record."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     sys.path.insert(0, str(REPO_ROOT))
-    from pneumokeras import environment
+    from pneumokeras.utils import environment
 
     environment.set_defaults()
     import keras
     import numpy as np
 
-    from pneumokeras import cv
-    from pneumokeras.calibration import calibrate, fit_calibration
-    from pneumokeras.cam import EnsembleHeatmapExplainer, HeatmapExplainer
     from pneumokeras.config import load_config
-    from pneumokeras.convert import convert
-    from pneumokeras.model_card import load_classifier
+    from pneumokeras.evaluation.calibration import calibrate, fit_calibration
+    from pneumokeras.explain.cam import EnsembleHeatmapExplainer, HeatmapExplainer
+    from pneumokeras.models.model_card import load_classifier
+    from pneumokeras.records.convert import convert
     from pneumokeras.synth import generate
+    from pneumokeras.training import cv
 
     overrides = list(args.overrides)
     if args.epochs is not None:
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
     record = run(args)
     sys.path.insert(0, str(REPO_ROOT))
-    from pneumokeras.fileio import atomic_write_json
+    from pneumokeras.utils.fileio import atomic_write_json
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Inference throughput of ResNet18: Keras (TensorFlow, JAX), onnxruntime and PyTorch.
 
 Images per second of one forward pass (fp32) of the product's 224 px ResNet18
-(`pneumokeras.resnet.build_model` with the default `ModelConfig`, 1 channel, 2
+(`pneumokeras.models.resnet.build_model` with the default `ModelConfig`, 1 channel, 2
 classes) at batch 1 and 32, on in-memory uint8 images given as float32:
 
 - **Keras "call"**: `Classifier.raw_probabilities`, the eager forward pass that
@@ -12,7 +12,7 @@ classes) at batch 1 and 32, on in-memory uint8 images given as float32:
 - **Keras-JAX "compiled, YNNPACK convs"**: the same under JAX with XLA's default
   convolution routing (`environment.YNN_FLAG` at jaxlib's default list), not the
   training-oriented flag the CLI sets.
-- **onnxruntime**: the model exported by `pneumokeras.export` (`cli.py export
+- **onnxruntime**: the model exported by `pneumokeras.serving.export` (`cli.py export
   --format onnx`, which also checks it against Keras), CPU provider, default
   session options.
 - **PyTorch**: the same architecture in plain PyTorch (`bench_train._torch_resnet18`,
@@ -82,9 +82,9 @@ def _prepare(folder: Path) -> dict:
     import keras
 
     from pneumokeras.config import ModelConfig
-    from pneumokeras.export import export_model
-    from pneumokeras.model_card import ModelCard, write_card
-    from pneumokeras.resnet import build_model
+    from pneumokeras.models.model_card import ModelCard, write_card
+    from pneumokeras.models.resnet import build_model
+    from pneumokeras.serving.export import export_model
 
     keras.utils.set_random_seed(0)
     config = ModelConfig()
@@ -117,13 +117,13 @@ def _images(batch: int) -> Any:
 def _keras_steps(folder: Path, batches: list[int]) -> tuple[dict, dict]:
     """{(mode, batch): step} for the product's eager call and the compiled predict."""
     sys.path.insert(0, str(REPO_ROOT))
-    from pneumokeras import environment
+    from pneumokeras.utils import environment
 
     environment.set_defaults()  # as the CLI: XLA:CPU flag under JAX, unless XLA_FLAGS has one
     import keras
 
-    from pneumokeras.model_card import load_classifier
-    from pneumokeras.performance import COMPILE_KWARGS
+    from pneumokeras.models.model_card import load_classifier
+    from pneumokeras.utils.performance import COMPILE_KWARGS
 
     classifier = load_classifier(folder, require_card=True)
     model = classifier.model
@@ -230,7 +230,7 @@ def _start(key: str, python: str, folder: Path, args: argparse.Namespace) -> ben
 def _jax_default_flag() -> str:
     """The XLA flag at jaxlib's default value (the name comes from the product)."""
     sys.path.insert(0, str(REPO_ROOT))
-    from pneumokeras.environment import YNN_FLAG
+    from pneumokeras.utils.environment import YNN_FLAG
 
     return f"{YNN_FLAG}={JAX_DEFAULT_YNN}"
 

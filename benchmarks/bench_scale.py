@@ -1,13 +1,13 @@
 """Training across processes: 1 process x N devices against N processes x 1 device.
 
 Measures, under JAX, training images per second of the product's ResNet18
-(`pneumokeras.resnet.build_resnet18`, compiled as `train` compiles it:
+(`pneumokeras.models.resnet.build_resnet18`, compiled as `train` compiles it:
 `performance.configure_backend` + `COMPILE_KWARGS`, Adam, cross-entropy) with
 `keras.distribution.DataParallel` at the same global batch in two layouts:
 
 - `1xN`: one process over N local devices (the all-reduce stays in-process);
 - `Nx1`: N processes of one device each, joined through `jax.distributed` on
-  loopback (`pneumokeras.distributed.initialize`), as `train --num-processes N`
+  loopback (`pneumokeras.training.distributed.initialize`), as `train --num-processes N`
   runs them; each process feeds its `1/N` part of every global batch.
 
 and the cost of one all-reduce of a gradient-sized float32 vector (all trainable
@@ -66,7 +66,8 @@ def _timed(function: Any, count: int) -> list[float]:
 def _worker(args: argparse.Namespace) -> int:
     """Trains `args.steps` steps in this process's layout; process 0 prints the result."""
     sys.path.insert(0, str(REPO_ROOT))
-    from pneumokeras import distributed, environment
+    from pneumokeras.training import distributed
+    from pneumokeras.utils import environment
 
     environment.set_defaults()
     cluster = distributed.ClusterSettings()
@@ -76,14 +77,14 @@ def _worker(args: argparse.Namespace) -> int:
         )
     distributed.initialize(cluster, "jax")  # before any JAX computation
 
-    from pneumokeras.performance import COMPILE_KWARGS, configure_backend
+    from pneumokeras.utils.performance import COMPILE_KWARGS, configure_backend
 
     configure_backend("float32")
     import jax
     import keras
     import numpy as np
 
-    from pneumokeras.resnet import build_resnet18
+    from pneumokeras.models.resnet import build_resnet18
 
     devices = jax.device_count()
     keras.distribution.set_distribution(
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return _worker(args)
     sys.path.insert(0, str(REPO_ROOT))
-    from pneumokeras.fileio import atomic_write_json
+    from pneumokeras.utils.fileio import atomic_write_json
 
     load_before = os.getloadavg()
     results = [run_layout(args, 1), run_layout(args, args.devices)]

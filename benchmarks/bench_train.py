@@ -1,10 +1,10 @@
 """Train-step throughput of ResNet18: Keras (TensorFlow, JAX) against PyTorch.
 
 Measures images per second of one optimisation step (forward, backward, Adam
-update; batch 32, 224×224×1 by default) of `pneumokeras.resnet.build_resnet18`
+update; batch 32, 224×224×1 by default) of `pneumokeras.models.resnet.build_resnet18`
 (filters 64) compiled exactly as the product compiles it: the dtype policy and
-backend settings from `pneumokeras.performance.configure_backend` and the
-compile arguments `pneumokeras.performance.COMPILE_KWARGS`, with
+backend settings from `pneumokeras.utils.performance.configure_backend` and the
+compile arguments `pneumokeras.utils.performance.COMPILE_KWARGS`, with
 `Adam(1e-4)` and categorical cross-entropy, driven by `model.train_on_batch` on
 one in-memory batch (no input pipeline: see `bench_pipeline`).
 
@@ -79,14 +79,14 @@ _RECORDED_ENV = (
 def _keras_step(precision: str, batch: int, size: int) -> tuple[Callable[[], None], dict]:
     """Builds and compiles the product's ResNet18; returns (one train step, settings)."""
     sys.path.insert(0, str(REPO_ROOT))
-    from pneumokeras.performance import COMPILE_KWARGS, configure_backend
+    from pneumokeras.utils.performance import COMPILE_KWARGS, configure_backend
 
     configure_backend(precision)  # before any model is built
 
     import keras
     import numpy as np
 
-    from pneumokeras.resnet import build_resnet18
+    from pneumokeras.models.resnet import build_resnet18
 
     keras.utils.set_random_seed(0)
     model = build_resnet18(size, filters=64, num_classes=2)
@@ -329,7 +329,7 @@ def _pipeline_step(data_dir: str, batch: int, size: int) -> tuple[Callable[[], N
     import tensorflow as tf
 
     from pneumokeras import config as config_lib
-    from pneumokeras.data import training_dataset
+    from pneumokeras.records.pipeline import training_dataset
 
     config = config_lib.from_dict(
         {"data": {"image_size": size, "batch_size": batch}}  # default augmentation
@@ -555,7 +555,7 @@ def _machine() -> dict:
 
 def _write_json(path: Path, payload: dict) -> None:
     sys.path.insert(0, str(REPO_ROOT))
-    from pneumokeras.fileio import atomic_write_json
+    from pneumokeras.utils.fileio import atomic_write_json
 
     atomic_write_json(path, payload)
 

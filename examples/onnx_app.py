@@ -5,7 +5,7 @@
 Needs onnxruntime, NumPy, Pillow and pydicom (plus the pylibjpeg plugins for
 compressed DICOMs other than JPEG Baseline); no Keras, TensorFlow or pneumokeras.
 The ONNX file comes from `python cli.py export --model RUN --format onnx`. Its
-metadata entry `pneumokeras.model_card` is the model card (JSON): the input size
+metadata entry `pneumokeras.models.model_card` is the model card (JSON): the input size
 S, the calibration temperature T, the decision threshold and the class names.
 
 Preprocessing: the pixels `cli.py predict` gives the model (and `convert` stored
@@ -60,7 +60,7 @@ from pydicom.encaps import get_frame
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import JPEGBaseline8Bit
 
-CARD_KEY = "pneumokeras.model_card"
+CARD_KEY = "pneumokeras.models.model_card"
 EPSILON = 1e-7
 
 

@@ -47,7 +47,7 @@ def _value(metrics: dict, name: str) -> float:
 
 def _explain_child(run_dir: Path, data_dir: Path, out: Path, config: Config, limit: int) -> dict:
     """explain_run on the test positives (in this process; needs TensorFlow Keras)."""
-    from pneumokeras.explain import explain_run
+    from pneumokeras.explain.explain import explain_run
 
     return explain_run(
         run_dir / "model.keras",
@@ -137,7 +137,7 @@ def run_demo(
         workers: processes for synth and convert (None = all cores).
         echo: where progress lines go.
     """
-    from pneumokeras.convert import convert
+    from pneumokeras.records.convert import convert
     from pneumokeras.synth import generate
 
     start = time.perf_counter()
@@ -170,8 +170,8 @@ def run_demo(
 
     import keras
 
-    from pneumokeras.evaluate import evaluate_run
-    from pneumokeras.train import train
+    from pneumokeras.evaluation.evaluate import evaluate_run
+    from pneumokeras.training.train import train
 
     stage(
         3,

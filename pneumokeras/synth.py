@@ -42,8 +42,8 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from pneumokeras.errors import UserError
-from pneumokeras.fileio import atomic_open, atomic_write_bytes
-from pneumokeras.workers import WorkerPool, resolve
+from pneumokeras.utils.fileio import atomic_open, atomic_write_bytes
+from pneumokeras.utils.workers import WorkerPool, resolve
 
 IMAGES_DIR = "stage_2_train_images"
 LABELS_CSV = "stage_2_train_labels.csv"
@@ -897,7 +897,7 @@ def generate(
     The CSVs are written last, so their presence means the images are complete.
     Running again with the same arguments rewrites the same bytes.
 
-    Worker processes are spawned (see `pneumokeras.workers`), so a script that
+    Worker processes are spawned (see `pneumokeras.utils.workers`), so a script that
     calls this with workers needs the usual `if __name__ == "__main__":` guard.
 
     Args:

@@ -17,7 +17,7 @@ if XLA_TEST_FLAG not in os.environ.get("XLA_FLAGS", ""):
 
 import pytest  # noqa: E402
 
-from pneumokeras import environment  # noqa: E402
+from pneumokeras.utils import environment  # noqa: E402
 
 # One JAX compilation cache for the whole run (subprocesses included), so each
 # model shape is compiled once per test run instead of once per process.
@@ -69,7 +69,7 @@ def synth_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def converted_dir(synth_dir, tmp_path_factory):
     """`synth_dir` converted to 64 px TFRecords (3 folds, 16 examples per shard)."""
-    from pneumokeras.convert import convert
+    from pneumokeras.records.convert import convert
 
     out = tmp_path_factory.mktemp("converted")
     convert(
@@ -135,9 +135,9 @@ LONGEST_MODULES_FIRST = (
     "test_train",  # 82 / 35 s
     "test_demo",  # 34 s, TensorFlow pass only
     "test_bench_train",  # JAX 32 s
-    "test_app_browser",  # TensorFlow 28 s
+    "test_browser",  # TensorFlow 28 s
     "test_export",  # 7 / 25 s
-    "test_data",  # 8 / 24 s
+    "test_pipeline",  # 8 / 24 s
     "test_evaluate",  # 22 / 11 s
     "test_predict",  # 4 / 21 s
     "test_convert",  # TensorFlow 18 s

@@ -1,0 +1,1 @@
+"""The Streamlit web app: the page and its logic."""

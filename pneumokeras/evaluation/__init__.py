@@ -1,0 +1,1 @@
+"""Evaluation: metrics, intervals, calibration, drift, external validation, plots and reports."""

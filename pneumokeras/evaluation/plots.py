@@ -1,0 +1,202 @@
+"""The evaluation figures: ROC, precision-recall, confusion matrix, reliability diagram,
+and the ROC curves of the cross-validation folds.
+
+Drawn with scikit-learn's displays (`RocCurveDisplay`, `PrecisionRecallDisplay`,
+`ConfusionMatrixDisplay`, `CalibrationDisplay`) on the axes of a plain matplotlib
+`Figure` rendered by the Agg canvas, so no pyplot figure (global state, a GUI
+backend) is ever created. Each `*_figure` function returns the `Figure`; `to_png`
+renders one. Values at the decision threshold (the operating point, the counts,
+ECE) come in from the metrics; the displays compute only the curves they draw.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.calibration import CalibrationDisplay
+from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
+from pneumokeras.models.model_card import CLASS_NAMES
+
+DPI = 110
+
+
+def to_png(fig: Figure) -> bytes:
+    """PNG bytes of a figure (Agg canvas, tight bounding box, 110 dpi)."""
+    FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _undefined(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+
+
+def _one_class(labels: np.ndarray) -> bool:
+    return np.unique(labels).size < 2
+
+
+def roc_figure(
+    labels: np.ndarray, probs: np.ndarray, threshold: float, point: Mapping[str, float | None]
+) -> Figure:
+    """ROC curve with the chance line and the operating point at `threshold`.
+
+    Args:
+        labels: (N,) int, 1 = pneumonia.
+        probs: (N,) pneumonia probabilities.
+        threshold: the decision threshold (for the marker's label).
+        point: metric values at the threshold: `recall`, `specificity` (None when
+            undefined).
+    """
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    if _one_class(labels):
+        _undefined(ax, "ROC undefined: the split holds one class")
+    else:
+        RocCurveDisplay.from_predictions(labels, probs, ax=ax, name="ROC", plot_chance_level=True)
+        if point["recall"] is not None and point["specificity"] is not None:
+            ax.plot(1 - point["specificity"], point["recall"], "o", color="C3",
+                    label=f"threshold {threshold:.3f}")
+        ax.legend(loc="lower right")
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (recall)",
+           xlim=(0, 1), ylim=(0, 1.01), title="ROC curve")
+    return fig
+
+
+def pr_figure(
+    labels: np.ndarray, probs: np.ndarray, threshold: float, point: Mapping[str, float | None]
+) -> Figure:
+    """Precision-recall curve with the prevalence line and the operating point.
+
+    Args: as `roc_figure`; `point` gives `recall` and `precision` (the marker is
+    left out when precision is undefined: nothing predicted positive).
+    """
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    if _one_class(labels):
+        _undefined(ax, "precision-recall undefined: the split holds one class")
+    else:
+        PrecisionRecallDisplay.from_predictions(
+            labels, probs, ax=ax, name="PR", plot_chance_level=True,
+            chance_level_kw={"label": f"prevalence {np.mean(labels):.3f}"},
+        )
+        if point["precision"] is not None and point["recall"] is not None:
+            ax.plot(point["recall"], point["precision"], "o", color="C3",
+                    label=f"threshold {threshold:.3f}")
+        ax.legend(loc="upper right")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1),
+           ylim=(0, 1.01), title="Precision-recall curve")
+    return fig
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], threshold: float) -> Figure:
+    """Confusion matrix, rows true `[normal, pneumonia]`, columns predicted; counts and row %.
+
+    Args:
+        matrix: 2×2 counts `[[tn, fp], [fn, tp]]`.
+        threshold: the decision threshold (title).
+    """
+    counts = np.asarray(matrix, dtype=int)
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.add_subplot()
+    display = ConfusionMatrixDisplay(counts, display_labels=list(CLASS_NAMES))
+    display.plot(ax=ax, cmap="Blues", values_format="d", colorbar=True)
+    totals = counts.sum(axis=1)
+    for (row, col), count in np.ndenumerate(counts):
+        share = f"{100 * count / totals[row]:.0f} %" if totals[row] else "-"
+        display.text_[row, col].set_text(f"{count}\n{share} of row")
+    ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix (threshold {threshold:.3f})")
+    return fig
+
+
+def calibration_figure(
+    labels: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, calibration: Mapping[str, Any]
+) -> Figure:
+    """Reliability diagram before and after temperature scaling, with counts per bin.
+
+    Args:
+        labels: (N,) int, 1 = pneumonia.
+        raw: (N,) uncalibrated pneumonia probabilities.
+        calibrated: (N,) after temperature scaling.
+        calibration: metrics.json's `calibration` entry: `temperature`, `applied`,
+            `split_nll_before`/`_after`, and `before`/`after` each with `ece` and
+            `bins.counts` (the bin count is taken from there).
+    """
+    bins = len(calibration["before"]["bins"]["counts"])
+    fig = Figure(figsize=(5.5, 7))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    if not calibration["applied"]:
+        after = "after (T kept at 1)"
+    elif calibration["split_nll_after"] > calibration["split_nll_before"]:
+        after = f"after (T = {calibration['temperature']:.2f}, NLL worse)"
+    else:
+        after = f"after (T = {calibration['temperature']:.2f})"
+    width = 1.0 / bins
+    left = np.linspace(0.0, 1.0, bins + 1)[:-1]
+    for offset, (probs, name, key) in enumerate(
+        [(raw, "before", "before"), (calibrated, after, "after")]
+    ):
+        part = calibration[key]
+        CalibrationDisplay.from_predictions(
+            labels, probs, n_bins=bins, strategy="uniform", ax=top, ref_line=offset == 0,
+            name=f"{name}, ECE {part['ece']:.3f}", color=f"C{offset}",
+        )
+        bottom.bar(left + width * (0.25 + 0.5 * offset), part["bins"]["counts"],
+                   width=width / 2, align="center", color=f"C{offset}", label=name)
+    top.set(xlabel="", ylabel="observed pneumonia rate", xlim=(0, 1), ylim=(0, 1),
+            title="Reliability diagram (equal-width bins)")
+    top.legend(loc="upper left")
+    bottom.set(xlabel="predicted pneumonia probability", ylabel="count per bin")
+    bottom.legend(loc="upper center", fontsize="small")
+    return fig
+
+
+def cv_roc_figure(fold_labels: Sequence[np.ndarray], fold_probs: Sequence[np.ndarray]) -> Figure:
+    """The K folds' ROC curves on their held-out patients, and their mean ± 1 sd.
+
+    The mean curve averages the folds' sensitivities on a common grid of
+    1 - specificity (vertical averaging, Fawcett, Pattern Recognition Letters
+    2006); its legend gives the mean ± sd of the folds' ROC-AUCs. A fold holding
+    one class has no curve and is left out, with a note in its legend entry.
+
+    Args:
+        fold_labels: per fold, (N_k,) int, 1 = pneumonia.
+        fold_probs: per fold, (N_k,) pneumonia probabilities of its held-out model.
+    """
+    from sklearn.metrics import auc, roc_curve
+
+    fig = Figure(figsize=(5.5, 5.5))
+    ax = fig.add_subplot()
+    grid = np.linspace(0.0, 1.0, 201)
+    curves, aucs = [], []
+    for k, (labels, probs) in enumerate(zip(fold_labels, fold_probs, strict=True)):
+        if _one_class(labels):
+            ax.plot([], [], lw=1, label=f"fold {k}: one class, no curve")
+            continue
+        fpr, tpr, _ = roc_curve(labels, probs)
+        aucs.append(auc(fpr, tpr))
+        ax.plot(fpr, tpr, lw=1, alpha=0.6, label=f"fold {k} (AUC {aucs[-1]:.3f})")
+        curve = np.interp(grid, fpr, tpr)
+        curve[0] = 0.0
+        curves.append(curve)
+    if curves:
+        mean, sd = np.mean(curves, axis=0), np.std(curves, axis=0)
+        mean[-1] = 1.0
+        spread = f" ± {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else ""
+        ax.plot(grid, mean, color="k", lw=2, label=f"mean (AUC {np.mean(aucs):.3f}{spread})")
+        ax.fill_between(grid, np.clip(mean - sd, 0, 1), np.clip(mean + sd, 0, 1), color="grey",
+                        alpha=0.2, label="± 1 sd")
+    else:
+        _undefined(ax, "ROC undefined: every fold holds one class")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (recall)",
+           xlim=(0, 1), ylim=(0, 1.01), title=f"ROC of the {len(fold_labels)} held-out folds")
+    return fig

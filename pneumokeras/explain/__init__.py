@@ -1,0 +1,1 @@
+"""Explanations: class activation maps (tf-keras-vis), localisation scores and overlays."""

@@ -1,0 +1,1 @@
+"""Models: backbones from stock Keras layers, the model card and the calibrated classifier."""

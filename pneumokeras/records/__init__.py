@@ -1,0 +1,1 @@
+"""TFRecords: the example schema, the converter and the tf.data input pipeline."""

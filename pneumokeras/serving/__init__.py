@@ -1,0 +1,1 @@
+"""Serving: predictions on image files and exports (ONNX, SavedModel)."""

@@ -1,0 +1,1 @@
+"""Training: the train and cross-validation commands, multi-process set-up."""

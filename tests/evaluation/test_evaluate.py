@@ -1,0 +1,516 @@
+"""Tests for pneumokeras.evaluation.evaluate: the `evaluate` command end to end.
+
+`evaluate_run` on a tiny synthetic data set (synth → convert at 32 px) with an
+untrained stand-in model (see `contract_model`), and on hand-written shards for
+one-class cases. The metrics, calibration, plots and report it assembles are
+tested in test_metrics.py, test_calibration.py, test_plots.py and test_report.py.
+Two runs are marked `backend` (TensorFlow and JAX): `evaluate_run` on a converted
+split and an external evaluation, each loading and running a model. The others check
+what evaluate does with the predictions (one-class splits, thresholds, calibration that
+hurts, patient grouping, errors): the same model call, so they run once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from layout_fixtures import write_kermany, write_nih
+from model_fixtures import contract_model
+from PIL import Image
+
+from pneumokeras.config import from_dict
+from pneumokeras.errors import UserError
+from pneumokeras.evaluation import calibration, evaluate, external, metrics
+from pneumokeras.models import model_card
+from pneumokeras.records import tfrecords
+from pneumokeras.records.convert import convert, encode_png
+from pneumokeras.synth import generate
+
+SIZE = 32
+# Few resamples keep the end-to-end runs fast; the bootstrap is tested in test_metrics.
+FAST = from_dict({"evaluate": {"bootstrap": 10}, "data": {"batch_size": 8}})
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """40 synthetic patients converted at 32 px: 20 train, 10 val, 10 test (2+2 positive)."""
+    root = tmp_path_factory.mktemp("data")
+    generate(root / "raw", patients=40, size=64, seed=1, workers=0, progress=False)
+    convert(
+        root / "raw" / "stage_2_train_images",
+        root / "raw" / "stage_2_train_labels.csv",
+        root / "tf",
+        size=SIZE,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        workers=0,
+        progress=False,
+    )
+    return root / "tf"
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> Path:
+    """An untrained contract model at 32 px saved as model.keras."""
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    contract_model(SIZE).save(path)
+    return path
+
+
+@pytest.fixture
+def model_path(saved_model: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the model with its own model.json (tests update it)."""
+    path = tmp_path / "run" / "model.keras"
+    path.parent.mkdir()
+    path.write_bytes(saved_model.read_bytes())
+    meta = {
+        "class_names": ["normal", "pneumonia"],
+        "input_size": SIZE,
+        "threshold": 0.5,
+        "temperature": 1.0,
+        "backend": "tensorflow",
+        "validation": {"auc": 0.5},
+    }
+    (path.parent / "model.json").write_text(json.dumps(meta))
+    return path
+
+
+def _write_dataset(out: Path, labels: dict[str, list[int]], size: int = SIZE) -> Path:
+    """Hand-written shards + manifest: one shard per split, random pixels, view AP."""
+    rng = np.random.default_rng(0)
+    splits, shards = {}, {}
+    for split, split_labels in labels.items():
+        name = tfrecords.shard_name(split, 0, 1)
+        examples = [
+            tfrecords.serialize_example(
+                encode_png(rng.integers(0, 256, (size, size), dtype=np.uint8)),
+                f"{split}-{i}",
+                label,
+                view="AP",
+            )
+            for i, label in enumerate(split_labels)
+        ]
+        count = tfrecords.write_shard(out / name, examples)
+        splits[split] = {"count": count, "positives": sum(split_labels), "files": [name]}
+        shards[name] = {"count": count, "bytes": (out / name).stat().st_size}
+    manifest = {"image_size": size, "splits": splits, "shards": shards, "source": "hand"}
+    (out / tfrecords.MANIFEST).write_text(json.dumps(manifest))
+    return out
+
+
+# ---------------------------------------------------------------- evaluate_run
+
+
+@pytest.mark.backend
+def test_evaluate_run_writes_metrics_plots_report_and_model_json(
+    dataset, model_path, tmp_path, caplog
+):
+    out = tmp_path / "eval"
+    caplog.set_level(logging.INFO, logger="pneumokeras.evaluation.evaluate")
+    result = evaluate.evaluate_run(model_path, dataset, out, FAST, progress=False)
+    for name in ("metrics.json", "report.md", *evaluate.PLOTS):
+        assert (out / name).stat().st_size > 0, name
+    for name in evaluate.PLOTS:
+        assert (out / name).read_bytes().startswith(b"\x89PNG")
+    assert not list(out.glob(".*tmp*"))  # atomic writes left no temporary files
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(result))
+
+    assert result["split"] == "test" and result["n"] == 10 and result["positives"] == 2
+    # Same numbers as the model on the shards' own images, in read_split order.
+    records = tfrecords.read_split(dataset, "test")
+    images = np.stack([np.array(Image.open(io.BytesIO(r["png"]))) for r in records])
+    raw = keras.saving.load_model(model_path).predict(
+        images[..., None].astype("float32"), verbose=0
+    )[:, 1]
+    expected = metrics.classification_metrics(
+        np.array([r["label"] for r in records]),
+        calibration.calibrate(raw, result["temperature"]),
+        result["threshold"]["value"],
+    )
+    assert result["metrics"]["roc_auc"]["value"] == pytest.approx(expected["roc_auc"])
+    assert result["metrics"]["brier"]["value"] == pytest.approx(expected["brier"], rel=1e-4)
+    for name in metrics.METRIC_NAMES:
+        low, high = result["metrics"][name]["ci95"]
+        assert low is None or low <= high, name
+        assert result["metrics"][name]["ci_method"] == (
+            "none" if name in metrics.COUNTS
+            else "wilson" if name in metrics.PROPORTIONS
+            else "bootstrap"
+        ), name
+    matrix = result["confusion_matrix"]["matrix"]
+    assert sum(map(sum, matrix)) == 10
+    assert set(result["subgroups"]["view"]) <= {"AP", "PA"} and result["subgroups"]["view"]
+    cal = result["calibration"]
+    assert cal["temperature"] > 0 and cal["val_nll_after"] <= cal["val_nll_before"] + 1e-9
+    assert sum(cal["after"]["bins"]["counts"]) == 10
+    # Validation and test NLL before/after; the temperature is the one applied.
+    assert (cal["split"], cal["fitted_on"]) == ("test", "val")
+    assert cal["split_nll_before"] == cal["before"]["nll"]
+    assert cal["split_nll_after"] == cal["after"]["nll"]
+    assert cal["temperature"] == (cal["fitted_temperature"] if cal["applied"] else 1.0)
+    assert "temperature scaling: " in caplog.text
+    # 10 validation patients: the small-split warning, in the result, log and report.
+    assert (cal["val_patients"], cal["val_positives"]) == (10, 2)
+    small = [w for w in result["warnings"] if "validation split is small (10 patients" in w]
+    assert len(small) == 1 and small[0] in cal["warnings"]
+    assert small[0] in caplog.text
+
+    meta = json.loads(model_path.with_name("model.json").read_text())
+    assert meta["threshold"] == result["threshold"]["value"]
+    assert meta["temperature"] == result["temperature"]
+    assert meta["threshold_method"] == "youden"
+    assert meta["validation"] == {"auc": 0.5} and meta["backend"] == "tensorflow"  # kept
+    card = model_card.read_card(model_path)  # one reader: the card stays valid
+    assert card.calibration["fitted_on"] == "val" and card.calibration["n_patients"] == 10
+    assert card.calibration["n_positive"] == 2 and card.calibration["n_negative"] == 8
+    assert card.calibration["nll_before"] == cal["val_nll_before"]
+    assert card.calibration["nll_after"] == cal["val_nll_after"]
+    assert card.calibration["evaluated_nll_after"] == cal["split_nll_after"]
+    assert card.calibration["warnings"] == cal["warnings"]
+    assert card.calibration["data_dir"] == str(dataset)
+
+    report = (out / "report.md").read_text()
+    assert "not for diagnosis" in report
+    for name in evaluate.PLOTS:
+        assert f"]({name})" in report
+    assert str(dataset) in report and "ROC-AUC" in report and "### AP" in report
+    assert "| CI method |" in report and "Wilson score" in report
+    assert small[0] in report
+    assert f"| test split | {cal['split_nll_before']:.4f} | {cal['split_nll_after']:.4f} |" \
+        in report
+
+
+def test_evaluate_run_on_a_one_class_split_with_a_given_threshold(model_path, tmp_path, caplog):
+    data = _write_dataset(tmp_path / "d", {"val": [0, 1, 0, 1], "test": [0, 0, 0]})
+    result = evaluate.evaluate_run(
+        model_path, data, tmp_path / "out", FAST, threshold=0.3, progress=False
+    )
+    # What can be computed is reported; what needs both classes is null, with a warning.
+    table = result["metrics"]
+    assert table["roc_auc"]["value"] is None and table["pr_auc"]["value"] is None
+    assert table["recall"]["value"] is None
+    assert table["accuracy"]["value"] is not None and table["specificity"]["value"] is not None
+    assert any("only normal" in w for w in result["warnings"])
+    assert "only normal" in caplog.text
+    assert "n/a" in (tmp_path / "out" / "report.md").read_text()
+    # The given threshold is used and stored.
+    assert result["threshold"] == {"value": 0.3, "method": "manual", "chosen_on": "argument"}
+    meta = json.loads(model_path.with_name("model.json").read_text())
+    assert meta["threshold"] == 0.3 and meta["threshold_method"] == "manual"
+    assert meta["temperature"] == result["temperature"]
+
+
+def test_evaluate_run_needs_both_classes_in_validation(model_path, tmp_path):
+    data = _write_dataset(tmp_path / "d", {"val": [0, 0, 0], "test": [0, 1]})
+    with pytest.raises(UserError, match="validation split .* one class"):
+        evaluate.evaluate_run(model_path, data, tmp_path / "out", FAST, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_run_missing_or_broken_model(tmp_path):
+    data = _write_dataset(tmp_path / "d", {"val": [0, 1], "test": [0, 1]})
+    with pytest.raises(UserError, match="does not exist"):
+        evaluate.evaluate_run(tmp_path / "none.keras", data, tmp_path / "o", FAST)
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="not a valid .keras file"):
+        evaluate.evaluate_run(bad, data, tmp_path / "o", FAST)
+
+
+def test_evaluate_run_size_mismatch(model_path, tmp_path):
+    data = _write_dataset(tmp_path / "d", {"val": [0, 1], "test": [0, 1]}, size=48)
+    with pytest.raises(UserError, match="takes 32 px images but .* 48 px"):
+        evaluate.evaluate_run(model_path, data, tmp_path / "o", FAST)
+
+
+def test_evaluate_run_bad_split_and_threshold(model_path, tmp_path):
+    data = _write_dataset(tmp_path / "d", {"val": [0, 1], "test": [0, 1]})
+    with pytest.raises(UserError, match="no split 'holdout'"):
+        evaluate.evaluate_run(model_path, data, tmp_path / "o", FAST, split="holdout")
+    with pytest.raises(UserError, match="threshold"):
+        evaluate.evaluate_run(model_path, data, tmp_path / "o", FAST, threshold=1.5)
+
+
+def test_evaluate_run_on_a_run_folder_without_a_card(saved_model, tmp_path, caplog):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(saved_model.read_bytes())
+    data = _write_dataset(tmp_path / "d", {"val": [0, 1, 0, 1], "test": [0, 1, 0, 1]})
+    result = evaluate.evaluate_run(run, data, tmp_path / "out", FAST, progress=False)
+    assert "has no model card" in caplog.text
+    card = model_card.read_card(run)
+    assert card.input_size == SIZE and card.threshold == result["threshold"]["value"]
+    assert card.threshold_method == "youden" and card.temperature == result["temperature"]
+    assert card.calibration["n_patients"] == 4
+
+
+def test_evaluate_run_says_when_calibration_hurts(model_path, tmp_path, caplog, monkeypatch):
+    # Test labels on the wrong side of 0.5 for every image: any sharpening
+    # temperature (as a fit on a small validation split can give) raises each
+    # image's loss, so the test NLL gets worse.
+    probe = _write_dataset(tmp_path / "probe", {"val": [0, 1, 0, 1], "test": [0] * 8})
+    images = np.stack([np.array(Image.open(io.BytesIO(r["png"])))
+                       for r in tfrecords.read_split(probe, "test")])
+    raw = keras.saving.load_model(model_path).predict(images[..., None].astype("float32"),
+                                                      verbose=0)[:, 1]
+    wrong = [int(p < 0.5) for p in raw]  # the same pixels are drawn again below
+    fit_calibration = calibration.fit_calibration
+
+    def sharpening_fit(labels, probs):
+        fit = fit_calibration(labels, probs)
+        return dataclasses.replace(fit, temperature=0.05, fitted=0.05, decision="applied")
+
+    monkeypatch.setattr(calibration, "fit_calibration", sharpening_fit)
+    data = _write_dataset(tmp_path / "d", {"val": [0, 1, 0, 1], "test": wrong})
+    result = evaluate.evaluate_run(model_path, data, tmp_path / "out", FAST, progress=False)
+    cal = result["calibration"]
+    assert result["temperature"] == 0.05 and cal["applied"]
+    assert cal["split_nll_after"] > cal["split_nll_before"]
+    worse = [w for w in result["warnings"] if "made the test split worse" in w]
+    assert len(worse) == 1 and worse[0] in caplog.text
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert worse[0] in report and "**Calibration made the test split worse**" in report
+    assert "calibrated probabilities" not in report
+    assert worse[0] in model_card.read_card(model_path).calibration["warnings"]
+
+
+# ---------------------------------------------------------------- external validation
+
+
+@pytest.fixture(scope="module")
+def other_dataset(tmp_path_factory) -> Path:
+    """A Kermany-style class-folder set (`chest_xray`, layout `folders`) converted at 32 px.
+
+    36 images (18 normal, 18 pneumonia) of several sizes, JPEG and PNG.
+    """
+    root = tmp_path_factory.mktemp("other")
+    write_kermany(root / "chest_xray")
+    convert(root / "chest_xray", None, root / "tf", size=SIZE, val_fraction=0.2,
+            test_fraction=0.4, seed=3, workers=0, progress=False, layout="folders")
+    return root / "tf"
+
+
+@pytest.fixture(scope="module")
+def trained_run(saved_model, dataset, tmp_path_factory) -> Path:
+    """A run folder as training leaves it (card with the data facts), evaluated on its data.
+
+    The internal evaluation fits its threshold and temperature on `dataset`'s
+    validation split and writes them into the card, as a user would before
+    validating it elsewhere.
+    """
+    from pneumokeras.training.train import training_card
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(saved_model.read_bytes())
+    config = dataclasses.replace(FAST, data=dataclasses.replace(FAST.data, image_size=SIZE))
+    manifest = tfrecords.load_manifest(dataset)
+    model_card.write_card(run, training_card(config, manifest, dataset, None, None, 1, {}))
+    result = evaluate.evaluate_run(run, dataset, run / "eval", FAST, progress=False)
+    assert not result["external"] and "trained on" in result["provenance"]
+    assert result["data_sets"]["trained_on"]["fingerprint"] == \
+        result["data_sets"]["evaluated_on"]["fingerprint"]
+    return run
+
+
+@pytest.mark.backend
+def test_external_evaluation_uses_the_cards_calibration_and_leaves_the_card(
+    trained_run, dataset, other_dataset, tmp_path
+):
+    card_bytes = (trained_run / "model.json").read_bytes()
+    card = model_card.read_card(trained_run)
+    out = tmp_path / "ext"
+    result = evaluate.evaluate_run(trained_run, other_dataset, out, FAST, split="all",
+                                   refit_fraction=0.5, progress=False)
+    assert (trained_run / "model.json").read_bytes() == card_bytes  # not rewritten
+    for name in ("metrics.json", "report.md", *evaluate.PLOTS):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(result))
+
+    assert result["external"] and "differs from the training data's" in result["provenance"]
+    manifest = tfrecords.load_manifest(other_dataset)
+    counts = {name: info["count"] for name, info in manifest["splits"].items()}
+    assert result["split"] == "all" and result["n"] == sum(counts.values()) == 36
+    examples = [r["patient_id"] for name in counts
+                for r in tfrecords.read_split(other_dataset, name)]
+    # Patients, not images: Kermany's personN_* images share a patient (patients.csv).
+    patients = set(tfrecords.patient_ids(examples, tfrecords.read_patients(other_dataset)))
+    assert result["patients"] == len(patients) < len(examples)
+    assert result["positives"] == sum(info["positives"] for info in manifest["splits"].values())
+    # The card's own threshold and temperature; nothing fitted on the new data.
+    assert result["threshold"]["value"] == card.threshold
+    assert result["threshold"]["method"] == card.threshold_method == "youden"
+    assert result["temperature"] == card.temperature
+    cal = result["calibration"]
+    assert cal["source"] == "model card" and cal["fitted_data_dir"] == str(dataset)
+    assert (cal["val_n"], cal["split"]) == (card.calibration["n"], "all")
+    assert sum(cal["after"]["bins"]["counts"]) == 36
+
+    trained, tested = result["data_sets"]["trained_on"], result["data_sets"]["evaluated_on"]
+    assert (trained["source"], trained["data_dir"]) == ("stage_2_train_images",
+                                                        str(dataset.resolve()))
+    assert trained["images"] == 40
+    assert (tested["source"], tested["layout"]) == ("chest_xray", "folders")
+    assert (tested["split"], tested["splits"]) == ("all", counts)
+    assert tested["images"] == 36 and tested["patients"] == len(patients)
+
+    refit = result["refit"]
+    assert refit["refit_part"]["n"] + refit["held_out"]["n"] == 36
+    # No patient on both sides of the re-fit split.
+    assert refit["refit_part"]["patients"] + refit["held_out"]["patients"] == len(patients)
+    assert refit["refit_part"]["positives"] + refit["held_out"]["positives"] == 18
+    assert refit["own"]["threshold"] == card.threshold
+    assert refit["own"]["temperature"] == card.temperature
+    for side in ("own", "refit"):
+        scores = refit[side]
+        for key in ("sensitivity", "specificity", "f1", "ece", "brier"):
+            assert scores[key] is None or 0.0 <= scores[key] <= 1.0, (side, key)
+        assert scores["nll"] > 0 and scores["temperature"] > 0
+    assert refit["own"]["roc_auc"] == pytest.approx(refit["refit"]["roc_auc"])
+
+    report = (out / "report.md").read_text()
+    assert "## Data sets" in report and "**trained on**: source **stage_2_train_images**" in report
+    assert "**tested on**: source **chest_xray** (layout folders)" in report
+    assert "split **all**" in report
+    assert str(dataset.resolve()) in report and str(other_dataset) in report
+    assert "threshold and temperature come from the training data set" in report
+    assert "## Own vs re-fitted threshold and temperature" in report
+    assert "| Sensitivity (recall) |" in report and "| ECE |" in report
+    assert "Temperature from the model card" in report
+
+
+@pytest.fixture(scope="module")
+def nih_dataset(tmp_path_factory) -> Path:
+    """An NIH-like findings set converted at 32 px: 24 images of 12 patients (1-3 each)."""
+    root = tmp_path_factory.mktemp("nih")
+    images, labels = write_nih(root / "nih", patients=12)
+    convert(images, labels, root / "tf", size=SIZE, val_fraction=0.25, test_fraction=0.25,
+            seed=2, workers=0, progress=False, layout="findings")
+    return root / "tf"
+
+
+def test_evaluated_data_reads_patients_not_images(nih_dataset):
+    manifest = tfrecords.load_manifest(nih_dataset)
+    names, test = evaluate._read_evaluated(nih_dataset, manifest, "all")
+    examples = [r["patient_id"] for name in names for r in tfrecords.read_split(nih_dataset, name)]
+    assert list(test.patients) == [str(int(e.split("_")[0])) for e in examples]  # NIH Patient ID
+    assert (test.labels.size, np.unique(test.patients).size) == (24, 12)
+    # The re-fit split on those patients keeps each patient's follow-ups on one side;
+    # on image ids it would not (the fixture's seed splits one patient's images).
+    fit = external.refit_split(test.labels, test.patients, 0.5, seed=0)
+    assert not set(test.patients[fit]) & set(test.patients[~fit])
+    by_image = external.refit_split(test.labels, np.array(examples), 0.5, seed=0)
+    assert set(test.patients[by_image]) & set(test.patients[~by_image])
+
+
+def test_external_bootstrap_and_refit_group_images_by_patient(
+    trained_run, nih_dataset, tmp_path, monkeypatch
+):
+    seen_groups, seen_refit = [], []
+    table, split = metrics.metric_table, external.refit_split
+
+    def spy_table(labels, probs, threshold, groups=None, **kwargs):
+        seen_groups.append(np.asarray(groups))
+        return table(labels, probs, threshold, groups=groups, **kwargs)
+
+    def spy_split(labels, patients, fraction, seed):
+        mask = split(labels, patients, fraction, seed)
+        seen_refit.append((np.asarray(patients), mask))
+        return mask
+
+    monkeypatch.setattr(metrics, "metric_table", spy_table)
+    monkeypatch.setattr(external, "refit_split", spy_split)
+    result = evaluate.evaluate_run(trained_run, nih_dataset, tmp_path / "o", FAST, split="all",
+                                   refit_fraction=0.5, progress=False)
+    manifest = tfrecords.load_manifest(nih_dataset)
+    examples = [r["patient_id"] for name in manifest["splits"]
+                for r in tfrecords.read_split(nih_dataset, name)]
+    patients = tfrecords.patient_ids(examples, tfrecords.read_patients(nih_dataset))
+    assert result["external"] and (result["n"], result["patients"]) == (24, 12)
+    # The bootstrap's resampling unit is the patient (first table: the whole split).
+    assert list(seen_groups[0]) == patients
+    assert result["bootstrap"]["unit"] == "patient"
+    assert len(seen_refit) == 2  # the early check and the comparison
+    for grouped, mask in seen_refit:
+        assert list(grouped) == patients
+        assert not set(grouped[mask]) & set(grouped[~mask])
+    refit = result["refit"]
+    assert refit["refit_part"]["patients"] + refit["held_out"]["patients"] == 12
+    assert result["data_sets"]["evaluated_on"]["patients"] == 12
+
+
+def test_external_evaluation_needs_no_val_split_and_can_be_forced(
+    trained_run, dataset, tmp_path
+):
+    card_bytes = (trained_run / "model.json").read_bytes()
+    data = _write_dataset(tmp_path / "d", {"train": [0, 1, 1], "test": [0, 1, 0, 1]})
+    result = evaluate.evaluate_run(trained_run, data, tmp_path / "all", FAST, split="all",
+                                   progress=False)
+    assert result["external"] and (result["n"], result["positives"]) == (7, 4)
+    assert result["data_sets"]["evaluated_on"]["splits"] == {"train": 3, "test": 4}
+    one = evaluate.evaluate_run(trained_run, data, tmp_path / "test", FAST, split="test",
+                                progress=False)
+    assert one["n"] == 4 and one["refit"] is None
+    assert "Own vs re-fitted" not in (tmp_path / "test" / "report.md").read_text()
+    # --external on the training data itself: the card's calibration, card unchanged.
+    forced = evaluate.evaluate_run(trained_run, dataset, tmp_path / "forced", FAST,
+                                   external_data=True, progress=False)
+    assert forced["external"] and forced["provenance"] == "set by --external"
+    assert forced["temperature"] == model_card.read_card(trained_run).temperature
+    assert (trained_run / "model.json").read_bytes() == card_bytes
+
+
+def test_external_evaluation_errors_write_nothing(
+    trained_run, dataset, other_dataset, model_path, tmp_path
+):
+    card_bytes = (trained_run / "model.json").read_bytes()
+    out = tmp_path / "o"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in other_dataset.iterdir():
+        (broken / item.name).write_bytes(item.read_bytes())
+    next(broken.glob("train-*.tfrecord")).unlink()
+    with pytest.raises(UserError, match="missing"):
+        evaluate.evaluate_run(trained_run, broken, out, FAST, split="all", progress=False)
+    one_positive = _write_dataset(tmp_path / "d", {"test": [0, 0, 0, 1]})
+    with pytest.raises(UserError, match="held-out part without pneumonia"):
+        evaluate.evaluate_run(trained_run, one_positive, out, FAST, split="test",
+                              refit_fraction=0.5, progress=False)
+    with pytest.raises(UserError, match="no split 'holdout'"):
+        evaluate.evaluate_run(trained_run, other_dataset, out, FAST, split="holdout")
+    with pytest.raises(UserError, match="--split all is for a data set the model was not"):
+        evaluate.evaluate_run(trained_run, dataset, out, FAST, split="all")
+    with pytest.raises(UserError, match="--refit-fraction is for a data set"):
+        evaluate.evaluate_run(trained_run, dataset, out, FAST, refit_fraction=0.5)
+    # A card whose threshold and temperature were never fitted cannot be validated.
+    with pytest.raises(UserError, match="no fitted threshold and temperature"):
+        evaluate.evaluate_run(model_path, other_dataset, out, FAST, external_data=True)
+    assert not out.exists()
+    assert (trained_run / "model.json").read_bytes() == card_bytes
+
+
+@pytest.mark.parametrize("fraction", ["0", "1", "1.5"])
+def test_cli_refit_fraction_outside_the_interval_is_one_line_exit_2(
+    fraction, tmp_path, capsys, monkeypatch
+):
+    from pneumokeras.cli import main
+
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    data = _write_dataset(tmp_path / "d", {"val": [0, 1], "test": [0, 1]})
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", "--model", str(tmp_path / "m.keras"), "--data", str(data),
+              "--split", "all", "--refit-fraction", fraction, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--refit-fraction must be in (0, 1)" in err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,217 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pneumokeras.config import load_config
+from pneumokeras.errors import UserError
+from pneumokeras.records import pipeline as data
+from pneumokeras.records import tfrecords
+
+# Tests that build the training pipeline or call the Augmenter (Keras preprocessing
+# layers) are marked `backend`; the parsing, decoding and evaluation pipeline is
+# plain TensorFlow and runs once.
+
+
+def _config(*overrides):
+    return load_config(None, ["data.image_size=64", "data.batch_size=8", *overrides])
+
+
+@pytest.mark.backend
+def test_training_batches_shapes_dtypes_labels(converted_dir):
+    dataset, steps = data.training_dataset(converted_dir, _config())
+    manifest = tfrecords.load_manifest(converted_dir)
+    count = manifest["splits"]["train"]["count"]
+    assert steps == -(-count // 8)
+    seen = 0
+    positives = 0
+    for images, labels in dataset:
+        assert images.dtype == tf.float32 and labels.dtype == tf.float32
+        assert images.shape[1:] == (64, 64, 1) and labels.shape[1:] == (2,)
+        assert float(tf.reduce_min(images)) >= 0 and float(tf.reduce_max(images)) <= 255
+        np.testing.assert_array_equal(tf.reduce_sum(labels, axis=1), 1.0)
+        seen += images.shape[0]
+        positives += int(tf.reduce_sum(labels[:, 1]))
+    assert seen == count
+    assert positives == manifest["splits"]["train"]["positives"]
+
+
+def test_evaluation_order_matches_read_split(converted_dir):
+    config = _config()
+    records = tfrecords.read_split(converted_dir, "test")
+    images, labels = [], []
+    for x, y in data.evaluation_dataset(converted_dir, "test", config):
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    assert labels[:, 1].tolist() == [r["label"] for r in records]
+    first = tf.io.decode_png(records[0]["png"], channels=1).numpy().astype(np.float32)
+    np.testing.assert_array_equal(images[0], first)
+
+
+def _first_batches(converted_dir, seed, n=2):
+    dataset, _ = data.training_dataset(converted_dir, _config("data.deterministic=true"), seed=seed)
+    return [x.numpy() for x, _ in dataset.take(n)]
+
+
+@pytest.mark.backend
+def test_augmentation_is_deterministic_for_a_seed(converted_dir):
+    a = _first_batches(converted_dir, seed=3)
+    b = _first_batches(converted_dir, seed=3)
+    c = _first_batches(converted_dir, seed=4)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+@pytest.mark.backend
+def test_augmentation_changes_images_but_keeps_range():
+    config = _config()
+    images = tf.random.uniform((4, 64, 64, 1), 0, 255, seed=1)
+    augmented = data.Augmenter(config.augment, seed=0)(images)
+    assert augmented.shape == images.shape
+    assert not np.allclose(augmented.numpy(), images.numpy())
+    assert float(tf.reduce_min(augmented)) >= 0 and float(tf.reduce_max(augmented)) <= 255
+    off = load_config(
+        None,
+        [
+            "augment.flip=false",
+            "augment.rotation_degrees=0",
+            "augment.brightness=0",
+            "augment.contrast=0",
+        ],
+    )
+    assert data.Augmenter(off.augment, seed=0).layers == []
+
+
+def test_decode_eager_equals_inside_tf_data(converted_dir):
+    files = [
+        str(converted_dir / n)
+        for n in tfrecords.load_manifest(converted_dir)["splits"]["val"]["files"]
+    ]
+    raw = next(iter(tf.data.TFRecordDataset(files)))
+    eager = data.decode(data.parse(raw), 64)
+    graph = next(
+        iter(tf.data.TFRecordDataset(files).map(data.parse).map(lambda e: data.decode(e, 64)))
+    )
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(eager[key].numpy(), graph[key].numpy())
+
+
+@pytest.mark.backend
+def test_balanced_sampling_proportions(converted_dir):
+    config = _config("data.sampling=balanced", "data.batch_size=16")
+    dataset, _ = data.training_dataset(converted_dir, config)
+    labels = np.concatenate([y.numpy()[:, 1] for _, y in dataset.take(25)])
+    assert len(labels) == 400
+    assert abs(labels.mean() - 0.5) < 0.08  # natural share here is about 0.3
+
+
+@pytest.mark.backend
+def test_folds_select_patients(converted_dir):
+    manifest = tfrecords.load_manifest(converted_dir)
+    config = _config("data.batch_size=64")
+    val = data.evaluation_dataset(converted_dir, "val", config, fold=1)
+    n_val = sum(int(x.shape[0]) for x, _ in val)
+    assert n_val == sum(1 for f in manifest["folds"].values() if f == 1)
+    train, _ = data.training_dataset(converted_dir, config, fold=1)
+    n_train = sum(int(x.shape[0]) for x, _ in train)
+    assert n_train + n_val == len(manifest["folds"])
+    with pytest.raises(UserError, match="out of range"):
+        data.training_dataset(converted_dir, config, fold=7)
+
+
+@pytest.mark.backend
+def test_process_sharding_splits_files(converted_dir):
+    config = _config("data.batch_size=64")
+    counts = []
+    for index in range(2):
+        dataset, _ = data.training_dataset(converted_dir, config, shard=(2, index))
+        counts.append(sum(int(x.shape[0]) for x, _ in dataset))
+    manifest = tfrecords.load_manifest(converted_dir)
+    assert sum(counts) == manifest["splits"]["train"]["count"]
+    assert all(c > 0 for c in counts)
+
+
+def test_image_size_mismatch_is_a_clear_error(converted_dir):
+    with pytest.raises(UserError, match="data.image_size is 128"):
+        data.training_dataset(converted_dir, _config("data.image_size=128"))
+
+
+# ------------------------------------------------------------------ box supervision
+
+
+def test_whole_batches_only_need_one_batch_of_training_data(converted_dir):
+    # train asks for whole batches (one step shape); 48 training examples.
+    _, steps = data.training_dataset(converted_dir, _config(), drop_remainder=True)
+    assert steps == 48 // 8
+    with pytest.raises(UserError, match=r"\(48 examples\) is smaller than one batch of 64; "
+                                        "lower data.batch_size"):
+        data.training_dataset(converted_dir, _config("data.batch_size=64"), drop_remainder=True)
+
+
+def test_box_mask_marks_pixel_centres_inside_any_box():
+    # The one rasteriser: training's box targets and localization's scores use it.
+    boxes = np.array([[0.1, 0.2, 0.3, 0.25], [0.5, 0.55, 0.4, 0.4]], np.float32)
+    mask = data.box_mask(tf.constant(boxes), 40).numpy()
+    assert mask.shape == (40, 40, 1) and mask.dtype == np.float32
+    rows = ((np.arange(40) + 0.5) / 40)[:, None]
+    cols = ((np.arange(40) + 0.5) / 40)[None, :]
+    expected = np.zeros((40, 40), bool)
+    for x, y, w, h in boxes.astype(np.float32):
+        expected |= (rows >= y) & (rows < y + h) & (cols >= x) & (cols < x + w)
+    np.testing.assert_array_equal(mask[..., 0], expected.astype(np.float32))
+    # Pixel (row 8, col 4) has its centre at (0.1125, 0.2125): inside the first box.
+    assert mask[8, 4, 0] == 1 and mask[0, 0, 0] == 0
+    assert data.box_mask(tf.zeros([0, 4]), 16).numpy().sum() == 0
+
+
+def test_box_targets_are_the_covered_share_of_each_cell():
+    masks = np.zeros((1, 8, 8, 1), np.float32)
+    masks[0, :4, :, 0] = 1  # top half
+    masks[0, 4:6, :4, 0] = 1  # half of the bottom-left cell
+    targets = data.box_targets(tf.constant(masks), 2).numpy()
+    np.testing.assert_allclose(targets, [[1.0, 1.0, 0.5, 0.0]])
+
+
+@pytest.mark.backend
+def test_augmenter_moves_masks_with_their_images():
+    config = _config("augment.rotation_degrees=20", "augment.translation=0.1")
+    masks = np.zeros((6, 64, 64, 1), np.float32)
+    masks[:, 10:30, 5:25] = 1
+    images, moved = data.Augmenter(config.augment, seed=1)(
+        tf.constant(masks * 255.0), tf.constant(masks)
+    )
+    images, moved = images.numpy(), moved.numpy()
+    # Brightness and contrast change only the image; its shape stays the mask's.
+    assert not np.array_equal(moved, masks)
+    assert moved.min() >= 0 and moved.max() <= 1
+    bright = images > images.mean(axis=(1, 2, 3), keepdims=True)
+    agreement = (bright == (moved > 0.5)).mean()
+    assert agreement > 0.97, agreement
+
+
+@pytest.mark.backend
+def test_training_and_validation_batches_with_box_targets(converted_dir):
+    manifest = tfrecords.load_manifest(converted_dir)
+    weights = {0: 0.7, 1: 1.9}
+    dataset, _ = data.training_dataset(
+        converted_dir, _config("augment.flip=false"), box_grid=4, class_weight=weights
+    )
+    positives_with_boxes = 0
+    for images, targets, sample_weight in dataset:
+        labels, boxes = targets[data.PREDICTIONS].numpy(), targets[data.BOX_MAP].numpy()
+        assert images.shape[1:] == (64, 64, 1) and boxes.shape[1:] == (16,)
+        assert boxes.min() >= 0 and boxes.max() <= 1
+        np.testing.assert_allclose(sample_weight, np.where(labels[:, 1] == 1, 1.9, 0.7))
+        # Negatives have no box; every positive has some coverage.
+        assert boxes[labels[:, 1] == 0].max(initial=0) == 0
+        positives_with_boxes += int((boxes[labels[:, 1] == 1].max(axis=1) > 0).sum())
+    assert positives_with_boxes == manifest["splits"]["train"]["positives"]
+
+    records = tfrecords.read_split(converted_dir, "val")
+    batches = list(data.evaluation_dataset(converted_dir, "val", _config(), box_grid=4))
+    boxes = np.concatenate([t[data.BOX_MAP].numpy() for _, t in batches])
+    expected = data.box_targets(
+        tf.stack([data.box_mask(r["boxes"], 64) for r in records]), 4
+    ).numpy()
+    np.testing.assert_allclose(boxes, expected)

@@ -1,0 +1,307 @@
+"""Tests for pneumokeras.serving.predict and examples/other_app.py.
+
+An untrained stand-in model at 32 px (see `contract_model`) with a hand-written
+model.json; DICOMs from `synth.generate`. Checks that predict feeds the model the
+converter's pixels, that PNG/JPEG/DICOM and broken files give the right rows, and
+that the stand-alone example prints predict's probability. The tests marked
+`backend` run under KERAS_BACKEND=tensorflow and jax.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from model_fixtures import contract_model
+from PIL import Image
+
+from pneumokeras.errors import UserError
+from pneumokeras.evaluation.calibration import calibrate
+from pneumokeras.io.dicom import read_dicom
+from pneumokeras.io.images import load_image
+from pneumokeras.records.convert import encode_png
+from pneumokeras.serving import predict
+
+SIZE = 32
+META = {
+    "class_names": ["normal", "pneumonia"],
+    "input_size": SIZE,
+    "threshold": 0.45,
+    "threshold_method": "youden",
+    "temperature": 1.7,
+}
+REPO = Path(__file__).resolve().parents[2]
+
+# Marked `backend` (TensorFlow and JAX): the tests where the model's numbers or its
+# loading matter (the training pixels, TTA's draws, run folders and broken files, the
+# example app). The rest check predict's rows, cards and warnings around the same
+# model call, and run once.
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("run") / "model.keras"
+    contract_model(SIZE).save(path)
+    path.with_name("model.json").write_text(json.dumps(META))
+    return path
+
+
+def _model_probability(model_path: Path, pixels: np.ndarray, temperature: float) -> float:
+    """The calibrated probability for (S, S) uint8 pixels, straight through the model."""
+    model = keras.saving.load_model(model_path)
+    raw = model.predict(pixels[None, :, :, None].astype(np.float32), verbose=0)[0, 1]
+    return float(calibrate(raw, temperature))
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+@pytest.mark.backend
+def test_a_dicom_and_its_converted_png_predict_as_the_training_pixels(
+    dicoms, model_path, tmp_path
+):
+    # That predict's pixels of a DICOM are the converter's (what convert stores,
+    # decoded as training decodes it) is test_images.py's
+    # test_dicom_pixels_equal_the_converters; here the predictions on them agree.
+    dcm = dicoms[0]
+    stored = encode_png(read_dicom(dcm, size=SIZE).pixels)
+    trained_on = tf.io.decode_png(stored, channels=1).numpy()[..., 0]
+    patient_id = read_dicom(dcm).patient_id
+    # The same DICOM, and the converter's PNG of it, predict identically, and equal
+    # the model run directly on the training pixels.
+    png = tmp_path / "converted.png"
+    png.write_bytes(stored)
+    rows = predict.predict_files(model_path, [str(dcm), str(png)])
+    assert rows[0]["probability"] == pytest.approx(rows[1]["probability"], abs=1e-6)
+    assert rows[0]["probability"] == pytest.approx(
+        _model_probability(model_path, trained_on, META["temperature"]), abs=1e-6
+    )
+    assert rows[0]["patient_id"] == patient_id and rows[1]["patient_id"] == ""
+
+
+# ---------------------------------------------------------------- rows and files
+
+
+def test_rows_for_every_format_and_broken_files(model_path, dicoms, image_files, tmp_path):
+    broken_dcm = tmp_path / "broken.dcm"
+    broken_dcm.write_bytes(b"DICM? no")
+    broken_png = tmp_path / "broken.png"
+    broken_png.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    inputs = [str(dicoms[0]), str(broken_dcm), str(image_files["png"].parent), str(broken_png)]
+    out = tmp_path / "out" / "predictions.csv"
+    rows = predict.predict_files(model_path, inputs, out_path=out, batch_size=2)
+
+    assert [Path(r["path"]).name for r in rows] == [
+        dicoms[0].name,
+        "broken.dcm",
+        "deep.png",
+        "photo.JpEg",
+        "wide.PNG",
+        "broken.png",
+    ]
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert by_name["broken.dcm"]["error"] == "not a DICOM file"
+    assert by_name["broken.png"]["error"]
+    for row in rows:
+        if row["error"]:
+            assert row["probability"] is None and row["label"] is None
+        else:
+            assert 0.0 < row["probability"] < 1.0
+            assert row["label"] == int(row["probability"] >= META["threshold"])
+            assert row["class"] == META["class_names"][row["label"]]
+
+    with open(out, newline="") as handle:
+        written = list(csv.DictReader(handle))
+    assert list(written[0]) == list(predict.COLUMNS)
+    assert [w["path"] for w in written] == [r["path"] for r in rows]
+    assert float(written[0]["probability"]) == rows[0]["probability"]
+    assert written[1]["probability"] == "" and written[1]["error"] == "not a DICOM file"
+
+    # Batching does not change the numbers.
+    single = predict.predict_files(model_path, inputs, batch_size=32)
+    for a, b in zip(rows, single, strict=True):
+        if a["error"]:
+            assert b["error"] == a["error"]
+        else:
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-6)
+
+
+def test_json_output(model_path, dicoms, tmp_path):
+    out = tmp_path / "p.json"
+    rows = predict.predict_files(model_path, [str(d) for d in dicoms], out_path=out, fmt="json")
+    assert json.loads(out.read_text()) == rows and len(rows) == 3
+    assert json.loads(predict.format_rows(rows, "json")) == rows
+
+
+def test_no_usable_input_is_a_user_error(model_path, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no image files"):
+        predict.predict_files(model_path, [str(tmp_path / "empty")])
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    with pytest.raises(UserError, match="none of the 1 input file"):
+        predict.predict_files(model_path, [str(bad)], out_path=tmp_path / "o.csv")
+    assert not (tmp_path / "o.csv").exists()
+    with pytest.raises(UserError, match="format"):
+        predict.predict_files(model_path, [str(bad)], fmt="xml")
+    with pytest.raises(UserError, match="does not exist"):
+        predict.predict_files(tmp_path / "none.keras", [str(bad)])
+
+
+def _lone_model(model_path, folder):
+    folder.mkdir(exist_ok=True)
+    lone = folder / "model.keras"
+    lone.write_bytes(model_path.read_bytes())
+    return lone
+
+
+def test_missing_card_is_refused_unless_a_threshold_is_given(model_path, dicoms, tmp_path,
+                                                            caplog):
+    lone = _lone_model(model_path, tmp_path / "lone")
+    with pytest.raises(UserError, match="model.json is missing.*--threshold"):
+        predict.predict_files(lone, [str(dicoms[0])])
+    with caplog.at_level(logging.WARNING, logger="pneumokeras.serving.predict"):
+        rows = predict.predict_files(lone, [str(dicoms[0])], threshold=0.3)
+    assert "uncalibrated (temperature 1), threshold 0.3" in caplog.text
+    pixels, _ = load_image(dicoms[0], SIZE)
+    assert rows[0]["probability"] == pytest.approx(
+        _model_probability(model_path, pixels, 1.0), abs=1e-6
+    )
+    assert rows[0]["label"] == int(rows[0]["probability"] >= 0.3)
+
+
+def test_an_incomplete_or_unfitted_card_is_said_plainly(model_path, dicoms, tmp_path, caplog):
+    lone = _lone_model(model_path, tmp_path / "partial")
+    lone.with_name("model.json").write_text(json.dumps({"input_size": SIZE}))
+    with pytest.raises(UserError, match="incomplete or invalid: missing class_names, threshold"):
+        predict.predict_files(lone, [str(dicoms[0])])
+    unfitted = {k: v for k, v in META.items() if k != "threshold_method"}
+    lone.with_name("model.json").write_text(json.dumps(unfitted))
+    with caplog.at_level(logging.WARNING, logger="pneumokeras.serving.predict"):
+        rows = predict.predict_files(lone, [str(dicoms[0])])
+    assert "training's defaults, not fitted" in caplog.text
+    assert rows[0]["label"] == int(rows[0]["probability"] >= META["threshold"])
+
+
+@pytest.mark.backend
+def test_run_folders_and_broken_model_files(model_path, dicoms, tmp_path):
+    rows = predict.predict_files(model_path.parent, [str(dicoms[0])])
+    assert rows == predict.predict_files(model_path, [str(dicoms[0])])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is a folder without model.keras"):
+        predict.predict_files(tmp_path / "empty", [str(dicoms[0])])
+    truncated = tmp_path / "cut" / "model.keras"
+    truncated.parent.mkdir()
+    truncated.write_bytes(model_path.read_bytes()[:2000])
+    truncated.with_name("model.json").write_text(json.dumps(META))
+    text = tmp_path / "text" / "model.keras"
+    text.parent.mkdir()
+    text.write_text("not a model")
+    text.with_name("model.json").write_text(json.dumps(META))
+    for bad in (truncated, text):
+        with pytest.raises(UserError, match="is not a valid .keras file"):
+            predict.predict_files(bad, [str(dicoms[0])])
+
+
+def test_inputs_the_model_was_not_trained_for_are_flagged(model_path, dicoms, tmp_path):
+    pydicom_data = pytest.importorskip("pydicom.data")
+    mr = pydicom_data.get_testdata_file("MR_small.dcm")
+    ct = pydicom_data.get_testdata_file("CT_small.dcm")
+    flagged = _lone_model(model_path, tmp_path / "stats")
+    # Training images of mid-grey means only: a black image is far outside.
+    stats = {"images": 100, "percentiles": [0.5, 99.5], "mean": [90.0, 140.0],
+             "std": [40.0, 70.0]}
+    flagged.with_name("model.json").write_text(json.dumps({**META, "input_statistics": stats}))
+    black = tmp_path / "black.png"
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(black)
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.full((16, 16), 120, dtype=np.uint8)).save(tiny)
+    rows = predict.predict_files(flagged, [mr, ct, str(black), str(tiny), str(dicoms[0])])
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert "modality MR is not a radiograph" in by_name["MR_small.dcm"]["warning"]
+    assert "modality CT is not a radiograph" in by_name["CT_small.dcm"]["warning"]
+    assert "mean grey level 0 is outside" in by_name["black.png"]["warning"]
+    assert "smaller than the model's input" in by_name["tiny.png"]["warning"]
+    for row in rows:  # a warning never replaces the prediction
+        assert row["error"] == "" and 0 < row["probability"] < 1
+    # A synthetic CR chest DICOM with no recorded statistics: no warning.
+    assert predict.predict_files(model_path, [str(dicoms[0])])[0]["warning"] == ""
+
+
+def test_model_json_must_match_the_model(model_path, dicoms, tmp_path):
+    other = tmp_path / "model.keras"
+    other.write_bytes(model_path.read_bytes())
+    other.with_name("model.json").write_text(json.dumps({**META, "input_size": 64}))
+    with pytest.raises(UserError, match="input size 64 .* takes 32 px"):
+        predict.predict_files(other, [str(dicoms[0])])
+
+
+@pytest.mark.backend
+def test_tta_is_seeded_and_reports_spread(model_path, dicoms, tmp_path):
+    inputs = [str(d) for d in dicoms]
+    rows = predict.predict_files(model_path, inputs, tta=3, seed=1, out_path=tmp_path / "t.csv")
+    again = predict.predict_files(model_path, inputs, tta=3, seed=1)
+    plain = predict.predict_files(model_path, inputs)
+    for row, same, base in zip(rows, again, plain, strict=True):
+        assert 0 < row["tta_mean"] < 1 and row["tta_std"] > 0
+        assert row["tta_mean"] == pytest.approx(same["tta_mean"], abs=1e-6)
+        assert row["tta_std"] == pytest.approx(same["tta_std"], abs=1e-6)
+        assert row["probability"] == pytest.approx(base["probability"], abs=1e-6)
+    header = (tmp_path / "t.csv").read_text().splitlines()[0].split(",")
+    assert header[-2:] == ["tta_mean", "tta_std"]
+    # A file's TTA result does not depend on the files before it in the call.
+    alone = predict.predict_files(model_path, [inputs[2]], tta=3, seed=1)[0]
+    assert alone["tta_mean"] == pytest.approx(rows[2]["tta_mean"], abs=1e-6)
+    assert alone["tta_std"] == pytest.approx(rows[2]["tta_std"], abs=1e-6)
+    other_seed = predict.predict_files(model_path, [inputs[2]], tta=3, seed=2)[0]
+    assert other_seed["tta_mean"] != pytest.approx(alone["tta_mean"], abs=1e-9)
+
+
+# ---------------------------------------------------------------- the example app
+
+
+# Once, in the JAX pass: a fresh Keras-on-JAX interpreter starts in half the time of a
+# TensorFlow one. Fresh interpreters of the other backend load saved models in
+# test_cv.py (TensorFlow → JAX), test_explain.py and test_export.py (JAX → TensorFlow).
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="runs in the JAX pass")
+@pytest.mark.backend
+def test_other_app_prints_predicts_probability(model_path, image_files):
+    image = image_files["png"]
+    expected = predict.predict_files(model_path, [str(image)])[0]
+    # Runs the example in a fresh interpreter and checks pneumokeras was never imported.
+    code = (
+        "import runpy, sys; sys.argv = sys.argv[1:]; "
+        "runpy.run_path(sys.argv[0], run_name='__main__'); "
+        "assert not [m for m in sys.modules if m.startswith('pneumokeras')], 'imported'"
+    )
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(REPO / "examples" / "other_app.py"),
+            str(model_path),
+            str(image),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    match = re.search(r"probability (\S+) label (\S+)", done.stdout)
+    assert match, done.stdout
+    assert float(match.group(1)) == pytest.approx(expected["probability"], abs=2e-6)
+    assert match.group(2) == expected["class"]
