@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo app test test-tf test-jax lint install clean
+.PHONY: demo app docs test test-tf test-jax lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,7 @@ PYTEST_PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+	$(MKDOCS) build --strict --quiet --site-dir $(SITE_CHECK)
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=15
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=15 -m backend
 
@@ -62,5 +63,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 
+# The documentation site (MkDocs + Material): site/index.html. `make test` builds it with
+# --strict (a broken link or a missing page fails) into a scratch folder.
+MKDOCS := NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs
+SITE_CHECK := .pytest_cache/site
+docs: $(STAMP)
+	$(MKDOCS) build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

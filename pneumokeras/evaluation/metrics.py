@@ -232,7 +232,10 @@ def metric_table(
         probs: (N,) pneumonia probabilities.
         threshold: predict pneumonia when `p >= threshold`.
         groups: (N,) patient id per row, the bootstrap's resampling unit.
-        resamples, seed, level, progress: as in `bootstrap_ci`.
+        resamples: as in `bootstrap_ci`.
+        seed: as in `bootstrap_ci`.
+        level: as in `bootstrap_ci`.
+        progress: as in `bootstrap_ci`.
 
     Returns:
         `{metric: {"value", "ci95": [low, high], "ci_method", "resamples"}}`;

@@ -769,8 +769,9 @@ def convert(
             example id → patient, in the folders and findings layouts).
         class_info_csv: RSNA only: optional `stage_2_detailed_class_info.csv`.
         size: side of the stored square images, pixels.
-        val_fraction, test_fraction: shares of patients held out, [0, 1)
+        val_fraction: share of patients in the validation split, [0, 1)
             (ignored when the folders layout keeps its own splits).
+        test_fraction: share of patients in the test split, [0, 1) (likewise).
         folds: K > 1 assigns stratified folds over train+val patients.
         seed: seed of the split, folds and shard order, [0, 2**32).
         workers: decoding processes; None = all cores, 0 = in-process.
