@@ -48,6 +48,7 @@ PYTEST_PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 # `make test-tf` / `make test-jax` run one pass.
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check --quiet .
 	$(BIN)/lint-imports --no-cache
 	$(MKDOCS) build --strict --quiet --site-dir $(SITE_CHECK)
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=15
@@ -61,6 +62,7 @@ test-jax: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check --quiet .
 	$(BIN)/lint-imports --no-cache
 
 # The documentation site (MkDocs + Material): site/index.html. `make test` builds it with

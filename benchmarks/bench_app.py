@@ -58,11 +58,19 @@ def build_run(run_dir: Path) -> None:
     keras.utils.set_random_seed(0)
     model = resnet.build_model(ModelConfig(), SIZE)
     model.save(run_dir / "model.keras")
-    model_card.write_card(run_dir, model_card.ModelCard(
-        input_size=SIZE, threshold=0.5, threshold_method="youden", temperature=1.3,
-        model_name="resnet18", gradcam_layer=resnet.LAST_CONV_LAYER["resnet18"],
-        backend=keras.backend.backend(), keras_version=keras.__version__,
-    ))
+    model_card.write_card(
+        run_dir,
+        model_card.ModelCard(
+            input_size=SIZE,
+            threshold=0.5,
+            threshold_method="youden",
+            temperature=1.3,
+            model_name="resnet18",
+            gradcam_layer=resnet.LAST_CONV_LAYER["resnet18"],
+            backend=keras.backend.backend(),
+            keras_version=keras.__version__,
+        ),
+    )
 
 
 def _dicoms(count: int, seed: int = 123) -> list[bytes]:
@@ -86,8 +94,12 @@ def _clock(func, *args, **kwargs):
 def _summary(seconds: list[float]) -> dict[str, float]:
     """First call apart; median and maximum of the rest."""
     rest = seconds[1:] or seconds
-    return {"first": seconds[0], "median": statistics.median(rest), "max": max(rest),
-            "n": len(seconds)}
+    return {
+        "first": seconds[0],
+        "median": statistics.median(rest),
+        "max": max(rest),
+        "n": len(seconds),
+    }
 
 
 def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
@@ -117,13 +129,29 @@ def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
     explainer = HeatmapExplainer(classifier.model, "gradcam", classifier.card.gradcam_layer)
     explainer(np.zeros((1, SIZE, SIZE, 1), np.float32), [1])
     results["build_gradcam_s"] = time.perf_counter() - start
-    results["startup_total_s"] = sum(results[k] for k in (
-        "import_tensorflow_keras_s", "load_classifier_s", "trace_forward_s", "build_gradcam_s"))
+    results["startup_total_s"] = sum(
+        results[k]
+        for k in (
+            "import_tensorflow_keras_s",
+            "load_classifier_s",
+            "trace_forward_s",
+            "build_gradcam_s",
+        )
+    )
     files = _dicoms(images)
 
-    stages: dict[str, list[float]] = {k: [] for k in
-                                      ("read", "probability", "probability_eager", "gradcam",
-                                       "overlay", "total", "total_cpu")}
+    stages: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "read",
+            "probability",
+            "probability_eager",
+            "gradcam",
+            "overlay",
+            "total",
+            "total_cpu",
+        )
+    }
     for index, data in enumerate(files):
         name = f"case-{index}.dcm"
         record, seconds = _clock(app_logic.read_upload, name, data, SIZE, 100)
@@ -144,7 +172,8 @@ def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
     results["per_upload_s"] = {k: _summary(v) for k, v in stages.items()}
 
     plus, results["build_gradcam++_s"] = _clock(
-        HeatmapExplainer, classifier.model, "gradcam++", classifier.card.gradcam_layer)
+        HeatmapExplainer, classifier.model, "gradcam++", classifier.card.gradcam_layer
+    )
     pixels = app_logic.read_upload("x.dcm", files[0], SIZE, 100).pixels[None, ..., None]
     results["gradcam++_s"] = _summary([_clock(plus, pixels, [1])[1] for _ in range(3)])
     if scorecam:
@@ -154,8 +183,9 @@ def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
         # Streamlit's default first (it clears the Keras session after every run),
         # then as `cli.py app` serves it (`app_logic.keep_keras_session`).
         # New files for each (the page caches analyses by content, across sessions).
-        results["page_streamlit_default_s"] = measure_page(run_dir, _dicoms(images, 456),
-                                                           server=False)
+        results["page_streamlit_default_s"] = measure_page(
+            run_dir, _dicoms(images, 456), server=False
+        )
         results["page_s"] = measure_page(run_dir, _dicoms(images, 789), server=True)
     return results
 
@@ -184,15 +214,21 @@ def _machine() -> dict:
     import keras
     import tensorflow as tf
 
-    return {"python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "load_average": os.getloadavg()}
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "load_average": os.getloadavg(),
+    }
 
 
 def _table(results: dict) -> str:
     per = results["per_upload_s"]
     lines = [
-        "| what | seconds |", "|---|---:|",
+        "| what | seconds |",
+        "|---|---:|",
         f"| import TensorFlow + Keras | {results['import_tensorflow_keras_s']:.2f} |",
         f"| load_classifier (model.keras + card) | {results['load_classifier_s']:.2f} |",
         f"| trace the forward pass (one warm-up call) | {results['trace_forward_s']:.2f} |",
@@ -200,32 +236,42 @@ def _table(results: dict) -> str:
         f"{results['build_gradcam_s']:.2f} |",
         f"| **start-up, once per process** | **{results['startup_total_s']:.2f}** |",
     ]
-    for key, label in (("read", "read the DICOM (1024 px → 224 px)"),
-                       ("probability", "calibrated probability (traced, as the app)"),
-                       ("probability_eager", "(the same, eager: `Classifier.probabilities`)"),
-                       ("gradcam", "Grad-CAM (stack4_block2_out)"),
-                       ("overlay", "overlay figure (PNG)"),
-                       ("total", "**one upload: read + traced probability + Grad-CAM + "
-                                 "overlay**"),
-                       ("total_cpu", "the same in CPU seconds (all threads)")):
+    for key, label in (
+        ("read", "read the DICOM (1024 px → 224 px)"),
+        ("probability", "calibrated probability (traced, as the app)"),
+        ("probability_eager", "(the same, eager: `Classifier.probabilities`)"),
+        ("gradcam", "Grad-CAM (stack4_block2_out)"),
+        ("overlay", "overlay figure (PNG)"),
+        ("total", "**one upload: read + traced probability + Grad-CAM + overlay**"),
+        ("total_cpu", "the same in CPU seconds (all threads)"),
+    ):
         item = per[key]
-        lines.append(f"| {label}: median (max) of {item['n'] - 1}; first | "
-                     f"{item['median']:.3f} ({item['max']:.3f}); {item['first']:.3f} |")
+        lines.append(
+            f"| {label}: median (max) of {item['n'] - 1}; first | "
+            f"{item['median']:.3f} ({item['max']:.3f}); {item['first']:.3f} |"
+        )
     plus = results["gradcam++_s"]
-    lines.append(f"| Grad-CAM++ instead: median; first | {plus['median']:.3f}; "
-                 f"{plus['first']:.3f} |")
+    lines.append(
+        f"| Grad-CAM++ instead: median; first | {plus['median']:.3f}; {plus['first']:.3f} |"
+    )
     if "scorecam_s" in results:
         lines.append(f"| Score-CAM instead (one image) | {results['scorecam_s']['first']:.1f} |")
     if "page_s" in results:
-        lines.append(f"| the page (AppTest): first run of a fresh process, model loading "
-                     f"included | {results['page_streamlit_default_s']['first_run_s']:.2f} |")
-    for key, how in (("page_s", "as served by `cli.py app`"),
-                     ("page_streamlit_default_s", "Streamlit clearing the Keras session")):
+        lines.append(
+            f"| the page (AppTest): first run of a fresh process, model loading "
+            f"included | {results['page_streamlit_default_s']['first_run_s']:.2f} |"
+        )
+    for key, how in (
+        ("page_s", "as served by `cli.py app`"),
+        ("page_streamlit_default_s", "Streamlit clearing the Keras session"),
+    ):
         if key not in results:
             continue
         item = results[key]["upload_run_s"]
-        lines.append(f"| the page ({how}): one upload, median (max); first | "
-                     f"{item['median']:.2f} ({item['max']:.2f}); {item['first']:.2f} |")
+        lines.append(
+            f"| the page ({how}): one upload, median (max); first | "
+            f"{item['median']:.2f} ({item['max']:.2f}); {item['first']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -246,28 +292,47 @@ def main() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     with tempfile.TemporaryDirectory(prefix="bench-app-") as folder:
         run_dir = Path(folder)
-        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                        "from benchmarks.bench_app import build_run; "
-                        "from pathlib import Path; build_run(Path(sys.argv[2]))",
-                        str(ROOT), str(run_dir)], check=True,
-                       env={**os.environ, "KERAS_BACKEND": "tensorflow"})
-        command = [sys.executable, __file__, "--measure", str(run_dir), "--images",
-                   str(args.images)] + ["--page"] * args.page + ["--scorecam"] * args.scorecam
-        done = subprocess.run(command, check=True, capture_output=True, text=True,
-                              env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.path.insert(0, sys.argv[1]); "
+                "from benchmarks.bench_app import build_run; "
+                "from pathlib import Path; build_run(Path(sys.argv[2]))",
+                str(ROOT),
+                str(run_dir),
+            ],
+            check=True,
+            env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+        )
+        command = (
+            [sys.executable, __file__, "--measure", str(run_dir), "--images", str(args.images)]
+            + ["--page"] * args.page
+            + ["--scorecam"] * args.scorecam
+        )
+        done = subprocess.run(
+            command,
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+        )
     results = json.loads(done.stdout.strip().splitlines()[-1])
     from pneumokeras.utils.fileio import atomic_write_json
 
-    results.update(machine=_machine(), images=args.images, image_size=SIZE,
-                   target_seconds=TARGET_SECONDS)
+    results.update(
+        machine=_machine(), images=args.images, image_size=SIZE, target_seconds=TARGET_SECONDS
+    )
     atomic_write_json(args.out, results)
     print(_table(results))
     total = results["per_upload_s"]["total"]["median"]
     verdict = "met" if total < TARGET_SECONDS else "NOT met"
     cpu = results["per_upload_s"]["total_cpu"]["median"]
     load = results["machine"]["load_average"][0]
-    print(f"\none upload after loading: {total:.2f} s median, {cpu:.2f} CPU s (target < "
-          f"{TARGET_SECONDS:.0f} s: {verdict}); load average {load:.1f}; {args.out}")
+    print(
+        f"\none upload after loading: {total:.2f} s median, {cpu:.2f} CPU s (target < "
+        f"{TARGET_SECONDS:.0f} s: {verdict}); load average {load:.1f}; {args.out}"
+    )
 
 
 if __name__ == "__main__":

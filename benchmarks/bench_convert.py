@@ -124,7 +124,7 @@ def link_full_rsna(synth_dir: Path, target: Path, patients: int) -> None:
         source = sources[index % len(sources)]
         patient = f"{index:08d}-{source[9:]}"
         os.link(synth_dir / "stage_2_train_images" / f"{source}.dcm", images / f"{patient}.dcm")
-        out_rows += [patient + row[len(source):] for row in by_patient[source]]
+        out_rows += [patient + row[len(source) :] for row in by_patient[source]]
     (target / "stage_2_train_labels.csv").write_text("\n".join(out_rows) + "\n")
 
 
@@ -152,8 +152,16 @@ def main() -> None:
 
     def ours(workers: int, limit: int | None = None) -> float:
         """Seconds of `cli.py convert` in a fresh process, start-up included."""
-        arguments = ["--images", str(synth_dir / "stage_2_train_images"), "--labels",
-                     str(labels), "--size", str(args.size), "--workers", str(workers)]
+        arguments = [
+            "--images",
+            str(synth_dir / "stage_2_train_images"),
+            "--labels",
+            str(labels),
+            "--size",
+            str(args.size),
+            "--workers",
+            str(workers),
+        ]
         return time_convert_cli(arguments, workdir / f"out_{workers}", limit)
 
     # Warm the page cache so every variant reads from memory.
@@ -173,13 +181,19 @@ def main() -> None:
     }
     rate = {k: n / v for k, v in results.items()}
     report = {
-        "machine": {"cores": cores, "cpu": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+        "machine": {
+            "cores": cores,
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
         "images": n,
         "stored_size": args.size,
         "seconds": results,
-        "repeats_seconds": {"ours_1_worker": one_worker, "decode_floor": floor,
-                            f"ours_1_worker_limit_{tenth}": one_worker_tenth},
+        "repeats_seconds": {
+            "ours_1_worker": one_worker,
+            "decode_floor": floor,
+            f"ours_1_worker_limit_{tenth}": one_worker_tenth,
+        },
         "images_per_second": rate,
         "ms_per_image": {k: 1000 * v / n for k, v in results.items()},
         "ratios": {
@@ -190,7 +204,8 @@ def main() -> None:
             # (same listing, start-up and TensorFlow import) taken away.
             "one_worker_marginal_per_image_vs_decode_floor": (
                 (statistics.median(one_worker) - statistics.median(one_worker_tenth)) / (n - tenth)
-            ) / (results["decode_floor"] / n),
+            )
+            / (results["decode_floor"] / n),
         },
         "targets": {"all_cores_vs_naive_min": 4.0, "one_worker_vs_floor_max": 1.5},
     }
@@ -200,44 +215,62 @@ def main() -> None:
         link_full_rsna(synth_dir, full, RSNA_PATIENTS)
         sampler = RssSampler()
         sampler.start()
-        seconds = timed(convert, full / "stage_2_train_images", full / "stage_2_train_labels.csv",
-                        full / "out", size=args.size, workers=cores, progress=False)
+        seconds = timed(
+            convert,
+            full / "stage_2_train_images",
+            full / "stage_2_train_labels.csv",
+            full / "out",
+            size=args.size,
+            workers=cores,
+            progress=False,
+        )
         samples = sampler.stop()
         quarter = samples[len(samples) // 4 :]
         report["full_rsna"] = {
             "patients": RSNA_PATIENTS,
             "seconds": seconds,
             "images_per_second": RSNA_PATIENTS / seconds,
-            "parent_rss_mib": {"peak": max(samples), "at_25_percent": quarter[0],
-                               "at_end": samples[-1]},
+            "parent_rss_mib": {
+                "peak": max(samples),
+                "at_25_percent": quarter[0],
+                "at_end": samples[-1],
+            },
             "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         }
         shutil.rmtree(full)
     atomic_write_json(args.out, report)
 
-    print(f"\n{n} RSNA-sized DICOMs (1024 px JPEG Baseline) → {args.size} px PNG TFRecords, "
-          f"{cores} cores\n")
+    print(
+        f"\n{n} RSNA-sized DICOMs (1024 px JPEG Baseline) → {args.size} px PNG TFRecords, "
+        f"{cores} cores\n"
+    )
     print("| variant | images/s | ms/image |\n|---|---:|---:|")
-    names = {"naive": "(a) naive: pydicom pixel_array + Pillow resize + PNG default, 1 process",
-             "ours_1_worker": f"(b) cli.py convert --workers 1 (median of {args.repeats})",
-             f"ours_{cores}_workers": f"(c) cli.py convert, {cores} workers",
-             "decode_floor": f"(d) decode floor: Pillow JPEG decode only, 1 process "
-                             f"(median of {args.repeats})"}
+    names = {
+        "naive": "(a) naive: pydicom pixel_array + Pillow resize + PNG default, 1 process",
+        "ours_1_worker": f"(b) cli.py convert --workers 1 (median of {args.repeats})",
+        f"ours_{cores}_workers": f"(c) cli.py convert, {cores} workers",
+        "decode_floor": f"(d) decode floor: Pillow JPEG decode only, 1 process "
+        f"(median of {args.repeats})",
+    }
     for key, label in names.items():
         print(f"| {label} | {rate[key]:.1f} | {1000 * results[key] / n:.2f} |")
     ratios = report["ratios"]
-    print(f"\n(c)/(a) = {ratios['all_cores_vs_naive']:.2f}× (target ≥ 4); "
-          f"(b) per image / (d) = {ratios['one_worker_per_image_vs_decode_floor']:.2f} "
-          "(target ≤ 1.5); marginal per image (without fixed start-up) / (d) = "
-          f"{ratios['one_worker_marginal_per_image_vs_decode_floor']:.2f}")
+    print(
+        f"\n(c)/(a) = {ratios['all_cores_vs_naive']:.2f}× (target ≥ 4); "
+        f"(b) per image / (d) = {ratios['one_worker_per_image_vs_decode_floor']:.2f} "
+        "(target ≤ 1.5); marginal per image (without fixed start-up) / (d) = "
+        f"{ratios['one_worker_marginal_per_image_vs_decode_floor']:.2f}"
+    )
     if "full_rsna" in report:
         full = report["full_rsna"]
-        print(f"full RSNA size: {full['patients']} patients in {full['seconds']:.0f} s "
-              f"({full['images_per_second']:.0f} img/s); parent RSS peak "
-              f"{full['parent_rss_mib']['peak']:.0f} MiB (25 %: "
-              f"{full['parent_rss_mib']['at_25_percent']:.0f}, end: "
-              f"{full['parent_rss_mib']['at_end']:.0f}); worker peak "
-              f"{full['worker_peak_rss_mib']:.0f} MiB")
+        print(
+            f"full RSNA size: {full['patients']} patients in {full['seconds']:.0f} s "
+            f"({full['images_per_second']:.0f} img/s); parent RSS peak "
+            f"{full['parent_rss_mib']['peak']:.0f} MiB (25 %: "
+            f"{full['parent_rss_mib']['at_25_percent']:.0f}, end: "
+            f"{full['parent_rss_mib']['at_end']:.0f}); worker peak "
+            f"{full['worker_peak_rss_mib']:.0f} MiB"
+        )
     print(f"\nJSON: {args.out}")
 
 

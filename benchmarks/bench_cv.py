@@ -43,8 +43,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test", type=float, default=0.2, help="test share of patients")
     parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "demo.yaml"))
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="extra SECTION.KEY=VALUE settings")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="extra SECTION.KEY=VALUE settings",
+    )
     parser.add_argument("--work", default=None, help="working folder (default: a temp folder)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(DEFAULT_OUT))
@@ -70,8 +75,11 @@ def _scores(labels, probs) -> dict[str, float]:
     from pneumokeras.evaluation import metrics
 
     point = metrics.classification_metrics(labels, probs, 0.5)
-    return {"roc_auc": point["roc_auc"], "brier": point["brier"],
-            "ece": metrics.expected_calibration_error(labels, probs)}
+    return {
+        "roc_auc": point["roc_auc"],
+        "brier": point["brier"],
+        "ece": metrics.expected_calibration_error(labels, probs),
+    }
 
 
 def _pointing(explainer, images, labels, boxes) -> dict[str, float | int]:
@@ -112,13 +120,22 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     synth = work / "synth"
     if not (synth / "stage_2_train_labels.csv").is_file():
-        generate(synth, patients=args.patients, size=args.dicom_size, seed=args.seed,
-                 progress=False)
+        generate(
+            synth, patients=args.patients, size=args.dicom_size, seed=args.seed, progress=False
+        )
     data = work / "data"
-    convert(synth / "stage_2_train_images", synth / "stage_2_train_labels.csv", data,
-            class_info_csv=synth / "stage_2_detailed_class_info.csv",
-            size=config.data.image_size, val_fraction=0.1, test_fraction=args.test,
-            folds=args.folds, seed=args.seed, progress=False)
+    convert(
+        synth / "stage_2_train_images",
+        synth / "stage_2_train_labels.csv",
+        data,
+        class_info_csv=synth / "stage_2_detailed_class_info.csv",
+        size=config.data.image_size,
+        val_fraction=0.1,
+        test_fraction=args.test,
+        folds=args.folds,
+        seed=args.seed,
+        progress=False,
+    )
     prepared = time.perf_counter() - start
 
     out = work / "cv"
@@ -135,8 +152,7 @@ def run(args: argparse.Namespace) -> dict:
     held_auc = [f["metrics"]["roc_auc"] for f in result["folds"]]
     best = int(np.argmax(held_auc))
     single = load_classifier(cv.fold_dir(out, best))
-    oof = np.genfromtxt(out / cv.OOF_FILE, delimiter=",", names=True, dtype=None,
-                        encoding="utf-8")
+    oof = np.genfromtxt(out / cv.OOF_FILE, delimiter=",", names=True, dtype=None, encoding="utf-8")
     mine = oof["fold"] == best
     single_t = fit_calibration(oof["label"][mine], oof["probability"][mine]).temperature
     single_probs = calibrate(single.raw_probabilities(images), single_t)
@@ -148,27 +164,49 @@ def run(args: argparse.Namespace) -> dict:
     pointing = {
         "ensemble_mean_map": _pointing(
             EnsembleHeatmapExplainer(ensemble.model, names, "gradcam", [layer] * len(names)),
-            images, labels, boxes),
-        "single_model": _pointing(HeatmapExplainer(single.model, "gradcam", layer),
-                                  images, labels, boxes),
+            images,
+            labels,
+            boxes,
+        ),
+        "single_model": _pointing(
+            HeatmapExplainer(single.model, "gradcam", layer), images, labels, boxes
+        ),
     }
     return {
-        "settings": {"patients": args.patients, "dicom_size": args.dicom_size,
-                     "folds": args.folds, "test_fraction": args.test, "config": args.config,
-                     "overrides": overrides, "seed": args.seed,
-                     "train": dict(config.to_dict()["train"]),
-                     "image_size": config.data.image_size},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "backend": keras.backend.backend(), "keras": keras.__version__},
-        "test": {"n": int(len(labels)), "positives": int(labels.sum())},
-        "oof": {"n": result["oof"]["n"], "fold_roc_auc": held_auc,
-                "fold_roc_auc_mean": result["summary"]["roc_auc"]["mean"],
-                "fold_roc_auc_sd": result["summary"]["roc_auc"]["sd"],
-                "pooled_roc_auc": result["pooled"]["roc_auc"]},
-        "ensemble_test": {**_scores(labels, ensemble.probabilities(images)),
-                          "temperature": ensemble.card.temperature},
-        "best_single_test": {**_scores(labels, single_probs), "fold": best,
-                             "temperature": single_t},
+        "settings": {
+            "patients": args.patients,
+            "dicom_size": args.dicom_size,
+            "folds": args.folds,
+            "test_fraction": args.test,
+            "config": args.config,
+            "overrides": overrides,
+            "seed": args.seed,
+            "train": dict(config.to_dict()["train"]),
+            "image_size": config.data.image_size,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "backend": keras.backend.backend(),
+            "keras": keras.__version__,
+        },
+        "test": {"n": len(labels), "positives": int(labels.sum())},
+        "oof": {
+            "n": result["oof"]["n"],
+            "fold_roc_auc": held_auc,
+            "fold_roc_auc_mean": result["summary"]["roc_auc"]["mean"],
+            "fold_roc_auc_sd": result["summary"]["roc_auc"]["sd"],
+            "pooled_roc_auc": result["pooled"]["roc_auc"],
+        },
+        "ensemble_test": {
+            **_scores(labels, ensemble.probabilities(images)),
+            "temperature": ensemble.card.temperature,
+        },
+        "best_single_test": {
+            **_scores(labels, single_probs),
+            "fold": best,
+            "temperature": single_t,
+        },
         "members_test_uncalibrated": member_scores,
         "pointing_game_test": pointing,
         # The last fold's time includes the aggregation (out-of-fold predictions,

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_train  # noqa: E402 - the sibling benchmark, not a package
+import bench_train
 
 REPO_ROOT = bench_train.REPO_ROOT
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "out" / "bench_infer.json"
@@ -60,12 +60,17 @@ JAX_DEFAULT_YNN = "individual_dot,individual_convolution,reduce"
 
 # worker key → (table name, [(mode, how it runs)], interpreter: "venv" or "torch")
 RUNTIMES: dict[str, tuple[str, list[tuple[str, str]], str]] = {
-    "tf": ("Keras-TensorFlow", [("call", "eager call (predict.py)"),
-                                ("compiled", "predict_on_batch, XLA")], "venv"),
-    "jax": ("Keras-JAX", [("call", "eager call (predict.py)"),
-                          ("compiled", "predict_on_batch, jax.jit")], "venv"),
-    "jax-ynn": ("Keras-JAX", [("compiled", "predict_on_batch, jax.jit, YNNPACK convs")],
-                "venv"),
+    "tf": (
+        "Keras-TensorFlow",
+        [("call", "eager call (predict.py)"), ("compiled", "predict_on_batch, XLA")],
+        "venv",
+    ),
+    "jax": (
+        "Keras-JAX",
+        [("call", "eager call (predict.py)"), ("compiled", "predict_on_batch, jax.jit")],
+        "venv",
+    ),
+    "jax-ynn": ("Keras-JAX", [("compiled", "predict_on_batch, jax.jit, YNNPACK convs")], "venv"),
     "onnx": ("onnxruntime", [("session", "exported ONNX, CPU provider")], "venv"),
     "torch": ("PyTorch", [("eager", "eval(), inference_mode")], "torch"),
 }
@@ -192,10 +197,11 @@ def _worker(args: argparse.Namespace) -> int:
     else:
         steps, settings = _torch_steps(batches)
     setup_s = time.perf_counter() - started
-    warmup = {f"{mode} {batch}": bench_train._run_steps(step, args.warmup)[0]
-              for (mode, batch), step in steps.items()}
-    bench_train._emit({"ready": True, "setup_s": setup_s, "warmup_s": warmup,
-                       "settings": settings})
+    warmup = {
+        f"{mode} {batch}": bench_train._run_steps(step, args.warmup)[0]
+        for (mode, batch), step in steps.items()
+    }
+    bench_train._emit({"ready": True, "setup_s": setup_s, "warmup_s": warmup, "settings": settings})
     for line in sys.stdin:
         command = line.split()
         if not command or command[0] == "quit":
@@ -219,11 +225,28 @@ def _start(key: str, python: str, folder: Path, args: argparse.Namespace) -> ben
         env["KERAS_BACKEND"] = backend
     if key == "jax-ynn":
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {_jax_default_flag()}".strip()
-    command = [python, str(Path(__file__).resolve()), "--worker", key, "--model-dir", str(folder),
-               "--batches", ",".join(map(str, args.batches)), "--warmup", str(args.warmup)]
-    log = tempfile.TemporaryFile("w+")
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=log, text=True, env=env, cwd=REPO_ROOT)
+    command = [
+        python,
+        str(Path(__file__).resolve()),
+        "--worker",
+        key,
+        "--model-dir",
+        str(folder),
+        "--batches",
+        ",".join(map(str, args.batches)),
+        "--warmup",
+        str(args.warmup),
+    ]
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - the worker writes it until it ends
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+    )
     return bench_train._Worker(key, key, backend, "fp32", process, log)
 
 
@@ -240,8 +263,15 @@ def timed_steps(batch: int, steps: int) -> int:
     return steps if batch >= 8 else steps * 5
 
 
-def _summary(key: str, mode: str, how: str, batch: int, times: list[float],
-             cpu_times: list[float], ready: dict) -> dict:
+def _summary(
+    key: str,
+    mode: str,
+    how: str,
+    batch: int,
+    times: list[float],
+    cpu_times: list[float],
+    ready: dict,
+) -> dict:
     median = statistics.median(times)
     return {
         "runtime": RUNTIMES[key][0],
@@ -271,10 +301,17 @@ def run_workers(keys: list[str], folder: Path, args: argparse.Namespace) -> list
             worker = _start(key, python, folder, args)
             workers.append(worker)
             worker.ready = worker.request("")
-            print(f"  ready: {key:<8} setup {worker.ready['setup_s']:5.1f} s", file=sys.stderr,
-                  flush=True)
-        jobs = [(w, mode, how, batch) for w in workers for mode, how in RUNTIMES[w.name][1]
-                for batch in args.batches]
+            print(
+                f"  ready: {key:<8} setup {worker.ready['setup_s']:5.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        jobs = [
+            (w, mode, how, batch)
+            for w in workers
+            for mode, how in RUNTIMES[w.name][1]
+            for batch in args.batches
+        ]
         times = {id(job): ([], []) for job in jobs}
         rounds = max(1, min(args.rounds, args.steps))
         for index in range(rounds):
@@ -335,18 +372,34 @@ def _parse_batches(text: str) -> list[int]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=bench_train._positive, default=6,
-                        help="timed steps per batch-32 configuration (batch < 8: 5× as many)")
-    parser.add_argument("--warmup", type=bench_train._positive, default=2,
-                        help="untimed steps first (the first one compiles)")
-    parser.add_argument("--rounds", type=bench_train._positive, default=3,
-                        help="interleaving rounds")
-    parser.add_argument("--batches", type=_parse_batches, default=[1, 32],
-                        help="comma list of batch sizes (default 1,32)")
+    parser.add_argument(
+        "--steps",
+        type=bench_train._positive,
+        default=6,
+        help="timed steps per batch-32 configuration (batch < 8: 5× as many)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=bench_train._positive,
+        default=2,
+        help="untimed steps first (the first one compiles)",
+    )
+    parser.add_argument(
+        "--rounds", type=bench_train._positive, default=3, help="interleaving rounds"
+    )
+    parser.add_argument(
+        "--batches",
+        type=_parse_batches,
+        default=[1, 32],
+        help="comma list of batch sizes (default 1,32)",
+    )
     parser.add_argument("--only", type=_parse_only, help=f"comma list of {', '.join(RUNTIMES)}")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
-    parser.add_argument("--torch-python", default=sys.executable,
-                        help="interpreter with torch for the PyTorch reference")
+    parser.add_argument(
+        "--torch-python",
+        default=sys.executable,
+        help="interpreter with torch for the PyTorch reference",
+    )
     # Internal: the worker side of the protocol.
     parser.add_argument("--worker", choices=list(RUNTIMES), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -359,12 +412,15 @@ def _prepare_in_child(folder: Path) -> dict:
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--prepare", str(folder)],
-        capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
     )
     if done.returncode != 0:
         raise RuntimeError(f"preparing the model failed:\n{done.stderr[-3000:]}")
     line = [x for x in done.stdout.splitlines() if x.startswith(bench_train._PREFIX)][-1]
-    return json.loads(line[len(bench_train._PREFIX):])
+    return json.loads(line[len(bench_train._PREFIX) :])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,15 +441,22 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(note, file=sys.stderr)
     machine = bench_train._machine()
-    print(f"bench_infer: {', '.join(keys)}; batches {args.batches}, {SIZE} px, fp32, "
-          f"{args.warmup} warm-up + {args.steps} timed steps (×5 below batch 8) in "
-          f"{args.rounds} rounds", file=sys.stderr, flush=True)
+    print(
+        f"bench_infer: {', '.join(keys)}; batches {args.batches}, {SIZE} px, fp32, "
+        f"{args.warmup} warm-up + {args.steps} timed steps (×5 below batch 8) in "
+        f"{args.rounds} rounds",
+        file=sys.stderr,
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as folder:
         started = time.perf_counter()
         model = _prepare_in_child(Path(folder))
-        print(f"  model saved and exported to ONNX in {time.perf_counter() - started:.0f} s "
-              f"(max |ONNX - Keras| {model['onnx_max_abs_diff']:.1e})", file=sys.stderr,
-              flush=True)
+        print(
+            f"  model saved and exported to ONNX in {time.perf_counter() - started:.0f} s "
+            f"(max |ONNX - Keras| {model['onnx_max_abs_diff']:.1e})",
+            file=sys.stderr,
+            flush=True,
+        )
         results = run_workers(keys, Path(folder), args)
     machine["load_avg_end"] = os.getloadavg()
     table = format_table(results)
@@ -402,8 +465,11 @@ def main(argv: list[str] | None = None) -> int:
         "model": model,
         "precision": "fp32",
         "size": SIZE,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                 if k not in ("worker", "model_dir", "prepare")},
+        "args": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items()
+            if k not in ("worker", "model_dir", "prepare")
+        },
         "machine": machine,
         "notes": notes,
         "results": results,
@@ -413,8 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     for note in notes:
         print(f"\nNote: {note}")
-    print(f"\nload average {machine['load_avg_start'][0]:.1f} → {machine['load_avg_end'][0]:.1f} "
-          f"on {machine['cpus']} CPUs; results in {args.out}")
+    print(
+        f"\nload average {machine['load_avg_start'][0]:.1f} → {machine['load_avg_end'][0]:.1f} "
+        f"on {machine['cpus']} CPUs; results in {args.out}"
+    )
     return 0
 
 

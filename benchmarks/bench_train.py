@@ -133,7 +133,7 @@ def _torch_resnet18(filters: int = 64, num_classes: int = 2) -> Any:
     """torchvision's resnet18 layout with 1 input channel, written out (no torchvision)."""
     import torch
     from torch import nn
-    from torch.nn import functional as F  # noqa: N812
+    from torch.nn import functional as F
 
     class Block(nn.Module):
         def __init__(self, cin: int, cout: int, stride: int) -> None:
@@ -179,7 +179,7 @@ def _torch_resnet18(filters: int = 64, num_classes: int = 2) -> Any:
 def _torch_step(precision: str, batch: int, size: int) -> tuple[Callable[[], None], dict]:
     """Plain PyTorch train step (default NCHW, default threads); fp32 or bf16 autocast."""
     import torch
-    from torch.nn import functional as F  # noqa: N812
+    from torch.nn import functional as F
 
     torch.manual_seed(0)
     model = _torch_resnet18().train()
@@ -302,7 +302,7 @@ def _start_worker(
         str(args.warmup),
         *(extra or []),
     ]
-    log = tempfile.TemporaryFile("w+")
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - the worker writes it until it ends
     process = subprocess.Popen(
         command,
         stdin=subprocess.PIPE,

@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pneumokeras"
 
 modules = sorted(
-    path for path in PACKAGE.rglob("*.py")
+    path
+    for path in PACKAGE.rglob("*.py")
     if path.name not in ("__init__.py", "__main__.py") and "app" not in path.parts[-2:-1]
 )
 index_lines = ["# API reference", "", "One page per module, from its docstrings.", ""]

@@ -229,7 +229,7 @@ def main(argv: list[str]) -> int:
         try:
             images.append(prepare(path, size))
             paths.append(path)
-        except Exception as err:  # noqa: BLE001 - one unreadable file must not stop the rest
+        except Exception as err:
             print(f"{path}: error {type(err).__name__}: {err}", file=sys.stderr)
             failed += 1
     if images:

@@ -179,9 +179,7 @@ def run_demo(
         f"{keras.backend.backend()}",
     )
     trained = train(data_dir, run_dir, config, verbose=2)
-    echo(
-        f"      best epoch {trained.best_epoch}, validation ROC-AUC {trained.best_val_auc:.3f}"
-    )
+    echo(f"      best epoch {trained.best_epoch}, validation ROC-AUC {trained.best_val_auc:.3f}")
 
     stage(4, "evaluate on the test split")
     metrics = evaluate_run(

@@ -43,7 +43,11 @@ def predict_in_fresh_process(model_path, images_path, backend: str) -> np.ndarra
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
         [sys.executable, "-c", code, str(model_path), str(images_path), str(out)],
-        env=env, capture_output=True, text=True, timeout=600, cwd="/",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd="/",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return np.load(out)

@@ -9,9 +9,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def test_defaults_are_the_seed_recipe():
     config = Config()
-    assert config.data.image_size == 224 and config.data.batch_size == 32
-    assert config.train.epochs == 20 and config.train.learning_rate == 1e-4
-    assert config.train.schedule == "cosine" and config.model.name == "resnet18"
+    assert config.data.image_size == 224
+    assert config.data.batch_size == 32
+    assert config.train.epochs == 20
+    assert config.train.learning_rate == 1e-4
+    assert config.train.schedule == "cosine"
+    assert config.model.name == "resnet18"
 
 
 @pytest.mark.parametrize("name", ["rsna.yaml", "demo.yaml"])
@@ -23,7 +26,8 @@ def test_shipped_configs_load(name):
 def test_rsna_yaml_values():
     config = load_config(CONFIGS / "rsna.yaml")
     assert config.data.image_size == 224
-    assert config.augment.rotation_degrees == 10.0 and config.augment.flip
+    assert config.augment.rotation_degrees == 10.0
+    assert config.augment.flip
 
 
 def test_yaml_load_and_overrides(tmp_path):
@@ -47,10 +51,12 @@ def test_yaml_load_and_overrides(tmp_path):
 
 def test_demo_yaml_trains_with_box_supervision():
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
-    assert config.model.last_stride == 1 and config.train.box_loss_weight == 1.0
+    assert config.model.last_stride == 1
+    assert config.train.box_loss_weight == 1.0
     assert config.explain.layer == ""  # the last stage, which the box loss trains
     defaults = Config()
-    assert defaults.model.last_stride == 2 and defaults.train.box_loss_weight == 0.0
+    assert defaults.model.last_stride == 2
+    assert defaults.train.box_loss_weight == 0.0
 
 
 def test_int_widens_to_float():

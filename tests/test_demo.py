@@ -58,7 +58,8 @@ def test_demo_runs_every_stage_learns_and_summarises(tmp_path):
     assert card["threshold"] == metrics["threshold"]["value"]  # evaluate wrote the card
     assert summary.report.read_text().startswith("# Pneumonia classifier evaluation")
     explained = json.loads((summary.overlays / "summary.json").read_text())
-    assert 1 <= explained["count"] <= 8 and explained["layer"] == "stack4_block1_out"
+    assert 1 <= explained["count"] <= 8
+    assert explained["layer"] == "stack4_block1_out"
     assert summary.pointing_game == explained["pointing_game"]
     with open(summary.overlays / "explain.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -39,7 +39,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     summary = synth.generate(
         out, patients=40, size=SIZE, positive_fraction=0.5, seed=3, workers=0, progress=False
     )
-    assert summary.out_dir == out and summary.size == SIZE
+    assert summary.out_dir == out
+    assert summary.size == SIZE
     assert (summary.patients, summary.positives) == (40, 20)
     return out
 
@@ -102,8 +103,12 @@ def test_labels_follow_rsna_conventions(dataset: Path) -> None:
         for row in patient_rows:
             x, y, w, h = (float(row[f]) for f in box_fields)
             assert row["x"].endswith(".0")
-            assert w > 0 and h > 0
-            assert 0 <= x and x + w <= SIZE and 0 <= y and y + h <= SIZE
+            assert w > 0
+            assert h > 0
+            assert x >= 0
+            assert x + w <= SIZE
+            assert y >= 0
+            assert y + h <= SIZE
     assert sum(r["Target"] == "1" for r in rows) >= 20
 
 
@@ -136,10 +141,12 @@ def test_dicoms_look_like_rsna(dataset: Path) -> None:
         assert ds.PhotometricInterpretation == "MONOCHROME2"
         assert ds.ViewPosition in {"AP", "PA"}
         assert ds.SeriesDescription == f"view: {ds.ViewPosition}"
-        assert ds.PatientSex in {"M", "F"} and ds.PatientAge.isdigit()
+        assert ds.PatientSex in {"M", "F"}
+        assert ds.PatientAge.isdigit()
         assert (ds.Rows, ds.Columns, ds.BitsStored, ds.SamplesPerPixel) == (SIZE, SIZE, 8, 1)
         pixels = ds.pixel_array
-        assert pixels.dtype == np.uint8 and pixels.shape == (SIZE, SIZE)
+        assert pixels.dtype == np.uint8
+        assert pixels.shape == (SIZE, SIZE)
         assert 20 < pixels.mean() < 235
         views.add(ds.ViewPosition)
     assert views == {"AP", "PA"}
@@ -223,7 +230,8 @@ def test_sampling_is_pure() -> None:
         first.exposure,
         first.patient_id,
     )
-    assert normal.opacities == () and first.opacities
+    assert normal.opacities == ()
+    assert first.opacities
 
 
 def test_class_counts_are_exact() -> None:

@@ -59,10 +59,31 @@ THRESHOLD_METHOD_WORDS = {
     "default": "training's default, never fitted: run `evaluate` on the model",
 }
 ROW_COLUMNS = (
-    "name", "source", "patient_id", "probability", "label", "class", "threshold",
-    "tta_count", "tta_mean", "tta_std", "heatmap", "layer", "explained_class",
-    "truth", "pointing_game", "energy_in_boxes", "format", "modality", "view",
-    "photometric", "transfer_syntax", "width", "height", "warning", "error",
+    "name",
+    "source",
+    "patient_id",
+    "probability",
+    "label",
+    "class",
+    "threshold",
+    "tta_count",
+    "tta_mean",
+    "tta_std",
+    "heatmap",
+    "layer",
+    "explained_class",
+    "truth",
+    "pointing_game",
+    "energy_in_boxes",
+    "format",
+    "modality",
+    "view",
+    "photometric",
+    "transfer_syntax",
+    "width",
+    "height",
+    "warning",
+    "error",
 )
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -169,7 +190,6 @@ class TracedClassifier(Classifier):
         self.raw_probabilities(np.zeros((1, self.input_size, self.input_size, 1), np.float32))
 
 
-
 @dataclasses.dataclass
 class Result:
     """One analysed image (an upload, a synthetic example or a split example).
@@ -260,10 +280,18 @@ def analyse(
     probability = float(classifier.probabilities(images)[0])
     label = int(classifier.decide(np.array([probability]))[0])
     result = Result(
-        name=name, source=source, record=record, probability=probability, label=label,
-        class_name=classifier.class_name(label), threshold=float(classifier.card.threshold),
-        warning=_warnings(record, classifier), truth=truth, boxes=boxes,
-        method=explainer.method, layer=explainer.layer,
+        name=name,
+        source=source,
+        record=record,
+        probability=probability,
+        label=label,
+        class_name=classifier.class_name(label),
+        threshold=float(classifier.card.threshold),
+        warning=_warnings(record, classifier),
+        truth=truth,
+        boxes=boxes,
+        method=explainer.method,
+        layer=explainer.layer,
     )
     if tta:
         from pneumokeras.serving.predict import tta_probabilities
@@ -280,7 +308,11 @@ def analyse(
 
 
 def analyse_upload(
-    classifier: Classifier, explainer: Any, name: str, data: bytes, limit_mb: float,
+    classifier: Classifier,
+    explainer: Any,
+    name: str,
+    data: bytes,
+    limit_mb: float,
     **options: Any,
 ) -> Result:
     """`read_upload` then `analyse`; a file that fails gives a `Result` with `error`.
@@ -297,14 +329,22 @@ def analyse_upload(
 def record_from_pixels(pixels: np.ndarray, name: str = "", patient_id: str = "") -> ImageRecord:
     """An `ImageRecord` for pixels that are already the model's input (a split's PNG)."""
     pixels = np.asarray(pixels, dtype=np.uint8)
-    return ImageRecord(pixels=pixels, patient_id=patient_id, format="PNG",
-                       width=pixels.shape[1], height=pixels.shape[0], mode="L")
+    return ImageRecord(
+        pixels=pixels,
+        patient_id=patient_id,
+        format="PNG",
+        width=pixels.shape[1],
+        height=pixels.shape[0],
+        mode="L",
+    )
 
 
 def shown_text(result: Result) -> str:
     """What the heatmap is, e.g. "Grad-CAM of 'pneumonia' at stack4_block2_out"."""
-    return f"{METHOD_TITLES.get(result.method, result.method)} of '{result.explained}' at " \
-           f"{result.layer}"
+    return (
+        f"{METHOD_TITLES.get(result.method, result.method)} of '{result.explained}' at "
+        f"{result.layer}"
+    )
 
 
 def overlay_png(result: Result, alpha: float) -> bytes:
@@ -315,11 +355,20 @@ def overlay_png(result: Result, alpha: float) -> bytes:
         raise ValueError(f"{result.name} has no heatmap to draw")
     truth = None if result.truth is None else ("pneumonia" if result.truth else "normal")
     title = overlay_title(
-        result.name, result.probability, result.class_name, result.threshold,
-        shown_text(result), truth=truth, empty=not result.heatmap.any(),
+        result.name,
+        result.probability,
+        result.class_name,
+        result.threshold,
+        shown_text(result),
+        truth=truth,
+        empty=not result.heatmap.any(),
     )
     return render_overlay(
-        result.record.pixels, result.heatmap, alpha=alpha, title=title, boxes=result.boxes,
+        result.record.pixels,
+        result.heatmap,
+        alpha=alpha,
+        title=title,
+        boxes=result.boxes,
         colorbar_label=f"{METHOD_TITLES.get(result.method, result.method)} (normalised)",
     )
 
@@ -406,18 +455,24 @@ def decision_rule(classifier: Classifier) -> str:
     """One sentence: what the probability is and when the label is pneumonia."""
     card = classifier.card
     if classifier.card_missing:
-        return (f"No model card: probabilities are uncalibrated and the label is pneumonia "
-                f"when P ≥ {card.threshold:.2f} (a placeholder, not fitted).")
+        return (
+            f"No model card: probabilities are uncalibrated and the label is pneumonia "
+            f"when P ≥ {card.threshold:.2f} (a placeholder, not fitted)."
+        )
     if not card.fitted:
         calibration = "not calibrated (T = 1, never fitted)"
     elif (card.calibration or {}).get("applied") is False:
-        calibration = ("not rescaled (T = 1: the temperature fitted on validation was not "
-                       "supported by the data)")
+        calibration = (
+            "not rescaled (T = 1: the temperature fitted on validation was not "
+            "supported by the data)"
+        )
     else:
         calibration = f"calibrated with temperature T = {card.temperature:.3g}"
-    return (f"P(pneumonia) is the model's probability {calibration}; the label is pneumonia "
-            f"when P ≥ {card.threshold:.3f} (threshold: "
-            f"{THRESHOLD_METHOD_WORDS.get(card.threshold_method, card.threshold_method)}).")
+    return (
+        f"P(pneumonia) is the model's probability {calibration}; the label is pneumonia "
+        f"when P ≥ {card.threshold:.3f} (threshold: "
+        f"{THRESHOLD_METHOD_WORDS.get(card.threshold_method, card.threshold_method)})."
+    )
 
 
 def _shown_path(path: Path) -> str:
@@ -440,9 +495,12 @@ def model_facts(classifier: Classifier) -> list[tuple[str, str]]:
         ("file", _shown_path(classifier.path)),
         ("architecture", f"{architecture}, {classifier.model.count_params():,} parameters"),
         ("input", f"{card.input_size} × {card.input_size} px grayscale, pixels 0-255"),
-        ("trained under", f"Keras {card.keras_version or '(not recorded)'}, "
-                          f"{card.backend or '(not recorded)'} backend, pneumokeras "
-                          f"{card.project_version}"),
+        (
+            "trained under",
+            f"Keras {card.keras_version or '(not recorded)'}, "
+            f"{card.backend or '(not recorded)'} backend, pneumokeras "
+            f"{card.project_version}",
+        ),
     ]
     data = card.data or {}
     if data:
@@ -451,27 +509,42 @@ def model_facts(classifier: Classifier) -> list[tuple[str, str]]:
             f"{name} {info.get('count')} ({info.get('positives')} positive)"
             for name, info in splits.items()
         )
-        facts.append(("trained on", f"{data.get('source') or data.get('data_dir', '?')} at "
-                                    f"{data.get('image_size', '?')} px: {counts}"))
+        facts.append(
+            (
+                "trained on",
+                f"{data.get('source') or data.get('data_dir', '?')} at "
+                f"{data.get('image_size', '?')} px: {counts}",
+            )
+        )
     if card.fold is not None:
         facts.append(("held-out fold", str(card.fold)))
     if card.validation:
-        shown = ", ".join(f"{k} {_number(v)}" for k, v in sorted(card.validation.items())
-                          if not k.endswith("loss"))  # training losses say little here
+        shown = ", ".join(
+            f"{k} {_number(v)}"
+            for k, v in sorted(card.validation.items())
+            if not k.endswith("loss")
+        )  # training losses say little here
         facts.append((f"validation (epoch {card.best_epoch})", shown))
     calibration = card.calibration or {}
     cal_text = f"T = {card.temperature:.3g}"
     if calibration:
-        cal_text += (f", fitted on {calibration.get('n', '?')} {calibration.get('fitted_on', '')}"
-                     f" images; NLL {_number(calibration.get('nll_before'))} → "
-                     f"{_number(calibration.get('nll_after'))}")
+        cal_text += (
+            f", fitted on {calibration.get('n', '?')} {calibration.get('fitted_on', '')}"
+            f" images; NLL {_number(calibration.get('nll_before'))} → "
+            f"{_number(calibration.get('nll_after'))}"
+        )
         if calibration.get("applied") is False:
             cal_text += " (fit not applied: not supported by the data)"
     elif not card.fitted:
         cal_text += " (never fitted)"
     facts.append(("calibration", cal_text))
-    facts.append(("threshold", f"{card.threshold:.3f}: "
-                  f"{THRESHOLD_METHOD_WORDS.get(card.threshold_method, card.threshold_method)}"))
+    facts.append(
+        (
+            "threshold",
+            f"{card.threshold:.3f}: "
+            f"{THRESHOLD_METHOD_WORDS.get(card.threshold_method, card.threshold_method)}",
+        )
+    )
     facts.append(("Grad-CAM layer (default)", card.gradcam_layer or "last spatial layer"))
     return facts
 
@@ -479,10 +552,15 @@ def model_facts(classifier: Classifier) -> list[tuple[str, str]]:
 def model_summary(classifier: Classifier) -> dict[str, Any]:
     """What the results JSON says about the model."""
     card = classifier.card
-    return {"path": str(classifier.path), "model_name": card.model_name,
-            "input_size": card.input_size, "threshold": card.threshold,
-            "threshold_method": card.threshold_method, "temperature": card.temperature,
-            "card_missing": classifier.card_missing}
+    return {
+        "path": str(classifier.path),
+        "model_name": card.model_name,
+        "input_size": card.input_size,
+        "threshold": card.threshold,
+        "threshold_method": card.threshold_method,
+        "temperature": card.temperature,
+        "card_missing": classifier.card_missing,
+    }
 
 
 def default_layer(classifier: Classifier, layers: Sequence[str]) -> str:
@@ -535,12 +613,20 @@ def synthetic_examples(size: int = 256, seed: int = 7) -> list[Example]:
         data = synth.encode_dicom(spec, synth.render_image(spec, size))
         boxes = np.asarray(synth.boxes(spec, size), dtype=np.float32).reshape(-1, 4) / size
         truth = int(label_class == synth.LUNG_OPACITY)
-        kind = f"positive, {len(boxes)} opacit{'y' if len(boxes) == 1 else 'ies'}" if truth \
+        kind = (
+            f"positive, {len(boxes)} opacit{'y' if len(boxes) == 1 else 'ies'}"
+            if truth
             else f"negative ({label_class})"
-        examples.append(Example(
-            name=f"synthetic-{index + 1}.dcm", truth=truth, boxes=boxes, data=data,
-            description=f"synthetic {spec.view} phantom, {kind}",
-        ))
+        )
+        examples.append(
+            Example(
+                name=f"synthetic-{index + 1}.dcm",
+                truth=truth,
+                boxes=boxes,
+                data=data,
+                description=f"synthetic {spec.view} phantom, {kind}",
+            )
+        )
     return examples
 
 
@@ -569,7 +655,8 @@ def split_examples(
     page = selected[max(start, 0) : max(start, 0) + count]
     examples = [
         Example(
-            name=str(r["patient_id"]), truth=int(r["label"]),
+            name=str(r["patient_id"]),
+            truth=int(r["label"]),
             boxes=np.asarray(r["boxes"], dtype=np.float32).reshape(-1, 4),
             description=f"{r.get('view') or '?'} view, {r.get('class') or ''}".rstrip(", "),
             pixels=decode_png(r["png"]),
@@ -586,8 +673,10 @@ def localisation_summary(results: Sequence[Result]) -> str:
         return ""
     hits = sum(bool(r.pointing_game) for r in scored)
     energy = float(np.mean([r.energy_in_boxes for r in scored]))
-    return (f"pointing game {hits} / {len(scored)} hits (heatmap maximum inside a box), "
-            f"mean energy in boxes {energy:.2f}, over the positives with boxes shown")
+    return (
+        f"pointing game {hits} / {len(scored)} hits (heatmap maximum inside a box), "
+        f"mean energy in boxes {energy:.2f}, over the positives with boxes shown"
+    )
 
 
 # ------------------------------------------------------------------------- launching
@@ -666,23 +755,42 @@ def streamlit_command(
     if int(max_upload_mb) < 1:
         raise UserError(f"--max-upload-mb must be ≥ 1; got {max_upload_mb}")
     env = dict(environ)
-    env.update({"KERAS_BACKEND": "tensorflow", MODEL_VARIABLE: str(path),
-                UPLOAD_LIMIT_VARIABLE: str(int(max_upload_mb)), SERVER_VARIABLE: "1"})
+    env.update(
+        {
+            "KERAS_BACKEND": "tensorflow",
+            MODEL_VARIABLE: str(path),
+            UPLOAD_LIMIT_VARIABLE: str(int(max_upload_mb)),
+            SERVER_VARIABLE: "1",
+        }
+    )
     env.pop(DATA_VARIABLE, None)
     if data is not None:
         folder = Path(data)
         if not (folder / "manifest.json").is_file():
-            raise UserError(f"--data {folder} has no manifest.json; give a folder made by "
-                            "`python cli.py convert`")
+            raise UserError(
+                f"--data {folder} has no manifest.json; give a folder made by "
+                "`python cli.py convert`"
+            )
         env[DATA_VARIABLE] = str(folder.resolve())
     argv = [
-        sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT),
-        "--server.address", host,
-        "--server.port", str(int(port)),
-        "--server.maxUploadSize", str(int(max_upload_mb)),
-        "--server.headless", "true",
-        "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "viewer",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP_SCRIPT),
+        "--server.address",
+        host,
+        "--server.port",
+        str(int(port)),
+        "--server.maxUploadSize",
+        str(int(max_upload_mb)),
+        "--server.headless",
+        "true",
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "viewer",
     ]
     return argv, env

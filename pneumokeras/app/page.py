@@ -85,13 +85,22 @@ def load_synthetic_examples():
 
 
 @st.cache_data(max_entries=64, show_spinner="Predicting and computing the heatmap…")
-def analyse_bytes(key: tuple, name: str, _data: bytes, limit_mb: float, source: str,
-                  truth=None, _boxes=None):
+def analyse_bytes(
+    key: tuple, name: str, _data: bytes, limit_mb: float, source: str, truth=None, _boxes=None
+):
     """`app_logic.analyse_upload`, cached by `key` (model, content digest, settings)."""
     path, _, method, layer, target, tta = key
     return app_logic.analyse_upload(
-        load_model(path), load_explainer(path, method, layer), name, _data, limit_mb,
-        target=target, tta=tta, source=source, truth=truth, boxes=_boxes,
+        load_model(path),
+        load_explainer(path, method, layer),
+        name,
+        _data,
+        limit_mb,
+        target=target,
+        tta=tta,
+        source=source,
+        truth=truth,
+        boxes=_boxes,
     )
 
 
@@ -101,8 +110,15 @@ def analyse_pixels(key: tuple, name: str, _example, source: str):
     path, _, method, layer, target, tta = key
     record = app_logic.record_from_pixels(_example.pixels, name, _example.name)
     return app_logic.analyse(
-        load_model(path), load_explainer(path, method, layer), name, record, target=target,
-        tta=tta, source=source, truth=_example.truth, boxes=_example.boxes,
+        load_model(path),
+        load_explainer(path, method, layer),
+        name,
+        record,
+        target=target,
+        tta=tta,
+        source=source,
+        truth=_example.truth,
+        boxes=_example.boxes,
     )
 
 
@@ -124,32 +140,40 @@ def show_result(result, key: tuple, alpha: float, slot: int) -> None:
         left, middle, right = st.columns([1, 1.5, 1.2])
         record = result.record
         size = record.pixels.shape[0]
-        left.image(record.pixels, caption=f"as the model sees it ({size} × {size} px)",
-                   width="stretch")
+        left.image(
+            record.pixels, caption=f"as the model sees it ({size} × {size} px)", width="stretch"
+        )
         png = overlay((*key, result.name), alpha, result)
         middle.image(png, caption=app_logic.shown_text(result), width="stretch")
         right.metric("P(pneumonia), calibrated", f"{result.probability:.3f}")
         right.markdown(f"Label: **{result.class_name}** (threshold {result.threshold:.3f})")
         if result.tta:
             count, mean, std = result.tta
-            right.markdown(f"TTA ({count} augmented copies): {mean:.3f} ± {std:.3f}",
-                           help="Mean ± SD over flips, ±5° rotations and ±5 % brightness: how "
-                                "much the prediction moves under small changes. Not a "
-                                "calibrated uncertainty.")
+            right.markdown(
+                f"TTA ({count} augmented copies): {mean:.3f} ± {std:.3f}",
+                help="Mean ± SD over flips, ±5° rotations and ±5 % brightness: how "
+                "much the prediction moves under small changes. Not a "
+                "calibrated uncertainty.",
+            )
         if result.truth is not None:
             truth = "pneumonia" if result.truth else "normal"
             line = f"Truth: **{truth}**"
             if result.pointing_game is not None:
                 hit = "hit" if result.pointing_game else "miss"
-                line += (f" · pointing game: **{hit}** · energy in boxes "
-                         f"{result.energy_in_boxes:.2f}")
+                line += (
+                    f" · pointing game: **{hit}** · energy in boxes {result.energy_in_boxes:.2f}"
+                )
             right.markdown(line)
         if result.warning:
             right.warning(result.warning)
         right.markdown("\n".join(f"- {k}: {v}" for k, v in app_logic.image_facts(record)))
         right.download_button(
-            "Overlay PNG", png, file_name=f"{os.path.splitext(result.name)[0]}_overlay.png",
-            mime="image/png", key=f"overlay-{slot}", on_click="ignore",
+            "Overlay PNG",
+            png,
+            file_name=f"{os.path.splitext(result.name)[0]}_overlay.png",
+            mime="image/png",
+            key=f"overlay-{slot}",
+            on_click="ignore",
         )
 
 
@@ -159,7 +183,7 @@ def show_safely(make_result, name: str, key: tuple, alpha: float, slot: int):
         result = make_result()
         show_result(result, key, alpha, slot)
         return result
-    except Exception as err:  # noqa: BLE001 - one bad file must never take the page down
+    except Exception as err:
         text = str(err).splitlines()[0] if str(err) else ""
         st.error(f"{name}: could not be analysed ({type(err).__name__}: {text})")
         return app_logic.Result(name=name, error=f"{type(err).__name__}: {text}")
@@ -170,11 +194,20 @@ def show_downloads(results, classifier, label: str) -> None:
     if not rows:
         return
     left, right = st.columns(2)
-    left.download_button(f"{label} as CSV", app_logic.results_csv(rows),
-                         file_name="pneumokeras_results.csv", mime="text/csv", on_click="ignore")
+    left.download_button(
+        f"{label} as CSV",
+        app_logic.results_csv(rows),
+        file_name="pneumokeras_results.csv",
+        mime="text/csv",
+        on_click="ignore",
+    )
     right.download_button(
-        f"{label} as JSON", app_logic.results_json(rows, app_logic.model_summary(classifier)),
-        file_name="pneumokeras_results.json", mime="application/json", on_click="ignore")
+        f"{label} as JSON",
+        app_logic.results_json(rows, app_logic.model_summary(classifier)),
+        file_name="pneumokeras_results.json",
+        mime="application/json",
+        on_click="ignore",
+    )
 
 
 def sidebar(classifier) -> dict:
@@ -183,27 +216,45 @@ def sidebar(classifier) -> dict:
 
     bar = st.sidebar
     bar.header("Heatmap")
-    method = METHOD_LABELS[bar.radio("Method", list(METHOD_LABELS), key="method",
-                                     help="Score-CAM runs the model once per channel of the "
-                                          "layer: seconds to minutes per image on a CPU.")]
+    method = METHOD_LABELS[
+        bar.radio(
+            "Method",
+            list(METHOD_LABELS),
+            key="method",
+            help="Score-CAM runs the model once per channel of the "
+            "layer: seconds to minutes per image on a CPU.",
+        )
+    ]
     layers = spatial_layers(classifier.model)[::-1]
     default = app_logic.default_layer(classifier, layers[::-1])
-    layer = bar.selectbox("Layer", layers, index=layers.index(default) if default else 0,
-                          key="layer", help="Deeper layers: coarser maps, closer to the "
-                                            "decision.")
-    target = bar.selectbox("Class explained", ["pneumonia", "normal", "predicted"],
-                           key="target")
+    layer = bar.selectbox(
+        "Layer",
+        layers,
+        index=layers.index(default) if default else 0,
+        key="layer",
+        help="Deeper layers: coarser maps, closer to the decision.",
+    )
+    target = bar.selectbox("Class explained", ["pneumonia", "normal", "predicted"], key="target")
     alpha = bar.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="alpha")
-    tta = bar.number_input("Test-time augmentations (0 = off)", 0, 32, 0, key="tta",
-                           help="Mean ± SD of the probability over randomly flipped, rotated "
-                                "and brightened copies.")
+    tta = bar.number_input(
+        "Test-time augmentations (0 = off)",
+        0,
+        32,
+        0,
+        key="tta",
+        help="Mean ± SD of the probability over randomly flipped, rotated and brightened copies.",
+    )
     bar.header("Model")
     if classifier.card_missing:
-        bar.warning("No model card (model.json) beside the model: uncalibrated probabilities, "
-                    "placeholder threshold 0.5.")
+        bar.warning(
+            "No model card (model.json) beside the model: uncalibrated probabilities, "
+            "placeholder threshold 0.5."
+        )
     elif not classifier.card.fitted:
-        bar.warning("Threshold and temperature are training's defaults: run `evaluate` on "
-                    "this model to fit them.")
+        bar.warning(
+            "Threshold and temperature are training's defaults: run `evaluate` on "
+            "this model to fit them."
+        )
     bar.markdown("\n".join(f"- **{k}**: {v}" for k, v in app_logic.model_facts(classifier)))
     return {"method": method, "layer": layer, "target": target, "alpha": alpha, "tta": int(tta)}
 
@@ -214,9 +265,12 @@ def sidebar(classifier) -> dict:
 def upload_view(classifier, settings, model_path: str) -> None:
     limit = app_logic.upload_limit_mb()
     files = st.file_uploader(
-        "Chest X-rays: DICOM, PNG or JPEG (one or more)", accept_multiple_files=True,
-        key="uploads", help=f"Up to {limit:g} MB per file. Files stay in this server's memory "
-                            "and are never saved.")
+        "Chest X-rays: DICOM, PNG or JPEG (one or more)",
+        accept_multiple_files=True,
+        key="uploads",
+        help=f"Up to {limit:g} MB per file. Files stay in this server's memory "
+        "and are never saved.",
+    )
     if not files:
         st.info("No X-ray at hand? Choose **Synthetic examples** above.")
         return
@@ -224,23 +278,38 @@ def upload_view(classifier, settings, model_path: str) -> None:
     for slot, file in enumerate(files):
         data = file.getvalue()
         key = _key(model_path, hashlib.sha256(data).hexdigest(), settings)
-        results.append(show_safely(
-            lambda d=data, n=file.name, k=key: analyse_bytes(k, n, d, limit, "upload"),
-            file.name, key, settings["alpha"], slot))
+        results.append(
+            show_safely(
+                lambda d=data, n=file.name, k=key: analyse_bytes(k, n, d, limit, "upload"),
+                file.name,
+                key,
+                settings["alpha"],
+                slot,
+            )
+        )
     show_downloads(results, classifier, "Results")
 
 
 def synthetic_view(classifier, settings, model_path: str) -> None:
-    st.caption("Synthetic chest phantoms from pneumokeras' own generator (not patients), "
-               "rendered in memory as RSNA-like DICOMs and read like uploads. Green boxes: "
-               "where the opacities were drawn.")
+    st.caption(
+        "Synthetic chest phantoms from pneumokeras' own generator (not patients), "
+        "rendered in memory as RSNA-like DICOMs and read like uploads. Green boxes: "
+        "where the opacities were drawn."
+    )
     results = []
     for slot, example in enumerate(load_synthetic_examples()):
         key = _key(model_path, hashlib.sha256(example.data).hexdigest(), settings)
-        results.append(show_safely(
-            lambda e=example, k=key: analyse_bytes(k, e.name, e.data, float("inf"), "synthetic",
-                                                   e.truth, e.boxes),
-            example.name, key, settings["alpha"], slot))
+        results.append(
+            show_safely(
+                lambda e=example, k=key: analyse_bytes(
+                    k, e.name, e.data, float("inf"), "synthetic", e.truth, e.boxes
+                ),
+                example.name,
+                key,
+                settings["alpha"],
+                slot,
+            )
+        )
     summary = app_logic.localisation_summary(results)
     if summary:
         st.markdown(summary[0].upper() + summary[1:] + ".")
@@ -250,9 +319,11 @@ def synthetic_view(classifier, settings, model_path: str) -> None:
 def browse_view(classifier, settings, model_path: str) -> None:
     data_dir = os.environ.get(app_logic.DATA_VARIABLE, "")
     if not data_dir:
-        st.info("No converted data given: start the app with `--data DIR` (a folder made by "
-                "`python cli.py convert`, e.g. `demo_output/tfrecords`) to browse its images "
-                "with their labels, boxes and pointing-game scores.")
+        st.info(
+            "No converted data given: start the app with `--data DIR` (a folder made by "
+            "`python cli.py convert`, e.g. `demo_output/tfrecords`) to browse its images "
+            "with their labels, boxes and pointing-game scores."
+        )
         return
     try:
         manifest = load_manifest(data_dir)
@@ -260,13 +331,16 @@ def browse_view(classifier, settings, model_path: str) -> None:
         st.error(str(err))
         return
     if manifest["image_size"] != classifier.input_size:
-        st.error(f"The model takes {classifier.input_size} px images but {data_dir} holds "
-                 f"{manifest['image_size']} px images.")
+        st.error(
+            f"The model takes {classifier.input_size} px images but {data_dir} holds "
+            f"{manifest['image_size']} px images."
+        )
         return
     splits = list(manifest["splits"])
     left, middle, right = st.columns(3)
-    split = left.selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0,
-                           key="split")
+    split = left.selectbox(
+        "Split", splits, index=splits.index("test") if "test" in splits else 0, key="split"
+    )
     positives = middle.checkbox("Positives only", key="positives")
     try:
         records = load_split(data_dir, split)
@@ -277,14 +351,22 @@ def browse_view(classifier, settings, model_path: str) -> None:
     pages = max(1, -(-selected // PAGE_SIZE))
     page = right.number_input(f"Page (of {pages})", 1, pages, 1, key="page")
     examples, _ = app_logic.split_examples(records, (page - 1) * PAGE_SIZE, PAGE_SIZE, positives)
-    st.caption(f"{data_dir} · split {split}: {selected} image(s)"
-               f"{' with label 1' if positives else ''}; green boxes: the label boxes.")
+    st.caption(
+        f"{data_dir} · split {split}: {selected} image(s)"
+        f"{' with label 1' if positives else ''}; green boxes: the label boxes."
+    )
     results = []
     for slot, example in enumerate(examples):
         key = _key(model_path, f"{data_dir}:{split}:{example.name}", settings)
-        results.append(show_safely(
-            lambda e=example, k=key: analyse_pixels(k, e.name, e, f"split:{split}"),
-            example.name, key, settings["alpha"], slot))
+        results.append(
+            show_safely(
+                lambda e=example, k=key: analyse_pixels(k, e.name, e, f"split:{split}"),
+                example.name,
+                key,
+                settings["alpha"],
+                slot,
+            )
+        )
     summary = app_logic.localisation_summary(results)
     if summary:
         st.markdown(summary[0].upper() + summary[1:] + ".")
@@ -293,8 +375,14 @@ def browse_view(classifier, settings, model_path: str) -> None:
 
 def _key(model_path: str, content: str, settings: dict) -> tuple:
     """What an analysis depends on (the opacity only changes the drawing)."""
-    return (model_path, content, settings["method"], settings["layer"], settings["target"],
-            settings["tta"])
+    return (
+        model_path,
+        content,
+        settings["method"],
+        settings["layer"],
+        settings["target"],
+        settings["tta"],
+    )
 
 
 # ---------------------------------------------------------------------------- page
@@ -306,8 +394,10 @@ def main() -> None:
     st.warning(app_logic.RESEARCH_NOTICE)
     model_path = os.environ.get(app_logic.MODEL_VARIABLE, "")
     if not model_path:
-        st.error(f"No model: set {app_logic.MODEL_VARIABLE}, or start the app with "
-                 "`python cli.py app --model RUN_OR_MODEL`.")
+        st.error(
+            f"No model: set {app_logic.MODEL_VARIABLE}, or start the app with "
+            "`python cli.py app --model RUN_OR_MODEL`."
+        )
         st.stop()
     environment.import_tensorflow_quietly()  # its C++ start-up lines would fill the log
     import keras
@@ -315,8 +405,10 @@ def main() -> None:
     app_logic.keep_keras_session()  # the served app keeps its model (see there)
 
     if keras.backend.backend() != "tensorflow":
-        st.error("The app needs the TensorFlow backend (Grad-CAM uses tf.GradientTape); this "
-                 f"process runs {keras.backend.backend()}. Start it with `python cli.py app`.")
+        st.error(
+            "The app needs the TensorFlow backend (Grad-CAM uses tf.GradientTape); this "
+            f"process runs {keras.backend.backend()}. Start it with `python cli.py app`."
+        )
         st.stop()
     try:
         classifier = load_model(model_path)

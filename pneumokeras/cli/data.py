@@ -41,6 +41,7 @@ def synth(out, patients, size, positive_fraction, seed, workers) -> None:
         f"{summary.size} px to {summary.out_dir} in {summary.seconds:.1f} s"
     )
 
+
 @click.command(
     epilog=example(
         "python cli.py convert --images S/stage_2_train_images \\",

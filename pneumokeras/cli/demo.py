@@ -48,6 +48,7 @@ def demo(out_dir, patients, size, seed, workers, config_path, overrides) -> None
         workers=workers,
         echo=lambda line: click.echo(line, err=True),
     )
+
     def rate(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 

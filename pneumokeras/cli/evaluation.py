@@ -61,7 +61,14 @@ from pneumokeras.utils import environment
 )
 @settings_options
 def evaluate(
-    model_path, data_dir, split, out_dir, threshold, external, refit_fraction, config_path,
+    model_path,
+    data_dir,
+    split,
+    out_dir,
+    threshold,
+    external,
+    refit_fraction,
+    config_path,
     overrides,
 ) -> None:
     """Clinical metrics with 95 % CIs, calibration, plots; also on external data."""
@@ -71,8 +78,14 @@ def evaluate(
     from pneumokeras.evaluation.evaluate import evaluate_run
 
     metrics = evaluate_run(
-        model_path, data_dir, out_dir, config, split=split, threshold=threshold,
-        external_data=external, refit_fraction=refit_fraction,
+        model_path,
+        data_dir,
+        out_dir,
+        config,
+        split=split,
+        threshold=threshold,
+        external_data=external,
+        refit_fraction=refit_fraction,
     )
     where = "external data: " if metrics["external"] else ""
     click.echo(where + _metrics_line(metrics) + f"; report in {Path(out_dir) / 'report.md'}")

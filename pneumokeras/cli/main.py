@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None, prog_name: str = "pneumokeras") -> None:
         _fail(str(err).splitlines()[0] if str(err) else type(err).__name__, 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except Exception as err:  # noqa: BLE001 - anything else is our failure, still one line
+    except Exception as err:
         if debug:
             traceback.print_exc()
         _fail(

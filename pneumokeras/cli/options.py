@@ -18,9 +18,9 @@ def example(*lines: str) -> str:
 
 def model_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """`--model PATH` (required), passed as `model_path`."""
-    return click.option(
-        "--model", "model_path", required=True, type=click.Path(), help=MODEL_HELP
-    )(func)
+    return click.option("--model", "model_path", required=True, type=click.Path(), help=MODEL_HELP)(
+        func
+    )
 
 
 def data_option(

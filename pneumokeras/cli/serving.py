@@ -65,6 +65,7 @@ def predict(model_path, inputs, out_path, fmt, batch_size, tta, threshold) -> No
         err=True,
     )
 
+
 @click.command(
     epilog=example(
         "python cli.py export --model runs/demo --format onnx",
@@ -74,16 +75,25 @@ def predict(model_path, inputs, out_path, fmt, batch_size, tta, threshold) -> No
 )
 @model_option
 @click.option(
-    "--format", "fmt", required=True, type=click.Choice(["onnx", "saved_model"]),
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(["onnx", "saved_model"]),
     help="ONNX file or TensorFlow SavedModel folder.",
 )
 @click.option(
-    "--out", "out_path", type=click.Path(), default=None,
+    "--out",
+    "out_path",
+    type=click.Path(),
+    default=None,
     help="Output (default: model.onnx or model_savedmodel/ beside the model).",
 )
 @click.option("--force", is_flag=True, help="Replace an earlier export at --out.")
 @click.option(
-    "--check-images", multiple=True, type=click.Path(), metavar="PATH",
+    "--check-images",
+    multiple=True,
+    type=click.Path(),
+    metavar="PATH",
     help="Image files or folders to check on besides the synthetic ones (repeatable).",
 )
 def export(model_path, fmt, out_path, force, check_images) -> None:

@@ -32,9 +32,7 @@ from pneumokeras.utils import environment
 @out_dir_option("Run folder (model.keras, model.json, history.csv, logs/).", name="run_dir")
 @settings_options
 @click.option("--fold", type=int, default=None, help="Hold out this fold (convert --folds K).")
-@click.option(
-    "--overwrite", is_flag=True, help="Replace a finished (or different) run in --out."
-)
+@click.option("--overwrite", is_flag=True, help="Replace a finished (or different) run in --out.")
 @click.option(
     "--coordinator",
     metavar="HOST:PORT",
@@ -55,7 +53,14 @@ from pneumokeras.utils import environment
     help="This process, 0..N-1; 0 writes --out (or PNEUMOKERAS_PROCESS_ID).",
 )
 def train(
-    data_dir, run_dir, config_path, overrides, fold, overwrite, coordinator, num_processes,
+    data_dir,
+    run_dir,
+    config_path,
+    overrides,
+    fold,
+    overwrite,
+    coordinator,
+    num_processes,
     process_id,
 ) -> None:
     """Train the classifier; a rerun resumes a killed run."""
@@ -104,6 +109,7 @@ def _exit_multi_process(err: Exception) -> None:
         distributed.hard_exit(line or type(err).__name__, 2)
     distributed.hard_exit(f"{type(err).__name__}: {line} (run with --debug for the traceback)", 1)
 
+
 @click.command(
     epilog=example(
         "python cli.py cv --data tfrecords/demo --out runs/cv --config configs/demo.yaml",
@@ -113,8 +119,12 @@ def _exit_multi_process(err: Exception) -> None:
 @data_option("Converted folder with folds (convert --folds K).")
 @out_dir_option("Folder for fold-<k>/ runs, oof.csv, cv_metrics.json, ensemble.keras.")
 @settings_options
-@click.option("--only-fold", type=int, default=None,
-              help="Train this fold only (one fold per machine); aggregate when all are done.")
+@click.option(
+    "--only-fold",
+    type=int,
+    default=None,
+    help="Train this fold only (one fold per machine); aggregate when all are done.",
+)
 def cv(data_dir, out_dir, config_path, overrides, only_fold) -> None:
     """K-fold cross-validation: out-of-fold metrics and an ensemble of the fold models."""
     environment.check_backend("cv")

@@ -125,8 +125,10 @@ class TemperatureFit:
         if self.fitted < 1:
             why = "sharpening towards 0 and 1 (the model separates the validation classes?)"
         else:
-            why = "flattening every probability towards 0.5 (the model ranks the validation " \
+            why = (
+                "flattening every probability towards 0.5 (the model ranks the validation "
                 "split no better than chance?)"
+            )
         return (
             f"kept at T = 1: the validation NLL keeps falling up to the search bound "
             f"T = {self.fitted:.3g}, {why}, so the data do not determine a temperature"

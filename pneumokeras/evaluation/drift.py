@@ -43,7 +43,7 @@ def training_statistics(images: np.ndarray) -> dict[str, Any]:
         "std": [low, high]}` (grey levels), JSON-ready.
     """
     stats = image_statistics(images)
-    summary: dict[str, Any] = {"images": int(len(images)), "percentiles": list(PERCENTILES)}
+    summary: dict[str, Any] = {"images": len(images), "percentiles": list(PERCENTILES)}
     for name, values in stats.items():
         low, high = np.percentile(values, PERCENTILES)
         summary[name] = [round(float(low), 3), round(float(high), 3)]
@@ -67,8 +67,7 @@ def intensity_warnings(pixels: np.ndarray, recorded: Mapping[str, Any]) -> list[
         value = float(stats[name][0])
         if not low - pad <= value <= high + pad:
             warnings.append(
-                f"{label} {value:.0f} is outside the training images' range "
-                f"{low:.0f}-{high:.0f}"
+                f"{label} {value:.0f} is outside the training images' range {low:.0f}-{high:.0f}"
             )
     return warnings
 
@@ -111,6 +110,4 @@ def image_warnings(
         input_size: the model's input side, pixels.
         recorded: the card's `input_statistics` ({} = no intensity check).
     """
-    return "; ".join(
-        source_warnings(facts, input_size) + intensity_warnings(pixels, recorded)
-    )
+    return "; ".join(source_warnings(facts, input_size) + intensity_warnings(pixels, recorded))

@@ -83,9 +83,7 @@ def _read_split(data_dir: Path, split: str, patients: dict[str, str]) -> SplitDa
     )
 
 
-def _read_splits(
-    data_dir: Path, split: str
-) -> tuple[dict[str, Any], SplitData, SplitData]:
+def _read_splits(data_dir: Path, split: str) -> tuple[dict[str, Any], SplitData, SplitData]:
     """Reads the manifest, the validation and the evaluated split (internal evaluation)."""
     manifest = tfrecords.load_manifest(data_dir)
     for needed in ("val", split):
@@ -116,7 +114,9 @@ def _load_classifier(
     if classifier.card_missing:
         logger.warning(
             "warning: %s has no model card (%s); evaluate writes one with the fitted "
-            "threshold and temperature", classifier.path.parent, model_card.CARD_FILE
+            "threshold and temperature",
+            classifier.path.parent,
+            model_card.CARD_FILE,
         )
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, image_size=size))
     return classifier, config
@@ -195,12 +195,21 @@ def _one_class_warning(labels: np.ndarray, what: str) -> str | None:
 
 
 def _metric_table(
-    labels: np.ndarray, probs: np.ndarray, patients: np.ndarray, threshold: float,
-    config: Config, progress: bool,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    patients: np.ndarray,
+    threshold: float,
+    config: Config,
+    progress: bool,
 ) -> dict[str, dict[str, Any]]:
     return metrics.metric_table(
-        labels, probs, threshold, groups=patients, resamples=config.evaluate.bootstrap,
-        seed=config.train.seed, progress=progress,
+        labels,
+        probs,
+        threshold,
+        groups=patients,
+        resamples=config.evaluate.bootstrap,
+        seed=config.train.seed,
+        progress=progress,
     )
 
 
@@ -217,14 +226,23 @@ def _subgroups(
         groups[view] = {
             "n": int(rows.sum()),
             "positives": int(test.labels[rows].sum()),
-            "metrics": _metric_table(test.labels[rows], calibrated[rows], test.patients[rows],
-                                     threshold, config, progress),
+            "metrics": _metric_table(
+                test.labels[rows],
+                calibrated[rows],
+                test.patients[rows],
+                threshold,
+                config,
+                progress,
+            ),
         }
     return groups, warnings
 
 
 def _warnings(
-    split: str, test: SplitData, view_warnings: list[str | None], cal: dict[str, Any],
+    split: str,
+    test: SplitData,
+    view_warnings: list[str | None],
+    cal: dict[str, Any],
     fitted_here: bool = True,
 ) -> list[str]:
     """All warnings of a run (optimistic split, one class, calibration), each logged.
@@ -245,8 +263,14 @@ def _warnings(
 
 
 def _result(
-    model_path: Path, data_dir: Path, manifest: dict[str, Any], test: SplitData, config: Config,
-    chosen: dict[str, Any], table: dict[str, dict[str, Any]], cal: dict[str, Any],
+    model_path: Path,
+    data_dir: Path,
+    manifest: dict[str, Any],
+    test: SplitData,
+    config: Config,
+    chosen: dict[str, Any],
+    table: dict[str, dict[str, Any]],
+    cal: dict[str, Any],
 ) -> dict[str, Any]:
     """The metrics.json dict, less subgroups, warnings and disclaimer."""
     tn, fp, fn, tp = (table[k]["value"] for k in metrics.COUNTS)
@@ -255,7 +279,7 @@ def _result(
         "data_dir": str(data_dir),
         "data_source": manifest.get("source", ""),
         "split": cal["split"],
-        "n": int(len(test.labels)),
+        "n": len(test.labels),
         "positives": int(test.labels.sum()),
         "patients": int(np.unique(test.patients).size),
         "backend": keras.backend.backend(),
@@ -263,13 +287,20 @@ def _result(
         "threshold": chosen,
         "temperature": cal["temperature"],
         "metrics": table,
-        "confusion_matrix": {"rows": "true [normal, pneumonia]",
-                             "columns": "predicted [normal, pneumonia]",
-                             "matrix": [[tn, fp], [fn, tp]]},
+        "confusion_matrix": {
+            "rows": "true [normal, pneumonia]",
+            "columns": "predicted [normal, pneumonia]",
+            "matrix": [[tn, fp], [fn, tp]],
+        },
         "calibration": cal,
-        "bootstrap": {"resamples": config.evaluate.bootstrap, "seed": config.train.seed,
-                      "level": metrics.CI_LEVEL, "unit": "patient", "method": "percentile",
-                      "metrics": list(metrics.BOOTSTRAPPED)},
+        "bootstrap": {
+            "resamples": config.evaluate.bootstrap,
+            "seed": config.train.seed,
+            "level": metrics.CI_LEVEL,
+            "unit": "patient",
+            "method": "percentile",
+            "metrics": list(metrics.BOOTSTRAPPED),
+        },
     }
 
 
@@ -297,7 +328,10 @@ def _card_calibration(record: dict[str, Any], data_dir: Path) -> dict[str, Any]:
 
 
 def _write_outputs(
-    out_dir: Path, result: dict[str, Any], test: SplitData, raw: np.ndarray,
+    out_dir: Path,
+    result: dict[str, Any],
+    test: SplitData,
+    raw: np.ndarray,
     calibrated: np.ndarray,
 ) -> None:
     """metrics.json, the four PNGs and report.md, each written atomically."""
@@ -318,9 +352,9 @@ def _write_outputs(
     atomic_write_text(out_dir / "report.md", report.render_report(result))
 
 
-def _read_evaluated(data_dir: Path, manifest: dict[str, Any], split: str) -> tuple[
-    list[str], SplitData
-]:
+def _read_evaluated(
+    data_dir: Path, manifest: dict[str, Any], split: str
+) -> tuple[list[str], SplitData]:
     """The splits an external evaluation reads (`all`: every non-empty one) and their data."""
     known = manifest["splits"]
     if split == external.ALL_SPLITS:
@@ -333,8 +367,12 @@ def _read_evaluated(data_dir: Path, manifest: dict[str, Any], split: str) -> tup
         names = [split]
     patients = tfrecords.read_patients(data_dir)
     parts = [_read_split(data_dir, name, patients) for name in names]
-    return names, SplitData(*(np.concatenate([getattr(p, f.name) for p in parts])
-                              for f in dataclasses.fields(SplitData)))
+    return names, SplitData(
+        *(
+            np.concatenate([getattr(p, f.name) for p in parts])
+            for f in dataclasses.fields(SplitData)
+        )
+    )
 
 
 def _check_own_calibration(classifier: model_card.Classifier, reason: str) -> None:
@@ -360,9 +398,15 @@ def _check_own_calibration(classifier: model_card.Classifier, reason: str) -> No
 
 
 def _evaluate_external(
-    classifier: model_card.Classifier, paths: tuple[Path, Path, Path], manifest: dict[str, Any],
-    config: Config, split: str, threshold: float | None, refit_fraction: float | None,
-    provenance: external.Provenance, progress: bool,
+    classifier: model_card.Classifier,
+    paths: tuple[Path, Path, Path],
+    manifest: dict[str, Any],
+    config: Config,
+    split: str,
+    threshold: float | None,
+    refit_fraction: float | None,
+    provenance: external.Provenance,
+    progress: bool,
 ) -> dict[str, Any]:
     """Evaluates on a data set the model was not trained on; the card is left as it is.
 
@@ -376,55 +420,93 @@ def _evaluate_external(
     names, test = _read_evaluated(data_dir, manifest, split)
     if refit_fraction is not None:  # fails before predicting when a part lacks a class
         external.refit_split(test.labels, test.patients, refit_fraction, config.train.seed)
-    test_raw = np.concatenate([
-        _predict(classifier.model, data_dir, name, int(manifest["splits"][name]["count"]),
-                 config, progress)
-        for name in names
-    ])
+    test_raw = np.concatenate(
+        [
+            _predict(
+                classifier.model,
+                data_dir,
+                name,
+                int(manifest["splits"][name]["count"]),
+                config,
+                progress,
+            )
+            for name in names
+        ]
+    )
     chosen = (
-        {"value": threshold, "method": "manual", "chosen_on": "argument"} if threshold is not None
-        else {"value": card.threshold, "method": card.threshold_method,
-              "chosen_on": f"model card ({card.calibration.get('fitted_on', 'val')} of the "
-                           "training data)"}
+        {"value": threshold, "method": "manual", "chosen_on": "argument"}
+        if threshold is not None
+        else {
+            "value": card.threshold,
+            "method": card.threshold_method,
+            "chosen_on": f"model card ({card.calibration.get('fitted_on', 'val')} of the "
+            "training data)",
+        }
     )
     calibrated = calibration.calibrate(test_raw, card.temperature)
     cal = external.own_calibration_record(
-        card.calibration, card.temperature, test.labels, test_raw, split,
+        card.calibration,
+        card.temperature,
+        test.labels,
+        test_raw,
+        split,
         bins=config.evaluate.calibration_bins,
     )
-    table = _metric_table(test.labels, calibrated, test.patients, chosen["value"], config,
-                          progress)
+    table = _metric_table(test.labels, calibrated, test.patients, chosen["value"], config, progress)
     subgroups, view_warnings = _subgroups(test, calibrated, chosen["value"], config, progress)
     refit = None
     if refit_fraction is not None:
-        method = (card.threshold_method if card.threshold_method in ("youden", "f1")
-                  else config.evaluate.threshold_method)
+        method = (
+            card.threshold_method
+            if card.threshold_method in ("youden", "f1")
+            else config.evaluate.threshold_method
+        )
         refit = external.refit_comparison(
-            test.labels, test.patients, test_raw, card.temperature, chosen["value"],
-            refit_fraction, config.train.seed, method, config.evaluate.calibration_bins,
+            test.labels,
+            test.patients,
+            test_raw,
+            card.temperature,
+            chosen["value"],
+            refit_fraction,
+            config.train.seed,
+            method,
+            config.evaluate.calibration_bins,
         )
     extra = [provenance.warning, *(refit["warnings"] if refit else [])]
     warnings = _warnings(split, test, [*view_warnings, *extra], cal, fitted_here=False)
     result = _result(model_path, data_dir, manifest, test, config, chosen, table, cal)
     result.update(
-        external=True, provenance=provenance.reason,
+        external=True,
+        provenance=provenance.reason,
         data_sets=_data_sets(card, manifest, data_dir, split, names, test),
-        refit=refit, subgroups={"view": subgroups}, warnings=warnings, disclaimer=DISCLAIMER,
+        refit=refit,
+        subgroups={"view": subgroups},
+        warnings=warnings,
+        disclaimer=DISCLAIMER,
     )
     _write_outputs(out_dir, result, test, test_raw, calibrated)
     return result
 
 
 def _data_sets(
-    card: model_card.ModelCard, manifest: dict[str, Any], data_dir: Path, split: str,
-    names: list[str], test: SplitData,
+    card: model_card.ModelCard,
+    manifest: dict[str, Any],
+    data_dir: Path,
+    split: str,
+    names: list[str],
+    test: SplitData,
 ) -> dict[str, Any]:
     """metrics.json's `data_sets`: the training data (from the card) and the evaluated data."""
     return {
         "trained_on": external.training_data(card.data, card.calibration),
         "evaluated_on": external.evaluated_data(
-            manifest, str(data_dir), tfrecords.manifest_fingerprint(manifest), split, names,
-            test.labels, test.patients,
+            manifest,
+            str(data_dir),
+            tfrecords.manifest_fingerprint(manifest),
+            split,
+            names,
+            test.labels,
+            test.patients,
         ),
     }
 
@@ -490,12 +572,18 @@ def evaluate_run(
     provenance = external.detect(
         classifier.card.data, manifest, tfrecords.manifest_fingerprint(manifest), external_data
     )
-    logger.info("%s data: %s", "external" if provenance.external else "internal",
-                provenance.reason)
+    logger.info("%s data: %s", "external" if provenance.external else "internal", provenance.reason)
     if provenance.external:
         return _evaluate_external(
-            classifier, (model_path, data_dir, out_dir), manifest, config, split, threshold,
-            refit_fraction, provenance, progress,
+            classifier,
+            (model_path, data_dir, out_dir),
+            manifest,
+            config,
+            split,
+            threshold,
+            refit_fraction,
+            provenance,
+            progress,
         )
     if split == external.ALL_SPLITS or refit_fraction is not None:
         option = "--split all" if split == external.ALL_SPLITS else "--refit-fraction"
@@ -506,7 +594,8 @@ def evaluate_run(
     manifest, val, test = _read_splits(data_dir, split)
     val_raw = _predict(classifier.model, data_dir, "val", len(val.labels), config, progress)
     test_raw = (
-        val_raw if split == "val"
+        val_raw
+        if split == "val"
         else _predict(classifier.model, data_dir, split, len(test.labels), config, progress)
     )
 
@@ -517,31 +606,46 @@ def evaluate_run(
         val, calibration.calibrate(val_raw, fit.temperature), threshold, config
     )
     if kept and threshold is None:
-        chosen = {"value": classifier.card.threshold, "method": classifier.card.threshold_method,
-                  "chosen_on": classifier.card.calibration["fitted_on"]}
+        chosen = {
+            "value": classifier.card.threshold,
+            "method": classifier.card.threshold_method,
+            "chosen_on": classifier.card.calibration["fitted_on"],
+        }
     calibrated = calibration.calibrate(test_raw, fit.temperature)
     cal = calibration.calibration_record(
-        fit, val.labels, val.patients, test.labels, test_raw, split,
+        fit,
+        val.labels,
+        val.patients,
+        test.labels,
+        test_raw,
+        split,
         bins=config.evaluate.calibration_bins,
     )
     if kept:
         cal.update(_kept_record(classifier.card.calibration))
-    table = _metric_table(test.labels, calibrated, test.patients, chosen["value"], config,
-                          progress)
+    table = _metric_table(test.labels, calibrated, test.patients, chosen["value"], config, progress)
     subgroups, view_warnings = _subgroups(test, calibrated, chosen["value"], config, progress)
     warnings = _warnings(split, test, view_warnings, cal)
 
     result = _result(model_path, data_dir, manifest, test, config, chosen, table, cal)
     result.update(
-        external=False, provenance=provenance.reason,
+        external=False,
+        provenance=provenance.reason,
         data_sets=_data_sets(classifier.card, manifest, data_dir, split, [split], test),
-        subgroups={"view": subgroups}, warnings=warnings, disclaimer=DISCLAIMER,
+        subgroups={"view": subgroups},
+        warnings=warnings,
+        disclaimer=DISCLAIMER,
     )
     _write_outputs(out_dir, result, test, test_raw, calibrated)
     if kept:  # the card's out-of-fold fit stays; `val` was training data of the members
         return result
-    model_card.write_card(classifier.path, classifier.card.replace(
-        threshold=chosen["value"], threshold_method=chosen["method"],
-        temperature=fit.temperature, calibration=_card_calibration(cal, data_dir),
-    ))
+    model_card.write_card(
+        classifier.path,
+        classifier.card.replace(
+            threshold=chosen["value"],
+            threshold_method=chosen["method"],
+            temperature=fit.temperature,
+            calibration=_card_calibration(cal, data_dir),
+        ),
+    )
     return result

@@ -85,12 +85,11 @@ def detect(
         )
     if recorded == fingerprint:
         return Provenance(
-            False, f"the data is the converted folder the model was trained on "
-            f"(manifest fingerprint {fingerprint})"
+            False,
+            f"the data is the converted folder the model was trained on "
+            f"(manifest fingerprint {fingerprint})",
         )
-    reason = (
-        f"its manifest fingerprint {fingerprint} differs from the training data's {recorded}"
-    )
+    reason = f"its manifest fingerprint {fingerprint} differs from the training data's {recorded}"
     # Manifests written before other layouts existed are RSNA conversions, as the
     # card records them; a card without a layout (older) matches any.
     source, layout = manifest.get("source", ""), manifest.get("source_layout", "rsna")
@@ -144,7 +143,9 @@ def training_data(card_data: Mapping[str, Any], card_calibration: Mapping[str, A
             "fitted_on": card_calibration.get("fitted_on"),
             "images": card_calibration.get("n"),
             "patients": card_calibration.get("n_patients"),
-        } if card_calibration else None,
+        }
+        if card_calibration
+        else None,
     }
 
 
@@ -175,7 +176,7 @@ def evaluated_data(
         "fingerprint": fingerprint,
         "split": split,
         "splits": {name: int(manifest["splits"][name]["count"]) for name in splits},
-        "images": int(len(labels)),
+        "images": len(labels),
         "positives": int(np.sum(labels)),
         "patients": int(np.unique(patients).size),
     }
@@ -213,10 +214,12 @@ def own_calibration_record(
         int(facts["n_patients"]), int(facts["n_positive"]), int(facts["n_negative"])
     )
     warnings = [
-        w for w in (
+        w
+        for w in (
             small and f"(training data) {small}",
             calibration.worse_nll_warning(before, after, temperature, split),
-        ) if w
+        )
+        if w
     ]
     fitted = float(facts.get("fitted_temperature", temperature))
     decision = str(facts.get("decision", "applied" if temperature != 1.0 else "not recorded"))
@@ -266,9 +269,7 @@ def _patient_labels(labels: np.ndarray, patients: np.ndarray) -> tuple[np.ndarra
     return per_patient, index
 
 
-def refit_split(
-    labels: np.ndarray, patients: np.ndarray, fraction: float, seed: int
-) -> np.ndarray:
+def refit_split(labels: np.ndarray, patients: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """A patient-level, class-stratified, seeded choice of the re-fitting part.
 
     Of each class's patients (a patient is positive when any image is),

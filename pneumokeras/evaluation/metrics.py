@@ -55,8 +55,18 @@ from tqdm import tqdm
 CI_LEVEL = 0.95
 # Every metric of `classification_metrics`, in report order; counts last.
 METRIC_NAMES = (
-    "accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc", "brier",
-    "tn", "fp", "fn", "tp",
+    "accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "roc_auc",
+    "pr_auc",
+    "brier",
+    "tn",
+    "fp",
+    "fn",
+    "tp",
 )
 COUNTS = ("tn", "fp", "fn", "tp")
 # Proportion metrics → (successes, trials) as sums of confusion-matrix cells.
@@ -247,25 +257,40 @@ def metric_table(
     point = classification_metrics(labels, probs, threshold)
     boot = bootstrap_ci(
         lambda y, p: ranking_metrics(y, p, threshold),
-        labels, probs, groups=groups, resamples=resamples, seed=seed, level=level,
+        labels,
+        probs,
+        groups=groups,
+        resamples=resamples,
+        seed=seed,
+        level=level,
         progress=progress,
     )
     table: dict[str, dict[str, Any]] = {}
     for name in METRIC_NAMES:
         if name in COUNTS:
-            entry = {"value": int(point[name]), "ci95": [None, None], "ci_method": "none",
-                     "resamples": None}
+            entry = {
+                "value": int(point[name]),
+                "ci95": [None, None],
+                "ci_method": "none",
+                "resamples": None,
+            }
         elif name in PROPORTIONS:
             successes, trials = (int(sum(point[c] for c in cells)) for cells in PROPORTIONS[name])
             low, high = wilson_interval(successes, trials, level)
-            entry = {"value": _json_number(point[name]),
-                     "ci95": [_json_number(low), _json_number(high)], "ci_method": "wilson",
-                     "resamples": None}
+            entry = {
+                "value": _json_number(point[name]),
+                "ci95": [_json_number(low), _json_number(high)],
+                "ci_method": "wilson",
+                "resamples": None,
+            }
         else:
             interval = boot[name]
-            entry = {"value": _json_number(point[name]),
-                     "ci95": [_json_number(interval.low), _json_number(interval.high)],
-                     "ci_method": "bootstrap", "resamples": interval.resamples}
+            entry = {
+                "value": _json_number(point[name]),
+                "ci95": [_json_number(interval.low), _json_number(interval.high)],
+                "ci_method": "bootstrap",
+                "resamples": interval.resamples,
+            }
         table[name] = entry
     return table
 

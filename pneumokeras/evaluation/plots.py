@@ -62,11 +62,21 @@ def roc_figure(
     else:
         RocCurveDisplay.from_predictions(labels, probs, ax=ax, name="ROC", plot_chance_level=True)
         if point["recall"] is not None and point["specificity"] is not None:
-            ax.plot(1 - point["specificity"], point["recall"], "o", color="C3",
-                    label=f"threshold {threshold:.3f}")
+            ax.plot(
+                1 - point["specificity"],
+                point["recall"],
+                "o",
+                color="C3",
+                label=f"threshold {threshold:.3f}",
+            )
         ax.legend(loc="lower right")
-    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (recall)",
-           xlim=(0, 1), ylim=(0, 1.01), title="ROC curve")
+    ax.set(
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="sensitivity (recall)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title="ROC curve",
+    )
     return fig
 
 
@@ -84,15 +94,29 @@ def pr_figure(
         _undefined(ax, "precision-recall undefined: the split holds one class")
     else:
         PrecisionRecallDisplay.from_predictions(
-            labels, probs, ax=ax, name="PR", plot_chance_level=True,
+            labels,
+            probs,
+            ax=ax,
+            name="PR",
+            plot_chance_level=True,
             chance_level_kw={"label": f"prevalence {np.mean(labels):.3f}"},
         )
         if point["precision"] is not None and point["recall"] is not None:
-            ax.plot(point["recall"], point["precision"], "o", color="C3",
-                    label=f"threshold {threshold:.3f}")
+            ax.plot(
+                point["recall"],
+                point["precision"],
+                "o",
+                color="C3",
+                label=f"threshold {threshold:.3f}",
+            )
         ax.legend(loc="upper right")
-    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1),
-           ylim=(0, 1.01), title="Precision-recall curve")
+    ax.set(
+        xlabel="recall (sensitivity)",
+        ylabel="precision (PPV)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title="Precision-recall curve",
+    )
     return fig
 
 
@@ -145,13 +169,30 @@ def calibration_figure(
     ):
         part = calibration[key]
         CalibrationDisplay.from_predictions(
-            labels, probs, n_bins=bins, strategy="uniform", ax=top, ref_line=offset == 0,
-            name=f"{name}, ECE {part['ece']:.3f}", color=f"C{offset}",
+            labels,
+            probs,
+            n_bins=bins,
+            strategy="uniform",
+            ax=top,
+            ref_line=offset == 0,
+            name=f"{name}, ECE {part['ece']:.3f}",
+            color=f"C{offset}",
         )
-        bottom.bar(left + width * (0.25 + 0.5 * offset), part["bins"]["counts"],
-                   width=width / 2, align="center", color=f"C{offset}", label=name)
-    top.set(xlabel="", ylabel="observed pneumonia rate", xlim=(0, 1), ylim=(0, 1),
-            title="Reliability diagram (equal-width bins)")
+        bottom.bar(
+            left + width * (0.25 + 0.5 * offset),
+            part["bins"]["counts"],
+            width=width / 2,
+            align="center",
+            color=f"C{offset}",
+            label=name,
+        )
+    top.set(
+        xlabel="",
+        ylabel="observed pneumonia rate",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title="Reliability diagram (equal-width bins)",
+    )
     top.legend(loc="upper left")
     bottom.set(xlabel="predicted pneumonia probability", ylabel="count per bin")
     bottom.legend(loc="upper center", fontsize="small")
@@ -191,12 +232,23 @@ def cv_roc_figure(fold_labels: Sequence[np.ndarray], fold_probs: Sequence[np.nda
         mean[-1] = 1.0
         spread = f" ± {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else ""
         ax.plot(grid, mean, color="k", lw=2, label=f"mean (AUC {np.mean(aucs):.3f}{spread})")
-        ax.fill_between(grid, np.clip(mean - sd, 0, 1), np.clip(mean + sd, 0, 1), color="grey",
-                        alpha=0.2, label="± 1 sd")
+        ax.fill_between(
+            grid,
+            np.clip(mean - sd, 0, 1),
+            np.clip(mean + sd, 0, 1),
+            color="grey",
+            alpha=0.2,
+            label="± 1 sd",
+        )
     else:
         _undefined(ax, "ROC undefined: every fold holds one class")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
     ax.legend(loc="lower right", fontsize="small")
-    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (recall)",
-           xlim=(0, 1), ylim=(0, 1.01), title=f"ROC of the {len(fold_labels)} held-out folds")
+    ax.set(
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="sensitivity (recall)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title=f"ROC of the {len(fold_labels)} held-out folds",
+    )
     return fig

@@ -93,8 +93,11 @@ def metric_table(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
         method = CI_METHOD_LABELS[entry["ci_method"]]
         lines.append(f"| {label} | {_fmt(entry['value'])} | {interval} | {method} |")
     if degenerate:
-        lines += ["", "¹ zero width: every bootstrap resample gave the same value, which "
-                  "says little about its uncertainty."]
+        lines += [
+            "",
+            "¹ zero width: every bootstrap resample gave the same value, which "
+            "says little about its uncertainty.",
+        ]
     return lines
 
 
@@ -156,7 +159,7 @@ def _data_sets(result: Mapping[str, Any]) -> list[str]:
             f"- **internal evaluation**: {result.get('provenance', 'the model’s own data set')}; "
             f"threshold and temperature are {fitted}."
         )
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _header(result: Mapping[str, Any]) -> list[str]:
@@ -194,7 +197,8 @@ def _calibration(result: Mapping[str, Any]) -> list[str]:
         f"patients ({cal['val_positives']} with pneumonia, {cal['val_negatives']} without)."
     )
     intro = (
-        f"Temperature from the model card — {cal['explanation']}. " if own
+        f"Temperature from the model card — {cal['explanation']}. "
+        if own
         else f"Temperature scaling on the validation split — {cal['explanation']}. "
     )
     lines = [
@@ -216,8 +220,7 @@ def _calibration(result: Mapping[str, Any]) -> list[str]:
             "",
         ]
     lines += [
-        f"| {split} split | ECE ({len(cal['after']['bins']['counts'])} bins) | "
-        "Brier score | NLL |",
+        f"| {split} split | ECE ({len(cal['after']['bins']['counts'])} bins) | Brier score | NLL |",
         "|---|---|---|---|",
     ]
     for key in ("before", "after"):
@@ -225,7 +228,7 @@ def _calibration(result: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"| {key} calibration | {part['ece']:.4f} | {part['brier']:.4f} | {part['nll']:.4f} |"
         )
-    return lines + ["", "![Reliability diagram](calibration.png)", ""]
+    return [*lines, "", "![Reliability diagram](calibration.png)"]
 
 
 REFIT_ROWS = {
@@ -263,7 +266,8 @@ def _refit(refit: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"| {label} | {_fmt(refit['own'][key], digits)} | {_fmt(refit['refit'][key], digits)} |"
         )
-    return lines + [
+    return [
+        *lines,
         "",
         "Lower ECE, Brier score and NLL are better. A large gain from re-fitting says the "
         "model's probabilities and operating point do not carry over to this data set as "
@@ -287,7 +291,7 @@ def render_report(result: Mapping[str, Any]) -> str:
     if result["warnings"]:
         lines += ["**Warnings**", ""] + [f"- {w}" for w in result["warnings"]] + [""]
     lines += [_metrics_heading(result["calibration"]), ""]
-    lines += metric_table(result["metrics"]) + [""]
+    lines += [*metric_table(result["metrics"]), ""]
     lines += [
         "| true \\ predicted | normal | pneumonia |",
         "|---|---|---|",
@@ -308,6 +312,6 @@ def render_report(result: Mapping[str, Any]) -> str:
         lines.append("View position unknown for this data.")
     for view, group in views.items():
         lines += [f"### {view}: {group['n']} images, {group['positives']} with pneumonia", ""]
-        lines += metric_table(group["metrics"]) + [""]
+        lines += [*metric_table(group["metrics"]), ""]
     lines += ["", f"*{DISCLAIMER}*", ""]
     return "\n".join(lines)

@@ -446,7 +446,10 @@ class EnsembleHeatmapExplainer:
     """
 
     def __init__(
-        self, model: keras.Model, members: Sequence[str], method: str = "gradcam",
+        self,
+        model: keras.Model,
+        members: Sequence[str],
+        method: str = "gradcam",
         layers: Sequence[str] | None = None,
     ) -> None:
         require_tensorflow()

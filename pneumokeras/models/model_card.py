@@ -145,8 +145,10 @@ class ModelCard:
 
 def _problems(card: ModelCard) -> list[str]:
     problems = []
-    if not isinstance(card.input_size, int) or isinstance(card.input_size, bool) or (
-        card.input_size < 1
+    if (
+        not isinstance(card.input_size, int)
+        or isinstance(card.input_size, bool)
+        or (card.input_size < 1)
     ):
         problems.append(f"input_size must be a positive integer, not {card.input_size!r}")
     if len(card.class_names) != 2 or not all(isinstance(n, str) for n in card.class_names):
@@ -180,8 +182,10 @@ def model_file(path: str | Path) -> Path:
     if path.is_dir():
         inside = path / MODEL_FILE
         if not inside.is_file():
-            raise UserError(f"{path} is a folder without {MODEL_FILE}; pass a .keras file or a "
-                            "run folder holding model.keras")
+            raise UserError(
+                f"{path} is a folder without {MODEL_FILE}; pass a .keras file or a "
+                "run folder holding model.keras"
+            )
         return inside
     if not path.exists():
         raise UserError(f"model {path} does not exist")
@@ -239,7 +243,7 @@ def load_keras_model(path: str | Path) -> Any:
         raise UserError(f"{path} is not a valid .keras file (not a zip archive)")
     try:
         model = keras.saving.load_model(path)
-    except Exception as err:  # noqa: BLE001 - Keras raises many types for a bad file
+    except Exception as err:
         text = str(err).strip()
         reason = text.splitlines()[0] if text else type(err).__name__
         raise UserError(f"{path} is not a valid .keras file ({reason})") from err
@@ -297,8 +301,9 @@ class Classifier:
         size = self.input_size
         if images.ndim != 4 or images.shape[1:] != (size, size, 1):
             raise ValueError(f"images must be (N, {size}, {size}, 1). Received: {images.shape}")
-        outputs = [self.forward(images[i : i + batch_size])
-                   for i in range(0, len(images), batch_size)]
+        outputs = [
+            self.forward(images[i : i + batch_size]) for i in range(0, len(images), batch_size)
+        ]
         if not outputs:
             return np.zeros(0, dtype=np.float64)
         return np.concatenate(outputs)[:, 1].astype(np.float64)

@@ -110,12 +110,12 @@ def _unlabelled_reason(path: str) -> str:
     try:
         pydicom.dcmread(path, stop_before_pixels=True)
         return "DICOM without a label row"
-    except Exception:  # noqa: BLE001 - any unreadable file becomes a skipped row
+    except Exception:
         try:
             read_dicom(path)  # reuse dicom.py's wording for why it is unreadable
         except DicomError as dicom_err:
             return str(dicom_err)
-        except Exception as other:  # noqa: BLE001
+        except Exception as other:
             return f"unreadable: {type(other).__name__}"
         return "DICOM without a label row"
 
@@ -132,7 +132,8 @@ def _spool_png(spool_dir: str, png: bytes) -> tuple[str, int]:
     """
     if spool_dir not in _open_spools:
         name = f"spool-{os.getpid()}.bin"
-        _open_spools[spool_dir] = (name, open(Path(spool_dir) / name, "ab"))
+        # Kept open for the worker's life; `_close_spool` closes it.
+        _open_spools[spool_dir] = (name, open(Path(spool_dir) / name, "ab"))  # noqa: SIM115
     name, handle = _open_spools[spool_dir]
     offset = handle.tell()
     handle.write(png)
@@ -172,7 +173,7 @@ def _encode_task(task: tuple[str, int, str]) -> tuple:
         png = encode_png(pixels)
     except (DicomError, ImageError) as err:
         return "", 0, 0, "", "", -1, 0, str(err), ""
-    except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
+    except Exception as err:
         return "", 0, 0, "", "", -1, 0, f"unreadable: {type(err).__name__}: {err}", ""
     spool, offset = _spool_png(spool_dir, png)
     return view, rows, columns, tag_id, spool, offset, len(png), "", note
@@ -634,7 +635,7 @@ def _write_shards(
             _kill_if(kill_at, written)
             entry, record = encoded[patient], records[patient]
             if entry.spool not in spools:
-                spools[entry.spool] = open(state_dir / entry.spool, "rb")
+                spools[entry.spool] = open(state_dir / entry.spool, "rb")  # noqa: SIM115
             spool = spools[entry.spool]
             spool.seek(entry.offset)
             bar.update()

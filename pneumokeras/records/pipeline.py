@@ -185,8 +185,7 @@ def check_fold(manifest: Mapping[str, Any], fold: int, data_dir: Path) -> None:
         raise UserError(f"--fold {fold}: {data_dir} was converted without --folds")
     if not 0 <= fold < num_folds:
         raise UserError(
-            f"--fold {fold} is out of range: {data_dir} has {num_folds} folds "
-            f"(0..{num_folds - 1})"
+            f"--fold {fold} is out of range: {data_dir} has {num_folds} folds (0..{num_folds - 1})"
         )
 
 

@@ -140,8 +140,7 @@ def _check_out(out: Path, fmt: str, force: bool, model_path: Path) -> None:
         not out.is_dir() or (any(out.iterdir()) and not (out / SAVED_MODEL_PB).is_file())
     ):
         raise UserError(
-            f"--out {out} is not a SavedModel folder (no {SAVED_MODEL_PB}); "
-            "refusing to replace it"
+            f"--out {out} is not a SavedModel folder (no {SAVED_MODEL_PB}); refusing to replace it"
         )
 
 
@@ -201,10 +200,13 @@ def _float32_model(model: Any) -> tuple[Any, list[str]]:
     def visit(node: Any) -> None:
         if isinstance(node, dict):
             config = node.get("config")
-            if node.get("class_name") == "DTypePolicy" and isinstance(config, dict):
-                if config.get("name") != "float32":
-                    found.add(str(config.get("name")))
-                    config["name"] = "float32"
+            if (
+                node.get("class_name") == "DTypePolicy"
+                and isinstance(config, dict)
+                and config.get("name") != "float32"
+            ):
+                found.add(str(config.get("name")))
+                config["name"] = "float32"
             for value in node.values():
                 visit(value)
         elif isinstance(node, list):
@@ -216,8 +218,9 @@ def _float32_model(model: Any) -> tuple[Any, list[str]]:
         return model, []
     copy = keras.saving.deserialize_keras_object(serialized)
     copy.set_weights(model.get_weights())
-    return copy, [f"exported in float32 (the model was saved with dtype policy "
-                  f"{', '.join(sorted(found))})"]
+    return copy, [
+        f"exported in float32 (the model was saved with dtype policy {', '.join(sorted(found))})"
+    ]
 
 
 def _signature(size: int) -> Any:
@@ -255,8 +258,10 @@ def _write_onnx(model: Any, card: Any, size: int, path: Path, facts: dict[str, A
 
         details["tf2onnx"] = tf2onnx.__version__
     proto.doc_string = "pneumokeras pneumonia classifier; research and education only"
-    for key, value in ((ONNX_CARD_KEY, _card_json(card)),
-                       (ONNX_EXPORT_KEY, json.dumps(details, sort_keys=True))):
+    for key, value in (
+        (ONNX_CARD_KEY, _card_json(card)),
+        (ONNX_EXPORT_KEY, json.dumps(details, sort_keys=True)),
+    ):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
@@ -295,9 +300,7 @@ def _onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(
-        str(path), options, providers=["CPUExecutionProvider"]
-    )
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda images: session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
 
 
@@ -361,8 +364,9 @@ def _install(stage: Path, artifact: Path, card: Path, out: Path, fmt: str) -> No
 # ------------------------------------------------------------------ the export
 
 
-def _compare(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
-             reference: np.ndarray) -> float:
+def _compare(
+    run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, reference: np.ndarray
+) -> float:
     """Largest |run - reference| over the whole batch and over a batch of one."""
     diffs = []
     for batch, expected in ((images, reference), (images[:1], reference[:1])):

@@ -77,13 +77,16 @@ def load_for_prediction(model_path: str | os.PathLike[str], threshold: float | N
             )
         logger.warning(
             "warning: no model card beside %s: probabilities are uncalibrated "
-            "(temperature 1), threshold %s from --threshold", classifier.path, threshold
+            "(temperature 1), threshold %s from --threshold",
+            classifier.path,
+            threshold,
         )
     elif not card.fitted and threshold is None:
         logger.warning(
             "warning: the model card's threshold %s and temperature %s are training's "
             "defaults, not fitted on validation data: run `evaluate` on the model to fit them",
-            card.threshold, card.temperature,
+            card.threshold,
+            card.temperature,
         )
     if threshold is not None:
         classifier.card = card.replace(threshold=threshold, threshold_method="manual")
@@ -158,8 +161,15 @@ def tta_probabilities(
 
 
 def _empty_row(path: Path, tta: int, ensemble: bool) -> dict[str, Any]:
-    row: dict[str, Any] = {"path": str(path), "patient_id": "", "probability": None,
-                           "label": None, "class": None, "warning": "", "error": ""}
+    row: dict[str, Any] = {
+        "path": str(path),
+        "patient_id": "",
+        "probability": None,
+        "label": None,
+        "class": None,
+        "warning": "",
+        "error": "",
+    }
     if tta:
         row.update(tta_mean=None, tta_std=None)
     if ensemble:
@@ -169,16 +179,23 @@ def _empty_row(path: Path, tta: int, ensemble: bool) -> dict[str, Any]:
 
 def input_warnings(record: ImageRecord, classifier: Classifier) -> str:
     """Why an image may be outside what the model was trained on ('' when nothing)."""
-    facts = {"modality": record.modality, "body_part": record.body_part,
-             "rows": record.height, "columns": record.width}
+    facts = {
+        "modality": record.modality,
+        "body_part": record.body_part,
+        "rows": record.height,
+        "columns": record.width,
+    }
     return drift.image_warnings(
         record.pixels, facts, classifier.input_size, classifier.card.input_statistics
     )
 
 
 def _predict_batch(
-    classifier: Classifier, rows: list[dict[str, Any]], records: list[ImageRecord],
-    tta: int, seed: int,
+    classifier: Classifier,
+    rows: list[dict[str, Any]],
+    records: list[ImageRecord],
+    tta: int,
+    seed: int,
 ) -> None:
     """Fills probability, label and class (and TTA) of `rows` in place."""
     images = np.stack([r.pixels for r in records])
@@ -187,8 +204,9 @@ def _predict_batch(
     for i, (row, record, prob, label) in enumerate(
         zip(rows, records, probs, classifier.decide(probs), strict=True)
     ):
-        row.update(probability=float(prob), label=int(label),
-                   **{"class": classifier.class_name(label)})
+        row.update(
+            probability=float(prob), label=int(label), **{"class": classifier.class_name(label)}
+        )
         if members is not None:
             row.update(member_std=float(members[:, i].std()))
         if tta:

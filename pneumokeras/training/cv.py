@@ -190,7 +190,7 @@ def _check_fold_folders(
         raise UserError(f"--out {out_dir} is a file, not a folder")
     if out_dir.is_dir():
         for path in sorted(out_dir.glob(f"{FOLD_PREFIX}*")):
-            index = path.name[len(FOLD_PREFIX):]
+            index = path.name[len(FOLD_PREFIX) :]
             if index.isdigit() and int(index) >= num_folds:
                 raise UserError(
                     f"{path} is a fold the data does not have ({num_folds} folds, "
@@ -206,8 +206,9 @@ def _check_fold_folders(
         _refuse_other_data(where, record.get("data_fingerprint"), fingerprint)
         if record.get("fold") != k:
             raise UserError(f"{where} holds a run of fold {record.get('fold')}, not fold {k}")
-        _refuse_other_settings(where, _setting_differences(record.get("config", {}),
-                                                          config.to_dict()))
+        _refuse_other_settings(
+            where, _setting_differences(record.get("config", {}), config.to_dict())
+        )
     return records
 
 
@@ -271,9 +272,7 @@ class OutOfFold:
         return self.patients if self.groups is None else self.groups
 
 
-def _fold_patients(
-    data_dir: Path, manifest: Mapping[str, Any]
-) -> list[tuple[str, int]]:
+def _fold_patients(data_dir: Path, manifest: Mapping[str, Any]) -> list[tuple[str, int]]:
     """(patient, label) of every train+val example in the pipeline's file order.
 
     Raises:
@@ -340,10 +339,8 @@ def out_of_fold(
             raise RuntimeError(f"the model of fold {k} outputs non-finite probabilities")
         patients = np.array([p for p, _ in held], dtype=str)
         parts.append((patients, np.full(len(held), k), labels_k.astype(int), raw_k))
-    examples, fold_of, labels, raw = (np.concatenate([part[i] for part in parts])
-                                      for i in range(4))
-    groups = np.array(tfrecords.patient_ids(examples, tfrecords.read_patients(data_dir)),
-                      dtype=str)
+    examples, fold_of, labels, raw = (np.concatenate([part[i] for part in parts]) for i in range(4))
+    groups = np.array(tfrecords.patient_ids(examples, tfrecords.read_patients(data_dir)), dtype=str)
     return OutOfFold(examples, fold_of, labels, raw, groups)
 
 
@@ -380,12 +377,14 @@ def fold_metrics(
     for k in range(num_folds):
         rows = oof.folds == k
         point = metrics.classification_metrics(oof.labels[rows], calibrated[rows], threshold)
-        per_fold.append({
-            "fold": k,
-            "n": int(rows.sum()),
-            "positives": int(oof.labels[rows].sum()),
-            "metrics": {name: _json_number(point[name]) for name in FOLD_METRICS},
-        })
+        per_fold.append(
+            {
+                "fold": k,
+                "n": int(rows.sum()),
+                "positives": int(oof.labels[rows].sum()),
+                "metrics": {name: _json_number(point[name]) for name in FOLD_METRICS},
+            }
+        )
     summary = {}
     for name in FOLD_METRICS:
         values = [f["metrics"][name] for f in per_fold if f["metrics"][name] is not None]
@@ -401,8 +400,11 @@ def _calibration_facts(fit: calibration.TemperatureFit, oof: OutOfFold) -> dict[
     """The calibration the ensemble card keeps (evaluate's fields, `fitted_on: oof`)."""
     positives = int(oof.labels.sum())
     warnings = [
-        w for w in [calibration.small_split_warning(len(oof.labels), positives,
-                                                    len(oof.labels) - positives)] if w
+        w
+        for w in [
+            calibration.small_split_warning(len(oof.labels), positives, len(oof.labels) - positives)
+        ]
+        if w
     ]
     return {
         "method": "temperature scaling",
@@ -444,7 +446,8 @@ def build_ensemble(members: Sequence[keras.Model], size: int) -> keras.Model:
         for k, member in enumerate(members)
     ]
     averaged = (
-        keras.layers.Average(name="predictions")(outputs) if len(outputs) > 1
+        keras.layers.Average(name="predictions")(outputs)
+        if len(outputs) > 1
         else keras.layers.Identity(name="predictions")(outputs[0])
     )
     return keras.Model(image, averaged, name="ensemble")
@@ -507,7 +510,8 @@ def ensemble_card(
         data={**first.data, "cross_validation": {"folds": len(members), "oof_n": len(oof.labels)}},
         devices=first.devices,
         validation={
-            name: entry["value"] for name, entry in pooled.items()
+            name: entry["value"]
+            for name, entry in pooled.items()
             if entry["value"] is not None and name not in metrics.COUNTS
         },
         input_statistics=first.input_statistics,
@@ -560,8 +564,7 @@ def render_report(result: Mapping[str, Any]) -> str:
     summary = result["summary"]
     lines.append(
         "| **mean ± sd** | | | "
-        + " | ".join(f"{_fmt(summary[n]['mean'])} ± {_fmt(summary[n]['sd'])}"
-                     for n in FOLD_METRICS)
+        + " | ".join(f"{_fmt(summary[n]['mean'])} ± {_fmt(summary[n]['sd'])}" for n in FOLD_METRICS)
         + " |"
     )
     lines += [
@@ -585,9 +588,7 @@ def render_report(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def aggregate(
-    data_dir: str | Path, out_dir: str | Path, config: Config
-) -> dict[str, Any]:
+def aggregate(data_dir: str | Path, out_dir: str | Path, config: Config) -> dict[str, Any]:
     """Out-of-fold metrics, the ROC plot, the report and the ensemble of finished folds.
 
     Returns:
@@ -619,12 +620,19 @@ def aggregate(
     threshold = metrics.choose_threshold(oof.labels, calibrated, method)
     per_fold, summary = fold_metrics(oof, calibrated, threshold, num_folds)
     pooled = metrics.metric_table(
-        oof.labels, calibrated, threshold, groups=oof.patient_groups,
-        resamples=config.evaluate.bootstrap, seed=config.train.seed,
+        oof.labels,
+        calibrated,
+        threshold,
+        groups=oof.patient_groups,
+        resamples=config.evaluate.bootstrap,
+        seed=config.train.seed,
     )
     cal = _calibration_facts(fit, oof)
-    cal.update(calibration.calibration_summary(oof.labels, oof.raw, calibrated,
-                                               config.evaluate.calibration_bins))
+    cal.update(
+        calibration.calibration_summary(
+            oof.labels, oof.raw, calibrated, config.evaluate.calibration_bins
+        )
+    )
     card = ensemble_card(members, config, threshold, method, fit, oof, pooled)
     result = {
         "data_dir": str(data_dir),
@@ -632,8 +640,7 @@ def aggregate(
         "data_fingerprint": fingerprint,
         "num_folds": num_folds,
         "backend": keras.backend.backend(),
-        "oof": {"n": int(len(oof.labels)), "positives": int(oof.labels.sum()),
-                "file": OOF_FILE},
+        "oof": {"n": len(oof.labels), "positives": int(oof.labels.sum()), "file": OOF_FILE},
         "threshold": {"value": threshold, "method": method, "chosen_on": "oof"},
         "temperature": fit.temperature,
         "calibration": cal,
@@ -644,8 +651,13 @@ def aggregate(
         "summary": summary,
         "fold_threshold": "pooled out-of-fold threshold (see cv.py)",
         "pooled": pooled,
-        "bootstrap": {"resamples": config.evaluate.bootstrap, "seed": config.train.seed,
-                      "level": metrics.CI_LEVEL, "unit": "patient", "method": "percentile"},
+        "bootstrap": {
+            "resamples": config.evaluate.bootstrap,
+            "seed": config.train.seed,
+            "level": metrics.CI_LEVEL,
+            "unit": "patient",
+            "method": "percentile",
+        },
         "ensemble": {"model": ENSEMBLE_FILE, "members": list(card.members)},
         "disclaimer": report.DISCLAIMER,
     }
@@ -708,8 +720,10 @@ def cross_validate(
     pending = tuple(k for k, record in records.items() if not _finished(record))
     result = None
     if pending:
-        say(f"fold(s) {', '.join(map(str, pending))} not finished yet; rerun cv once they "
-            "are to aggregate")
+        say(
+            f"fold(s) {', '.join(map(str, pending))} not finished yet; rerun cv once they "
+            "are to aggregate"
+        )
     else:
         say(f"aggregating {num_folds} folds into {out_dir}")
         result = aggregate(data_dir, out_dir, config)

@@ -351,7 +351,7 @@ def on_writer(step: Callable[[], T]) -> T | None:
     if is_writer():
         try:
             result = step()
-        except Exception as exc:  # noqa: BLE001 - re-raised below, after the others know
+        except Exception as exc:
             error = exc
     failed = all_gather(np.array([error is not None], np.int32))
     if error is not None:

@@ -110,7 +110,7 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Opt
     """Adam (AdamW when weight decay > 0) with cosine decay over all training steps."""
     train = config.train
     total_steps = steps_per_epoch * train.epochs
-    warmup_steps = int(round(train.warmup_epochs * steps_per_epoch))
+    warmup_steps = round(train.warmup_epochs * steps_per_epoch)
     if warmup_steps >= total_steps:
         raise UserError("train.warmup_epochs must be shorter than train.epochs")
     if train.schedule == "cosine":
@@ -296,7 +296,8 @@ def prepare_run_dir(
         if changed:
             raise UserError(
                 f"{run_dir} holds an unfinished run with other settings ("
-                + "; ".join(changed[:3]) + (" …" if len(changed) > 3 else "")
+                + "; ".join(changed[:3])
+                + (" …" if len(changed) > 3 else "")
                 + "); rerun with the same settings to resume it, or pass --overwrite"
             )
         return True
@@ -580,9 +581,7 @@ def _compile(model: keras.Model, config: Config, steps: int, box_grid: int) -> N
 def _callbacks(run_dir: Path, saver: BestModelSaver) -> list[keras.callbacks.Callback]:
     """The callbacks of `fit`; only process 0 gets those that touch the run folder."""
     # Order matters: the backup of an epoch is written before anything after it.
-    backup = (
-        _SharedBackup if distributed.process_count() > 1 else keras.callbacks.BackupAndRestore
-    )
+    backup = _SharedBackup if distributed.process_count() > 1 else keras.callbacks.BackupAndRestore
     callbacks = [
         backup(str(run_dir / "backup"), delete_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),

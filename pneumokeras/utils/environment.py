@@ -56,9 +56,7 @@ def check_backend(command: str, supported: tuple[str, ...] = SUPPORTED_BACKENDS)
     if not backend.strip():
         raise UserError(f"KERAS_BACKEND is set but empty; {command} runs with {choices}")
     if backend not in supported:
-        raise UserError(
-            f"{command} does not run under KERAS_BACKEND={backend}; use {choices}"
-        )
+        raise UserError(f"{command} does not run under KERAS_BACKEND={backend}; use {choices}")
     return backend
 
 
@@ -104,7 +102,7 @@ def import_tensorflow_quietly(keep_output: bool = False) -> None:
     the lines (the CLI's `--debug`).
     """
     if keep_output or "tensorflow" in sys.modules:
-        import tensorflow  # noqa: F401
+        import tensorflow
 
         return
     sys.stderr.flush()

@@ -74,7 +74,7 @@ class WorkerPool:
         self._pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
         self._pids: set[int] = set()
         if self._pool is not None:
-            self._pids.update(p.pid for p in self._pool._pool)  # noqa: SLF001
+            self._pids.update(p.pid for p in self._pool._pool)
 
     def imap(self, func: Callable[[Any], Any], items: Iterable, chunksize: int = 8) -> Iterator:
         """Lazily `func(item)` for each item, in order; `func` must be picklable by name."""
@@ -99,7 +99,7 @@ class WorkerPool:
         # A healthy pool never replaces its workers (no maxtasksperchild): a
         # process that has exited, or a worker the pool started to replace one
         # (pids beyond the first ones), means a death.
-        processes = list(self._pool._pool) if self._pool is not None else []  # noqa: SLF001
+        processes = list(self._pool._pool) if self._pool is not None else []
         self._pids.update(p.pid for p in processes if p.pid is not None)
         dead = [p for p in processes if p.exitcode is not None]
         if dead or len(self._pids) > self.workers:

@@ -39,8 +39,12 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
+    "--headless",
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
 ]
 START_TIMEOUT = 240  # seconds: the server imports Streamlit; the page loads TensorFlow
 WAIT_MS = 180_000
@@ -48,8 +52,12 @@ WAIT_MS = 180_000
 
 def find_chromium() -> str | None:
     """Debian's chromium (or a Chromium named by PNEUMOKERAS_CHROMIUM), else None."""
-    for candidate in (os.environ.get("PNEUMOKERAS_CHROMIUM"), "/usr/bin/chromium",
-                      shutil.which("chromium"), shutil.which("chromium-browser")):
+    for candidate in (
+        os.environ.get("PNEUMOKERAS_CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -80,8 +88,10 @@ def wait_until_serving(url: str, server: subprocess.Popen, log: Path) -> None:
 def test_upload_in_headless_chromium(tmp_path):
     chromium = find_chromium()
     if chromium is None:
-        reason = ("no Chromium: install Debian's chromium package (apt-get install chromium) "
-                  "or set PNEUMOKERAS_CHROMIUM")
+        reason = (
+            "no Chromium: install Debian's chromium package (apt-get install chromium) "
+            "or set PNEUMOKERAS_CHROMIUM"
+        )
         print(f"SKIP test_upload_in_headless_chromium: {reason}")
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright
@@ -89,17 +99,29 @@ def test_upload_in_headless_chromium(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     contract_model(SIZE).save(run / "model.keras")
-    model_card.write_card(run, ModelCard(input_size=SIZE, threshold=0.45,
-                                         threshold_method="youden", temperature=1.7))
+    model_card.write_card(
+        run, ModelCard(input_size=SIZE, threshold=0.45, threshold_method="youden", temperature=1.7)
+    )
     dicom = app_logic.synthetic_examples()[0].data
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
     with open(log, "w") as sink:
         server = subprocess.Popen(
-            [sys.executable, "cli.py", "app", "--model", str(run), "--port", str(port),
-             "--max-upload-mb", "1"],
-            cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "cli.py",
+                "app",
+                "--model",
+                str(run),
+                "--port",
+                str(port),
+                "--max-upload-mb",
+                "1",
+            ],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "KERAS_BACKEND": "tensorflow"},
         )
     try:
@@ -112,14 +134,17 @@ def test_upload_in_headless_chromium(tmp_path):
                 page.get_by_text("Research and education only").wait_for(timeout=WAIT_MS)
                 uploader = page.locator("input[type=file]")
                 uploader.wait_for(state="attached", timeout=WAIT_MS)
-                uploader.set_input_files(files=[
-                    {"name": "patient.dcm", "mimeType": "application/dicom", "buffer": dicom},
-                    {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"},
-                    {"name": "huge.png", "mimeType": "image/png", "buffer": b"\0" * 1_300_000},
-                ])
+                uploader.set_input_files(
+                    files=[
+                        {"name": "patient.dcm", "mimeType": "application/dicom", "buffer": dicom},
+                        {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"},
+                        {"name": "huge.png", "mimeType": "image/png", "buffer": b"\0" * 1_300_000},
+                    ]
+                )
                 page.get_by_text("P(pneumonia), calibrated").wait_for(timeout=WAIT_MS)
                 page.get_by_text("notes.txt: not a DICOM, PNG or JPEG file").wait_for(
-                    timeout=WAIT_MS)
+                    timeout=WAIT_MS
+                )
                 # Over the limit: Streamlit's uploader refuses the file itself.
                 page.get_by_text("File must be 1.0MB or smaller.").wait_for(timeout=WAIT_MS)
                 # The input as the model sees it and the overlay, both decoded by the browser.

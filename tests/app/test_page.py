@@ -37,9 +37,17 @@ TIMEOUT = 120  # seconds per page run: the first one loads TensorFlow and the mo
 def run_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("run")
     contract_model(SIZE).save(folder / "model.keras")
-    model_card.write_card(folder, ModelCard(input_size=SIZE, threshold=0.45,
-                                            threshold_method="youden", temperature=1.7,
-                                            model_name="contract", backend="tensorflow"))
+    model_card.write_card(
+        folder,
+        ModelCard(
+            input_size=SIZE,
+            threshold=0.45,
+            threshold_method="youden",
+            temperature=1.7,
+            model_name="contract",
+            backend="tensorflow",
+        ),
+    )
     return folder
 
 
@@ -92,18 +100,21 @@ def test_model_panel_uploads_and_settings(monkeypatch, run_dir, examples):
         "- **threshold**: 0.450: Youden's J on the validation split",
     ):
         assert line in panel
-    assert "temperature T = 1.7" in at.caption[0].value and "P ≥ 0.450" in at.caption[0].value
+    assert "temperature T = 1.7" in at.caption[0].value
+    assert "P ≥ 0.450" in at.caption[0].value
     assert at.sidebar.selectbox(key="layer").value == "bn"
 
     assert at.file_uploader[0].accept_multiple_files
     chest = np.clip(np.random.default_rng(0).normal(120, 40, (50, 80)), 0, 255).astype(np.uint8)
-    at.file_uploader[0].set_value([
-        ("patient.dcm", examples[0].data, "application/dicom"),
-        ("cut.dcm", examples[0].data[:3000], "application/dicom"),
-        ("chest.png", png(chest), "image/png"),
-        ("notes.txt", b"not an image", "text/plain"),
-        ("empty.png", b"", "image/png"),
-    ])
+    at.file_uploader[0].set_value(
+        [
+            ("patient.dcm", examples[0].data, "application/dicom"),
+            ("cut.dcm", examples[0].data[:3000], "application/dicom"),
+            ("chest.png", png(chest), "image/png"),
+            ("notes.txt", b"not an image", "text/plain"),
+            ("empty.png", b"", "image/png"),
+        ]
+    )
     at.run()
     assert not at.exception, at.exception
 
@@ -111,8 +122,9 @@ def test_model_panel_uploads_and_settings(monkeypatch, run_dir, examples):
     classifier = model_card.load_classifier(run_dir)
     metrics = at.metric
     assert [m.label for m in metrics] == ["P(pneumonia), calibrated"] * 2
-    for metric, (name, data) in zip(metrics, [("p.dcm", examples[0].data),
-                                              ("c.png", png(chest))], strict=True):
+    for metric, (name, data) in zip(
+        metrics, [("p.dcm", examples[0].data), ("c.png", png(chest))], strict=True
+    ):
         record = app_logic.read_upload(name, data, SIZE, 10)
         expected = float(classifier.probabilities(record.pixels[None, :, :, None])[0])
         assert metric.value == f"{expected:.3f}"
@@ -125,7 +137,8 @@ def test_model_panel_uploads_and_settings(monkeypatch, run_dir, examples):
     assert captions.count(f"as the model sees it ({SIZE} × {SIZE} px)") == 2
     assert captions.count("Grad-CAM of 'pneumonia' at bn") == 2
     facts = next(t for t in texts(at.markdown) if "transfer syntax" in t)
-    assert "- modality: CR" in facts and "- transfer syntax: JPEG Baseline (Process 1)" in facts
+    assert "- modality: CR" in facts
+    assert "- transfer syntax: JPEG Baseline (Process 1)" in facts
 
     # Each broken file: one line on its own card; the others are still shown.
     assert texts(at.error) == [
@@ -144,8 +157,13 @@ def test_model_panel_uploads_and_settings(monkeypatch, run_dir, examples):
     assert not at.exception, at.exception
     captions = [c for image in at.image for c in image.captions]
     assert captions.count("Grad-CAM++ of 'pneumonia' at bn") == 2
-    assert sum(bool(re.fullmatch(r"TTA \(4 augmented copies\): [01]\.\d{3} ± \d\.\d{3}", t))
-               for t in texts(at.markdown)) == 2
+    assert (
+        sum(
+            bool(re.fullmatch(r"TTA \(4 augmented copies\): [01]\.\d{3} ± \d\.\d{3}", t))
+            for t in texts(at.markdown)
+        )
+        == 2
+    )
 
     # Browsing needs --data: the page says how to give it.
     at.radio(key="view").set_value("Browse converted data").run()
@@ -156,21 +174,27 @@ def test_gallery_and_a_converted_split(monkeypatch, run_dir, converted_dir):
     at = start(monkeypatch, run_dir, data=converted_dir)
     at.radio(key="view").set_value("Synthetic examples").run()
     assert not at.exception, at.exception
-    assert len(at.metric) == 4 and len(at.image) == 8 and not at.error
+    assert len(at.metric) == 4
+    assert len(at.image) == 8
+    assert not at.error
     truths = [t for t in texts(at.markdown) if t.startswith("Truth: ")]
     assert len(truths) == 4
-    assert all(re.search(r"pointing game: \*\*(hit|miss)\*\* · energy in boxes \d\.\d\d", t)
-               for t in truths[:2])
+    assert all(
+        re.search(r"pointing game: \*\*(hit|miss)\*\* · energy in boxes \d\.\d\d", t)
+        for t in truths[:2]
+    )
     assert truths[2:] == ["Truth: **normal**"] * 2
     assert any(t.startswith("Pointing game ") for t in texts(at.markdown))
 
     at.radio(key="view").set_value("Browse converted data").run()
     assert not at.exception, at.exception
-    assert at.selectbox(key="split").value == "test" and len(at.metric) == 4
+    assert at.selectbox(key="split").value == "test"
+    assert len(at.metric) == 4
     at.checkbox(key="positives").check().run()
     assert not at.exception, at.exception
     truths = [t for t in texts(at.markdown) if t.startswith("Truth: ")]
-    assert truths and all("pointing game" in t for t in truths)
+    assert truths
+    assert all("pointing game" in t for t in truths)
 
 
 def test_a_missing_model_a_broken_one_and_data_of_another_size(monkeypatch, run_dir, tmp_path):

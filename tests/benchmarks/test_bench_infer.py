@@ -18,9 +18,15 @@ spec.loader.exec_module(bench_infer)
 
 
 def _result(runtime, how, batch, rate):
-    return {"runtime": runtime, "how": how, "batch": batch, "img_per_s": rate,
-            "img_per_s_min": rate * 0.9, "img_per_s_max": rate * 1.1,
-            "median_step_ms": 1000 * batch / rate}
+    return {
+        "runtime": runtime,
+        "how": how,
+        "batch": batch,
+        "img_per_s": rate,
+        "img_per_s_min": rate * 0.9,
+        "img_per_s_max": rate * 1.1,
+        "median_step_ms": 1000 * batch / rate,
+    }
 
 
 def test_table_sorts_by_batch_and_speed_and_compares_with_pytorch_at_the_same_batch():
@@ -34,17 +40,24 @@ def test_table_sorts_by_batch_and_speed_and_compares_with_pytorch_at_the_same_ba
     assert lines[2] == (
         "| onnxruntime | exported ONNX, CPU provider | 1 | 50.0 | 45.0–55.0 | 20 | 2.00× |"
     )
-    assert lines[3].startswith("| PyTorch |") and lines[3].endswith("| 1.00× |")
-    assert lines[4].startswith("| PyTorch |") and "| 32 |" in lines[4]
-    assert lines[5].startswith("| Keras-JAX |") and lines[5].endswith("| 3200 | 0.50× |")
+    assert lines[3].startswith("| PyTorch |")
+    assert lines[3].endswith("| 1.00× |")
+    assert lines[4].startswith("| PyTorch |")
+    assert "| 32 |" in lines[4]
+    assert lines[5].startswith("| Keras-JAX |")
+    assert lines[5].endswith("| 3200 | 0.50× |")
     no_torch = bench_infer.format_table([_result("Keras-JAX", "x", 1, 3.0)])
     assert no_torch.splitlines()[-1].endswith("| n/a |")
 
 
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--only", "tf,tflite"], "--only"), (["--batches", "0,32"], "--batches"),
-     (["--batches", "a"], "--batches"), (["--steps", "0"], "--steps")],
+    [
+        (["--only", "tf,tflite"], "--only"),
+        (["--batches", "0,32"], "--batches"),
+        (["--batches", "a"], "--batches"),
+        (["--steps", "0"], "--steps"),
+    ],
 )
 def test_bad_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -55,8 +68,10 @@ def test_bad_arguments_are_refused(argv, message, capsys):
 
 def test_arguments_and_step_counts():
     args = bench_infer._parser().parse_args(["--only", "torch,tf", "--batches", "32,1,32"])
-    assert args.only == ["tf", "torch"] and args.batches == [1, 32]
-    assert bench_infer.timed_steps(32, 6) == 6 and bench_infer.timed_steps(1, 6) == 30
+    assert args.only == ["tf", "torch"]
+    assert args.batches == [1, 32]
+    assert bench_infer.timed_steps(32, 6) == 6
+    assert bench_infer.timed_steps(1, 6) == 30
 
 
 def _stand_in(size: int) -> keras.Model:
@@ -89,7 +104,8 @@ def test_keras_worker_steps_agree(model_dir):
     assert sorted(steps) == [("call", 1), ("call", 3), ("compiled", 1), ("compiled", 3)]
     assert settings["backend"] == keras.backend.backend()
     call, compiled = steps[("call", 3)](), np.asarray(steps[("compiled", 3)]())
-    assert call.shape == (3,) and compiled.shape == (3, 2)
+    assert call.shape == (3,)
+    assert compiled.shape == (3, 2)
     np.testing.assert_allclose(call, compiled[:, 1], atol=1e-5)
 
 
@@ -101,4 +117,5 @@ def test_onnx_worker_steps_run_the_exported_model(model_dir):
     export_model(model_dir, "onnx")
     steps, settings = bench_infer._onnx_steps(model_dir, [1, 3])
     assert sorted(steps) == [("session", 1), ("session", 3)]
-    assert steps[("session", 3)]().shape == (3, 2) and "onnxruntime" in settings
+    assert steps[("session", 3)]().shape == (3, 2)
+    assert "onnxruntime" in settings

@@ -20,8 +20,15 @@ def test_unsupported_backends_are_one_line_and_create_nothing(
 ):
     commands = {
         "train": ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")],
-        "evaluate": ["evaluate", "--model", str(tmp_path / "m.keras"), "--data",
-                     str(tmp_path / "data"), "--out", str(tmp_path / "eval")],
+        "evaluate": [
+            "evaluate",
+            "--model",
+            str(tmp_path / "m.keras"),
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "eval"),
+        ],
         "predict": ["predict", "--model", str(tmp_path / "m.keras"), str(tmp_path)],
         "demo": ["demo", "--out", str(tmp_path / "demo")],
     }
@@ -29,7 +36,8 @@ def test_unsupported_backends_are_one_line_and_create_nothing(
         code, err = _run(capsys, monkeypatch, backend, argv)
         assert code == 2
         assert len(err.strip().splitlines()) == 1, err
-        assert "KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax" in err and name in err
+        assert "KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax" in err
+        assert name in err
         if backend:
             assert f"KERAS_BACKEND={backend}" in err
         else:

@@ -44,12 +44,14 @@ def test_temperature_scaling_fixes_an_overconfident_model():
 def test_fit_calibration_applies_a_significant_fit():
     labels, probs = _sample(2000, 1.0 / 3.0, seed=5)
     fit = fit_calibration(labels, probs)
-    assert fit.applied and fit.decision == "applied"
+    assert fit.applied
+    assert fit.decision == "applied"
     assert fit.temperature == fit.fitted == pytest.approx(3.0, rel=0.15)
     assert fit.nll_after == fit.nll_fitted < fit.nll_before
     assert fit.n == 2000
     assert fit.lr_statistic == pytest.approx(2 * 2000 * (fit.nll_before - fit.nll_fitted))
-    assert fit.p_value == pytest.approx(chi2.sf(fit.lr_statistic, 1)) and fit.p_value < 1e-6
+    assert fit.p_value == pytest.approx(chi2.sf(fit.lr_statistic, 1))
+    assert fit.p_value < 1e-6
     assert fit.explanation().startswith("applied: the fitted T = ")
 
 
@@ -59,15 +61,19 @@ def test_fit_calibration_keeps_t1_when_the_gain_is_not_significant():
     labels, probs = _sample(30, 1.0, seed=0)
     fit = fit_calibration(labels, probs)
     assert abs(math.log(fit.fitted)) > 0.1  # the noise fit is far from 1 ...
-    assert fit.decision == "not significant" and not fit.applied
-    assert fit.temperature == 1.0 and fit.nll_after == fit.nll_before
-    assert fit.nll_fitted <= fit.nll_before and fit.p_value >= calibration.SIGNIFICANCE
+    assert fit.decision == "not significant"
+    assert not fit.applied
+    assert fit.temperature == 1.0
+    assert fit.nll_after == fit.nll_before
+    assert fit.nll_fitted <= fit.nll_before
+    assert fit.p_value >= calibration.SIGNIFICANCE
     test_labels, test_probs = _sample(20_000, 1.0, seed=100)
     nll = calibration.negative_log_likelihood
     assert nll(test_labels, calibrate(test_probs, fit.fitted)) > nll(
         test_labels, calibrate(test_probs, fit.temperature)
     )  # ... and applying it would have hurt
-    assert "kept at T = 1" in fit.explanation() and "not significantly" in fit.explanation()
+    assert "kept at T = 1" in fit.explanation()
+    assert "not significantly" in fit.explanation()
 
 
 def test_fit_calibration_keeps_t1_without_an_interior_minimum():
@@ -76,12 +82,14 @@ def test_fit_calibration_keeps_t1_without_an_interior_minimum():
     probs = np.where(labels == 1, 0.7, 0.3)
     fit = fit_calibration(labels, probs)
     assert fit.fitted == pytest.approx(calibration.TEMPERATURE_BOUNDS[0], rel=1e-2)
-    assert fit.decision == "no interior minimum" and fit.temperature == 1.0
+    assert fit.decision == "no interior minimum"
+    assert fit.temperature == 1.0
     assert fit.p_value < calibration.SIGNIFICANCE  # significant, and still not applied
     assert "search bound T = 0.05, sharpening" in fit.explanation()
     # An anti-informative model: the NLL falls as every probability goes to 0.5.
     fit = fit_calibration(labels, 1 - probs)
-    assert fit.fitted == calibration.TEMPERATURE_BOUNDS[1] and fit.temperature == 1.0
+    assert fit.fitted == calibration.TEMPERATURE_BOUNDS[1]
+    assert fit.temperature == 1.0
     assert fit.decision == "no interior minimum"
     assert "search bound T = 20, flattening" in fit.explanation()
 
@@ -95,21 +103,23 @@ def test_fit_calibration_significance_is_a_parameter():
 
 
 @pytest.mark.parametrize(
-    ("patients", "positives", "small"),
+    "patients, positives, small",
     [(100, 20, False), (400, 200, False), (99, 40, True), (100, 19, True), (100, 81, True)],
 )
 def test_small_split_warning_rule(patients, positives, small):
     warning = calibration.small_split_warning(patients, positives, patients - positives)
     assert (warning is not None) == small
     if small:
-        assert f"{patients} patients" in warning and "small" in warning
+        assert f"{patients} patients" in warning
+        assert "small" in warning
 
 
 def test_worse_nll_warning():
     assert calibration.worse_nll_warning(0.3, 0.3, 1.0, "test") is None
     assert calibration.worse_nll_warning(0.336, 0.236, 0.43, "test") is None
     warning = calibration.worse_nll_warning(0.236, 0.334, 0.43, "test")
-    assert "made the test split worse" in warning and "0.2360 to 0.3340" in warning
+    assert "made the test split worse" in warning
+    assert "0.2360 to 0.3340" in warning
     assert "T = 0.430" in warning
 
 
@@ -126,12 +136,14 @@ def test_calibration_summary():
         assert part["ece"] == pytest.approx(expected_calibration_error(labels, probs, 10))
         assert part["brier"] == pytest.approx(brier_score_loss(labels, probs))
         assert part["nll"] == pytest.approx(log_loss(labels, probs))
-        assert sum(part["bins"]["counts"]) == 400 and len(part["bins"]["counts"]) == 10
+        assert sum(part["bins"]["counts"]) == 400
+        assert len(part["bins"]["counts"]) == 10
     assert summary["after"]["nll"] < summary["before"]["nll"]
     # Empty bins are None (JSON has no NaN): a model that sharpens leaves the middle
     # bins nearly empty; one that outputs 0.1 and 0.9 only fills two.
-    two = calibration.calibration_summary(np.array([0, 1]), np.array([0.1, 0.9]),
-                                          np.array([0.1, 0.9]), bins=10)
+    two = calibration.calibration_summary(
+        np.array([0, 1]), np.array([0.1, 0.9]), np.array([0.1, 0.9]), bins=10
+    )
     assert two["before"]["bins"]["mean_predicted"].count(None) == 8
 
 
@@ -141,14 +153,17 @@ def test_calibration_record_of_a_fit_that_hurts_the_test_split():
     # from the same calibrated model whose NLL it raises. Both warnings fire.
     val_labels, val_probs = _sample(30, 1.0, seed=11)
     fit = fit_calibration(val_labels, val_probs)
-    assert fit.applied and fit.temperature < 0.5
+    assert fit.applied
+    assert fit.temperature < 0.5
     labels, raw = _sample(2000, 1.0, seed=100)
     record = calibration.calibration_record(
         fit, val_labels, np.arange(30), labels, raw, "test", bins=10
     )
     assert record["temperature"] == fit.temperature == record["fitted_temperature"]
-    assert record["applied"] and record["decision"] == "applied"
-    assert record["val_nll_before"] == fit.nll_before and record["val_nll_after"] == fit.nll_after
+    assert record["applied"]
+    assert record["decision"] == "applied"
+    assert record["val_nll_before"] == fit.nll_before
+    assert record["val_nll_after"] == fit.nll_after
     assert record["split_nll_before"] == pytest.approx(log_loss(labels, raw))
     assert record["split_nll_after"] == pytest.approx(
         log_loss(labels, calibrate(raw, fit.temperature))
@@ -176,5 +191,6 @@ def test_calibration_record_counts_patients_and_warns_about_nothing_on_a_large_s
     # Patients [0,0] [1,1] [0,1] → normal, pneumonia, pneumonia (any image positive).
     assert (record["val_n"], record["val_patients"]) == (240, 120)
     assert (record["val_positives"], record["val_negatives"]) == (80, 40)
-    assert fit.applied and record["split_nll_after"] < record["split_nll_before"]
+    assert fit.applied
+    assert record["split_nll_after"] < record["split_nll_before"]
     assert record["warnings"] == []

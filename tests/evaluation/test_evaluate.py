@@ -125,7 +125,9 @@ def test_evaluate_run_writes_metrics_plots_report_and_model_json(
     assert not list(out.glob(".*tmp*"))  # atomic writes left no temporary files
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(result))
 
-    assert result["split"] == "test" and result["n"] == 10 and result["positives"] == 2
+    assert result["split"] == "test"
+    assert result["n"] == 10
+    assert result["positives"] == 2
     # Same numbers as the model on the shards' own images, in read_split order.
     records = tfrecords.read_split(dataset, "test")
     images = np.stack([np.array(Image.open(io.BytesIO(r["png"]))) for r in records])
@@ -143,15 +145,19 @@ def test_evaluate_run_writes_metrics_plots_report_and_model_json(
         low, high = result["metrics"][name]["ci95"]
         assert low is None or low <= high, name
         assert result["metrics"][name]["ci_method"] == (
-            "none" if name in metrics.COUNTS
-            else "wilson" if name in metrics.PROPORTIONS
+            "none"
+            if name in metrics.COUNTS
+            else "wilson"
+            if name in metrics.PROPORTIONS
             else "bootstrap"
         ), name
     matrix = result["confusion_matrix"]["matrix"]
     assert sum(map(sum, matrix)) == 10
-    assert set(result["subgroups"]["view"]) <= {"AP", "PA"} and result["subgroups"]["view"]
+    assert set(result["subgroups"]["view"]) <= {"AP", "PA"}
+    assert result["subgroups"]["view"]
     cal = result["calibration"]
-    assert cal["temperature"] > 0 and cal["val_nll_after"] <= cal["val_nll_before"] + 1e-9
+    assert cal["temperature"] > 0
+    assert cal["val_nll_after"] <= cal["val_nll_before"] + 1e-9
     assert sum(cal["after"]["bins"]["counts"]) == 10
     # Validation and test NLL before/after; the temperature is the one applied.
     assert (cal["split"], cal["fitted_on"]) == ("test", "val")
@@ -162,17 +168,21 @@ def test_evaluate_run_writes_metrics_plots_report_and_model_json(
     # 10 validation patients: the small-split warning, in the result, log and report.
     assert (cal["val_patients"], cal["val_positives"]) == (10, 2)
     small = [w for w in result["warnings"] if "validation split is small (10 patients" in w]
-    assert len(small) == 1 and small[0] in cal["warnings"]
+    assert len(small) == 1
+    assert small[0] in cal["warnings"]
     assert small[0] in caplog.text
 
     meta = json.loads(model_path.with_name("model.json").read_text())
     assert meta["threshold"] == result["threshold"]["value"]
     assert meta["temperature"] == result["temperature"]
     assert meta["threshold_method"] == "youden"
-    assert meta["validation"] == {"auc": 0.5} and meta["backend"] == "tensorflow"  # kept
+    assert meta["validation"] == {"auc": 0.5}
+    assert meta["backend"] == "tensorflow"
     card = model_card.read_card(model_path)  # one reader: the card stays valid
-    assert card.calibration["fitted_on"] == "val" and card.calibration["n_patients"] == 10
-    assert card.calibration["n_positive"] == 2 and card.calibration["n_negative"] == 8
+    assert card.calibration["fitted_on"] == "val"
+    assert card.calibration["n_patients"] == 10
+    assert card.calibration["n_positive"] == 2
+    assert card.calibration["n_negative"] == 8
     assert card.calibration["nll_before"] == cal["val_nll_before"]
     assert card.calibration["nll_after"] == cal["val_nll_after"]
     assert card.calibration["evaluated_nll_after"] == cal["split_nll_after"]
@@ -183,11 +193,15 @@ def test_evaluate_run_writes_metrics_plots_report_and_model_json(
     assert "not for diagnosis" in report
     for name in evaluate.PLOTS:
         assert f"]({name})" in report
-    assert str(dataset) in report and "ROC-AUC" in report and "### AP" in report
-    assert "| CI method |" in report and "Wilson score" in report
+    assert str(dataset) in report
+    assert "ROC-AUC" in report
+    assert "### AP" in report
+    assert "| CI method |" in report
+    assert "Wilson score" in report
     assert small[0] in report
-    assert f"| test split | {cal['split_nll_before']:.4f} | {cal['split_nll_after']:.4f} |" \
-        in report
+    assert (
+        f"| test split | {cal['split_nll_before']:.4f} | {cal['split_nll_after']:.4f} |" in report
+    )
 
 
 def test_evaluate_run_on_a_one_class_split_with_a_given_threshold(model_path, tmp_path, caplog):
@@ -197,22 +211,25 @@ def test_evaluate_run_on_a_one_class_split_with_a_given_threshold(model_path, tm
     )
     # What can be computed is reported; what needs both classes is null, with a warning.
     table = result["metrics"]
-    assert table["roc_auc"]["value"] is None and table["pr_auc"]["value"] is None
+    assert table["roc_auc"]["value"] is None
+    assert table["pr_auc"]["value"] is None
     assert table["recall"]["value"] is None
-    assert table["accuracy"]["value"] is not None and table["specificity"]["value"] is not None
+    assert table["accuracy"]["value"] is not None
+    assert table["specificity"]["value"] is not None
     assert any("only normal" in w for w in result["warnings"])
     assert "only normal" in caplog.text
     assert "n/a" in (tmp_path / "out" / "report.md").read_text()
     # The given threshold is used and stored.
     assert result["threshold"] == {"value": 0.3, "method": "manual", "chosen_on": "argument"}
     meta = json.loads(model_path.with_name("model.json").read_text())
-    assert meta["threshold"] == 0.3 and meta["threshold_method"] == "manual"
+    assert meta["threshold"] == 0.3
+    assert meta["threshold_method"] == "manual"
     assert meta["temperature"] == result["temperature"]
 
 
 def test_evaluate_run_needs_both_classes_in_validation(model_path, tmp_path):
     data = _write_dataset(tmp_path / "d", {"val": [0, 0, 0], "test": [0, 1]})
-    with pytest.raises(UserError, match="validation split .* one class"):
+    with pytest.raises(UserError, match=r"validation split .* one class"):
         evaluate.evaluate_run(model_path, data, tmp_path / "out", FAST, progress=False)
     assert not (tmp_path / "out").exists()
 
@@ -223,13 +240,13 @@ def test_evaluate_run_missing_or_broken_model(tmp_path):
         evaluate.evaluate_run(tmp_path / "none.keras", data, tmp_path / "o", FAST)
     bad = tmp_path / "model.keras"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(UserError, match="not a valid .keras file"):
+    with pytest.raises(UserError, match=r"not a valid .keras file"):
         evaluate.evaluate_run(bad, data, tmp_path / "o", FAST)
 
 
 def test_evaluate_run_size_mismatch(model_path, tmp_path):
     data = _write_dataset(tmp_path / "d", {"val": [0, 1], "test": [0, 1]}, size=48)
-    with pytest.raises(UserError, match="takes 32 px images but .* 48 px"):
+    with pytest.raises(UserError, match=r"takes 32 px images but .* 48 px"):
         evaluate.evaluate_run(model_path, data, tmp_path / "o", FAST)
 
 
@@ -249,8 +266,10 @@ def test_evaluate_run_on_a_run_folder_without_a_card(saved_model, tmp_path, capl
     result = evaluate.evaluate_run(run, data, tmp_path / "out", FAST, progress=False)
     assert "has no model card" in caplog.text
     card = model_card.read_card(run)
-    assert card.input_size == SIZE and card.threshold == result["threshold"]["value"]
-    assert card.threshold_method == "youden" and card.temperature == result["temperature"]
+    assert card.input_size == SIZE
+    assert card.threshold == result["threshold"]["value"]
+    assert card.threshold_method == "youden"
+    assert card.temperature == result["temperature"]
     assert card.calibration["n_patients"] == 4
 
 
@@ -259,10 +278,12 @@ def test_evaluate_run_says_when_calibration_hurts(model_path, tmp_path, caplog, 
     # temperature (as a fit on a small validation split can give) raises each
     # image's loss, so the test NLL gets worse.
     probe = _write_dataset(tmp_path / "probe", {"val": [0, 1, 0, 1], "test": [0] * 8})
-    images = np.stack([np.array(Image.open(io.BytesIO(r["png"])))
-                       for r in tfrecords.read_split(probe, "test")])
-    raw = keras.saving.load_model(model_path).predict(images[..., None].astype("float32"),
-                                                      verbose=0)[:, 1]
+    images = np.stack(
+        [np.array(Image.open(io.BytesIO(r["png"]))) for r in tfrecords.read_split(probe, "test")]
+    )
+    raw = keras.saving.load_model(model_path).predict(
+        images[..., None].astype("float32"), verbose=0
+    )[:, 1]
     wrong = [int(p < 0.5) for p in raw]  # the same pixels are drawn again below
     fit_calibration = calibration.fit_calibration
 
@@ -274,12 +295,15 @@ def test_evaluate_run_says_when_calibration_hurts(model_path, tmp_path, caplog, 
     data = _write_dataset(tmp_path / "d", {"val": [0, 1, 0, 1], "test": wrong})
     result = evaluate.evaluate_run(model_path, data, tmp_path / "out", FAST, progress=False)
     cal = result["calibration"]
-    assert result["temperature"] == 0.05 and cal["applied"]
+    assert result["temperature"] == 0.05
+    assert cal["applied"]
     assert cal["split_nll_after"] > cal["split_nll_before"]
     worse = [w for w in result["warnings"] if "made the test split worse" in w]
-    assert len(worse) == 1 and worse[0] in caplog.text
+    assert len(worse) == 1
+    assert worse[0] in caplog.text
     report = (tmp_path / "out" / "report.md").read_text()
-    assert worse[0] in report and "**Calibration made the test split worse**" in report
+    assert worse[0] in report
+    assert "**Calibration made the test split worse**" in report
     assert "calibrated probabilities" not in report
     assert worse[0] in model_card.read_card(model_path).calibration["warnings"]
 
@@ -295,8 +319,18 @@ def other_dataset(tmp_path_factory) -> Path:
     """
     root = tmp_path_factory.mktemp("other")
     write_kermany(root / "chest_xray")
-    convert(root / "chest_xray", None, root / "tf", size=SIZE, val_fraction=0.2,
-            test_fraction=0.4, seed=3, workers=0, progress=False, layout="folders")
+    convert(
+        root / "chest_xray",
+        None,
+        root / "tf",
+        size=SIZE,
+        val_fraction=0.2,
+        test_fraction=0.4,
+        seed=3,
+        workers=0,
+        progress=False,
+        layout="folders",
+    )
     return root / "tf"
 
 
@@ -317,9 +351,12 @@ def trained_run(saved_model, dataset, tmp_path_factory) -> Path:
     manifest = tfrecords.load_manifest(dataset)
     model_card.write_card(run, training_card(config, manifest, dataset, None, None, 1, {}))
     result = evaluate.evaluate_run(run, dataset, run / "eval", FAST, progress=False)
-    assert not result["external"] and "trained on" in result["provenance"]
-    assert result["data_sets"]["trained_on"]["fingerprint"] == \
-        result["data_sets"]["evaluated_on"]["fingerprint"]
+    assert not result["external"]
+    assert "trained on" in result["provenance"]
+    assert (
+        result["data_sets"]["trained_on"]["fingerprint"]
+        == result["data_sets"]["evaluated_on"]["fingerprint"]
+    )
     return run
 
 
@@ -330,19 +367,23 @@ def test_external_evaluation_uses_the_cards_calibration_and_leaves_the_card(
     card_bytes = (trained_run / "model.json").read_bytes()
     card = model_card.read_card(trained_run)
     out = tmp_path / "ext"
-    result = evaluate.evaluate_run(trained_run, other_dataset, out, FAST, split="all",
-                                   refit_fraction=0.5, progress=False)
+    result = evaluate.evaluate_run(
+        trained_run, other_dataset, out, FAST, split="all", refit_fraction=0.5, progress=False
+    )
     assert (trained_run / "model.json").read_bytes() == card_bytes  # not rewritten
     for name in ("metrics.json", "report.md", *evaluate.PLOTS):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(result))
 
-    assert result["external"] and "differs from the training data's" in result["provenance"]
+    assert result["external"]
+    assert "differs from the training data's" in result["provenance"]
     manifest = tfrecords.load_manifest(other_dataset)
     counts = {name: info["count"] for name, info in manifest["splits"].items()}
-    assert result["split"] == "all" and result["n"] == sum(counts.values()) == 36
-    examples = [r["patient_id"] for name in counts
-                for r in tfrecords.read_split(other_dataset, name)]
+    assert result["split"] == "all"
+    assert result["n"] == sum(counts.values()) == 36
+    examples = [
+        r["patient_id"] for name in counts for r in tfrecords.read_split(other_dataset, name)
+    ]
     # Patients, not images: Kermany's personN_* images share a patient (patients.csv).
     patients = set(tfrecords.patient_ids(examples, tfrecords.read_patients(other_dataset)))
     assert result["patients"] == len(patients) < len(examples)
@@ -352,17 +393,21 @@ def test_external_evaluation_uses_the_cards_calibration_and_leaves_the_card(
     assert result["threshold"]["method"] == card.threshold_method == "youden"
     assert result["temperature"] == card.temperature
     cal = result["calibration"]
-    assert cal["source"] == "model card" and cal["fitted_data_dir"] == str(dataset)
+    assert cal["source"] == "model card"
+    assert cal["fitted_data_dir"] == str(dataset)
     assert (cal["val_n"], cal["split"]) == (card.calibration["n"], "all")
     assert sum(cal["after"]["bins"]["counts"]) == 36
 
     trained, tested = result["data_sets"]["trained_on"], result["data_sets"]["evaluated_on"]
-    assert (trained["source"], trained["data_dir"]) == ("stage_2_train_images",
-                                                        str(dataset.resolve()))
+    assert (trained["source"], trained["data_dir"]) == (
+        "stage_2_train_images",
+        str(dataset.resolve()),
+    )
     assert trained["images"] == 40
     assert (tested["source"], tested["layout"]) == ("chest_xray", "folders")
     assert (tested["split"], tested["splits"]) == ("all", counts)
-    assert tested["images"] == 36 and tested["patients"] == len(patients)
+    assert tested["images"] == 36
+    assert tested["patients"] == len(patients)
 
     refit = result["refit"]
     assert refit["refit_part"]["n"] + refit["held_out"]["n"] == 36
@@ -375,17 +420,21 @@ def test_external_evaluation_uses_the_cards_calibration_and_leaves_the_card(
         scores = refit[side]
         for key in ("sensitivity", "specificity", "f1", "ece", "brier"):
             assert scores[key] is None or 0.0 <= scores[key] <= 1.0, (side, key)
-        assert scores["nll"] > 0 and scores["temperature"] > 0
+        assert scores["nll"] > 0
+        assert scores["temperature"] > 0
     assert refit["own"]["roc_auc"] == pytest.approx(refit["refit"]["roc_auc"])
 
     report = (out / "report.md").read_text()
-    assert "## Data sets" in report and "**trained on**: source **stage_2_train_images**" in report
+    assert "## Data sets" in report
+    assert "**trained on**: source **stage_2_train_images**" in report
     assert "**tested on**: source **chest_xray** (layout folders)" in report
     assert "split **all**" in report
-    assert str(dataset.resolve()) in report and str(other_dataset) in report
+    assert str(dataset.resolve()) in report
+    assert str(other_dataset) in report
     assert "threshold and temperature come from the training data set" in report
     assert "## Own vs re-fitted threshold and temperature" in report
-    assert "| Sensitivity (recall) |" in report and "| ECE |" in report
+    assert "| Sensitivity (recall) |" in report
+    assert "| ECE |" in report
     assert "Temperature from the model card" in report
 
 
@@ -394,8 +443,18 @@ def nih_dataset(tmp_path_factory) -> Path:
     """An NIH-like findings set converted at 32 px: 24 images of 12 patients (1-3 each)."""
     root = tmp_path_factory.mktemp("nih")
     images, labels = write_nih(root / "nih", patients=12)
-    convert(images, labels, root / "tf", size=SIZE, val_fraction=0.25, test_fraction=0.25,
-            seed=2, workers=0, progress=False, layout="findings")
+    convert(
+        images,
+        labels,
+        root / "tf",
+        size=SIZE,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        seed=2,
+        workers=0,
+        progress=False,
+        layout="findings",
+    )
     return root / "tf"
 
 
@@ -430,13 +489,24 @@ def test_external_bootstrap_and_refit_group_images_by_patient(
 
     monkeypatch.setattr(metrics, "metric_table", spy_table)
     monkeypatch.setattr(external, "refit_split", spy_split)
-    result = evaluate.evaluate_run(trained_run, nih_dataset, tmp_path / "o", FAST, split="all",
-                                   refit_fraction=0.5, progress=False)
+    result = evaluate.evaluate_run(
+        trained_run,
+        nih_dataset,
+        tmp_path / "o",
+        FAST,
+        split="all",
+        refit_fraction=0.5,
+        progress=False,
+    )
     manifest = tfrecords.load_manifest(nih_dataset)
-    examples = [r["patient_id"] for name in manifest["splits"]
-                for r in tfrecords.read_split(nih_dataset, name)]
+    examples = [
+        r["patient_id"]
+        for name in manifest["splits"]
+        for r in tfrecords.read_split(nih_dataset, name)
+    ]
     patients = tfrecords.patient_ids(examples, tfrecords.read_patients(nih_dataset))
-    assert result["external"] and (result["n"], result["patients"]) == (24, 12)
+    assert result["external"]
+    assert (result["n"], result["patients"]) == (24, 12)
     # The bootstrap's resampling unit is the patient (first table: the whole split).
     assert list(seen_groups[0]) == patients
     assert result["bootstrap"]["unit"] == "patient"
@@ -449,23 +519,27 @@ def test_external_bootstrap_and_refit_group_images_by_patient(
     assert result["data_sets"]["evaluated_on"]["patients"] == 12
 
 
-def test_external_evaluation_needs_no_val_split_and_can_be_forced(
-    trained_run, dataset, tmp_path
-):
+def test_external_evaluation_needs_no_val_split_and_can_be_forced(trained_run, dataset, tmp_path):
     card_bytes = (trained_run / "model.json").read_bytes()
     data = _write_dataset(tmp_path / "d", {"train": [0, 1, 1], "test": [0, 1, 0, 1]})
-    result = evaluate.evaluate_run(trained_run, data, tmp_path / "all", FAST, split="all",
-                                   progress=False)
-    assert result["external"] and (result["n"], result["positives"]) == (7, 4)
+    result = evaluate.evaluate_run(
+        trained_run, data, tmp_path / "all", FAST, split="all", progress=False
+    )
+    assert result["external"]
+    assert (result["n"], result["positives"]) == (7, 4)
     assert result["data_sets"]["evaluated_on"]["splits"] == {"train": 3, "test": 4}
-    one = evaluate.evaluate_run(trained_run, data, tmp_path / "test", FAST, split="test",
-                                progress=False)
-    assert one["n"] == 4 and one["refit"] is None
+    one = evaluate.evaluate_run(
+        trained_run, data, tmp_path / "test", FAST, split="test", progress=False
+    )
+    assert one["n"] == 4
+    assert one["refit"] is None
     assert "Own vs re-fitted" not in (tmp_path / "test" / "report.md").read_text()
     # --external on the training data itself: the card's calibration, card unchanged.
-    forced = evaluate.evaluate_run(trained_run, dataset, tmp_path / "forced", FAST,
-                                   external_data=True, progress=False)
-    assert forced["external"] and forced["provenance"] == "set by --external"
+    forced = evaluate.evaluate_run(
+        trained_run, dataset, tmp_path / "forced", FAST, external_data=True, progress=False
+    )
+    assert forced["external"]
+    assert forced["provenance"] == "set by --external"
     assert forced["temperature"] == model_card.read_card(trained_run).temperature
     assert (trained_run / "model.json").read_bytes() == card_bytes
 
@@ -484,8 +558,9 @@ def test_external_evaluation_errors_write_nothing(
         evaluate.evaluate_run(trained_run, broken, out, FAST, split="all", progress=False)
     one_positive = _write_dataset(tmp_path / "d", {"test": [0, 0, 0, 1]})
     with pytest.raises(UserError, match="held-out part without pneumonia"):
-        evaluate.evaluate_run(trained_run, one_positive, out, FAST, split="test",
-                              refit_fraction=0.5, progress=False)
+        evaluate.evaluate_run(
+            trained_run, one_positive, out, FAST, split="test", refit_fraction=0.5, progress=False
+        )
     with pytest.raises(UserError, match="no split 'holdout'"):
         evaluate.evaluate_run(trained_run, other_dataset, out, FAST, split="holdout")
     with pytest.raises(UserError, match="--split all is for a data set the model was not"):
@@ -508,9 +583,23 @@ def test_cli_refit_fraction_outside_the_interval_is_one_line_exit_2(
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     data = _write_dataset(tmp_path / "d", {"val": [0, 1], "test": [0, 1]})
     with pytest.raises(SystemExit) as done:
-        main(["evaluate", "--model", str(tmp_path / "m.keras"), "--data", str(data),
-              "--split", "all", "--refit-fraction", fraction, "--out", str(tmp_path / "o")])
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "m.keras"),
+                "--data",
+                str(data),
+                "--split",
+                "all",
+                "--refit-fraction",
+                fraction,
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
     err = capsys.readouterr().err
-    assert done.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert done.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
     assert "--refit-fraction must be in (0, 1)" in err
     assert not (tmp_path / "o").exists()

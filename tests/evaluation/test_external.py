@@ -12,12 +12,26 @@ import pytest
 from pneumokeras.errors import UserError
 from pneumokeras.evaluation import calibration, external, metrics
 
-TRAINING = {"source": "stage_2_train_images", "fingerprint": "aaaa", "data_dir": "/d/rsna",
-            "splits": {"train": {"count": 80, "positives": 20},
-                       "val": {"count": 10, "positives": 3}}}
-CARD_CAL = {"fitted_on": "val", "data_dir": "/d/rsna", "n": 10, "n_patients": 10,
-            "n_positive": 3, "n_negative": 7, "fitted_temperature": 1.7, "applied": True,
-            "decision": "applied", "p_value": 0.01, "nll_before": 0.6, "nll_after": 0.5}
+TRAINING = {
+    "source": "stage_2_train_images",
+    "fingerprint": "aaaa",
+    "data_dir": "/d/rsna",
+    "splits": {"train": {"count": 80, "positives": 20}, "val": {"count": 10, "positives": 3}},
+}
+CARD_CAL = {
+    "fitted_on": "val",
+    "data_dir": "/d/rsna",
+    "n": 10,
+    "n_patients": 10,
+    "n_positive": 3,
+    "n_negative": 7,
+    "fitted_temperature": 1.7,
+    "applied": True,
+    "decision": "applied",
+    "p_value": 0.01,
+    "nll_before": 0.6,
+    "nll_after": 0.5,
+}
 
 
 # ---------------------------------------------------------------- detect
@@ -26,23 +40,28 @@ CARD_CAL = {"fitted_on": "val", "data_dir": "/d/rsna", "n": 10, "n_patients": 10
 def test_detect_compares_the_manifest_fingerprint_with_the_cards():
     other = {"source": "chest_xray", "source_layout": "folders"}
     found = external.detect(TRAINING, other, "bbbb")
-    assert found.external and "bbbb" in found.reason and "aaaa" in found.reason
+    assert found.external
+    assert "bbbb" in found.reason
+    assert "aaaa" in found.reason
     assert found.warning is None
     same = external.detect(TRAINING, {"source": "stage_2_train_images"}, "aaaa")
-    assert not same.external and "trained on" in same.reason
+    assert not same.external
+    assert "trained on" in same.reason
 
 
 def test_detect_without_a_training_record_is_internal_and_flags_override():
     assert not external.detect({}, {"source": "x"}, "bbbb").external
     assert external.detect({}, {}, "bbbb", forced=True).external
     forced = external.detect(TRAINING, {}, "bbbb", forced=False)
-    assert not forced.external and forced.reason == "set by --internal"
+    assert not forced.external
+    assert forced.reason == "set by --internal"
     assert external.detect(TRAINING, {}, "aaaa", forced=True).reason == "set by --external"
 
 
 def test_detect_warns_when_another_fingerprint_has_the_training_source_name():
     found = external.detect(TRAINING, {"source": "stage_2_train_images"}, "cccc")
-    assert found.external and "same source name" in found.warning
+    assert found.external
+    assert "same source name" in found.warning
     assert "--internal" in found.warning
     # A card without a layout matches any; a recorded other layout does not.
     rsna = {"source": "stage_2_train_images", "source_layout": "rsna"}
@@ -61,25 +80,47 @@ def test_detect_warns_when_another_fingerprint_has_the_training_source_name():
 def test_training_data_facts_from_the_card_and_unknowns():
     facts = external.training_data({**TRAINING, "source_layout": "rsna"}, CARD_CAL)
     assert (facts["source"], facts["layout"], facts["images"], facts["positives"]) == (
-        "stage_2_train_images", "rsna", 90, 23)
-    assert facts["patients"] is None and facts["recorded"]
-    assert facts["calibrated_on"] == {"data_dir": "/d/rsna", "fitted_on": "val", "images": 10,
-                                      "patients": 10}
+        "stage_2_train_images",
+        "rsna",
+        90,
+        23,
+    )
+    assert facts["patients"] is None
+    assert facts["recorded"]
+    assert facts["calibrated_on"] == {
+        "data_dir": "/d/rsna",
+        "fitted_on": "val",
+        "images": 10,
+        "patients": 10,
+    }
     # A card written since external validation names the layout, images and patients.
     full = external.training_data(
-        {**TRAINING, "source_layout": "findings", "images": 90, "patients": 41}, CARD_CAL)
+        {**TRAINING, "source_layout": "findings", "images": 90, "patients": 41}, CARD_CAL
+    )
     assert (full["layout"], full["images"], full["patients"]) == ("findings", 90, 41)
     old = external.training_data(TRAINING, CARD_CAL)  # older card: layout and patients unknown
     assert (old["layout"], old["images"], old["patients"]) == (None, 90, None)
     empty = external.training_data({}, {})
-    assert not empty["recorded"] and empty["images"] is None and empty["calibrated_on"] is None
+    assert not empty["recorded"]
+    assert empty["images"] is None
+    assert empty["calibrated_on"] is None
 
 
 def test_evaluated_data_counts_images_patients_and_splits():
-    manifest = {"source": "chest_xray", "source_layout": "folders",
-                "splits": {"train": {"count": 3}, "test": {"count": 2}}}
-    facts = external.evaluated_data(manifest, "/d/k", "ffff", "all", ["train", "test"],
-                                    np.array([0, 1, 1, 0, 1]), np.array(list("aabcd")))
+    manifest = {
+        "source": "chest_xray",
+        "source_layout": "folders",
+        "splits": {"train": {"count": 3}, "test": {"count": 2}},
+    }
+    facts = external.evaluated_data(
+        manifest,
+        "/d/k",
+        "ffff",
+        "all",
+        ["train", "test"],
+        np.array([0, 1, 1, 0, 1]),
+        np.array(list("aabcd")),
+    )
     assert facts["splits"] == {"train": 3, "test": 2}
     assert (facts["images"], facts["positives"], facts["patients"]) == (5, 3, 4)
     assert (facts["source"], facts["layout"], facts["split"]) == ("chest_xray", "folders", "all")
@@ -90,17 +131,24 @@ def test_own_calibration_record_keeps_the_cards_fit_and_scores_the_new_data():
     labels = (rng.random(200) < 0.4).astype(int)
     raw = np.clip(labels * 0.5 + rng.random(200) * 0.5, 0.01, 0.99)
     record = external.own_calibration_record(CARD_CAL, 1.7, labels, raw, "all", bins=10)
-    assert record["source"] == "model card" and record["temperature"] == 1.7
+    assert record["source"] == "model card"
+    assert record["temperature"] == 1.7
     assert (record["val_n"], record["val_positives"], record["val_nll_after"]) == (10, 3, 0.5)
     after = calibration.negative_log_likelihood(labels, calibration.calibrate(raw, 1.7))
     assert record["split_nll_after"] == pytest.approx(after)
     assert record["after"]["nll"] == record["split_nll_after"]
     assert "not refitted" in record["explanation"]
-    assert any(w.startswith("(training data) the validation split is small")
-               for w in record["warnings"])
+    assert any(
+        w.startswith("(training data) the validation split is small") for w in record["warnings"]
+    )
     assert external.missing_calibration_facts(CARD_CAL) == []
     assert external.missing_calibration_facts({"n": 3}) == [
-        "n_patients", "n_positive", "n_negative", "nll_before", "nll_after"]
+        "n_patients",
+        "n_positive",
+        "n_negative",
+        "nll_before",
+        "nll_after",
+    ]
 
 
 # ---------------------------------------------------------------- re-fit split
@@ -123,7 +171,8 @@ def test_refit_split_is_patient_level_stratified_and_seeded():
         assert np.unique(mask[patients == pid]).size == 1
     chosen = np.unique(patients[mask])
     positives = {p for p, y in zip(patients, labels, strict=True) if y}
-    assert len(chosen) == 12 and len(set(chosen) & positives) == 3  # 30 % of each class
+    assert len(chosen) == 12
+    assert len(set(chosen) & positives) == 3
     assert np.array_equal(mask, external.refit_split(labels, patients, 0.3, seed=4))
     assert not np.array_equal(mask, external.refit_split(labels, patients, 0.3, seed=5))
 
@@ -154,17 +203,20 @@ def test_refit_comparison_scores_both_on_the_held_out_part():
     truth = rng.uniform(0.05, 0.95, labels.size)
     labels = (rng.random(labels.size) < truth).astype(int)
     raw = calibration.calibrate(truth, 1 / 3)
-    out = external.refit_comparison(labels, patients, raw, own_temperature=1.0,
-                                    own_threshold=0.9, fraction=0.5, seed=0, bins=10)
+    out = external.refit_comparison(
+        labels, patients, raw, own_temperature=1.0, own_threshold=0.9, fraction=0.5, seed=0, bins=10
+    )
     mask = external.refit_split(labels, patients, 0.5, seed=0)
     held = ~mask
     assert out["refit_part"]["n"] + out["held_out"]["n"] == labels.size
     assert out["held_out"]["positives"] == labels[held].sum()
     fit = calibration.fit_calibration(labels[mask], raw[mask])
-    assert out["refit"]["temperature"] == fit.temperature and fit.applied
+    assert out["refit"]["temperature"] == fit.temperature
+    assert fit.applied
     assert out["refit"]["temperature"] == pytest.approx(3.0, rel=0.25)
-    threshold = metrics.choose_threshold(labels[mask], calibration.calibrate(raw[mask],
-                                                                             fit.temperature))
+    threshold = metrics.choose_threshold(
+        labels[mask], calibration.calibrate(raw[mask], fit.temperature)
+    )
     assert out["refit"]["threshold"] == threshold
     own = metrics.classification_metrics(labels[held], raw[held], 0.9)
     assert out["own"]["sensitivity"] == pytest.approx(own["recall"])
@@ -174,4 +226,5 @@ def test_refit_comparison_scores_both_on_the_held_out_part():
     for key in ("ece", "nll", "brier"):
         assert out["refit"][key] < out["own"][key], key
     assert out["refit"]["roc_auc"] == pytest.approx(out["own"]["roc_auc"])  # order kept
-    assert out["warnings"] == [] and "re-fitting part" in out["fit"]["explanation"]
+    assert out["warnings"] == []
+    assert "re-fitting part" in out["fit"]["explanation"]

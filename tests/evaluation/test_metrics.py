@@ -48,7 +48,8 @@ def test_metrics_hand_computed():
 
 def test_threshold_is_inclusive():
     m = metrics.classification_metrics(LABELS, PROBS, threshold=0.4)
-    assert m["tp"] == 4 and m["fp"] == 1  # 0.4 counts as pneumonia
+    assert m["tp"] == 4
+    assert m["fp"] == 1
 
 
 def test_metrics_match_scikit_learn():
@@ -82,7 +83,8 @@ def test_metrics_with_one_class_are_nan_where_undefined():
     for name in ("recall", "roc_auc", "pr_auc"):
         assert math.isnan(m[name])
     ranking = metrics.ranking_metrics(np.zeros(4, int), np.array([0.1, 0.2, 0.7, 0.3]), 0.5)
-    assert math.isnan(ranking["roc_auc"]) and math.isnan(ranking["pr_auc"])
+    assert math.isnan(ranking["roc_auc"])
+    assert math.isnan(ranking["pr_auc"])
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -189,11 +191,12 @@ def test_precision_without_false_positives_gets_a_non_zero_width_interval():
     for name, trials in (("precision", 13), ("specificity", 47), ("recall", 13)):
         entry = table[name]
         low, high = entry["ci95"]
-        assert entry["value"] == 1.0 and entry["ci_method"] == "wilson", name
-        assert high == pytest.approx(1.0) and low < 1.0, name
+        assert entry["value"] == 1.0, name
+        assert entry["ci_method"] == "wilson", name
+        assert high == pytest.approx(1.0), name
+        assert low < 1.0, name
         assert (low, high) == pytest.approx(metrics.wilson_interval(trials, trials))
-    assert table["fp"] == {"value": 0, "ci95": [None, None], "ci_method": "none",
-                           "resamples": None}
+    assert table["fp"] == {"value": 0, "ci95": [None, None], "ci_method": "none", "resamples": None}
 
 
 def test_metric_table_says_which_interval_each_metric_has():
@@ -203,8 +206,10 @@ def test_metric_table_says_which_interval_each_metric_has():
     assert tuple(table) == metrics.METRIC_NAMES
     for name, entry in table.items():
         expected = (
-            "none" if name in metrics.COUNTS
-            else "wilson" if name in metrics.PROPORTIONS
+            "none"
+            if name in metrics.COUNTS
+            else "wilson"
+            if name in metrics.PROPORTIONS
             else "bootstrap"
         )
         assert entry["ci_method"] == expected, name
@@ -217,17 +222,19 @@ def test_metric_table_says_which_interval_each_metric_has():
             low, high = entry["ci95"]
             assert low <= entry["value"] <= high, name
     # Accuracy's trials are all images; its successes the diagonal.
-    tn, fp, fn, tp = (point[k] for k in metrics.COUNTS)
+    tn, _fp, _fn, tp = (point[k] for k in metrics.COUNTS)
     assert table["accuracy"]["ci95"] == pytest.approx(
         list(metrics.wilson_interval(int(tn + tp), 80))
     )
 
 
 def test_metric_table_of_one_class_is_none_where_undefined():
-    table = metrics.metric_table(np.zeros(5, int), np.array([0.1, 0.2, 0.7, 0.3, 0.4]), 0.5,
-                                 resamples=20)
+    table = metrics.metric_table(
+        np.zeros(5, int), np.array([0.1, 0.2, 0.7, 0.3, 0.4]), 0.5, resamples=20
+    )
     for name in ("recall", "roc_auc", "pr_auc"):
-        assert table[name]["value"] is None and table[name]["ci95"] == [None, None], name
+        assert table[name]["value"] is None, name
+        assert table[name]["ci95"] == [None, None], name
     assert table["roc_auc"]["resamples"] == 0
     assert table["specificity"]["value"] == pytest.approx(0.8)
 
@@ -292,7 +299,8 @@ def test_reliability_counts_follow_calibration_curves_binning():
     rel = metrics.reliability(np.ones(probs.size, int), probs, bins=10)
     # (0, .1] holds 0, .1, .1; (.1, .2] holds .15, .2, .2, .2; then .55; .9; 1, 1.
     assert rel.counts.tolist() == [3, 4, 0, 0, 0, 1, 0, 0, 1, 2]
-    assert np.isnan(rel.mean_predicted[2]) and np.isnan(rel.fraction_positive[2])
+    assert np.isnan(rel.mean_predicted[2])
+    assert np.isnan(rel.fraction_positive[2])
     assert rel.mean_predicted[0] == pytest.approx(0.2 / 3)
     # One class (all normal) still gives bins, with observed rate 0.
     rel = metrics.reliability(np.zeros(probs.size, int), probs, bins=10)

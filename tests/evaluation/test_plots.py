@@ -22,8 +22,10 @@ PROBS = np.clip(0.4 * LABELS + 0.6 * RNG.random(120), 0, 1)
 
 
 def _point(labels, probs, threshold):
-    return {k: (None if np.isnan(v) else v)
-            for k, v in classification_metrics(labels, probs, threshold).items()}
+    return {
+        k: (None if np.isnan(v) else v)
+        for k, v in classification_metrics(labels, probs, threshold).items()
+    }
 
 
 def _calibration(labels, raw, temperature, applied=True):
@@ -50,19 +52,21 @@ def _assert_png(data: bytes) -> None:
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     image = Image.open(io.BytesIO(data))
     image.verify()
-    assert image.format == "PNG" and min(image.size) > 200
+    assert image.format == "PNG"
+    assert min(image.size) > 200
 
 
 def test_roc_and_pr_show_the_curve_and_the_operating_point():
     point = _point(LABELS, PROBS, 0.5)
     roc = plots.roc_figure(LABELS, PROBS, 0.5, point)
-    assert "threshold 0.500" in _legend(roc) and any("AUC" in x for x in _legend(roc))
-    marker = [line for line in roc.axes[0].lines if line.get_label() == "threshold 0.500"][0]
+    assert "threshold 0.500" in _legend(roc)
+    assert any("AUC" in x for x in _legend(roc))
+    marker = next(line for line in roc.axes[0].lines if line.get_label() == "threshold 0.500")
     assert marker.get_xydata()[0] == pytest.approx([1 - point["specificity"], point["recall"]])
     pr = plots.pr_figure(LABELS, PROBS, 0.5, point)
     assert "threshold 0.500" in _legend(pr)
     assert f"prevalence {LABELS.mean():.3f}" in _legend(pr)
-    marker = [line for line in pr.axes[0].lines if line.get_label() == "threshold 0.500"][0]
+    marker = next(line for line in pr.axes[0].lines if line.get_label() == "threshold 0.500")
     assert marker.get_xydata()[0] == pytest.approx([point["recall"], point["precision"]])
     for fig in (roc, pr):
         _assert_png(plots.to_png(fig))
@@ -71,14 +75,16 @@ def test_roc_and_pr_show_the_curve_and_the_operating_point():
 def test_pr_leaves_out_an_undefined_operating_point():
     point = _point(LABELS, PROBS, 1.0)  # nothing predicted positive: precision undefined
     assert point["precision"] is None
-    assert not any(x.startswith("threshold") for x in _legend(plots.pr_figure(
-        LABELS, PROBS, 1.0, point)))
+    assert not any(
+        x.startswith("threshold") for x in _legend(plots.pr_figure(LABELS, PROBS, 1.0, point))
+    )
 
 
 def test_confusion_matrix_shows_counts_and_row_shares():
     fig = plots.confusion_figure([[30, 10], [5, 15]], 0.42)
     texts = _texts(fig)
-    assert "30\n75 % of row" in texts and "15\n75 % of row" in texts
+    assert "30\n75 % of row" in texts
+    assert "15\n75 % of row" in texts
     assert "5\n25 % of row" in texts
     assert fig.axes[0].get_title() == "Confusion matrix (threshold 0.420)"
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["normal", "pneumonia"]
@@ -96,12 +102,15 @@ def test_calibration_diagram_labels_before_and_after():
     _assert_png(plots.to_png(fig))
     # A temperature kept at 1, and one that made the split's NLL worse, say so.
     _, kept = _calibration(LABELS, PROBS, 1.0, applied=False)
-    assert any("kept at 1" in x for x in _legend(plots.calibration_figure(
-        LABELS, PROBS, PROBS, kept)))
+    assert any(
+        "kept at 1" in x for x in _legend(plots.calibration_figure(LABELS, PROBS, PROBS, kept))
+    )
     worse_probs, worse = _calibration(LABELS, PROBS, 10.0)
     assert worse["split_nll_after"] > worse["split_nll_before"]
-    assert any("NLL worse" in x for x in _legend(plots.calibration_figure(
-        LABELS, PROBS, worse_probs, worse)))
+    assert any(
+        "NLL worse" in x
+        for x in _legend(plots.calibration_figure(LABELS, PROBS, worse_probs, worse))
+    )
 
 
 def test_one_class_split_gives_undefined_curves_and_valid_pngs():
@@ -113,8 +122,12 @@ def test_one_class_split_gives_undefined_curves_and_valid_pngs():
     assert "ROC undefined: the split holds one class" in _texts(roc)
     assert "precision-recall undefined" in _texts(pr)
     calibrated, cal = _calibration(labels, probs, 1.0, applied=False)
-    figures = (roc, pr, plots.confusion_figure([[18, 2], [0, 0]], 0.5),
-               plots.calibration_figure(labels, probs, calibrated, cal))
+    figures = (
+        roc,
+        pr,
+        plots.confusion_figure([[18, 2], [0, 0]], 0.5),
+        plots.calibration_figure(labels, probs, calibrated, cal),
+    )
     assert "0\n-" in _texts(figures[2])  # the empty pneumonia row has no share
     for fig in figures:
         _assert_png(plots.to_png(fig))
@@ -123,10 +136,12 @@ def test_one_class_split_gives_undefined_curves_and_valid_pngs():
 def test_no_pyplot_figures_are_created():
     point = _point(LABELS, PROBS, 0.5)
     calibrated, cal = _calibration(LABELS, PROBS, 0.5)
-    for fig in (plots.roc_figure(LABELS, PROBS, 0.5, point),
-                plots.pr_figure(LABELS, PROBS, 0.5, point),
-                plots.confusion_figure([[1, 2], [3, 4]], 0.5),
-                plots.calibration_figure(LABELS, PROBS, calibrated, cal)):
+    for fig in (
+        plots.roc_figure(LABELS, PROBS, 0.5, point),
+        plots.pr_figure(LABELS, PROBS, 0.5, point),
+        plots.confusion_figure([[1, 2], [3, 4]], 0.5),
+        plots.calibration_figure(LABELS, PROBS, calibrated, cal),
+    ):
         plots.to_png(fig)
     pyplot = sys.modules.get("matplotlib.pyplot")  # imported by scikit-learn's displays
     assert pyplot is None or pyplot.get_fignums() == []

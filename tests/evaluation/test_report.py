@@ -21,8 +21,9 @@ def _sample(n: int, temperature: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return (rng.random(n) < q).astype(int), calibrate(q, temperature)
 
 
-def _result(val_seed: int = 5, val_temperature: float = 1 / 3, val_n: int = 2000,
-            views: bool = True) -> dict:
+def _result(
+    val_seed: int = 5, val_temperature: float = 1 / 3, val_n: int = 2000, views: bool = True
+) -> dict:
     """A metrics.json dict: validation and test drawn from a model with `val_temperature`."""
     val_labels, val_raw = _sample(val_n, val_temperature, val_seed)
     labels, raw = _sample(300, 1 / 3, seed=1)
@@ -46,12 +47,24 @@ def _result(val_seed: int = 5, val_temperature: float = 1 / 3, val_n: int = 2000
         "metrics": metrics,
         "confusion_matrix": {"matrix": [[tn, fp], [fn, tp]]},
         "calibration": cal,
-        "subgroups": {"view": {
-            "AP": {"n": 150, "positives": int(labels[ap].sum()),
-                   "metrics": metric_table(labels[ap], probs[ap], 0.5, resamples=30)},
-        } if views else {}},
-        "bootstrap": {"resamples": 30, "seed": 0, "level": 0.95, "unit": "patient",
-                      "method": "percentile"},
+        "subgroups": {
+            "view": {
+                "AP": {
+                    "n": 150,
+                    "positives": int(labels[ap].sum()),
+                    "metrics": metric_table(labels[ap], probs[ap], 0.5, resamples=30),
+                },
+            }
+            if views
+            else {}
+        },
+        "bootstrap": {
+            "resamples": 30,
+            "seed": 0,
+            "level": 0.95,
+            "unit": "patient",
+            "method": "percentile",
+        },
         "warnings": list(cal["warnings"]),
     }
 
@@ -64,12 +77,14 @@ def _row(text: str, label: str) -> list[str]:
 def test_report_embeds_plots_disclaimer_and_every_metric():
     result = _result()
     text = report.render_report(result)
-    assert "not for diagnosis" in text and text.count(report.DISCLAIMER) == 2
+    assert "not for diagnosis" in text
+    assert text.count(report.DISCLAIMER) == 2
     for name in report.PLOTS:
         assert f"]({name})" in text
     for label in report.METRIC_LABELS.values():
         assert f"| {label} |" in text
-    assert "tfrecords/x" in text and "split **test**: 300 images of 300 patients" in text
+    assert "tfrecords/x" in text
+    assert "split **test**: 300 images of 300 patients" in text
     assert "### AP: 150 images" in text
     assert "maximising Youden's J on the validation split" in text
 
@@ -79,8 +94,12 @@ def test_report_says_which_interval_each_metric_has():
     text = report.render_report(result)
     precision = _row(text, "Precision (PPV)")
     low, high = result["metrics"]["precision"]["ci95"]
-    assert precision == ["Precision (PPV)", f"{result['metrics']['precision']['value']:.3f}",
-                         f"{low:.3f} – {high:.3f}", "Wilson score"]
+    assert precision == [
+        "Precision (PPV)",
+        f"{result['metrics']['precision']['value']:.3f}",
+        f"{low:.3f} – {high:.3f}",
+        "Wilson score",
+    ]
     assert _row(text, "ROC-AUC")[3] == "patient bootstrap"
     assert _row(text, "Brier score")[3] == "patient bootstrap"
     fp = _row(text, "False positives")
@@ -98,15 +117,16 @@ def test_report_of_undefined_metrics_says_n_a():
 def test_report_of_a_helpful_calibration():
     result = _result()
     cal = result["calibration"]
-    assert cal["applied"] and cal["split_nll_after"] < cal["split_nll_before"]
+    assert cal["applied"]
+    assert cal["split_nll_after"] < cal["split_nll_before"]
     text = report.render_report(result)
     assert "## Metrics (calibrated probabilities)" in text
     assert "on the calibrated pneumonia probability" in text
     assert "**Warnings**" not in text
-    assert f"| validation split | {cal['val_nll_before']:.4f} | {cal['val_nll_after']:.4f} |" \
-        in text
-    assert f"| test split | {cal['split_nll_before']:.4f} | {cal['split_nll_after']:.4f} |" \
-        in text
+    assert (
+        f"| validation split | {cal['val_nll_before']:.4f} | {cal['val_nll_after']:.4f} |" in text
+    )
+    assert f"| test split | {cal['split_nll_before']:.4f} | {cal['split_nll_after']:.4f} |" in text
     assert cal["explanation"] in text
 
 
@@ -115,14 +135,17 @@ def test_report_never_calls_a_harmful_calibration_calibrated():
     # chance, and sharpening makes the test split of an overconfident model worse.
     result = _result(val_seed=11, val_temperature=1.0, val_n=30)
     cal = result["calibration"]
-    assert cal["applied"] and cal["split_nll_after"] > cal["split_nll_before"]
+    assert cal["applied"]
+    assert cal["split_nll_after"] > cal["split_nll_before"]
     text = report.render_report(result)
     # Every "calibrated" is "not better calibrated"; "uncalibrated" is a different word.
     for match in re.finditer(r"\bcalibrated\b", text):
-        assert text[max(0, match.start() - 11):match.start()] == "not better ", text
+        assert text[max(0, match.start() - 11) : match.start()] == "not better ", text
     assert "**Calibration made the test split worse**" in text
-    assert "## Metrics (temperature-scaled probabilities, T = 0.316; calibration made this " \
+    assert (
+        "## Metrics (temperature-scaled probabilities, T = 0.316; calibration made this "
         "split's NLL worse)" in text
+    )
     assert "on the temperature-scaled pneumonia probability" in text
     assert "**Warnings**" in text
     assert "- calibration made the test split worse" in text
@@ -132,11 +155,13 @@ def test_report_never_calls_a_harmful_calibration_calibrated():
 def test_report_of_a_temperature_kept_at_one():
     result = _result(val_seed=0, val_temperature=1.0, val_n=30)
     cal = result["calibration"]
-    assert not cal["applied"] and cal["temperature"] == 1.0
+    assert not cal["applied"]
+    assert cal["temperature"] == 1.0
     text = report.render_report(result)
     assert "## Metrics (uncalibrated probabilities; temperature kept at 1)" in text
     assert "on the uncalibrated pneumonia probability" in text
-    assert "kept at T = 1" in text and "not significantly" in text
+    assert "kept at T = 1" in text
+    assert "not significantly" in text
     assert re.search(r"\bcalibrated\b", text) is None
     assert cal["split_nll_after"] == pytest.approx(cal["split_nll_before"])
 
@@ -165,25 +190,48 @@ def _external_result(refit: bool = True) -> dict:
     result = _result()
     labels, raw = _sample(300, 1 / 3, seed=1)
     patients = np.arange(300).astype(str)
-    card_cal = {"fitted_on": "val", "data_dir": "/data/rsna", "n": 2000, "n_patients": 2000,
-                "n_positive": 900, "n_negative": 1100, "fitted_temperature": 2.9,
-                "applied": True, "decision": "applied", "p_value": 1e-9,
-                "nll_before": 0.61, "nll_after": 0.55}
-    card_data = {"source": "stage_2_train_images", "data_dir": "/data/rsna",
-                 "fingerprint": "aaaa", "splits": {"train": {"count": 1600, "positives": 700},
-                                                   "val": {"count": 2000, "positives": 900}}}
-    manifest = {"source": "chest_xray", "source_layout": "folders",
-                "splits": {"train": {"count": 200}, "test": {"count": 100}}}
+    card_cal = {
+        "fitted_on": "val",
+        "data_dir": "/data/rsna",
+        "n": 2000,
+        "n_patients": 2000,
+        "n_positive": 900,
+        "n_negative": 1100,
+        "fitted_temperature": 2.9,
+        "applied": True,
+        "decision": "applied",
+        "p_value": 1e-9,
+        "nll_before": 0.61,
+        "nll_after": 0.55,
+    }
+    card_data = {
+        "source": "stage_2_train_images",
+        "data_dir": "/data/rsna",
+        "fingerprint": "aaaa",
+        "splits": {
+            "train": {"count": 1600, "positives": 700},
+            "val": {"count": 2000, "positives": 900},
+        },
+    }
+    manifest = {
+        "source": "chest_xray",
+        "source_layout": "folders",
+        "splits": {"train": {"count": 200}, "test": {"count": 100}},
+    }
     result["calibration"] = external.own_calibration_record(card_cal, 2.9, labels, raw, "all")
     result.update(
-        split="all", external=True,
+        split="all",
+        external=True,
         provenance="its manifest fingerprint bbbb differs from the training data's aaaa",
-        data_sets={"trained_on": external.training_data(card_data, card_cal),
-                   "evaluated_on": external.evaluated_data(
-                       manifest, "tfrecords/kermany", "bbbb", "all", ["train", "test"],
-                       labels, patients)},
+        data_sets={
+            "trained_on": external.training_data(card_data, card_cal),
+            "evaluated_on": external.evaluated_data(
+                manifest, "tfrecords/kermany", "bbbb", "all", ["train", "test"], labels, patients
+            ),
+        },
         refit=external.refit_comparison(labels, patients, raw, 2.9, 0.5, 0.3, seed=0)
-        if refit else None,
+        if refit
+        else None,
     )
     return result
 
@@ -191,22 +239,34 @@ def _external_result(refit: bool = True) -> dict:
 def test_report_names_both_data_sets_and_where_calibration_comes_from():
     result = _external_result()
     text = report.render_report(result)
-    assert "- **trained on**: source **stage_2_train_images** (layout not recorded), " \
-        "`/data/rsna`: 3600 images (train 1600, val 2000), 1600 with pneumonia, " \
+    assert (
+        "- **trained on**: source **stage_2_train_images** (layout not recorded), "
+        "`/data/rsna`: 3600 images (train 1600, val 2000), 1600 with pneumonia, "
         "patients: not recorded; manifest fingerprint aaaa" in text
-    assert "- **tested on**: source **chest_xray** (layout folders), `tfrecords/kermany`, " \
+    )
+    assert (
+        "- **tested on**: source **chest_xray** (layout folders), `tfrecords/kermany`, "
         "split **all** (train 200, test 100): 300 images of 300 patients" in text
-    assert "**external validation**: the model did not train on this data (its manifest " \
+    )
+    assert (
+        "**external validation**: the model did not train on this data (its manifest "
         "fingerprint bbbb differs" in text
-    assert "**threshold and temperature come from the training data set**: the model card's " \
-        "own, fitted on the val split of `/data/rsna` (2000 patients); nothing was fitted on " \
+    )
+    assert (
+        "**threshold and temperature come from the training data set**: the model card's "
+        "own, fitted on the val split of `/data/rsna` (2000 patients); nothing was fitted on "
         "the tested data except in the re-fit comparison below." in text
-    assert "the model's own from its card, maximising Youden's J on the validation split of " \
+    )
+    assert (
+        "the model's own from its card, maximising Youden's J on the validation split of "
         "its training data" in text
+    )
     assert "Temperature from the model card — the model's own temperature T = 2.900" in text
     cal = result["calibration"]
-    assert f"| training data's validation split | {cal['val_nll_before']:.4f} | " \
+    assert (
+        f"| training data's validation split | {cal['val_nll_before']:.4f} | "
         f"{cal['val_nll_after']:.4f} |" in text
+    )
 
 
 def test_report_of_own_vs_refit_calibration():
@@ -214,16 +274,18 @@ def test_report_of_own_vs_refit_calibration():
     refit = result["refit"]
     text = report.render_report(result)
     assert "## Own vs re-fitted threshold and temperature" in text
-    text = text[text.index("## Own vs re-fitted"):]  # its rows share labels with the metrics
+    text = text[text.index("## Own vs re-fitted") :]  # its rows share labels with the metrics
     assert f"class-stratified 30% of the patients ({refit['refit_part']['n']} images" in text
     assert f"scored on the other {refit['held_out']['n']} images" in text
     for key, label in report.REFIT_ROWS.items():
         row = _row(text, label)
         assert len(row) == 3, key
-    assert _row(text, "Temperature T") == ["Temperature T", "2.9000",
-                                           f"{refit['refit']['temperature']:.4f}"]
-    assert _row(text, "ECE")[1:] == [f"{refit['own']['ece']:.4f}",
-                                     f"{refit['refit']['ece']:.4f}"]
+    assert _row(text, "Temperature T") == [
+        "Temperature T",
+        "2.9000",
+        f"{refit['refit']['temperature']:.4f}",
+    ]
+    assert _row(text, "ECE")[1:] == [f"{refit['own']['ece']:.4f}", f"{refit['refit']['ece']:.4f}"]
     without = report.render_report(_external_result(refit=False))
     assert "Own vs re-fitted" not in without
     assert "nothing was fitted on the tested data." in without
@@ -233,11 +295,16 @@ def test_report_of_an_internal_evaluation_says_it_is_the_models_own_data():
     result = _result()
     assert "## Data sets" not in report.render_report(result)  # an older metrics.json
     external_result = _external_result(refit=False)
-    result.update(external=False, provenance="the data is the converted folder the model was "
-                  "trained on (manifest fingerprint aaaa)",
-                  data_sets=external_result["data_sets"])
+    result.update(
+        external=False,
+        provenance="the data is the converted folder the model was "
+        "trained on (manifest fingerprint aaaa)",
+        data_sets=external_result["data_sets"],
+    )
     text = report.render_report(result)
-    assert "## Data sets" in text and "**internal evaluation**: the data is the converted " \
-        "folder the model was trained on" in text
+    assert "## Data sets" in text
+    assert (
+        "**internal evaluation**: the data is the converted folder the model was trained on" in text
+    )
     assert "threshold and temperature are fitted on this data's validation split." in text
     assert "come from the training data set" not in text

@@ -24,7 +24,8 @@ def test_normalize_maps_scales_each_map_and_zeroes_flat_ones():
     out = cam._normalize_maps(maps)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out[0], 0.0)
-    assert out[1].min() == 0.0 and out[1].max() == 1.0
+    assert out[1].min() == 0.0
+    assert out[1].max() == 1.0
 
 
 def test_heatmaps_refuse_other_backends(monkeypatch):
@@ -126,7 +127,9 @@ def test_every_method_gives_valid_maps(tiny_model, images, method):
     maps = cam.compute_heatmaps(tiny_model, images[:count], method=method, target_class="predicted")
     assert maps.shape == images[:count].shape[:3]
     assert maps.dtype == np.float32
-    assert np.all(np.isfinite(maps)) and maps.min() >= 0.0 and maps.max() <= 1.0
+    assert np.all(np.isfinite(maps))
+    assert maps.min() >= 0.0
+    assert maps.max() <= 1.0
     assert all(m.max() == pytest.approx(1.0) for m in maps)  # no degenerate maps here
 
 
@@ -152,7 +155,7 @@ def test_predicted_target_is_the_argmax(tiny_model, images):
 @pytest.mark.backend
 def test_layer_names_are_checked(tiny_model, images):
     assert cam.resolve_layer(tiny_model) == "stack4_block2_out"
-    with pytest.raises(UserError, match="no layer 'stack9'.*stack4_block2_out"):
+    with pytest.raises(UserError, match=r"no layer 'stack9'.*stack4_block2_out"):
         cam.compute_heatmaps(tiny_model, images, layer="stack9")
     with pytest.raises(UserError, match="'avg_pool' has no"):
         cam.compute_heatmaps(tiny_model, images, layer="avg_pool")
@@ -221,12 +224,18 @@ def test_thin_model_gradcam_keeps_the_heap_intact(tmp_path):
     import subprocess
     import sys
 
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "MALLOC_CHECK_": "3",
-           "MALLOC_PERTURB_": "165"}
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "tensorflow",
+        "MALLOC_CHECK_": "3",
+        "MALLOC_PERTURB_": "165",
+    }
     done = subprocess.run(
-        [sys.executable, "-c", _THIN_GRADCAM], env=env, capture_output=True, text=True,
+        [sys.executable, "-c", _THIN_GRADCAM],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "maps ok" in done.stdout
-

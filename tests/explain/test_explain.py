@@ -127,13 +127,15 @@ def test_explain_run_on_positives_of_a_split(tiny_model, saved_model, converted,
     assert [row["patient_id"] for row in rows] == expected
     assert tuple(rows[0]) == explain.CSV_COLUMNS
     assert json.loads((out / "summary.json").read_text()) == summary
-    assert summary["method"] == "gradcam" and summary["layer"] == "stack3_block2_out"
+    assert summary["method"] == "gradcam"
+    assert summary["layer"] == "stack3_block2_out"
     assert summary["target_class"] == "pneumonia"
     assert summary["count"] == summary["positives_with_boxes"] == len(expected) == 4
 
     hits = [int(row["pointing_game"]) for row in rows]
     energies = [float(row["energy_in_boxes"]) for row in rows]
-    assert set(hits) <= {0, 1} and all(0.0 <= e <= 1.0 for e in energies)
+    assert set(hits) <= {0, 1}
+    assert all(0.0 <= e <= 1.0 for e in energies)
     assert summary["pointing_game"] == pytest.approx(np.mean(hits))
     assert summary["energy_in_boxes"] == pytest.approx(np.mean(energies), abs=1e-6)
     assert all(row["true_label"] == "1" and row["explained_class"] == "pneumonia" for row in rows)
@@ -165,7 +167,8 @@ def test_explain_run_explains_the_thresholded_prediction(saved_model, converted,
     )
     rows = _read_csv(tmp_path / "out" / "explain.csv")
     assert summary["count"] == len(rows) == 3  # the whole test split
-    assert summary["layer"] == "stack4_block2_out" and summary["temperature"] == 1.0
+    assert summary["layer"] == "stack4_block2_out"
+    assert summary["temperature"] == 1.0
     for row in rows:
         assert row["explained_class"] == CLASS_NAMES[int(row["predicted_label"])]
         assert int(row["predicted_label"]) == int(float(row["probability"]) >= 0.3)
@@ -236,7 +239,8 @@ def test_a_model_without_card_uses_the_defaults_and_says_so(small_model, tmp_pat
     with caplog.at_level(logging.WARNING, logger="pneumokeras.explain.explain"):
         summary = explain.explain_run(lone, tmp_path / "out", Config(), files=inputs)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert len(warnings) == 1
+    assert "\n" not in warnings[0]
     assert "no model card (model.json)" in warnings[0]
     assert "threshold 0.5 and temperature 1.0" in warnings[0]
     assert (summary["threshold"], summary["temperature"]) == (0.5, 1.0)
@@ -373,9 +377,11 @@ def test_model_saved_under_jax_explains_files_under_tensorflow(jax_run, converte
     out = tmp_path / "out"
     summary = explain.explain_run(jax_run, out, Config(), files=[*dicoms, png.parent])
     rows = _read_csv(out / "explain.csv")
-    assert summary["count"] == 3 and summary["source"] == {"files": 3}
+    assert summary["count"] == 3
+    assert summary["source"] == {"files": 3}
     assert summary["layer"] == "stack4_block2_out"
-    assert summary["pointing_game"] is None and summary["energy_in_boxes"] is None
+    assert summary["pointing_game"] is None
+    assert summary["energy_in_boxes"] is None
     assert [row["name"] for row in rows] == [p.stem for p in dicoms] + ["chest"]
     assert [row["file"] for row in rows] == [str(p) for p in [*dicoms, png]]
     assert all(row["true_label"] == "" and row["pointing_game"] == "" for row in rows)
@@ -383,5 +389,5 @@ def test_model_saved_under_jax_explains_files_under_tensorflow(jax_run, converte
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    with pytest.raises(UserError, match="cannot read .*broken.png"):
+    with pytest.raises(UserError, match=r"cannot read .*broken.png"):
         explain._file_samples([broken], SIZE, limit=None)

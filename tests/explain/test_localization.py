@@ -76,9 +76,11 @@ def test_energy_in_boxes_edge_cases():
 def test_box_mask_marks_pixel_centres_inside_any_box():
     boxes = np.array([[0.1, 0.2, 0.3, 0.25], [0.5, 0.55, 0.4, 0.4]], np.float32)
     mask = box_mask(boxes, 40)
-    assert mask.shape == (40, 40) and mask.dtype == bool
+    assert mask.shape == (40, 40)
+    assert mask.dtype == bool
     # Pixel (row 8, col 4) has its centre at (0.1125, 0.2125): inside the first box.
-    assert mask[8, 4] and not mask[0, 0]
+    assert mask[8, 4]
+    assert not mask[0, 0]
     # Rows 8-17 (centres 0.2125-0.4375) x columns 4-15, and rows 22-37 x columns 20-35.
     assert mask.sum() == 10 * 12 + 16 * 16
     assert box_mask(np.zeros((0, 4)), 16).sum() == 0
@@ -91,7 +93,8 @@ def test_scores_count_a_box_edge_as_the_box_loss_trains_it():
     # in float64 (the former NumPy rasteriser) swapped the two.
     boxes = np.array([[0.1, 0.1, 0.2, 0.2]], np.float32)
     trained = data.box_mask(boxes, 5).numpy()[..., 0]
-    assert trained[0, 0] == 1 and trained.sum() == 1
+    assert trained[0, 0] == 1
+    assert trained.sum() == 1
     np.testing.assert_array_equal(box_mask(boxes, 5), trained > 0)
     assert pointing_game(_peak((5, 5), 0, 0), boxes)
     assert not pointing_game(_peak((5, 5), 1, 1), boxes)

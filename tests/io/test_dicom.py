@@ -162,7 +162,7 @@ def test_rescale_is_applied() -> None:
 
 
 @pytest.mark.parametrize(
-    ("photometric", "expected"),
+    "photometric, expected",
     [("MONOCHROME2", [0, 0, 128, 255, 255]), ("MONOCHROME1", [255, 255, 127, 0, 0])],
 )
 def test_window_applies_to_rescaled_values(photometric: str, expected: list[int]) -> None:
@@ -324,7 +324,7 @@ def test_rsna_fast_path_matches_slow_path(rsna_sample: Path, size: int | None) -
 
 
 @pytest.mark.parametrize(
-    ("name", "reason"),
+    "name, reason",
     [
         ("liver_1frame.dcm", "non-image object (SEG)"),
         ("rtplan.dcm", "non-image object (RTPLAN)"),
@@ -407,7 +407,7 @@ def test_refuses_corrupt_jpeg_frame(tmp_path: Path, size: int | None) -> None:
     buffer = io.BytesIO()
     Image.fromarray(arr).save(buffer, "JPEG")
     ds = with_frame(image_dataset(arr), buffer.getvalue()[:2000], JPEGBaseline8Bit)
-    with pytest.raises(DicomError, match="^truncated or corrupt pixel data$"):
+    with pytest.raises(DicomError, match=r"^truncated or corrupt pixel data$"):
         read_dicom(write(ds, tmp_path / "bad.dcm"), size)
 
 

@@ -29,7 +29,8 @@ def test_dicom_pixels_equal_the_converters(dicoms):
     stored = encode_png(read_dicom(dcm, size=SIZE).pixels)
     trained_on = tf.io.decode_png(stored, channels=1).numpy()[..., 0]
     pixels, patient_id = load_image(dcm, SIZE)
-    assert pixels.dtype == np.uint8 and pixels.shape == (SIZE, SIZE)
+    assert pixels.dtype == np.uint8
+    assert pixels.shape == (SIZE, SIZE)
     np.testing.assert_array_equal(pixels, trained_on)
     assert patient_id == read_dicom(dcm).patient_id != ""
 
@@ -40,7 +41,8 @@ def test_png_and_jpeg_are_padded_and_box_resized(image_files):
     np.testing.assert_array_equal(pixels, resize_square(wide, SIZE))
     assert patient_id == ""
     # Centred on black: the padded top and bottom rows stay 0.
-    assert pixels[0].max() == 0 and pixels[-1].max() == 0
+    assert pixels[0].max() == 0
+    assert pixels[-1].max() == 0
 
     jpeg, _ = load_image(image_files["jpeg"], SIZE)
     expected = resize_square(np.array(Image.open(image_files["jpeg"]).convert("L")), SIZE)
@@ -52,7 +54,8 @@ def test_16_bit_png_is_scaled_not_clipped(image_files, tmp_path):
     pixels, _ = load_image(image_files["png16"], 48)  # same size: no resampling
     scaled = np.rint((deep - deep.min()) * (255.0 / (deep.max() - deep.min())))
     np.testing.assert_array_equal(pixels, scaled.astype(np.uint8))
-    assert pixels.min() == 0 and pixels.max() == 255
+    assert pixels.min() == 0
+    assert pixels.max() == 255
     flat = tmp_path / "flat.png"
     Image.fromarray(np.full((8, 8), 700, np.uint16)).save(flat)
     np.testing.assert_array_equal(load_image(flat, 8)[0], 0)  # constant: black, not clipped
@@ -61,7 +64,7 @@ def test_16_bit_png_is_scaled_not_clipped(image_files, tmp_path):
 def test_find_inputs_recurses_and_ignores_case(image_files, dicoms):
     folder = image_files["png"].parent
     found = find_inputs([str(folder), str(image_files["png"]), str(dicoms[0])])
-    assert found == sorted(image_files.values()) + [dicoms[0]]  # duplicate dropped, .txt skipped
+    assert found == [*sorted(image_files.values()), dicoms[0]]  # duplicate dropped, .txt skipped
     # A file named explicitly is kept whatever its suffix; reading it says why not.
     assert find_inputs([folder / "notes.txt"]) == [folder / "notes.txt"]
     with pytest.raises(UserError, match="does not exist"):
@@ -77,7 +80,7 @@ def test_unreadable_files_raise_the_readers_errors(tmp_path):
     text.write_bytes(b"nope")
     with pytest.raises(ImageError, match="not a readable PNG/JPEG"):
         load_image(text, SIZE)
-    with pytest.raises(ImageError, match="unsupported file type .txt"):
+    with pytest.raises(ImageError, match=r"unsupported file type .txt"):
         load_image(tmp_path / "notes.txt", SIZE)
     with pytest.raises(ImageError, match="no suffix"):
         load_image(tmp_path / "README", SIZE)
@@ -98,7 +101,8 @@ def test_read_image_gives_a_dicoms_acquisition_facts(dicoms):
     assert record.patient_id == header.patient_id == dicoms[0].stem
     # synth writes RSNA-like CR chest files: JPEG Baseline, 64 px, AP or PA.
     assert (record.format, record.modality, record.body_part) == ("DICOM", "CR", "CHEST")
-    assert record.view in ("AP", "PA") and record.view == header.view
+    assert record.view in ("AP", "PA")
+    assert record.view == header.view
     assert (record.width, record.height) == (64, 64)
     assert record.photometric == "MONOCHROME2"
     assert record.transfer_syntax == JPEGBaseline8Bit == header.transfer_syntax
@@ -151,13 +155,15 @@ def test_read_image_gives_a_pictures_format_mode_and_size(image_files, tmp_path)
     jpeg = read_image(image_files["jpeg"], SIZE)
     assert (jpeg.format, jpeg.mode, jpeg.width, jpeg.height) == ("JPEG", "L", 64, 64)
     deep = read_image(image_files["png16"], SIZE)
-    assert deep.format == "PNG" and deep.mode.startswith("I")
+    assert deep.format == "PNG"
+    assert deep.mode.startswith("I")
     # The content decides the format, not the suffix; colour is reported as such.
     disguised = tmp_path / "colour.png"
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(disguised, format="JPEG")
     record = read_image(disguised, SIZE)
     assert (record.format, record.mode, record.width, record.height) == ("JPEG", "RGB", 12, 10)
-    assert record.pixels.shape == (SIZE, SIZE) and record.pixels.dtype == np.uint8
+    assert record.pixels.shape == (SIZE, SIZE)
+    assert record.pixels.dtype == np.uint8
 
 
 # ------------------------------------------------------------------ the colour rule
@@ -190,4 +196,5 @@ def test_gray_pictures_saved_in_colour_are_read_and_real_colour_is_refused(tmp_p
     Image.fromarray(colour).save(tmp_path / "colour.png")
     with pytest.raises(ImageError, match=r"^colour image \(RGB channels differ in \d+% of"):
         read_image(tmp_path / "colour.png", SIZE)
-    assert images_module.COLOUR_TOLERANCE == 24 and images_module.COLOUR_SHARE == 0.01
+    assert images_module.COLOUR_TOLERANCE == 24
+    assert images_module.COLOUR_SHARE == 0.01

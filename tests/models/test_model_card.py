@@ -18,10 +18,17 @@ SIZE = 16
 
 
 def test_card_round_trips_and_validates():
-    card = ModelCard(input_size=SIZE, threshold=0.3, threshold_method="youden", temperature=1.5,
-                     validation={"auc": 0.9}, best_epoch=3)
+    card = ModelCard(
+        input_size=SIZE,
+        threshold=0.3,
+        threshold_method="youden",
+        temperature=1.5,
+        validation={"auc": 0.9},
+        best_epoch=3,
+    )
     assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
-    assert card.fitted and not ModelCard(input_size=SIZE).fitted
+    assert card.fitted
+    assert not ModelCard(input_size=SIZE).fitted
     assert ModelCard(input_size=SIZE).class_names == ("normal", "pneumonia")
     for bad, message in [
         ({"threshold": 1.5}, "threshold must be in"),
@@ -38,8 +45,13 @@ def test_card_round_trips_and_validates():
 
 def test_training_data_record_old_and_new_cards_load(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"")
-    old_data = {"data_dir": "/d/rsna", "source": "stage_2_train_images", "image_size": SIZE,
-                "fingerprint": "aaaa", "splits": {"train": {"count": 8, "positives": 2}}}
+    old_data = {
+        "data_dir": "/d/rsna",
+        "source": "stage_2_train_images",
+        "image_size": SIZE,
+        "fingerprint": "aaaa",
+        "splits": {"train": {"count": 8, "positives": 2}},
+    }
     new_data = {**old_data, "source_layout": "folders", "images": 8, "patients": 5}
     for data in (old_data, new_data):  # cards written before and after the data facts grew
         written = ModelCard(input_size=SIZE, data=data)
@@ -76,7 +88,7 @@ def test_read_card_errors_are_one_line(tmp_path):
 def test_paths_accept_run_folders_and_name_cards_after_the_model(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         model_card.model_file(tmp_path / "none.keras")
-    with pytest.raises(UserError, match="folder without model.keras"):
+    with pytest.raises(UserError, match=r"folder without model.keras"):
         model_card.model_file(tmp_path)
     (tmp_path / "model.keras").write_bytes(b"")
     assert model_card.model_file(tmp_path) == tmp_path / "model.keras"
@@ -95,7 +107,9 @@ def test_classifier_calibrates_and_decides(tmp_path):
     card = ModelCard(input_size=SIZE, threshold=0.5, threshold_method="manual", temperature=2.0)
     model_card.write_card(path, card)
     classifier = model_card.load_classifier(tmp_path)
-    assert classifier.card == card and classifier.path == path and not classifier.card_missing
+    assert classifier.card == card
+    assert classifier.path == path
+    assert not classifier.card_missing
     images = np.random.default_rng(0).integers(0, 256, (5, SIZE, SIZE, 1)).astype(np.float32)
     raw = np.asarray(keras.saving.load_model(path).predict(images, verbose=0))[:, 1]
     np.testing.assert_allclose(classifier.raw_probabilities(images, batch_size=2), raw, atol=1e-6)
@@ -115,9 +129,10 @@ def test_load_classifier_refuses_what_breaks_the_contract(tmp_path):
     with pytest.raises(UserError, match="has no model card"):
         model_card.load_classifier(path)
     default = model_card.load_classifier(path, require_card=False)
-    assert default.card_missing and default.card == ModelCard(input_size=SIZE)
+    assert default.card_missing
+    assert default.card == ModelCard(input_size=SIZE)
     model_card.write_card(path, ModelCard(input_size=SIZE * 2))
-    with pytest.raises(UserError, match="says input size 32 but .* takes 16 px"):
+    with pytest.raises(UserError, match=r"says input size 32 but .* takes 16 px"):
         model_card.load_classifier(path)
     inputs = keras.Input((SIZE, SIZE, 3))
     rgb = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs)))
@@ -125,5 +140,5 @@ def test_load_classifier_refuses_what_breaks_the_contract(tmp_path):
     with pytest.raises(UserError, match=r"expected \(None, S, S, 1\) to \(None, 2\)"):
         model_card.load_keras_model(tmp_path / "rgb.keras")
     (tmp_path / "text.keras").write_text("hello")
-    with pytest.raises(UserError, match="not a valid .keras file"):
+    with pytest.raises(UserError, match=r"not a valid .keras file"):
         model_card.load_keras_model(tmp_path / "text.keras")

@@ -123,7 +123,7 @@ def test_mixed_precision_outputs_float32(restore_dtype_policy):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    "kwargs, message",
     [
         ({"image_size": 16}, "image_size must be ≥ 32. Received: image_size=16"),
         ({"image_size": 64.0}, "image_size must be an integer"),
@@ -144,10 +144,12 @@ def test_resnet10_is_resnet18_with_one_block_per_stage():
     # 32,768 + 1,536; stage 4 1,179,648 + 2,359,296 + 131,072 + 3,072; fc 1,026.
     model = build_model(ModelConfig(name="resnet10"), image_size=224)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    assert trainable == 4_900_546 and model.name == "resnet10"
+    assert trainable == 4_900_546
+    assert model.name == "resnet10"
     assert model.get_layer(LAST_CONV_LAYER["resnet10"]).output.shape == (None, 7, 7, 512)
     names = {layer.name for layer in model.layers}
-    assert "stack4_block1_out" in names and not any("block2" in name for name in names)
+    assert "stack4_block1_out" in names
+    assert not any("block2" in name for name in names)
     fine = build_model(ModelConfig(name="resnet10", filters=8, last_stride=1), image_size=64)
     assert fine.get_layer("stack4_block1_out").output.shape[1:3] == (4, 4)
 
@@ -160,7 +162,7 @@ def test_build_model_dispatches_on_name():
         build_model(ModelConfig(name="vgg16"), image_size=32)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("name", "size"), [("densenet121", 32), ("efficientnetv2b0", 64)])
+@pytest.mark.parametrize("name, size", [("densenet121", 32), ("efficientnetv2b0", 64)])
 def test_keras_applications_share_the_contract(name, size):
     model = build_model(ModelConfig(name=name), image_size=size)  # one build each: slow
     assert model.name == name
@@ -214,7 +216,8 @@ def test_box_head_is_the_classifiers_own_activation_map():
     outputs = pair(images)
     assert set(outputs) == {"predictions", "box_map"}
     box_map = keras.ops.convert_to_numpy(outputs["box_map"])
-    assert box_map.shape == (3, 4) and box_map.dtype == np.float32
+    assert box_map.shape == (3, 4)
+    assert box_map.dtype == np.float32
     # Untrained scale 1 and offset 0: the cells' logits are the map d(x, y), whose
     # mean is the image's pneumonia-minus-normal logit (pooling and Dense commute).
     cells = np.log(box_map / (1 - box_map))

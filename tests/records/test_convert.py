@@ -84,7 +84,9 @@ def test_manifest_splits_patients_and_class_weights(converted_dir, synth_dir):
     counts = {s: manifest["splits"][s]["count"] for s in ("train", "val", "test")}
     assert sum(counts.values()) == 80
     ids = {s: {r["patient_id"] for r in tfrecords.read_split(converted_dir, s)} for s in counts}
-    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
+    assert not (ids["train"] & ids["val"])
+    assert not (ids["train"] & ids["test"])
+    assert not (ids["val"] & ids["test"])
     assert len(ids["train"] | ids["val"] | ids["test"]) == 80
     train = tfrecords.read_split(converted_dir, "train")
     n, pos = len(train), sum(r["label"] for r in train)
@@ -92,7 +94,8 @@ def test_manifest_splits_patients_and_class_weights(converted_dir, synth_dir):
         {"0": n / (2 * (n - pos)), "1": n / (2 * pos)}
     )
     assert set(manifest["folds"]) == ids["train"] | ids["val"]
-    assert manifest["image_size"] == 64 and manifest["skipped"] == 0
+    assert manifest["image_size"] == 64
+    assert manifest["skipped"] == 0
     assert not (converted_dir / STATE_DIR).exists()
 
 
@@ -325,7 +328,8 @@ def test_cli_errors_are_one_line(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2
     err = stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:")
+    assert len(err) == 1
+    assert err[0].startswith("error:")
 
 
 @pytest.mark.parametrize("seed", ["-1", "4294967296"])
@@ -345,7 +349,9 @@ def test_seed_outside_32_bits_is_refused_before_any_work(synth_dir, tmp_path, se
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2, stderr
     err = stderr.strip().splitlines()
-    assert len(err) == 1 and "--seed" in err[0] and seed in err[0], err
+    assert len(err) == 1, err
+    assert "--seed" in err[0], err
+    assert seed in err[0], err
     assert not out.exists()
 
 
@@ -438,11 +444,13 @@ def test_folders_layout_records_manifest_skips_and_notes(kermany, kermany_conver
     manifest = tfrecords.load_manifest(out)
     assert (manifest["source"], manifest["source_layout"]) == (root.name, "folders")
     assert manifest["label_mapping"] == {"class_folders": {"NORMAL": 0, "PNEUMONIA": 1}}
-    assert manifest["grouping"]["patients"] == 19 + 9 and manifest["grouping"]["images"] == 38
+    assert manifest["grouping"]["patients"] == 19 + 9
+    assert manifest["grouping"]["images"] == 38
     patient_of = {
         r["patientId"]: r["patient"] for r in _csv_rows(out / manifest["grouping"]["file"])
     }
-    assert len(patient_of) == 38 and len(set(patient_of.values())) == 28
+    assert len(patient_of) == 38
+    assert len(set(patient_of.values())) == 28
     assert patient_of["train/PNEUMONIA/person1_virus_9"] == "person1"
     assert patient_of["val/NORMAL/IM-1001-0001"] == "val/NORMAL/IM-1001-0001"
     assert (manifest["notes"], manifest["skipped"], manifest["kept_splits"]) == (1, 3, False)
@@ -451,15 +459,18 @@ def test_folders_layout_records_manifest_skips_and_notes(kermany, kermany_conver
     split_of_patient: dict[str, set[str]] = {}
     for split, by_id in records.items():
         for image_id, record in by_id.items():
-            assert record["boxes"].shape == (0, 4) and record["view"] == record["class"] == ""
+            assert record["boxes"].shape == (0, 4)
+            assert record["view"] == record["class"] == ""
             assert record["label"] == int("/PNEUMONIA/" in image_id)
             patient = image_id.split("/")[-1].split("_")[0] if "person" in image_id else image_id
             split_of_patient.setdefault(patient, set()).add(split)
-    assert len(split_of_patient) == 28 and all(len(s) == 1 for s in split_of_patient.values())
+    assert len(split_of_patient) == 28
+    assert all(len(s) == 1 for s in split_of_patient.values())
     folds = manifest["folds"]
     assert set(folds) == set(records["train"]) | set(records["val"])
     person1 = {folds[i] for i in folds if "/person1_" in i}
-    assert len(person1) == 1 and len([i for i in folds if "/person1_" in i]) == 3
+    assert len(person1) == 1
+    assert len([i for i in folds if "/person1_" in i]) == 3
 
     # Pixels: exactly what images.read_image gives (predict and the app), 16-bit included.
     flat = {i: r for by_id in records.values() for i, r in by_id.items()}
@@ -477,7 +488,8 @@ def test_folders_keep_splits_and_a_worker_pool(kermany, kermany_converted, tmp_p
     records = _all_records(tmp_path / "kept")
     assert all(i.startswith(f"{s}/") for s, by_id in records.items() for i in by_id)
     manifest = tfrecords.load_manifest(tmp_path / "kept")
-    assert manifest["kept_splits"] is True and manifest["patients_in_several_splits"] == 0
+    assert manifest["kept_splits"] is True
+    assert manifest["patients_in_several_splits"] == 0
     # The pool decodes PNG/JPEG as the parent does: same bytes as in-process.
     in_process = _convert_layout(root, None, tmp_path / "one", options, workers=0)
     assert in_process.counts == summary.counts
@@ -489,7 +501,8 @@ def test_folders_limit_takes_both_classes(kermany, tmp_path):
     summary = _convert_layout(
         root, None, tmp_path / "out", "folders", limit=8, val_fraction=0, test_fraction=0
     )
-    assert summary.counts["train"] == 8 and 0 < summary.positives["train"] < 8
+    assert summary.counts["train"] == 8
+    assert 0 < summary.positives["train"] < 8
 
 
 def test_findings_layout_nih_groups_follow_ups_by_patient(tmp_path):
@@ -498,7 +511,8 @@ def test_findings_layout_nih_groups_follow_ups_by_patient(tmp_path):
     summary = _convert_layout(
         images, labels, out, "findings", folds=2, val_fraction=0.25, test_fraction=0.25
     )
-    assert sum(summary.counts.values()) == 48 and summary.skipped == 1
+    assert sum(summary.counts.values()) == 48
+    assert summary.skipped == 1
     (row,) = _csv_rows(out / "skipped.csv")
     assert row == {
         "patientId": "99999999_000",
@@ -519,8 +533,10 @@ def test_findings_layout_nih_groups_follow_ups_by_patient(tmp_path):
     for split, by_id in records.items():
         for image_id, record in by_id.items():
             patient_splits.setdefault(str(int(image_id.split("_")[0])), set()).add(split)
-            assert record["view"] in ("AP", "PA") and record["boxes"].shape == (0, 4)
-    assert all(len(s) == 1 for s in patient_splits.values()) and len(patient_splits) == 24
+            assert record["view"] in ("AP", "PA")
+            assert record["boxes"].shape == (0, 4)
+    assert all(len(s) == 1 for s in patient_splits.values())
+    assert len(patient_splits) == 24
     patient_folds: dict[str, set[int]] = {}
     for image_id, fold in manifest["folds"].items():
         patient_folds.setdefault(image_id.split("_")[0], set()).add(fold)
@@ -567,9 +583,12 @@ def test_folders_kill_and_resume_is_byte_identical(kermany, tmp_path):
     assert killed.returncode == -signal.SIGKILL, stderr
     assert not (out / "manifest.json").exists()
     index = (out / STATE_DIR / "spool.jsonl").read_text()
-    assert len(index.splitlines()) == kill_at and "made gray" in index and "colour image" in index
+    assert len(index.splitlines()) == kill_at
+    assert "made gray" in index
+    assert "colour image" in index
     summary = _convert_layout(root, None, out, options, shard_size=KILL_SHARD_SIZE)
-    assert summary.resumed_shards == 0 and summary.notes == 1
+    assert summary.resumed_shards == 0
+    assert summary.notes == 1
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
     _assert_identical(tmp_path / "whole", out)
 
@@ -621,5 +640,7 @@ def test_cli_layout_errors_are_one_line(capsys, kermany, tmp_path):
     (tmp_path / "COVID").mkdir()
     for expected, argv in cases.items():
         code, err = _main(capsys, ["convert", *argv, "--out", out])
-        assert code == 2 and len(err) == 1 and expected in err[0], (expected, err)
+        assert code == 2, (expected, err)
+        assert len(err) == 1, (expected, err)
+        assert expected in err[0], (expected, err)
     assert not (tmp_path / "out").exists()

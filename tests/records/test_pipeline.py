@@ -25,9 +25,12 @@ def test_training_batches_shapes_dtypes_labels(converted_dir):
     seen = 0
     positives = 0
     for images, labels in dataset:
-        assert images.dtype == tf.float32 and labels.dtype == tf.float32
-        assert images.shape[1:] == (64, 64, 1) and labels.shape[1:] == (2,)
-        assert float(tf.reduce_min(images)) >= 0 and float(tf.reduce_max(images)) <= 255
+        assert images.dtype == tf.float32
+        assert labels.dtype == tf.float32
+        assert images.shape[1:] == (64, 64, 1)
+        assert labels.shape[1:] == (2,)
+        assert float(tf.reduce_min(images)) >= 0
+        assert float(tf.reduce_max(images)) <= 255
         np.testing.assert_array_equal(tf.reduce_sum(labels, axis=1), 1.0)
         seen += images.shape[0]
         positives += int(tf.reduce_sum(labels[:, 1]))
@@ -70,7 +73,8 @@ def test_augmentation_changes_images_but_keeps_range():
     augmented = data.Augmenter(config.augment, seed=0)(images)
     assert augmented.shape == images.shape
     assert not np.allclose(augmented.numpy(), images.numpy())
-    assert float(tf.reduce_min(augmented)) >= 0 and float(tf.reduce_max(augmented)) <= 255
+    assert float(tf.reduce_min(augmented)) >= 0
+    assert float(tf.reduce_max(augmented)) <= 255
     off = load_config(
         None,
         [
@@ -133,7 +137,7 @@ def test_process_sharding_splits_files(converted_dir):
 
 
 def test_image_size_mismatch_is_a_clear_error(converted_dir):
-    with pytest.raises(UserError, match="data.image_size is 128"):
+    with pytest.raises(UserError, match=r"data.image_size is 128"):
         data.training_dataset(converted_dir, _config("data.image_size=128"))
 
 
@@ -144,8 +148,11 @@ def test_whole_batches_only_need_one_batch_of_training_data(converted_dir):
     # train asks for whole batches (one step shape); 48 training examples.
     _, steps = data.training_dataset(converted_dir, _config(), drop_remainder=True)
     assert steps == 48 // 8
-    with pytest.raises(UserError, match=r"\(48 examples\) is smaller than one batch of 64; "
-                                        "lower data.batch_size"):
+    with pytest.raises(
+        UserError,
+        match=r"\(48 examples\) is smaller than one batch of 64; "
+        "lower data.batch_size",
+    ):
         data.training_dataset(converted_dir, _config("data.batch_size=64"), drop_remainder=True)
 
 
@@ -153,7 +160,8 @@ def test_box_mask_marks_pixel_centres_inside_any_box():
     # The one rasteriser: training's box targets and localization's scores use it.
     boxes = np.array([[0.1, 0.2, 0.3, 0.25], [0.5, 0.55, 0.4, 0.4]], np.float32)
     mask = data.box_mask(tf.constant(boxes), 40).numpy()
-    assert mask.shape == (40, 40, 1) and mask.dtype == np.float32
+    assert mask.shape == (40, 40, 1)
+    assert mask.dtype == np.float32
     rows = ((np.arange(40) + 0.5) / 40)[:, None]
     cols = ((np.arange(40) + 0.5) / 40)[None, :]
     expected = np.zeros((40, 40), bool)
@@ -161,7 +169,8 @@ def test_box_mask_marks_pixel_centres_inside_any_box():
         expected |= (rows >= y) & (rows < y + h) & (cols >= x) & (cols < x + w)
     np.testing.assert_array_equal(mask[..., 0], expected.astype(np.float32))
     # Pixel (row 8, col 4) has its centre at (0.1125, 0.2125): inside the first box.
-    assert mask[8, 4, 0] == 1 and mask[0, 0, 0] == 0
+    assert mask[8, 4, 0] == 1
+    assert mask[0, 0, 0] == 0
     assert data.box_mask(tf.zeros([0, 4]), 16).numpy().sum() == 0
 
 
@@ -184,7 +193,8 @@ def test_augmenter_moves_masks_with_their_images():
     images, moved = images.numpy(), moved.numpy()
     # Brightness and contrast change only the image; its shape stays the mask's.
     assert not np.array_equal(moved, masks)
-    assert moved.min() >= 0 and moved.max() <= 1
+    assert moved.min() >= 0
+    assert moved.max() <= 1
     bright = images > images.mean(axis=(1, 2, 3), keepdims=True)
     agreement = (bright == (moved > 0.5)).mean()
     assert agreement > 0.97, agreement
@@ -200,8 +210,10 @@ def test_training_and_validation_batches_with_box_targets(converted_dir):
     positives_with_boxes = 0
     for images, targets, sample_weight in dataset:
         labels, boxes = targets[data.PREDICTIONS].numpy(), targets[data.BOX_MAP].numpy()
-        assert images.shape[1:] == (64, 64, 1) and boxes.shape[1:] == (16,)
-        assert boxes.min() >= 0 and boxes.max() <= 1
+        assert images.shape[1:] == (64, 64, 1)
+        assert boxes.shape[1:] == (16,)
+        assert boxes.min() >= 0
+        assert boxes.max() <= 1
         np.testing.assert_allclose(sample_weight, np.where(labels[:, 1] == 1, 1.9, 0.7))
         # Negatives have no box; every positive has some coverage.
         assert boxes[labels[:, 1] == 0].max(initial=0) == 0

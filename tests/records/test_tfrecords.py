@@ -94,7 +94,7 @@ def test_corrupt_bytes_same_size(tmp_path):
 
 
 def test_no_manifest(tmp_path):
-    with pytest.raises(UserError, match="no manifest.json"):
+    with pytest.raises(UserError, match=r"no manifest.json"):
         tfrecords.load_manifest(tmp_path)
 
 
@@ -111,7 +111,8 @@ def test_write_shard_is_atomic_on_error(tmp_path):
 def test_manifest_fingerprint_is_a_short_hash_of_the_content_not_the_key_order():
     manifest = {"image_size": 16, "splits": {"train": {"count": 3}}, "seed": 0}
     fingerprint = tfrecords.manifest_fingerprint(manifest)
-    assert len(fingerprint) == 16 and int(fingerprint, 16) >= 0
+    assert len(fingerprint) == 16
+    assert int(fingerprint, 16) >= 0
     reordered = {"seed": 0, "splits": {"train": {"count": 3}}, "image_size": 16}
     assert tfrecords.manifest_fingerprint(reordered) == fingerprint
     assert tfrecords.manifest_fingerprint({**manifest, "seed": 1}) != fingerprint
@@ -125,8 +126,17 @@ def nih_converted(tmp_path_factory):
     """An NIH-like findings set (1-3 follow-up images per patient) converted at 16 px."""
     root = tmp_path_factory.mktemp("nih")
     images, labels = write_nih(root / "nih", patients=12)
-    convert(images, labels, root / "tf", size=16, val_fraction=0.25, test_fraction=0.25,
-            workers=0, progress=False, layout="findings")
+    convert(
+        images,
+        labels,
+        root / "tf",
+        size=16,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        workers=0,
+        progress=False,
+        layout="findings",
+    )
     return root / "tf"
 
 
@@ -141,10 +151,12 @@ def test_read_patients_maps_each_image_to_its_patient(nih_converted):
     manifest = tfrecords.load_manifest(nih_converted)
     assert manifest["grouping"]["file"] == tfrecords.PATIENTS  # convert's name agrees
     patients = tfrecords.read_patients(nih_converted)
-    records = [r for split in manifest["splits"] for r in tfrecords.read_split(nih_converted,
-                                                                              split)]
+    records = [
+        r for split in manifest["splits"] for r in tfrecords.read_split(nih_converted, split)
+    ]
     ids = [r["patient_id"] for r in records]
-    assert sorted(patients) == sorted(ids) and len(ids) == 24
+    assert sorted(patients) == sorted(ids)
+    assert len(ids) == 24
     found = tfrecords.patient_ids(ids, patients)
     # NIH image 00000005_002 belongs to patient 5: the Patient ID column.
     assert found == [str(int(example.split("_")[0])) for example in ids]
@@ -159,7 +171,7 @@ def test_read_patients_of_an_rsna_folder_is_the_identity(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
+    "text, message",
     [
         ("example,patient\na,1\n", "must start with the header patientId,patient, not example"),
         ("", "must start with the header patientId,patient, not nothing"),
@@ -168,8 +180,7 @@ def test_read_patients_of_an_rsna_folder_is_the_identity(tmp_path):
         ("patientId,patient\na,1\na,2\n", "line 3: example id 'a' is given twice"),
     ],
 )
-def test_read_patients_refuses_a_malformed_file_in_one_line(nih_converted, tmp_path, text,
-                                                             message):
+def test_read_patients_refuses_a_malformed_file_in_one_line(nih_converted, tmp_path, text, message):
     data = _copy(nih_converted, tmp_path / "d")
     (data / tfrecords.PATIENTS).write_text(text)
     with pytest.raises(UserError, match=message) as raised:
@@ -182,5 +193,5 @@ def test_read_patients_missing_file_and_unknown_example(nih_converted, tmp_path)
     (data / tfrecords.PATIENTS).unlink()
     with pytest.raises(UserError, match=r"patients.csv \(named in .*manifest.json\) is missing"):
         tfrecords.read_patients(data)
-    with pytest.raises(UserError, match="'00000099_000' has no row in patients.csv"):
+    with pytest.raises(UserError, match=r"'00000099_000' has no row in patients.csv"):
         tfrecords.patient_ids(["00000099_000"], tfrecords.read_patients(nih_converted))

@@ -90,22 +90,31 @@ def test_onnx_matches_keras_with_the_card_embedded_and_beside(run_dir):
 
     summary = export.export_model(run_dir, "onnx")
     out = run_dir / "model.onnx"
-    assert summary.out == out and summary.card == run_dir / "model.onnx.json"
-    assert summary.max_abs_diff <= export.TOLERANCE and summary.batch_sizes == (6, 1)
-    assert summary.synthetic_images == 6 and summary.notes == ()
+    assert summary.out == out
+    assert summary.card == run_dir / "model.onnx.json"
+    assert summary.max_abs_diff <= export.TOLERANCE
+    assert summary.batch_sizes == (6, 1)
+    assert summary.synthetic_images == 6
+    assert summary.notes == ()
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "model.json", "model.keras", "model.onnx", "model.onnx.json"
+        "model.json",
+        "model.keras",
+        "model.onnx",
+        "model.onnx.json",
     ]
     proto = onnx.load(str(out))
     metadata = {entry.key: entry.value for entry in proto.metadata_props}
     assert ModelCard.from_dict(json.loads(metadata[export.ONNX_CARD_KEY])) == CARD
     assert ModelCard.from_dict(json.loads(summary.card.read_text())) == CARD
     facts = json.loads(metadata[export.ONNX_EXPORT_KEY])
-    assert facts["source"] == "model.keras" and facts["onnx_opset"] == summary.details["onnx_opset"]
+    assert facts["source"] == "model.keras"
+    assert facts["onnx_opset"] == summary.details["onnx_opset"]
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (given,) = session.get_inputs()
-    assert given.name == "image" and given.type == "tensor(float)"
-    assert isinstance(given.shape[0], str) and given.shape[1:] == [SIZE, SIZE, 1]  # dynamic N
+    assert given.name == "image"
+    assert given.type == "tensor(float)"
+    assert isinstance(given.shape[0], str)
+    assert given.shape[1:] == [SIZE, SIZE, 1]
     assert [o.name for o in session.get_outputs()] == ["predictions"]
     for count in (1, 3):
         images = _batch(count)
@@ -121,7 +130,8 @@ def test_saved_model_matches_keras_with_the_card_as_asset_and_beside(run_dir, tm
 
     out = tmp_path / "serving" / "pneumonia" / "1"
     summary = export.export_model(run_dir / "model.keras", "saved_model", out)
-    assert summary.max_abs_diff <= export.TOLERANCE and summary.card == out / "model.json"
+    assert summary.max_abs_diff <= export.TOLERANCE
+    assert summary.card == out / "model.json"
     assert {"saved_model.pb", "model.json", "assets/model.json"} <= set(_listing(out))
     assert ModelCard.from_dict(json.loads((out / "model.json").read_text())) == CARD
     loaded = tf.saved_model.load(str(out))
@@ -208,7 +218,7 @@ def test_files_that_are_not_a_model_of_the_contract(tmp_path):
     text.parent.mkdir()
     text.write_text("not a zip")
     write_card(text, CARD)
-    with pytest.raises(UserError, match="not a valid .keras file"):
+    with pytest.raises(UserError, match=r"not a valid .keras file"):
         export.export_model(text, "onnx")
     wrong = tmp_path / "wrong" / "model.keras"
     wrong.parent.mkdir()
@@ -240,15 +250,19 @@ def test_under_jax_the_export_runs_in_a_tensorflow_child(run_dir, tmp_path):
     assert any("child process (KERAS_BACKEND=jax)" in note for note in summary.notes)
     assert any("training's defaults" in note for note in summary.notes)  # an unfitted card
     assert sorted(p.name for p in unfitted.iterdir()) == [
-        "model.json", "model.keras", "model.onnx", "model.onnx.json"
+        "model.json",
+        "model.keras",
+        "model.onnx",
+        "model.onnx.json",
     ]
     text = tmp_path / "text" / "model.keras"
     text.parent.mkdir()
     text.write_text("not a zip")
     write_card(text, CARD)
-    with pytest.raises(UserError, match="not a valid .keras file"):
+    with pytest.raises(UserError, match=r"not a valid .keras file"):
         export.export_model(text, "saved_model")
-    assert os.environ["KERAS_BACKEND"] == "jax" and keras.backend.backend() == "jax"
+    assert os.environ["KERAS_BACKEND"] == "jax"
+    assert keras.backend.backend() == "jax"
     assert sorted(p.name for p in text.parent.iterdir()) == ["model.json", "model.keras"]
 
 
@@ -257,7 +271,7 @@ def test_under_jax_the_export_runs_in_a_tensorflow_child(run_dir, tmp_path):
 def test_an_unreadable_check_image_writes_nothing(run_dir):
     broken = run_dir.parent / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
-    with pytest.raises(UserError, match="--check-images .*broken.png"):
+    with pytest.raises(UserError, match=r"--check-images .*broken.png"):
         export.export_model(run_dir, "onnx", check_images=[broken])
     assert sorted(p.name for p in run_dir.iterdir()) == ["model.json", "model.keras"]
 
@@ -275,8 +289,9 @@ def test_a_failing_check_leaves_nothing_and_keeps_an_earlier_export(run_dir, mon
         run = runner(path)
         return lambda images: run(images) + np.float32(2e-5)
 
-    monkeypatch.setattr(export, "_onnx_runner" if fmt == "onnx" else "_saved_model_runner",
-                        perturbed)
+    monkeypatch.setattr(
+        export, "_onnx_runner" if fmt == "onnx" else "_saved_model_runner", perturbed
+    )
     limit = r"differs .* by up to 2(\.0\d*)?e-05 \(limit 1e-05\)"
     with pytest.raises(export.ExportCheckError, match=limit):
         export.export_model(run_dir, fmt, force=True)
@@ -292,9 +307,7 @@ def test_a_failing_check_leaves_nothing_and_keeps_an_earlier_export(run_dir, mon
 
 @pytest.mark.backend
 @tensorflow_only
-def test_cli_prints_the_difference_and_maps_failures_to_exit_codes(
-    run_dir, monkeypatch, capsys
-):
+def test_cli_prints_the_difference_and_maps_failures_to_exit_codes(run_dir, monkeypatch, capsys):
     png = run_dir.parent / "wide.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 44), np.uint8)).save(png)
     argv = ["export", "--model", str(run_dir), "--format", "onnx", "--check-images", str(png)]
@@ -305,13 +318,17 @@ def test_cli_prints_the_difference_and_maps_failures_to_exit_codes(
     with pytest.raises(SystemExit) as done:
         main(argv)
     err = capsys.readouterr().err
-    assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and "--force" in err
+    assert done.value.code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "--force" in err
     monkeypatch.setattr(export, "_onnx_runner", lambda path: lambda images: images[:, :2, 0, 0])
     with pytest.raises(SystemExit) as done:
         main([*argv, "--force"])
     err = capsys.readouterr().err
-    assert done.value.code == 1 and len(err.strip().splitlines()) == 1
-    assert "ExportCheckError" in err and "nothing was written" in err
+    assert done.value.code == 1
+    assert len(err.strip().splitlines()) == 1
+    assert "ExportCheckError" in err
+    assert "nothing was written" in err
     with pytest.raises(SystemExit) as done:
         main(["export", "--model", str(run_dir), "--format", "tflite"])
     assert done.value.code == 2
@@ -324,7 +341,9 @@ def test_cli_refuses_unsupported_backends_before_any_work(run_dir, monkeypatch, 
     with pytest.raises(SystemExit) as done:
         main(["export", "--model", str(run_dir), "--format", "onnx"])
     err = capsys.readouterr().err
-    assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and "export" in err
+    assert done.value.code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "export" in err
     assert sorted(p.name for p in run_dir.iterdir()) == ["model.json", "model.keras"]
 
 
@@ -365,14 +384,22 @@ def app_inputs(tmp_path_factory) -> list[Path]:
     lut.add_new("LUTDescriptor", "US", [256, 0, 16])
     lut.add_new("LUTData", "US", [int(v) for v in np.linspace(10, 900, 256)])
     datasets = {
-        "window_mono1.dcm": _dataset(wide16, "MONOCHROME1", RescaleSlope=2, RescaleIntercept=-100,
-                                     WindowCenter=3000, WindowWidth=4000),
+        "window_mono1.dcm": _dataset(
+            wide16,
+            "MONOCHROME1",
+            RescaleSlope=2,
+            RescaleIntercept=-100,
+            WindowCenter=3000,
+            WindowWidth=4000,
+        ),
         "signed_minmax.dcm": _dataset(rng.integers(-500, 900, (70, 50), dtype=np.int16)),
-        "voi_lut.dcm": _dataset(rng.integers(0, 256, (40, 40), dtype=np.uint8),
-                                VOILUTSequence=Sequence([lut])),
+        "voi_lut.dcm": _dataset(
+            rng.integers(0, 256, (40, 40), dtype=np.uint8), VOILUTSequence=Sequence([lut])
+        ),
         "plain8.dcm": _dataset(rng.integers(0, 256, (64, 80), dtype=np.uint8)),
-        "jpeg_mono1_tall.dcm": _jpeg_dataset(rng.integers(0, 256, (256, 192), np.uint8),
-                                             "MONOCHROME1"),
+        "jpeg_mono1_tall.dcm": _jpeg_dataset(
+            rng.integers(0, 256, (256, 192), np.uint8), "MONOCHROME1"
+        ),
     }
     paths = sorted((root / "synth" / IMAGES_DIR).glob("*.dcm"))
     for name, ds in datasets.items():
@@ -383,7 +410,7 @@ def app_inputs(tmp_path_factory) -> list[Path]:
     Image.fromarray(np.repeat(gray, 3, axis=2)).save(root / "rgb.png")
     Image.fromarray(rng.integers(0, 4096, (48, 48), dtype=np.uint16)).save(root / "deep.png")
     Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(root / "photo.jpg")
-    return paths + [root / "rgb.png", root / "deep.png", root / "photo.jpg"]
+    return [*paths, root / "rgb.png", root / "deep.png", root / "photo.jpg"]
 
 
 def test_onnx_app_prepares_the_pixels_predict_reads(app_inputs):
@@ -417,16 +444,21 @@ def test_onnx_app_agrees_with_predict_without_keras(run_dir, app_inputs):
         "        print('IMPORTED', found[:5], flush=True); os._exit(3)\n"
         "atexit.register(check)\n"
     )
-    command = [sys.executable, "-c", guard + code.replace("; ", "\n"),
-               str(REPO / "examples" / "onnx_app.py"), str(run_dir / "model.onnx"),
-               *map(str, files)]
+    command = [
+        sys.executable,
+        "-c",
+        guard + code.replace("; ", "\n"),
+        str(REPO / "examples" / "onnx_app.py"),
+        str(run_dir / "model.onnx"),
+        *map(str, files),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 2
     for line, row in zip(lines, expected, strict=True):
         match = re.fullmatch(r"(.+): probability (\S+) label (\S+)", line)
-        assert match and match.group(1) == row["path"]
+        assert match
+        assert match.group(1) == row["path"]
         assert float(match.group(2)) == pytest.approx(row["probability"], abs=1e-5)
         assert match.group(3) == row["class"]
-

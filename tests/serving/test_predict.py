@@ -67,9 +67,7 @@ def _model_probability(model_path: Path, pixels: np.ndarray, temperature: float)
 
 
 @pytest.mark.backend
-def test_a_dicom_and_its_converted_png_predict_as_the_training_pixels(
-    dicoms, model_path, tmp_path
-):
+def test_a_dicom_and_its_converted_png_predict_as_the_training_pixels(dicoms, model_path, tmp_path):
     # That predict's pixels of a DICOM are the converter's (what convert stores,
     # decoded as training decodes it) is test_images.py's
     # test_dicom_pixels_equal_the_converters; here the predictions on them agree.
@@ -86,7 +84,8 @@ def test_a_dicom_and_its_converted_png_predict_as_the_training_pixels(
     assert rows[0]["probability"] == pytest.approx(
         _model_probability(model_path, trained_on, META["temperature"]), abs=1e-6
     )
-    assert rows[0]["patient_id"] == patient_id and rows[1]["patient_id"] == ""
+    assert rows[0]["patient_id"] == patient_id
+    assert rows[1]["patient_id"] == ""
 
 
 # ---------------------------------------------------------------- rows and files
@@ -114,7 +113,8 @@ def test_rows_for_every_format_and_broken_files(model_path, dicoms, image_files,
     assert by_name["broken.png"]["error"]
     for row in rows:
         if row["error"]:
-            assert row["probability"] is None and row["label"] is None
+            assert row["probability"] is None
+            assert row["label"] is None
         else:
             assert 0.0 < row["probability"] < 1.0
             assert row["label"] == int(row["probability"] >= META["threshold"])
@@ -125,7 +125,8 @@ def test_rows_for_every_format_and_broken_files(model_path, dicoms, image_files,
     assert list(written[0]) == list(predict.COLUMNS)
     assert [w["path"] for w in written] == [r["path"] for r in rows]
     assert float(written[0]["probability"]) == rows[0]["probability"]
-    assert written[1]["probability"] == "" and written[1]["error"] == "not a DICOM file"
+    assert written[1]["probability"] == ""
+    assert written[1]["error"] == "not a DICOM file"
 
     # Batching does not change the numbers.
     single = predict.predict_files(model_path, inputs, batch_size=32)
@@ -139,7 +140,8 @@ def test_rows_for_every_format_and_broken_files(model_path, dicoms, image_files,
 def test_json_output(model_path, dicoms, tmp_path):
     out = tmp_path / "p.json"
     rows = predict.predict_files(model_path, [str(d) for d in dicoms], out_path=out, fmt="json")
-    assert json.loads(out.read_text()) == rows and len(rows) == 3
+    assert json.loads(out.read_text()) == rows
+    assert len(rows) == 3
     assert json.loads(predict.format_rows(rows, "json")) == rows
 
 
@@ -165,10 +167,9 @@ def _lone_model(model_path, folder):
     return lone
 
 
-def test_missing_card_is_refused_unless_a_threshold_is_given(model_path, dicoms, tmp_path,
-                                                            caplog):
+def test_missing_card_is_refused_unless_a_threshold_is_given(model_path, dicoms, tmp_path, caplog):
     lone = _lone_model(model_path, tmp_path / "lone")
-    with pytest.raises(UserError, match="model.json is missing.*--threshold"):
+    with pytest.raises(UserError, match=r"model.json is missing.*--threshold"):
         predict.predict_files(lone, [str(dicoms[0])])
     with caplog.at_level(logging.WARNING, logger="pneumokeras.serving.predict"):
         rows = predict.predict_files(lone, [str(dicoms[0])], threshold=0.3)
@@ -198,7 +199,7 @@ def test_run_folders_and_broken_model_files(model_path, dicoms, tmp_path):
     rows = predict.predict_files(model_path.parent, [str(dicoms[0])])
     assert rows == predict.predict_files(model_path, [str(dicoms[0])])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="is a folder without model.keras"):
+    with pytest.raises(UserError, match=r"is a folder without model.keras"):
         predict.predict_files(tmp_path / "empty", [str(dicoms[0])])
     truncated = tmp_path / "cut" / "model.keras"
     truncated.parent.mkdir()
@@ -209,7 +210,7 @@ def test_run_folders_and_broken_model_files(model_path, dicoms, tmp_path):
     text.write_text("not a model")
     text.with_name("model.json").write_text(json.dumps(META))
     for bad in (truncated, text):
-        with pytest.raises(UserError, match="is not a valid .keras file"):
+        with pytest.raises(UserError, match=r"is not a valid .keras file"):
             predict.predict_files(bad, [str(dicoms[0])])
 
 
@@ -219,8 +220,7 @@ def test_inputs_the_model_was_not_trained_for_are_flagged(model_path, dicoms, tm
     ct = pydicom_data.get_testdata_file("CT_small.dcm")
     flagged = _lone_model(model_path, tmp_path / "stats")
     # Training images of mid-grey means only: a black image is far outside.
-    stats = {"images": 100, "percentiles": [0.5, 99.5], "mean": [90.0, 140.0],
-             "std": [40.0, 70.0]}
+    stats = {"images": 100, "percentiles": [0.5, 99.5], "mean": [90.0, 140.0], "std": [40.0, 70.0]}
     flagged.with_name("model.json").write_text(json.dumps({**META, "input_statistics": stats}))
     black = tmp_path / "black.png"
     Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(black)
@@ -233,7 +233,8 @@ def test_inputs_the_model_was_not_trained_for_are_flagged(model_path, dicoms, tm
     assert "mean grey level 0 is outside" in by_name["black.png"]["warning"]
     assert "smaller than the model's input" in by_name["tiny.png"]["warning"]
     for row in rows:  # a warning never replaces the prediction
-        assert row["error"] == "" and 0 < row["probability"] < 1
+        assert row["error"] == ""
+        assert 0 < row["probability"] < 1
     # A synthetic CR chest DICOM with no recorded statistics: no warning.
     assert predict.predict_files(model_path, [str(dicoms[0])])[0]["warning"] == ""
 
@@ -242,7 +243,7 @@ def test_model_json_must_match_the_model(model_path, dicoms, tmp_path):
     other = tmp_path / "model.keras"
     other.write_bytes(model_path.read_bytes())
     other.with_name("model.json").write_text(json.dumps({**META, "input_size": 64}))
-    with pytest.raises(UserError, match="input size 64 .* takes 32 px"):
+    with pytest.raises(UserError, match=r"input size 64 .* takes 32 px"):
         predict.predict_files(other, [str(dicoms[0])])
 
 
@@ -253,7 +254,8 @@ def test_tta_is_seeded_and_reports_spread(model_path, dicoms, tmp_path):
     again = predict.predict_files(model_path, inputs, tta=3, seed=1)
     plain = predict.predict_files(model_path, inputs)
     for row, same, base in zip(rows, again, plain, strict=True):
-        assert 0 < row["tta_mean"] < 1 and row["tta_std"] > 0
+        assert 0 < row["tta_mean"] < 1
+        assert row["tta_std"] > 0
         assert row["tta_mean"] == pytest.approx(same["tta_mean"], abs=1e-6)
         assert row["tta_std"] == pytest.approx(same["tta_std"], abs=1e-6)
         assert row["probability"] == pytest.approx(base["probability"], abs=1e-6)

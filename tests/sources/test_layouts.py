@@ -4,6 +4,8 @@ patient-level splits and folds. Names and labels only: no pixels, no Keras."""
 from __future__ import annotations
 
 import csv
+import functools
+import operator
 
 import pytest
 from layout_fixtures import add_odd_files, write_chexpert, write_kermany, write_nih
@@ -47,7 +49,7 @@ def test_kermany_tree_lists_every_image_with_label_id_and_patient(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("names", "labels"),
+    "names, labels",
     [(("normal", "pneumonia"), (0, 1)), (("Negative", "POSITIVE"), (0, 1)), (("0", "1"), (0, 1))],
 )
 def test_class_folder_names_map_in_any_case(tmp_path, names, labels):
@@ -67,7 +69,8 @@ def test_unknown_class_folder_is_one_line_naming_it_and_the_accepted_names(tmp_p
     with pytest.raises(UserError) as err:
         list_images(tmp_path, None, FOLDERS)
     message = str(err.value)
-    assert "\n" not in message and "COVID" in message
+    assert "\n" not in message
+    assert "COVID" in message
     for accepted in ("normal", "negative", "pneumonia", "positive"):
         assert accepted in message
 
@@ -82,7 +85,7 @@ def test_keep_splits_uses_the_data_sets_folders_and_needs_all_three(tmp_path):
     assert layouts.patients_in_several_splits(listing.items, kept) == 0
 
     (tmp_path / "val").rename(tmp_path / "elsewhere")
-    with pytest.raises(UserError, match="stray|neither"):  # an unknown folder among splits
+    with pytest.raises(UserError, match=r"stray|neither"):  # an unknown folder among splits
         list_images(tmp_path, None, LayoutOptions("folders", keep_splits=True))
     (tmp_path / "elsewhere").rename(tmp_path.parent / "val-moved")
     with pytest.raises(UserError, match="missing: val"):
@@ -115,7 +118,8 @@ def test_same_name_with_another_suffix_is_skipped_not_merged(tmp_path):
     (tmp_path / "NORMAL" / "a.png").write_bytes(b"")
     (tmp_path / "NORMAL" / "a.jpeg").write_bytes(b"")
     listing = list_images(tmp_path, None, FOLDERS)
-    assert list(listing.items) == ["NORMAL/a"] and listing.items["NORMAL/a"].file == "NORMAL/a.jpeg"
+    assert list(listing.items) == ["NORMAL/a"]
+    assert listing.items["NORMAL/a"].file == "NORMAL/a.jpeg"
     assert listing.skipped == [
         ("NORMAL/a", "NORMAL/a.png", "another file has the same name and id")
     ]
@@ -137,7 +141,7 @@ def test_empty_or_missing_folders_are_user_errors(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    "options, message",
     [
         (LayoutOptions("kermany"), "--layout must be one of rsna, folders, findings"),
         (LayoutOptions("findings", uncertain="maybe"), "--uncertain must be one of"),
@@ -156,7 +160,7 @@ def test_options_of_another_layout_are_refused(options, message):
 
 
 @pytest.mark.parametrize(
-    ("cell", "positive", "uncertain", "expected"),
+    "cell, positive, uncertain, expected",
     [
         ("Cardiomegaly|Pneumonia", "Pneumonia", "drop", (1, "")),
         ("pneumonia", "Pneumonia", "drop", (1, "")),
@@ -193,7 +197,7 @@ def test_nih_csv_defaults_come_from_its_header(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("uncertain", "count", "positives"), [("drop", 10, 4), ("negative", 12, 4), ("positive", 12, 6)]
+    "uncertain, count, positives", [("drop", 10, 4), ("negative", 12, 4), ("positive", 12, 6)]
 )
 def test_chexpert_uncertain_labels_under_each_rule(tmp_path, uncertain, count, positives):
     images, labels = write_chexpert(tmp_path)
@@ -204,9 +208,8 @@ def test_chexpert_uncertain_labels_under_each_rule(tmp_path, uncertain, count, p
     assert (some.patient, some.view) == ("patient00002", "AP")
     reasons = [r for _, _, r in listing.skipped]
     assert reasons == ["uncertain label (-1) dropped (--uncertain drop)"] * (12 - count)
-    assert (
-        listing.label_mapping["column"] == "Pneumonia" and listing.label_mapping["positive"] == "1"
-    )
+    assert listing.label_mapping["column"] == "Pneumonia"
+    assert listing.label_mapping["positive"] == "1"
     # --images may also be the CheXpert folder itself, the one the paths start with.
     again = list_images(images / "CheXpert-v1.0-small", labels, _findings(uncertain=uncertain))
     assert list(again.items) == list(items)
@@ -224,7 +227,8 @@ def test_findings_columns_named_explicitly_and_missing_ones(tmp_path):
     with pytest.raises(UserError) as err:
         list_images(images, labels, _findings(label_column="Pneumonia"))
     message = str(err.value)
-    assert "--label-column 'Pneumonia' is not a column" in message and "Finding Labels" in message
+    assert "--label-column 'Pneumonia' is not a column" in message
+    assert "Finding Labels" in message
     bare = tmp_path / "bare.csv"
     bare.write_text("file,y\na.png,1\n")
     with pytest.raises(UserError, match="no image column found; name it with --image-column"):
@@ -238,14 +242,16 @@ def test_findings_without_any_positive_say_which_values_the_column_has(tmp_path)
     with pytest.raises(UserError) as err:
         list_images(images, labels, _findings(positive="Hernia"))
     message = str(err.value)
-    assert "no image is positive" in message and "'No Finding'" in message
+    assert "no image is positive" in message
+    assert "'No Finding'" in message
     assert "--positive 'Hernia'" in message
 
 
 def test_mixed_order_is_fixed_and_mixes_the_class_folders():
     ids = [f"NORMAL/IM-{i:04d}" for i in range(20)] + [f"PNEUMONIA/person{i}" for i in range(20)]
     order = layouts.mixed_order(ids)
-    assert sorted(order) == sorted(ids) and order == layouts.mixed_order(ids[::-1])
+    assert sorted(order) == sorted(ids)
+    assert order == layouts.mixed_order(ids[::-1])
     assert {i.split("/")[0] for i in order[:8]} == {"NORMAL", "PNEUMONIA"}
 
 
@@ -269,7 +275,7 @@ def test_multi_image_patients_are_never_in_two_splits_or_folds(tmp_path):
     ids = list(items)
     for seed in range(4):
         splits = layouts.split_items(items, ids, 0.2, 0.2, seed, {i: items[i].view for i in ids})
-        assert sorted(sum(splits.values(), [])) == ids
+        assert sorted(functools.reduce(operator.iadd, splits.values(), [])) == ids
         assert layouts.patients_in_several_splits(items, splits) == 0
         assert all(splits[s] for s in splits)
         fold_of = layouts.assign_folds(items, splits["train"] + splits["val"], 3, seed)

@@ -25,8 +25,10 @@ def test_records_boxes_and_classes(tmp_path):
     )
     records = rsna.read_labels(labels, classes)
     assert list(records) == ["a", "b", "c"]
-    assert records["a"].label == 0 and records["a"].boxes_px == ()
-    assert records["b"].label == 1 and len(records["b"].boxes_px) == 2
+    assert records["a"].label == 0
+    assert records["a"].boxes_px == ()
+    assert records["b"].label == 1
+    assert len(records["b"].boxes_px) == 2
     assert records["b"].normalised_boxes(1000, 1000)[0] == pytest.approx((0.1, 0.2, 0.05, 0.06))
     assert records["c"].detailed_class == "No Lung Opacity / Not Normal"
 
@@ -77,8 +79,11 @@ def test_split_is_patient_level_stratified_and_deterministic():
     sets = [set(v) for v in splits.values()]
     assert sum(len(s) for s in sets) == len(records)
     assert set().union(*sets) == set(records)
-    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
-    assert len(splits["val"]) == 100 and len(splits["test"]) == 100
+    assert not (sets[0] & sets[1])
+    assert not (sets[0] & sets[2])
+    assert not (sets[1] & sets[2])
+    assert len(splits["val"]) == 100
+    assert len(splits["test"]) == 100
     whole = sum(r.label for r in records.values()) / len(records)
     for ids in splits.values():
         assert abs(sum(records[p].label for p in ids) / len(ids) - whole) <= 0.01

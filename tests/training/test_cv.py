@@ -43,8 +43,14 @@ TINY = [
     "train.xla=false",
     "evaluate.bootstrap=50",
 ]
-OUTPUTS = ("oof.csv", "cv_metrics.json", "cv_roc.png", "report.md", "ensemble.keras",
-           "ensemble.json")
+OUTPUTS = (
+    "oof.csv",
+    "cv_metrics.json",
+    "cv_roc.png",
+    "report.md",
+    "ensemble.keras",
+    "ensemble.json",
+)
 
 
 def _config(*overrides):
@@ -70,8 +76,7 @@ def _test_images(data_dir, count=4):
 
 
 def _snapshot(out):
-    return {p.relative_to(out): p.read_bytes() for p in sorted(out.glob("fold-*/*"))
-            if p.is_file()}
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.glob("fold-*/*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +84,9 @@ def cv3(converted_dir, tmp_path_factory):
     """A finished 3-fold cross-validation of the session's tiny data (one epoch per fold)."""
     out = tmp_path_factory.mktemp("cv3")
     lines = []
-    summary = cv.cross_validate(converted_dir, out, _config("train.epochs=1"), verbose=0,
-                                say=lines.append)
+    summary = cv.cross_validate(
+        converted_dir, out, _config("train.epochs=1"), verbose=0, say=lines.append
+    )
     return out, summary, lines
 
 
@@ -94,9 +100,12 @@ def test_cv_roc_figure_draws_each_fold_and_the_mean():
     figure = plots.cv_roc_figure(labels, probs)
     texts = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
     assert [t.split(" (")[0] for t in texts[:3]] == ["fold 0", "fold 1", "fold 2"]
-    assert "fold 3: one class, no curve" in texts and any(t.startswith("mean (AUC") for t in texts)
-    aucs = [metrics.classification_metrics(y, p, 0.5)["roc_auc"] for y, p in
-            zip(labels[:3], probs[:3], strict=True)]
+    assert "fold 3: one class, no curve" in texts
+    assert any(t.startswith("mean (AUC") for t in texts)
+    aucs = [
+        metrics.classification_metrics(y, p, 0.5)["roc_auc"]
+        for y, p in zip(labels[:3], probs[:3], strict=True)
+    ]
     assert f"mean (AUC {np.mean(aucs):.3f} ± {np.std(aucs, ddof=1):.3f})" in texts
     assert plots.to_png(figure)[:4] == b"\x89PNG"
 
@@ -120,8 +129,10 @@ def test_fold_metrics_mean_and_sd_over_folds():
     oof = cv.OutOfFold(np.arange(folds.size).astype(str), folds, labels, raw)
     per_fold, summary = cv.fold_metrics(oof, raw, 0.5, 3)
     for name in cv.FOLD_METRICS:
-        values = [metrics.classification_metrics(labels[folds == k], raw[folds == k], 0.5)[name]
-                  for k in range(3)]
+        values = [
+            metrics.classification_metrics(labels[folds == k], raw[folds == k], 0.5)[name]
+            for k in range(3)
+        ]
         assert [f["metrics"][name] for f in per_fold] == pytest.approx(values)
         assert summary[name]["mean"] == pytest.approx(np.mean(values))
         assert summary[name]["sd"] == pytest.approx(np.std(values, ddof=1))
@@ -141,7 +152,8 @@ def test_three_folds_end_to_end(cv3, converted_dir):
         assert (out / name).is_file(), name
     for k in range(3):
         record = json.loads((out / f"fold-{k}" / "run.json").read_text())
-        assert record["status"] == "finished" and record["fold"] == k
+        assert record["status"] == "finished"
+        assert record["fold"] == k
         assert read_card(out / f"fold-{k}").fold == k
     # Every train+val patient once, by the model that held it out; no test patient.
     rows = _oof_rows(out)
@@ -151,8 +163,11 @@ def test_three_folds_end_to_end(cv3, converted_dir):
     assert len(set(patients)) == len(patients)
     assert not set(patients) & set(_patients(converted_dir, "test"))
     assert all(int(r["fold"]) == folds[r["patient"]] for r in rows)
-    labels = {r["patient_id"]: r["label"] for s in ("train", "val")
-              for r in tfrecords.read_split(converted_dir, s)}
+    labels = {
+        r["patient_id"]: r["label"]
+        for s in ("train", "val")
+        for r in tfrecords.read_split(converted_dir, s)
+    }
     assert all(int(r["label"]) == labels[r["patient"]] for r in rows)
     # The metrics file agrees with oof.csv: per fold at the pooled threshold, pooled.
     result = json.loads((out / "cv_metrics.json").read_text())
@@ -162,8 +177,9 @@ def test_three_folds_end_to_end(cv3, converted_dir):
     fold = np.array([int(r["fold"]) for r in rows])
     threshold = result["threshold"]["value"]
     for entry in result["folds"]:
-        point = metrics.classification_metrics(y[fold == entry["fold"]],
-                                               cal[fold == entry["fold"]], threshold)
+        point = metrics.classification_metrics(
+            y[fold == entry["fold"]], cal[fold == entry["fold"]], threshold
+        )
         assert entry["metrics"]["roc_auc"] == pytest.approx(point["roc_auc"], abs=1e-6)
         assert entry["metrics"]["recall"] == pytest.approx(point["recall"])
     aucs = [f["metrics"]["roc_auc"] for f in result["folds"]]
@@ -174,7 +190,9 @@ def test_three_folds_end_to_end(cv3, converted_dir):
     assert pooled["recall"]["ci_method"] == "wilson"
     assert pooled["tp"]["value"] + pooled["fn"]["value"] == int(y.sum())
     text = (out / "report.md").read_text()
-    assert "mean ± sd" in text and "](cv_roc.png)" in text and "not for diagnosis" in text
+    assert "mean ± sd" in text
+    assert "](cv_roc.png)" in text
+    assert "not for diagnosis" in text
     assert (out / "cv_roc.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -187,14 +205,17 @@ def test_the_card_is_fitted_on_the_out_of_fold_predictions(cv3):
     raw = np.array([float(r["probability"]) for r in rows])
     fit = fit_calibration(y, raw)
     assert card.temperature == pytest.approx(fit.temperature, rel=1e-3)
-    assert card.calibration["fitted_on"] == "oof" and card.calibration["n"] == len(rows)
-    assert card.threshold_method == "youden" and card.fitted
+    assert card.calibration["fitted_on"] == "oof"
+    assert card.calibration["n"] == len(rows)
+    assert card.threshold_method == "youden"
+    assert card.fitted
     expected = metrics.choose_threshold(y, calibrate(raw, card.temperature), "youden")
     assert card.threshold == pytest.approx(expected, abs=1e-6)
     assert [m["name"] for m in card.members] == ["member_0", "member_1", "member_2"]
     assert [m["fold"] for m in card.members] == [0, 1, 2]
     assert all(m["gradcam_layer"] == "stack4_block1_out" for m in card.members)
-    assert card.fold is None and card.input_size == 64
+    assert card.fold is None
+    assert card.input_size == 64
 
 
 @pytest.mark.backend
@@ -204,7 +225,11 @@ def test_the_ensemble_is_the_mean_of_its_members(cv3, converted_dir, tmp_path):
     images = _test_images(converted_dir).astype(np.float32)
     ensemble = keras.saving.load_model(out / "ensemble.keras")
     assert [layer.name for layer in ensemble.layers] == [
-        "image", "member_0", "member_1", "member_2", "predictions"
+        "image",
+        "member_0",
+        "member_1",
+        "member_2",
+        "predictions",
     ]
     here = np.asarray(ensemble.predict(images, verbose=0))
     members = [keras.saving.load_model(out / f"fold-{k}" / "model.keras") for k in range(3)]
@@ -233,13 +258,16 @@ def test_predict_reports_the_members_spread(cv3, converted_dir, tmp_path):
         Image.fromarray(image[..., 0]).save(files[-1])
     rows = predict.predict_files(out / "ensemble.keras", files, out_path=tmp_path / "p.csv")
     classifier = load_classifier(out / "ensemble.keras")
-    members = np.stack([
-        classifier.calibrate(load_classifier(out / f"fold-{k}").raw_probabilities(images))
-        for k in range(3)
-    ])
+    members = np.stack(
+        [
+            classifier.calibrate(load_classifier(out / f"fold-{k}").raw_probabilities(images))
+            for k in range(3)
+        ]
+    )
     np.testing.assert_allclose([r["member_std"] for r in rows], members.std(axis=0), atol=1e-5)
-    np.testing.assert_allclose([r["probability"] for r in rows],
-                               classifier.probabilities(images), atol=1e-6)
+    np.testing.assert_allclose(
+        [r["probability"] for r in rows], classifier.probabilities(images), atol=1e-6
+    )
     assert "member_std" in (tmp_path / "p.csv").read_text().splitlines()[0].split(",")
     single = predict.predict_files(out / "fold-0", files[:1])
     assert "member_std" not in single[0]
@@ -252,14 +280,16 @@ def test_evaluate_accepts_the_ensemble(cv3, converted_dir, tmp_path):
     for name in ("ensemble.keras", "ensemble.json"):
         shutil.copy(out / name, tmp_path / name)
     before = (tmp_path / "ensemble.json").read_text()
-    result = evaluate_run(tmp_path / "ensemble.keras", converted_dir, tmp_path / "eval",
-                          _config(), progress=False)
+    result = evaluate_run(
+        tmp_path / "ensemble.keras", converted_dir, tmp_path / "eval", _config(), progress=False
+    )
     assert result["n"] == len(_patients(converted_dir, "test"))
     assert (tmp_path / "eval" / "report.md").is_file()
     # The members trained on `val`: the out-of-fold temperature and threshold are
     # used as they are, and the card is not rewritten.
     card = read_card(tmp_path / "ensemble.keras")
-    assert (tmp_path / "ensemble.json").read_text() == before and len(card.members) == 3
+    assert (tmp_path / "ensemble.json").read_text() == before
+    assert len(card.members) == 3
     assert result["temperature"] == card.temperature
     assert result["threshold"]["value"] == card.threshold
     assert result["threshold"]["chosen_on"] == result["calibration"]["fitted_on"] == "oof"
@@ -272,17 +302,26 @@ def test_explain_shows_the_mean_of_the_members_maps(cv3, converted_dir, tmp_path
     from pneumokeras.explain.explain import explain_run
 
     out, _, _ = cv3
-    summary = explain_run(out / "ensemble.keras", tmp_path / "explain", _config(),
-                          data_dir=converted_dir, split="test", limit=3, progress=False)
-    assert summary["count"] == 3 and summary["layer"] == "stack4_block1_out of each member"
+    summary = explain_run(
+        out / "ensemble.keras",
+        tmp_path / "explain",
+        _config(),
+        data_dir=converted_dir,
+        split="test",
+        limit=3,
+        progress=False,
+    )
+    assert summary["count"] == 3
+    assert summary["layer"] == "stack4_block1_out of each member"
     assert (tmp_path / "explain" / "contact_sheet.png").is_file()
     model = keras.saving.load_model(out / "ensemble.keras")
     images = _test_images(converted_dir, 3).astype(np.float32)
     names = [f"member_{k}" for k in range(3)]
     explainer = EnsembleHeatmapExplainer(model, names, "gradcam", ["stack4_block1_out"] * 3)
     maps = explainer(images, "pneumonia")
-    each = [HeatmapExplainer(model.get_layer(n), "gradcam", "stack4_block1_out")(images)
-            for n in names]
+    each = [
+        HeatmapExplainer(model.get_layer(n), "gradcam", "stack4_block1_out")(images) for n in names
+    ]
     np.testing.assert_allclose(maps, _normalize_maps(np.mean(each, axis=0)), atol=1e-5)
     assert maps.shape == (3, 64, 64)
 
@@ -300,12 +339,15 @@ def _tamper(path, change):
 def test_bad_input_is_refused_and_finished_folds_stay(cv3, converted_dir, tmp_path):
     out, _, _ = cv3
     before = _snapshot(out)
-    with pytest.raises(UserError, match=r"fold-0 was trained with other settings "
-                                         r"\(model.filters: 8 → 4\)"):
+    with pytest.raises(
+        UserError,
+        match=r"fold-0 was trained with other settings "
+        r"\(model.filters: 8 → 4\)",
+    ):
         cv.cross_validate(converted_dir, out, _config("train.epochs=1", "model.filters=4"))
     with pytest.raises(UserError, match=r"--fold 3 is out of range: .* has 3 folds"):
         cv.cross_validate(converted_dir, out, _config("train.epochs=1"), only_fold=3)
-    with pytest.raises(UserError, match="data.image_size is 96"):
+    with pytest.raises(UserError, match=r"data.image_size is 96"):
         cv.cross_validate(converted_dir, out, _config("train.epochs=1", "data.image_size=96"))
     assert _snapshot(out) == before
 
@@ -316,8 +358,11 @@ def test_bad_input_is_refused_and_finished_folds_stay(cv3, converted_dir, tmp_pa
 
     sizes = copy("sizes")
     _tamper(sizes / "fold-1" / "run.json", lambda r: r["config"]["data"].update(image_size=96))
-    with pytest.raises(UserError, match=r"fold-1 was trained with other settings "
-                                         r"\(data.image_size: 96 → 64\)"):
+    with pytest.raises(
+        UserError,
+        match=r"fold-1 was trained with other settings "
+        r"\(data.image_size: 96 → 64\)",
+    ):
         cv.cross_validate(converted_dir, sizes, _config("train.epochs=1"))
     other = copy("other-data")
     _tamper(other / "fold-2" / "run.json", lambda r: r.update(data_fingerprint="0123"))
@@ -344,8 +389,9 @@ def test_bad_input_is_refused_and_finished_folds_stay(cv3, converted_dir, tmp_pa
 
 def _unfolded(converted_dir, target):
     shutil.copytree(converted_dir, target)
-    _tamper(target / "manifest.json",
-            lambda m: m.update(num_folds=0, folds={}, fold_class_weights=[]))
+    _tamper(
+        target / "manifest.json", lambda m: m.update(num_folds=0, folds={}, fold_class_weights=[])
+    )
     return target
 
 
@@ -356,11 +402,20 @@ def test_data_without_folds_is_one_line_and_exit_2(converted_dir, tmp_path, caps
     with pytest.raises(UserError, match="converted without folds"):
         cv.cross_validate(unfolded, tmp_path / "cv", _config())
     with pytest.raises(SystemExit) as done:
-        main(["cv", "--data", str(unfolded), "--out", str(tmp_path / "cv"),
-              *[a for o in TINY for a in ("--set", o)]])
+        main(
+            [
+                "cv",
+                "--data",
+                str(unfolded),
+                "--out",
+                str(tmp_path / "cv"),
+                *[a for o in TINY for a in ("--set", o)],
+            ]
+        )
     stderr = capsys.readouterr().err
     assert done.value.code == 2
-    assert stderr.strip().splitlines() == [stderr.strip()] and "without folds" in stderr
+    assert stderr.strip().splitlines() == [stderr.strip()]
+    assert "without folds" in stderr
     assert not (tmp_path / "cv").exists()
 
 
@@ -370,13 +425,23 @@ def test_data_without_folds_is_one_line_and_exit_2(converted_dir, tmp_path, caps
 def _two_folds(converted_dir, target):
     """A copy of the data whose 3 stratified folds are merged into 2 (0+2, 1)."""
     shutil.copytree(converted_dir, target)
-    labels = {r["patient_id"]: r["label"] for s in ("train", "val")
-              for r in tfrecords.read_split(converted_dir, s)}
+    labels = {
+        r["patient_id"]: r["label"]
+        for s in ("train", "val")
+        for r in tfrecords.read_split(converted_dir, s)
+    }
 
     def merge(manifest):
         folds = {p: f % 2 for p, f in manifest["folds"].items()}
-        weights = [{str(c): w for c, w in rsna.class_weights(
-            [labels[p] for p, f in folds.items() if f != k]).items()} for k in range(2)]
+        weights = [
+            {
+                str(c): w
+                for c, w in rsna.class_weights(
+                    [labels[p] for p, f in folds.items() if f != k]
+                ).items()
+            }
+            for k in range(2)
+        ]
         manifest.update(folds=folds, num_folds=2, fold_class_weights=weights)
 
     _tamper(target / "manifest.json", merge)
@@ -384,10 +449,24 @@ def _two_folds(converted_dir, target):
 
 
 def _cli_cv(data_dir, out_dir, *extra, env=None):
-    args = [sys.executable, str(ROOT / "cli.py"), "cv", "--data", str(data_dir),
-            "--out", str(out_dir), *[a for o in TINY for a in ("--set", o)], *extra]
-    return subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    args = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "cv",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(out_dir),
+        *[a for o in TINY for a in ("--set", o)],
+        *extra,
+    ]
+    return subprocess.Popen(
+        args,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _epochs(run_dir):
@@ -409,8 +488,9 @@ def test_two_folds_one_per_machine_killed_and_resumed(converted_dir, tmp_path):
     assert not (out / "ensemble.keras").exists()
     fold0 = _snapshot(out)
     # The plain command skips fold 0 and is killed at the end of fold 1's first epoch.
-    process = _cli_cv(data, out, "--set", "train.epochs=2",
-                      env={train.KILL_AFTER_EPOCH_VARIABLE: "1"})
+    process = _cli_cv(
+        data, out, "--set", "train.epochs=2", env={train.KILL_AFTER_EPOCH_VARIABLE: "1"}
+    )
     _, stderr = process.communicate(timeout=900)
     assert process.returncode == -signal.SIGKILL, stderr[-2000:]
     assert "fold 0: finished already" in stderr

@@ -60,7 +60,8 @@ def test_settings_from_flags_then_variables():
     }
     got = distributed.settings(environ=env)
     assert (got.coordinator, got.num_processes, got.process_id) == ("10.0.0.1:1234", 4, 3)
-    assert got.multi_process and got.heartbeat_timeout == 20
+    assert got.multi_process
+    assert got.heartbeat_timeout == 20
     assert got.init_timeout == distributed.DEFAULT_INIT_TIMEOUT
     flags = distributed.settings("host:99", 2, 1, environ=env)
     assert (flags.coordinator, flags.num_processes, flags.process_id) == ("host:99", 2, 1)
@@ -90,7 +91,7 @@ def test_settings_from_slurm_and_open_mpi():
 
 
 @pytest.mark.parametrize(
-    ("args", "env", "message"),
+    "args, env, message",
     [
         (("h:1", None, None), {}, "given without --num-processes"),
         ((None, 2, 0), {}, r"needs --coordinator \(or PNEUMOKERAS_COORDINATOR\)"),
@@ -110,14 +111,16 @@ def test_settings_errors_are_one_line(args, env, message):
 
 
 def test_single_process_helpers_need_no_jax():
-    assert distributed.process_count() == 1 and distributed.is_writer()
+    assert distributed.process_count() == 1
+    assert distributed.is_writer()
     assert distributed.all_gather(np.array([3])).tolist() == [[3]]
     assert distributed.on_writer(lambda: 5) == 5
     assert distributed.peer_failure(ValueError("shape mismatch")) is None
     lost = distributed.peer_failure(
         ValueError("UNKNOWN: Gloo all-reduce failed: Connection closed by peer [127.0.0.1]:1")
     )
-    assert "lost another process" in lost and "restart all processes" in lost
+    assert "lost another process" in lost
+    assert "restart all processes" in lost
 
 
 @pytest.mark.backend
@@ -253,8 +256,14 @@ def killed_and_resumed(converted_dir, tmp_path_factory):
     dump = {train.WEIGHTS_DUMP_VARIABLE: str(dumps)}
     phase2, pids2 = _two(converted_dir, run, run, *RUN, env0=dump, env1=dump)
     reference = subprocess.run(
-        [sys.executable, "-c", REFERENCE, str(converted_dir), str(root / "one")]
-        + [json.dumps([*SETTINGS, *RUN])],
+        [
+            sys.executable,
+            "-c",
+            REFERENCE,
+            str(converted_dir),
+            str(root / "one"),
+            json.dumps([*SETTINGS, *RUN]),
+        ],
         env={**_env(**KILL_1), "JAX_NUM_CPU_DEVICES": "2"},
         capture_output=True,
         text=True,
@@ -317,19 +326,23 @@ def test_a_killed_process_stops_the_other_within_the_heartbeat_timeout(killed_an
     assert code1 == -signal.SIGKILL
     assert code0 == 1, err0[-3000:]
     last = err0.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "lost another process" in last, err0[-3000:]
+    assert last.startswith("error: "), err0[-3000:]
+    assert "lost another process" in last, err0[-3000:]
     assert "restart all processes with the same command" in last
     assert end0 - end1 < HEARTBEAT + 10  # the stated bound: the heartbeat timeout
     state = killed_and_resumed["state1"]
     assert [int(r["epoch"]) for r in state["history"]] == [1]
-    assert state["record"]["status"] == "running" and state["backup"]
+    assert state["record"]["status"] == "running"
+    assert state["backup"]
 
 
 @_e2e
 def test_restarting_both_resumes_and_ends_with_identical_weights(killed_and_resumed):
     (code0, out0, err0, _), (code1, out1, err1, _) = killed_and_resumed["phase2"]
-    assert code0 == 0 and code1 == 0, (err0 + err1)[-3000:]
-    assert "Epoch 1/" not in out0 and "Epoch 2/2" in out0
+    assert code0 == 0, (err0 + err1)[-3000:]
+    assert code1 == 0, (err0 + err1)[-3000:]
+    assert "Epoch 1/" not in out0
+    assert "Epoch 2/2" in out0
     assert out0.strip().splitlines()[-1].startswith("best epoch")
     assert out1.strip().splitlines()[-1] == "process 1 of 2 finished"
     run = killed_and_resumed["run"]
@@ -354,7 +367,8 @@ def test_only_process_0_writes_the_run_folder(killed_and_resumed):
     # TensorBoard names its files after the writing process: process 0 of each phase.
     events = list((run / "logs").rglob("events.out.tfevents.*"))
     writers = {int(path.name.split(".")[-3]) for path in events}
-    assert events and writers <= set(killed_and_resumed["writer_pids"])
+    assert events
+    assert writers <= set(killed_and_resumed["writer_pids"])
     assert json.loads((run / "model.json").read_text())["devices"] == 2
 
 
@@ -368,7 +382,8 @@ def test_validation_covers_the_whole_split(killed_and_resumed, converted_dir):
         images.append(x.numpy())
         labels.append(y.numpy())
     images, labels = np.concatenate(images), np.concatenate(labels)
-    assert len(labels) == 16 and 16 % 6  # all validation patients, a partial last batch
+    assert len(labels) == 16
+    assert 16 % 6
     model = keras.saving.load_model(run / "model.keras")
     probabilities = np.asarray(model.predict(images, batch_size=16, verbose=0))
     accuracy = float(np.mean(probabilities.argmax(1) == labels.argmax(1)))
@@ -385,7 +400,8 @@ def test_two_processes_equal_one_process_over_two_devices(killed_and_resumed, tm
     root = killed_and_resumed["root"]
     two = _keras_weights(killed_and_resumed["epoch1"]["model.keras"], tmp_path / "two")
     one = _keras_weights((root / "one" / "model.keras").read_bytes(), tmp_path / "one")
-    assert sorted(two) == sorted(one) and len(two) > 10
+    assert sorted(two) == sorted(one)
+    assert len(two) > 10
     for name in two:
         np.testing.assert_allclose(two[name], one[name], atol=1e-5, err_msg=name)
     # The reference is plain data parallelism over two devices of one process.
@@ -399,7 +415,8 @@ def test_tensorflow_is_refused_in_one_line(converted_dir, tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2
     assert stderr.strip().splitlines() == [f"error: {distributed.TENSORFLOW_REFUSAL}"]
-    assert "keras-team/keras#20585" in stderr and "KERAS_BACKEND=jax" in stderr
+    assert "keras-team/keras#20585" in stderr
+    assert "KERAS_BACKEND=jax" in stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -459,8 +476,10 @@ def test_a_process_that_never_arrives_stops_the_other(tmp_path):
     seconds = time.monotonic() - start
     # The coordinator listens on the address given only (127.0.0.1, maybe IPv4-mapped
     # IPv6), not on every interface (all zeros).
-    assert addresses and set(addresses) <= {"0100007F", "0000000000000000FFFF00000100007F"}
-    assert process.returncode == 1 and "joined" not in stdout
+    assert addresses
+    assert set(addresses) <= {"0100007F", "0000000000000000FFFF00000100007F"}
+    assert process.returncode == 1
+    assert "joined" not in stdout
     assert stderr.strip().splitlines()[-1] == (
         f"error: process 0: not all 2 processes joined at 127.0.0.1:{port} within "
         f"{ALONE_TIMEOUT} s "

@@ -66,17 +66,21 @@ def test_short_training_lowers_the_loss_and_writes_the_run(short_run):
     # The rate of each epoch's first step: the peak first, then cosine decay, never 0.
     rates = [float(r["learning_rate"]) for r in rows]
     assert rates[0] == pytest.approx(3e-3)
-    assert rates == sorted(rates, reverse=True) and rates[-1] > 0
+    assert rates == sorted(rates, reverse=True)
+    assert rates[-1] > 0
     meta = json.loads((run / "model.json").read_text())
     assert meta["class_names"] == ["normal", "pneumonia"]
-    assert meta["input_size"] == 64 and meta["backend"] == keras.backend.backend()
+    assert meta["input_size"] == 64
+    assert meta["backend"] == keras.backend.backend()
     # One epoch numbering: the card, the summary and history.csv count from 1.
     assert meta["best_epoch"] == summary.best_epoch
     best_row = rows[summary.best_epoch - 1]
     assert float(best_row["val_auc"]) == pytest.approx(summary.best_val_auc, abs=1e-5)
     assert meta["validation"]["auc"] == pytest.approx(summary.best_val_auc)
-    assert meta["threshold_method"] == "default" and meta["temperature"] == 1.0
-    assert meta["data"]["splits"]["train"]["count"] > 0 and meta["data"]["fingerprint"]
+    assert meta["threshold_method"] == "default"
+    assert meta["temperature"] == 1.0
+    assert meta["data"]["splits"]["train"]["count"] > 0
+    assert meta["data"]["fingerprint"]
     low, high = meta["input_statistics"]["mean"]
     assert 0 < low < high < 255
     record = json.loads((run / "run.json").read_text())
@@ -88,9 +92,9 @@ def test_short_training_lowers_the_loss_and_writes_the_run(short_run):
 
 
 def test_clear_errors(converted_dir, tmp_path):
-    with pytest.raises(UserError, match="no manifest.json"):
+    with pytest.raises(UserError, match=r"no manifest.json"):
         train.train(tmp_path, tmp_path / "run", _config())
-    with pytest.raises(UserError, match="data.image_size is 96"):
+    with pytest.raises(UserError, match=r"data.image_size is 96"):
         train.train(converted_dir, tmp_path / "run", _config("data.image_size=96"))
     broken = tmp_path / "broken"
     shutil.copytree(converted_dir, broken)
@@ -121,7 +125,8 @@ def test_fold_training_box_supervision_last_stride_one_focal_loss_and_warmup(
     )
     assert float(rows[-1]["box_map_loss"]) < float(rows[0]["box_map_loss"])
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert meta["fold"] == 2 and summary.epochs_run == 2
+    assert meta["fold"] == 2
+    assert summary.epochs_run == 2
     assert meta["validation"]["auc"] == pytest.approx(summary.best_val_auc)
     assert meta["config"]["train"]["box_loss_weight"] == 2.0
     assert meta["config"]["train"]["loss"] == "focal"
@@ -182,8 +187,9 @@ def _cli_train(converted_dir, run_dir, *extra, env=None):
 
 # In the TensorFlow pass: under JAX, resuming killed processes from their backup is
 # test_distributed.py's killed_and_resumed (two processes killed, restarted, finished).
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="resumed under JAX in test_distributed.py")
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="resumed under JAX in test_distributed.py"
+)
 @pytest.mark.slow
 def test_resume_after_kill_and_plain_output_to_a_pipe(converted_dir, tmp_path, capsys):
     from pneumokeras.cli import main
@@ -197,21 +203,37 @@ def test_resume_after_kill_and_plain_output_to_a_pipe(converted_dir, tmp_path, c
     assert [int(r["epoch"]) for r in _history(run)] == [1]
     assert json.loads((run / "run.json").read_text())["status"] == "running"
     # Its output went to a pipe: plain lines, one per epoch, no progress bars.
-    assert "\r" not in killed_stdout and "\x1b[" not in killed_stdout
+    assert "\r" not in killed_stdout
+    assert "\x1b[" not in killed_stdout
     assert [line for line in killed_stdout.splitlines() if line.startswith("Epoch ")] == [
-        "Epoch 1/2"]
+        "Epoch 1/2"
+    ]
     # The same command again resumes (run here, through the command line: a
     # TensorFlow start spared); its output is captured, not a terminal either.
-    main(["train", "--data", str(converted_dir), "--out", str(run),
-          *[a for o in TINY for a in ("--set", o)], *extra])
+    main(
+        [
+            "train",
+            "--data",
+            str(converted_dir),
+            "--out",
+            str(run),
+            *[a for o in TINY for a in ("--set", o)],
+            *extra,
+        ]
+    )
     stdout = capsys.readouterr().out
     assert [int(r["epoch"]) for r in _history(run)] == [1, 2]
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
-    assert "\r" not in stdout and "\x1b[" not in stdout
-    assert "Epoch 2/2" in stdout and "Epoch 1/2" not in stdout
+    assert "\r" not in stdout
+    assert "\x1b[" not in stdout
+    assert "Epoch 2/2" in stdout
+    assert "Epoch 1/2" not in stdout
     meta = json.loads((run / "model.json").read_text())
-    assert stdout.strip().splitlines()[-1].startswith(
-        f"best epoch {meta['best_epoch']}: validation ROC-AUC")
+    assert (
+        stdout.strip()
+        .splitlines()[-1]
+        .startswith(f"best epoch {meta['best_epoch']}: validation ROC-AUC")
+    )
 
 
 # Data parallelism over two JAX devices in one process: test_distributed.py's
@@ -222,7 +244,8 @@ def test_cli_unknown_setting_is_one_line(tmp_path):
     process = _cli_train(tmp_path, tmp_path / "run", "--set", "no.such_key=1")
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2
-    assert stderr.strip().splitlines() == [stderr.strip()] and "no.such_key" in stderr
+    assert stderr.strip().splitlines() == [stderr.strip()]
+    assert "no.such_key" in stderr
 
 
 # Once, in the TensorFlow pass: what it checks (refusing a finished run, --overwrite,
@@ -238,14 +261,16 @@ def test_a_run_folder_describes_one_run(converted_dir, short_run, tmp_path):
     before = (run / "model.keras").read_bytes(), (run / "history.csv").read_text()
     # A finished run is refused, whatever the settings; nothing changes.
     for again in (config, _config("train.epochs=1", "model.filters=4")):
-        with pytest.raises(UserError, match="holds a finished run.*--overwrite"):
+        with pytest.raises(UserError, match=r"holds a finished run.*--overwrite"):
             train.train(converted_dir, run, again, verbose=0)
     assert ((run / "model.keras").read_bytes(), (run / "history.csv").read_text()) == before
     # --overwrite replaces it: a new card, a new history, a new model.
-    train.train(converted_dir, run, _config("train.epochs=1", "model.filters=4"), verbose=0,
-                overwrite=True)
+    train.train(
+        converted_dir, run, _config("train.epochs=1", "model.filters=4"), verbose=0, overwrite=True
+    )
     meta = json.loads((run / "model.json").read_text())
-    assert meta["config"]["model"]["filters"] == 4 and len(_history(run)) == 1
+    assert meta["config"]["model"]["filters"] == 4
+    assert len(_history(run)) == 1
     # A folder with other files is not taken for a run folder.
     other = tmp_path / "other"
     other.mkdir()
@@ -267,7 +292,7 @@ def test_an_unfinished_run_resumes_only_with_its_own_settings(converted_dir, tmp
     assert train.prepare_run_dir(run, config, manifest, None, overwrite=False) is True
     # A run record cut short (a disk that filled up) is one line, not a traceback.
     (run / train.RUN_RECORD).write_text('{"status": "runn')
-    with pytest.raises(UserError, match="run record .*run.json is unreadable"):
+    with pytest.raises(UserError, match=r"run record .*run.json is unreadable"):
         train.prepare_run_dir(run, config, manifest, None, overwrite=False)
 
 
@@ -288,17 +313,26 @@ def test_fold_errors_name_the_folds(converted_dir, tmp_path):
 
 def test_training_card_names_the_layout_images_and_patients(tmp_path):
     config = _config()
-    splits = {"train": {"count": 30, "positives": 9, "files": []},
-              "val": {"count": 6, "positives": 2, "files": []}}
-    folders = {"image_size": 64, "splits": splits, "shards": {}, "source": "chest_xray",
-               "source_layout": "folders", "grouping": {"file": "patients.csv", "patients": 21,
-                                                        "images": 36}}
+    splits = {
+        "train": {"count": 30, "positives": 9, "files": []},
+        "val": {"count": 6, "positives": 2, "files": []},
+    }
+    folders = {
+        "image_size": 64,
+        "splits": splits,
+        "shards": {},
+        "source": "chest_xray",
+        "source_layout": "folders",
+        "grouping": {"file": "patients.csv", "patients": 21, "images": 36},
+    }
     card = train.training_card(config, folders, tmp_path, None, None, 1, {})
     assert (card.data["source"], card.data["source_layout"]) == ("chest_xray", "folders")
     assert (card.data["images"], card.data["patients"]) == (36, 21)
     # A manifest from before the other layouts: RSNA, one DICOM per patient.
-    old = {key: value for key, value in folders.items() if key not in ("source_layout",
-                                                                       "grouping")}
+    old = {key: value for key, value in folders.items() if key not in ("source_layout", "grouping")}
     card = train.training_card(config, old, tmp_path, None, None, 1, {})
     assert (card.data["source_layout"], card.data["images"], card.data["patients"]) == (
-        "rsna", 36, 36)
+        "rsna",
+        36,
+        36,
+    )

@@ -114,7 +114,8 @@ def _import_stderr(fake_tensorflow_dir, keep_output):
         text=True,
         timeout=300,
     )
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok", result.stderr
     return result.stderr
 
 

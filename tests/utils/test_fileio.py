@@ -34,7 +34,7 @@ def test_written_files_respect_the_umask(tmp_path, umask):
 def test_failure_leaves_the_old_file_and_no_temporary(tmp_path):
     target = tmp_path / "metrics.json"
     atomic_write_json(target, {"a": 1})
-    with pytest.raises(RuntimeError), atomic_open(target) as handle:
+    with pytest.raises(RuntimeError), atomic_open(target) as handle:  # noqa: PT012
         handle.write("{half")
         raise RuntimeError("killed")
     assert target.read_text() == '{\n  "a": 1\n}\n'
@@ -44,8 +44,10 @@ def test_failure_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_atomic_path_replaces_on_success(tmp_path):
     target = tmp_path / "sub" / "shard.tfrecord"
     with atomic_path(target) as tmp:
-        assert tmp.parent == target.parent and not target.exists()
-        assert tmp.name.startswith(".shard.tfrecord.tmp-") and tmp.suffix != ".tfrecord"
+        assert tmp.parent == target.parent
+        assert not target.exists()
+        assert tmp.name.startswith(".shard.tfrecord.tmp-")
+        assert tmp.suffix != ".tfrecord"
         tmp.write_bytes(b"data")
     assert target.read_bytes() == b"data"
     assert [p.name for p in target.parent.iterdir()] == ["shard.tfrecord"]
@@ -68,5 +70,5 @@ def test_read_json_object_or_one_line_error(tmp_path):
         with pytest.raises(UserError, match=message) as info:
             read_json_object(path, "run record")
         assert "\n" not in str(info.value)
-    with pytest.raises(UserError, match="missing.json is unreadable"):
+    with pytest.raises(UserError, match=r"missing.json is unreadable"):
         read_json_object(tmp_path / "missing.json", "run record")

@@ -26,7 +26,7 @@ def test_unknown_precision_is_refused():
 
 def test_compile_asks_for_xla_on_tensorflow_and_jax():
     expected = {"jit_compile": True} if keras.backend.backend() in ("tensorflow", "jax") else {}
-    assert performance.COMPILE_KWARGS == expected
+    assert expected == performance.COMPILE_KWARGS
 
 
 def test_train_xla_false_turns_xla_off_on_tensorflow_only():

@@ -20,8 +20,10 @@ def _die_on_three(value: int) -> int:
 
 def test_none_means_every_core_and_tasks_cap_the_count():
     assert resolve(None) == (os.cpu_count() or 1)
-    assert resolve(0) == 0 and resolve(3) == 3
-    assert resolve(8, tasks=2) == 2 and resolve(0, tasks=5) == 0
+    assert resolve(0) == 0
+    assert resolve(3) == 3
+    assert resolve(8, tasks=2) == 2
+    assert resolve(0, tasks=5) == 0
 
 
 @pytest.mark.parametrize("workers", [-1, 1.5, True, "2"])
@@ -40,7 +42,8 @@ def test_zero_works_here_n_in_n_processes_results_in_order(workers):
     if workers == 0:
         assert pids == {os.getpid()}
     else:
-        assert os.getpid() not in pids and 1 <= len(pids) <= workers
+        assert os.getpid() not in pids
+        assert 1 <= len(pids) <= workers
 
 
 def test_leaving_the_block_stops_the_workers():
@@ -60,5 +63,6 @@ def test_a_worker_that_dies_is_an_error_not_a_wait(monkeypatch):
     pool = WorkerPool(2)
     with pool, pytest.raises(workers.WorkerDiedError, match="a worker process died") as info:
         list(pool.imap(_die_on_three, range(8), chunksize=1))
-    assert "--workers" in str(info.value) and "\n" not in str(info.value)
+    assert "--workers" in str(info.value)
+    assert "\n" not in str(info.value)
     assert pool._pool is None  # stopped
