@@ -17,8 +17,10 @@ from typing import Any, Literal
 
 import yaml
 
+from pneumokeras.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A settings file or override is invalid; the message names the key."""
 
 

@@ -33,9 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from pneumokeras.errors import UserError
-from pneumokeras.io.dicom import DicomError
-from pneumokeras.io.images import ImageError, ImageRecord, read_image
+from pneumokeras.errors import UnreadableInputError, UserError
+from pneumokeras.io.images import ImageRecord, read_image
 from pneumokeras.models.model_card import CLASS_NAMES, Classifier, model_file
 
 APP_SCRIPT = Path(__file__).with_name("page.py")
@@ -89,7 +88,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-class UploadError(ValueError):
+class UploadError(UnreadableInputError):
     """An uploaded file that gives no image; the message is one line saying why."""
 
 
@@ -153,7 +152,7 @@ def read_upload(name: str, data: bytes, size: int, limit_mb: float) -> ImageReco
         path.write_bytes(data)
         try:
             return read_image(path, size)
-        except (DicomError, ImageError) as err:
+        except UnreadableInputError as err:
             raise UploadError(str(err).splitlines()[0] if str(err) else "unreadable") from err
         except Image.DecompressionBombError as err:
             raise UploadError("image too large to decode (Pillow's pixel limit)") from err

@@ -30,6 +30,7 @@ import streamlit as st
 
 from pneumokeras.app import logic as app_logic
 from pneumokeras.errors import UserError
+from pneumokeras.records import manifest as manifest_lib
 from pneumokeras.utils import environment
 
 environment.set_defaults()
@@ -74,9 +75,8 @@ def load_split(data_dir: str, split: str):
 
 @st.cache_resource(show_spinner=False)
 def load_manifest(data_dir: str):
-    from pneumokeras.records import tfrecords
 
-    return tfrecords.load_manifest(data_dir)
+    return manifest_lib.load_manifest(data_dir)
 
 
 @st.cache_resource(show_spinner="Rendering synthetic patients…")
@@ -330,13 +330,13 @@ def browse_view(classifier, settings, model_path: str) -> None:
     except UserError as err:
         st.error(str(err))
         return
-    if manifest["image_size"] != classifier.input_size:
+    if manifest.image_size != classifier.input_size:
         st.error(
             f"The model takes {classifier.input_size} px images but {data_dir} holds "
-            f"{manifest['image_size']} px images."
+            f"{manifest.image_size} px images."
         )
         return
-    splits = list(manifest["splits"])
+    splits = list(manifest.splits)
     left, middle, right = st.columns(3)
     split = left.selectbox(
         "Split", splits, index=splits.index("test") if "test" in splits else 0, key="split"

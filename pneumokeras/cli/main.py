@@ -67,7 +67,6 @@ def main(argv: list[str] | None = None, prog_name: str = "pneumokeras") -> None:
         argv: arguments (default: `sys.argv[1:]`).
         prog_name: the name `--help` and `--version` show (`cli.py` in a checkout).
     """
-    from pneumokeras.config import ConfigError
     from pneumokeras.errors import UserError
     from pneumokeras.utils import environment
 
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None, prog_name: str = "pneumokeras") -> None:
         if debug:
             traceback.print_exc()
         _fail(err.format_message().splitlines()[0], err.exit_code)
-    except (UserError, ConfigError) as err:
+    except UserError as err:  # ConfigError, UnreadableInputError too
         if debug:
             traceback.print_exc()
         _fail(str(err).splitlines()[0] if str(err) else type(err).__name__, 2)

@@ -54,6 +54,7 @@ from pneumokeras.evaluation import calibration, external, metrics, plots, report
 from pneumokeras.models import model_card
 from pneumokeras.records import pipeline as data_lib
 from pneumokeras.records import tfrecords
+from pneumokeras.records.manifest import Manifest, load_manifest
 from pneumokeras.utils.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -85,9 +86,9 @@ def _read_split(data_dir: Path, split: str, patients: dict[str, str]) -> SplitDa
 
 def _read_splits(data_dir: Path, split: str) -> tuple[dict[str, Any], SplitData, SplitData]:
     """Reads the manifest, the validation and the evaluated split (internal evaluation)."""
-    manifest = tfrecords.load_manifest(data_dir)
+    manifest = load_manifest(data_dir)
     for needed in ("val", split):
-        if needed not in manifest["splits"]:
+        if needed not in manifest.splits:
             raise UserError(f"{data_dir} has no split {needed!r}")
     patients = tfrecords.read_patients(data_dir)
     val = _read_split(data_dir, "val", patients)
@@ -101,15 +102,15 @@ def _read_splits(data_dir: Path, split: str) -> tuple[dict[str, Any], SplitData,
 
 
 def _load_classifier(
-    model_path: Path, data_dir: Path, manifest: dict[str, Any], config: Config
+    model_path: Path, data_dir: Path, manifest: Manifest, config: Config
 ) -> tuple[model_card.Classifier, Config]:
     """The classifier (card or not) and `config` with the model's image size."""
     classifier = model_card.load_classifier(model_path, require_card=False)
     size = classifier.input_size
-    if manifest["image_size"] != size:
+    if manifest.image_size != size:
         raise UserError(
             f"{model_path} takes {size} px images but {data_dir} holds "
-            f"{manifest['image_size']} px images; convert the data with --size {size}"
+            f"{manifest.image_size} px images; convert the data with --size {size}"
         )
     if classifier.card_missing:
         logger.warning(
@@ -265,7 +266,7 @@ def _warnings(
 def _result(
     model_path: Path,
     data_dir: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     test: SplitData,
     config: Config,
     chosen: dict[str, Any],
@@ -277,7 +278,7 @@ def _result(
     return {
         "model": str(model_path),
         "data_dir": str(data_dir),
-        "data_source": manifest.get("source", ""),
+        "data_source": manifest.source,
         "split": cal["split"],
         "n": len(test.labels),
         "positives": int(test.labels.sum()),
@@ -352,13 +353,11 @@ def _write_outputs(
     atomic_write_text(out_dir / "report.md", report.render_report(result))
 
 
-def _read_evaluated(
-    data_dir: Path, manifest: dict[str, Any], split: str
-) -> tuple[list[str], SplitData]:
+def _read_evaluated(data_dir: Path, manifest: Manifest, split: str) -> tuple[list[str], SplitData]:
     """The splits an external evaluation reads (`all`: every non-empty one) and their data."""
-    known = manifest["splits"]
+    known = manifest.splits
     if split == external.ALL_SPLITS:
-        names = [name for name, info in known.items() if int(info["count"]) > 0]
+        names = [name for name, info in known.items() if info.count > 0]
         if not names:
             raise UserError(f"{data_dir} holds no examples")
     elif split not in known:
@@ -400,7 +399,7 @@ def _check_own_calibration(classifier: model_card.Classifier, reason: str) -> No
 def _evaluate_external(
     classifier: model_card.Classifier,
     paths: tuple[Path, Path, Path],
-    manifest: dict[str, Any],
+    manifest: Manifest,
     config: Config,
     split: str,
     threshold: float | None,
@@ -426,7 +425,7 @@ def _evaluate_external(
                 classifier.model,
                 data_dir,
                 name,
-                int(manifest["splits"][name]["count"]),
+                int(manifest.splits[name].count),
                 config,
                 progress,
             )
@@ -490,7 +489,7 @@ def _evaluate_external(
 
 def _data_sets(
     card: model_card.ModelCard,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     data_dir: Path,
     split: str,
     names: list[str],
@@ -502,7 +501,7 @@ def _data_sets(
         "evaluated_on": external.evaluated_data(
             manifest,
             str(data_dir),
-            tfrecords.manifest_fingerprint(manifest),
+            manifest.fingerprint,
             split,
             names,
             test.labels,
@@ -567,10 +566,10 @@ def evaluate_run(
         raise UserError(f"threshold must be in [0, 1]; got {threshold}")
     if refit_fraction is not None and not 0.0 < refit_fraction < 1.0:
         raise UserError(f"--refit-fraction must be in (0, 1); got {refit_fraction}")
-    manifest = tfrecords.load_manifest(data_dir)
+    manifest = load_manifest(data_dir)
     classifier, config = _load_classifier(model_path, data_dir, manifest, config)
     provenance = external.detect(
-        classifier.card.data, manifest, tfrecords.manifest_fingerprint(manifest), external_data
+        classifier.card.data, manifest, manifest.fingerprint, external_data
     )
     logger.info("%s data: %s", "external" if provenance.external else "internal", provenance.reason)
     if provenance.external:

@@ -31,6 +31,7 @@ import numpy as np
 
 from pneumokeras.errors import UserError
 from pneumokeras.evaluation import calibration, metrics
+from pneumokeras.records.manifest import Manifest
 
 # The split name that means every split of a converted folder together.
 ALL_SPLITS = "all"
@@ -58,7 +59,7 @@ class Provenance:
 
 def detect(
     training: Mapping[str, Any],
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     fingerprint: str,
     forced: bool | None = None,
 ) -> Provenance:
@@ -92,7 +93,7 @@ def detect(
     reason = f"its manifest fingerprint {fingerprint} differs from the training data's {recorded}"
     # Manifests written before other layouts existed are RSNA conversions, as the
     # card records them; a card without a layout (older) matches any.
-    source, layout = manifest.get("source", ""), manifest.get("source_layout", "rsna")
+    source, layout = manifest.source, manifest.source_layout
     warning = None
     same_layout = training.get("source_layout") in (None, layout)
     if source and source == training.get("source") and same_layout:
@@ -150,7 +151,7 @@ def training_data(card_data: Mapping[str, Any], card_calibration: Mapping[str, A
 
 
 def evaluated_data(
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     data_dir: str,
     fingerprint: str,
     split: str,
@@ -170,12 +171,12 @@ def evaluated_data(
         patients: (N,) their patient ids.
     """
     return {
-        "source": manifest.get("source") or None,
-        "layout": manifest.get("source_layout") or None,
+        "source": (manifest.source or None),
+        "layout": (manifest.source_layout or None),
         "data_dir": data_dir,
         "fingerprint": fingerprint,
         "split": split,
-        "splits": {name: int(manifest["splits"][name]["count"]) for name in splits},
+        "splits": {name: int(manifest.splits[name].count) for name in splits},
         "images": len(labels),
         "positives": int(np.sum(labels)),
         "patients": int(np.unique(patients).size),

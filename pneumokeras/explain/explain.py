@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pneumokeras.config import Config, ExplainConfig
-from pneumokeras.errors import UserError
+from pneumokeras.errors import UnreadableInputError, UserError
 from pneumokeras.explain.cam import (
     BATCH,
     METHOD_TITLES,
@@ -57,6 +57,7 @@ from pneumokeras.models.model_card import (
     Classifier,
     load_classifier,
 )
+from pneumokeras.records.manifest import load_manifest
 from pneumokeras.utils.fileio import atomic_open, atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def _split_samples(
     """The first `limit` examples of a split (positives only when asked), in file order."""
     from pneumokeras.records import tfrecords
 
-    stored = tfrecords.load_manifest(data_dir)["image_size"]
+    stored = load_manifest(data_dir).image_size
     if stored != size:
         raise UserError(
             f"the model takes {size} px images but {data_dir} holds {stored} px images; "
@@ -180,14 +181,13 @@ def _split_samples(
 
 def _file_samples(files: Sequence[str | Path], size: int, limit: int | None) -> list[_Sample]:
     """Files (folders searched like `predict`), read exactly as `predict` reads them."""
-    from pneumokeras.io.dicom import DicomError
-    from pneumokeras.io.images import ImageError, find_inputs, load_image
+    from pneumokeras.io.images import find_inputs, load_image
 
     samples = []
     for path in find_inputs(files)[:limit]:
         try:
             pixels, patient_id = load_image(path, size)
-        except (DicomError, ImageError) as err:
+        except UnreadableInputError as err:
             raise UserError(f"cannot read {path}: {err}") from err
         samples.append(
             _Sample(

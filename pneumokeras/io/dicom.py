@@ -54,6 +54,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import JPEGBaseline8Bit
 
+from pneumokeras.errors import UnreadableInputError
+
 # Modalities whose objects carry no viewable image (some carry Pixel Data all the same:
 # SEG masks, RTDOSE grids).
 NON_IMAGE_MODALITIES = frozenset(
@@ -62,7 +64,7 @@ NON_IMAGE_MODALITIES = frozenset(
 _GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 
 
-class DicomError(ValueError):
+class DicomError(UnreadableInputError):
     """A DICOM file that cannot give a grayscale image; the message is a short reason."""
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydicom.uid import UID
 
-from pneumokeras.errors import UserError
+from pneumokeras.errors import UnreadableInputError, UserError
 from pneumokeras.io.dicom import read_dicom, resize_square, scale_to_uint8
 
 IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
@@ -49,7 +49,7 @@ COLOUR_TOLERANCE = 24  # grey levels of channel spread (max - min) still called 
 COLOUR_SHARE = 0.01  # share of pixels beyond the tolerance that makes a picture colour
 
 
-class ImageError(ValueError):
+class ImageError(UnreadableInputError):
     """A PNG/JPEG file that cannot give a grayscale image; the message says why."""
 
 

@@ -55,9 +55,16 @@ import numpy as np
 import pydicom
 from tqdm import tqdm
 
-from pneumokeras.errors import UserError
+from pneumokeras.errors import UnreadableInputError, UserError
 from pneumokeras.io.dicom import DicomError, check_grayscale_uint8, read_dicom
-from pneumokeras.io.images import GRAY_MODES, ImageError, read_image
+from pneumokeras.io.images import GRAY_MODES, read_image
+from pneumokeras.records.manifest import (
+    Grouping,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    write_manifest,
+)
 from pneumokeras.sources import layouts, rsna
 from pneumokeras.utils import environment
 from pneumokeras.utils.fileio import atomic_open, atomic_write_json
@@ -171,7 +178,7 @@ def _encode_task(task: tuple[str, int, str]) -> tuple:
     try:
         pixels, view, rows, columns, tag_id, note = _read_pixels(path, size)
         png = encode_png(pixels)
-    except (DicomError, ImageError) as err:
+    except UnreadableInputError as err:
         return "", 0, 0, "", "", -1, 0, str(err), ""
     except Exception as err:
         return "", 0, 0, "", "", -1, 0, f"unreadable: {type(err).__name__}: {err}", ""
@@ -465,14 +472,15 @@ def _layout_info(
     splits: dict[str, list[str]],
     encoded: dict[str, _Encoded],
 ) -> dict[str, Any]:
-    """The manifest's account of the input layout, labels, grouping and notes."""
+    """The manifest's account of the input layout, labels, grouping and notes (`Manifest`
+    fields)."""
     used = [p for ids in splits.values() for p in ids]
     notes = sum(bool(e.note) for e in encoded.values())
     if listing is None:
         return {
             "source_layout": "rsna",
             "label_mapping": {"column": "Target", "positive": "1"},
-            "grouping": {"rule": "patientId (one DICOM each)", "patients": len(used)},
+            "grouping": Grouping("patientId (one DICOM each)", patients=len(used)),
             "kept_splits": False,
             "patients_in_several_splits": 0,
             "notes": notes,
@@ -480,12 +488,12 @@ def _layout_info(
     return {
         "source_layout": options.layout,
         "label_mapping": listing.label_mapping,
-        "grouping": {
-            "rule": listing.grouping,
-            "file": PATIENTS,
-            "patients": len({listing.items[p].patient for p in used}),
-            "images": len(used),
-        },
+        "grouping": Grouping(
+            listing.grouping,
+            patients=len({listing.items[p].patient for p in used}),
+            file=PATIENTS,
+            images=len(used),
+        ),
         "kept_splits": options.keep_splits,
         "patients_in_several_splits": layouts.patients_in_several_splits(listing.items, splits),
         "notes": notes,
@@ -677,46 +685,45 @@ def _manifest(
     folds: int,
     skipped: int,
     mismatches: int,
-) -> dict[str, Any]:
-    """The `manifest.json` contents (see DESIGN.md)."""
-    split_info: dict[str, dict[str, Any]] = {}
+    layout_info: dict[str, Any],
+) -> Manifest:
+    """The `manifest.json` contents (see DESIGN.md and `records/manifest.py`)."""
+    split_info: dict[str, SplitInfo] = {}
     for split in rsna.SPLITS:
         names = [name for s, name, _ in layout if s == split]
-        split_info[split] = {
-            "count": sum(shard_stats[n]["count"] for n in names),
-            "positives": sum(shard_stats[n]["positives"] for n in names),
-            "files": names,
-        }
-    train_count = split_info["train"]["count"]
-    train_pos = split_info["train"]["positives"]
+        split_info[split] = SplitInfo(
+            count=sum(shard_stats[n]["count"] for n in names),
+            positives=sum(shard_stats[n]["positives"] for n in names),
+            files=tuple(names),
+        )
+    train_count = split_info["train"].count
+    train_pos = split_info["train"].positives
     weights = _class_weights_or_none([1] * train_pos + [0] * (train_count - train_pos))
     # Class weights for training with fold k held out: from the other folds' labels.
-    fold_weights = [
+    fold_weights = tuple(
         _class_weights_or_none(records[p].label for p, f in fold_of.items() if f != k)
         for k in range(folds)
-    ]
-    return {
-        "format": "pneumokeras-tfrecords-1",
-        "source": source,
-        "image_size": size,
-        "seed": seed,
-        "splits": split_info,
-        "shards": {
-            n: {"count": s["count"], "bytes": s["bytes"]} for n, s in sorted(shard_stats.items())
-        },
-        "class_weights": weights,
-        "folds": fold_of,
-        "num_folds": folds,
-        "fold_class_weights": fold_weights,
-        "skipped": skipped,
-        "patient_id_tag_mismatches": mismatches,
-    }
+    )
+    return Manifest(
+        source=source,
+        image_size=size,
+        seed=seed,
+        splits=split_info,
+        shards={n: ShardInfo(s["count"], s["bytes"]) for n, s in sorted(shard_stats.items())},
+        class_weights=weights,
+        folds=fold_of,
+        num_folds=folds,
+        fold_class_weights=fold_weights,
+        skipped=skipped,
+        patient_id_tag_mismatches=mismatches,
+        **layout_info,
+    )
 
 
 def _finish(
     out_dir: Path,
     state_dir: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     skipped: list[tuple[str, str, str]],
     tfrecords: Any,
     tables: dict[str, tuple[list[str], list[tuple[str, ...]]]],
@@ -733,9 +740,9 @@ def _finish(
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(header)
             writer.writerows(sorted(rows))
-    atomic_write_json(out_dir / tfrecords.MANIFEST, manifest)
+    write_manifest(out_dir, manifest)
     # Remove shards of an earlier, different conversion into the same folder.
-    current = set(manifest["shards"])
+    current = set(manifest.shards)
     for stale in out_dir.glob("*.tfrecord"):
         if stale.name not in current:
             stale.unlink()
@@ -831,16 +838,15 @@ def convert(
         folds,
         len(skipped),
         sum(e.id_mismatch for e in encoded.values()),
+        _layout_info(options, listing, splits, encoded),
     )
-    manifest.update(_layout_info(options, listing, splits, encoded))
     tables = _tables(inventory, listing, encoded)
     _finish(out_dir, state_dir, manifest, skipped, tfrecords, tables)
 
-    splits_info = manifest["splits"]
     return ConvertSummary(
         out_dir=out_dir,
-        counts={s: splits_info[s]["count"] for s in rsna.SPLITS},
-        positives={s: splits_info[s]["positives"] for s in rsna.SPLITS},
+        counts={s: manifest.splits[s].count for s in rsna.SPLITS},
+        positives={s: manifest.splits[s].positives for s in rsna.SPLITS},
         skipped=len(skipped),
         seconds=time.perf_counter() - start,
         resumed_shards=resumed,

@@ -26,6 +26,7 @@ import tensorflow as tf
 from pneumokeras.config import AugmentConfig, Config
 from pneumokeras.errors import UserError
 from pneumokeras.records import tfrecords
+from pneumokeras.records.manifest import Manifest, load_manifest
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Target names of the training model with a box head (see `resnet.add_box_head`).
@@ -138,10 +139,8 @@ class Augmenter:
         return tf.clip_by_value(images, 0.0, 255.0)
 
 
-def _split_files(data_dir: Path, manifest: Mapping[str, Any], splits: list[str]) -> list[str]:
-    files = [
-        str(data_dir / name) for split in splits for name in manifest["splits"][split]["files"]
-    ]
+def _split_files(data_dir: Path, manifest: Manifest, splits: list[str]) -> list[str]:
+    files = [str(data_dir / name) for split in splits for name in manifest.splits[split].files]
     if not files:
         raise UserError(f"split(s) {', '.join(splits)} of {data_dir} hold no examples")
     return files
@@ -168,20 +167,20 @@ def _fold_filter(folds: Mapping[str, int], fold: int, keep_fold: bool):
     return predicate
 
 
-def check_image_size(manifest: Mapping[str, Any], config: Config, data_dir: Path) -> None:
+def check_image_size(manifest: Manifest, config: Config, data_dir: Path) -> None:
     """Raises UserError when the converted size differs from `data.image_size`."""
-    if manifest["image_size"] != config.data.image_size:
+    if manifest.image_size != config.data.image_size:
         raise UserError(
             f"data.image_size is {config.data.image_size} but {data_dir} holds "
-            f"{manifest['image_size']} px images; use --set data.image_size="
-            f"{manifest['image_size']} or convert with --size {config.data.image_size}"
+            f"{manifest.image_size} px images; use --set data.image_size="
+            f"{manifest.image_size} or convert with --size {config.data.image_size}"
         )
 
 
-def check_fold(manifest: Mapping[str, Any], fold: int, data_dir: Path) -> None:
+def check_fold(manifest: Manifest, fold: int, data_dir: Path) -> None:
     """Raises UserError unless `fold` is one of the folds `convert --folds K` wrote."""
-    num_folds = int(manifest.get("num_folds") or 0)
-    if num_folds < 1 or not manifest.get("folds"):
+    num_folds = manifest.num_folds
+    if num_folds < 1 or not manifest.folds:
         raise UserError(f"--fold {fold}: {data_dir} was converted without --folds")
     if not 0 <= fold < num_folds:
         raise UserError(
@@ -195,7 +194,7 @@ def sample_images(data_dir: str | Path, split: str, count: int) -> Any:
     Reads shards in the manifest's order and stops after `count` images.
     """
     data_dir = Path(data_dir)
-    manifest = tfrecords.load_manifest(data_dir)
+    manifest = load_manifest(data_dir)
     files = _split_files(data_dir, manifest, [split])
     dataset = (
         tf.data.TFRecordDataset(files)
@@ -203,13 +202,13 @@ def sample_images(data_dir: str | Path, split: str, count: int) -> Any:
         .map(lambda s: tf.io.decode_png(parse(s)["image/encoded"], channels=1)[..., 0])
     )
     images = list(dataset.as_numpy_iterator())
-    size = int(manifest["image_size"])
+    size = int(manifest.image_size)
     return tf.stack(images).numpy() if images else tf.zeros((0, size, size), tf.uint8).numpy()
 
 
 def _records(
     data_dir: Path,
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     split: str,
     fold: int | None,
     shard: tuple[int, int],
@@ -243,7 +242,7 @@ def _records(
     )
     dataset = dataset.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if fold is not None:
-        dataset = dataset.filter(_fold_filter(manifest["folds"], fold, keep_fold=split == "val"))
+        dataset = dataset.filter(_fold_filter(manifest.folds, fold, keep_fold=split == "val"))
     return dataset
 
 
@@ -293,7 +292,7 @@ def training_dataset(
         forever and draws both classes equally; otherwise it is one epoch long.
     """
     data_dir = Path(data_dir)
-    manifest = tfrecords.load_manifest(data_dir)
+    manifest = load_manifest(data_dir)
     check_image_size(manifest, config, data_dir)
     seed = (config.train.seed if seed is None else seed) + PROCESS_SEED_STRIDE * shard[1]
     deterministic = config.data.deterministic
@@ -371,10 +370,10 @@ def training_dataset(
     return dataset, steps
 
 
-def _training_count(manifest: Mapping[str, Any], fold: int | None) -> int:
+def _training_count(manifest: Manifest, fold: int | None) -> int:
     if fold is None:
-        return int(manifest["splits"]["train"]["count"])
-    return sum(1 for f in manifest["folds"].values() if f != fold)
+        return int(manifest.splits["train"].count)
+    return sum(1 for f in manifest.folds.values() if f != fold)
 
 
 def evaluation_dataset(
@@ -393,16 +392,16 @@ def evaluation_dataset(
     defaults to `data.batch_size`.
     """
     data_dir = Path(data_dir)
-    manifest = tfrecords.load_manifest(data_dir)
+    manifest = load_manifest(data_dir)
     check_image_size(manifest, config, data_dir)
-    if split not in manifest["splits"]:
-        raise UserError(f"unknown split {split!r}; known: {', '.join(manifest['splits'])}")
+    if split not in manifest.splits:
+        raise UserError(f"unknown split {split!r}; known: {', '.join(manifest.splits)}")
     size = config.data.image_size
     records = _records(data_dir, manifest, split, fold, (1, 0), deterministic=True, sequential=True)
     if fold is None:
-        count = int(manifest["splits"][split]["count"])
+        count = int(manifest.splits[split].count)
     else:
-        count = sum(1 for f in manifest["folds"].values() if (f == fold) == (split == "val"))
+        count = sum(1 for f in manifest.folds.values() if (f == fold) == (split == "val"))
     batch = config.data.batch_size if batch_size is None else batch_size
     batches = count // batch if drop_remainder else -(-count // batch)
     if box_grid:

@@ -6,15 +6,12 @@ whose `patients.csv` says which patient each example id belongs to
 (`read_patients`, `patient_ids`). Shards are named
 `<split>-00003-of-00016.tfrecord`; every file is written under a temporary name
 and renamed when complete, so a shard or manifest that is visible is whole.
-`manifest_fingerprint` identifies a converted folder (training records it;
-evaluation compares it).
+The manifest is `records/manifest.py`'s.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,9 +19,9 @@ from typing import Any
 import tensorflow as tf
 
 from pneumokeras.errors import UserError
-from pneumokeras.utils.fileio import atomic_path, read_json_object
+from pneumokeras.records.manifest import MANIFEST, load_manifest
+from pneumokeras.utils.fileio import atomic_path
 
-MANIFEST = "manifest.json"
 SKIPPED = "skipped.csv"
 # Example id → patient (folders, findings layouts); the manifest names it under
 # `grouping.file`. `convert` writes it (its own constant: it imports this module,
@@ -110,34 +107,6 @@ def write_shard(path: Path, examples: Iterable[bytes]) -> int:
     return count
 
 
-def load_manifest(data_dir: str | Path) -> dict[str, Any]:
-    """Reads and checks `manifest.json` and the presence and size of every shard.
-
-    Raises:
-        UserError: no manifest, an unreadable one, or a missing or truncated shard.
-    """
-    data_dir = Path(data_dir)
-    path = data_dir / MANIFEST
-    if not path.is_file():
-        raise UserError(f"{data_dir} has no {MANIFEST}; create it with `python cli.py convert`")
-    manifest = read_json_object(path, "manifest")
-    for key in ("image_size", "splits", "shards"):
-        if key not in manifest:
-            raise UserError(f"{path} lacks {key!r}; re-run convert")
-    for split, info in manifest["splits"].items():
-        for name in info["files"]:
-            shard = data_dir / name
-            if not shard.is_file():
-                raise UserError(f"shard {shard} listed in the manifest is missing")
-            expected = manifest["shards"][name]["bytes"]
-            if shard.stat().st_size != expected:
-                raise UserError(
-                    f"shard {shard} is corrupt: {shard.stat().st_size} bytes, "
-                    f"manifest says {expected} (split {split})"
-                )
-    return manifest
-
-
 def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
     """Reads every example of a split eagerly (small data, tests, evaluation).
 
@@ -149,11 +118,8 @@ def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
             differs from the manifest.
     """
     data_dir = Path(data_dir)
-    manifest = load_manifest(data_dir)
-    if split not in manifest["splits"]:
-        raise UserError(f"unknown split {split!r}; known: {', '.join(manifest['splits'])}")
-    info = manifest["splits"][split]
-    files = [str(data_dir / name) for name in info["files"]]
+    info = load_manifest(data_dir).split(split)
+    files = [str(data_dir / name) for name in info.files]
     records = []
     try:
         for serialized in tf.data.TFRecordDataset(files):
@@ -172,17 +138,9 @@ def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
         raise UserError(
             f"a shard of split {split!r} in {data_dir} is corrupt: {err.message.splitlines()[0]}"
         ) from err
-    if len(records) != info["count"]:
-        raise UserError(
-            f"split {split!r} has {len(records)} examples; manifest says {info['count']}"
-        )
+    if len(records) != info.count:
+        raise UserError(f"split {split!r} has {len(records)} examples; manifest says {info.count}")
     return records
-
-
-def manifest_fingerprint(manifest: Mapping[str, Any]) -> str:
-    """A short hash of the converted data's manifest (shards, counts, splits, folds)."""
-    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def read_patients(data_dir: str | Path) -> dict[str, str]:
@@ -200,9 +158,8 @@ def read_patients(data_dir: str | Path) -> dict[str, str]:
             example id given twice).
     """
     data_dir = Path(data_dir)
-    manifest = load_manifest(data_dir)
-    grouping = manifest.get("grouping")
-    name = grouping.get("file") if isinstance(grouping, Mapping) else None
+    grouping = load_manifest(data_dir).grouping
+    name = grouping.file if grouping is not None else None
     if not name:
         return {}
     path = data_dir / name

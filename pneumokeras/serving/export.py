@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from pneumokeras import __version__
-from pneumokeras.errors import UserError
+from pneumokeras.errors import PneumokerasError, UnreadableInputError, UserError
 
 FORMATS = ("onnx", "saved_model")
 FORMAT_NAMES = {"onnx": "ONNX", "saved_model": "SavedModel"}
@@ -66,7 +66,7 @@ CARD_NAME = "model.json"  # the card's name inside a SavedModel (asset and besid
 SAVED_MODEL_PB = "saved_model.pb"
 
 
-class ExportCheckError(RuntimeError):
+class ExportCheckError(PneumokerasError, RuntimeError):
     """The exported model disagrees with the `.keras` model; nothing was written."""
 
 
@@ -171,14 +171,13 @@ def _read_check_files(paths: Sequence[Path], size: int) -> np.ndarray:
     Raises:
         UserError: a file that cannot be read as an image.
     """
-    from pneumokeras.io.dicom import DicomError
-    from pneumokeras.io.images import ImageError, read_image
+    from pneumokeras.io.images import read_image
 
     pixels = []
     for path in paths:
         try:
             pixels.append(read_image(path, size).pixels)
-        except (DicomError, ImageError) as err:
+        except UnreadableInputError as err:
             raise UserError(f"--check-images {path}: {err}") from err
     return np.stack(pixels) if pixels else np.zeros((0, size, size), np.uint8)
 

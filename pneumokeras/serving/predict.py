@@ -34,10 +34,9 @@ from typing import Any
 import numpy as np
 
 from pneumokeras.config import AugmentConfig
-from pneumokeras.errors import UserError
+from pneumokeras.errors import UnreadableInputError, UserError
 from pneumokeras.evaluation import drift
-from pneumokeras.io.dicom import DicomError
-from pneumokeras.io.images import ImageError, ImageRecord, find_inputs, read_image
+from pneumokeras.io.images import ImageRecord, find_inputs, read_image
 from pneumokeras.models.model_card import Classifier, card_path, load_classifier
 from pneumokeras.utils.fileio import atomic_write_text
 
@@ -279,7 +278,7 @@ def predict_files(
             rows.append(row)
             try:
                 record = read_image(path, classifier.input_size)
-            except (DicomError, ImageError) as err:
+            except UnreadableInputError as err:
                 row["error"] = str(err)
                 continue
             row.update(patient_id=record.patient_id, warning=input_warnings(record, classifier))

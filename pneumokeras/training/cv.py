@@ -65,6 +65,7 @@ from pneumokeras.evaluation import calibration, metrics, plots, report
 from pneumokeras.models import model_card
 from pneumokeras.records import pipeline as data_lib
 from pneumokeras.records import tfrecords
+from pneumokeras.records.manifest import MANIFEST, Manifest, load_manifest
 from pneumokeras.training import train as train_lib
 from pneumokeras.utils.fileio import (
     atomic_path,
@@ -124,9 +125,9 @@ def fold_dir(out_dir: str | Path, fold: int) -> Path:
 # ---------------------------------------------------------------- checks
 
 
-def _num_folds(manifest: Mapping[str, Any], data_dir: Path) -> int:
-    num_folds = int(manifest.get("num_folds") or 0)
-    if num_folds < 2 or not manifest.get("folds"):
+def _num_folds(manifest: Manifest, data_dir: Path) -> int:
+    num_folds = manifest.num_folds
+    if num_folds < 2 or not manifest.folds:
         raise UserError(
             f"{data_dir} was converted without folds; convert it with --folds K (K ≥ 2) "
             "to cross-validate"
@@ -272,7 +273,7 @@ class OutOfFold:
         return self.patients if self.groups is None else self.groups
 
 
-def _fold_patients(data_dir: Path, manifest: Mapping[str, Any]) -> list[tuple[str, int]]:
+def _fold_patients(data_dir: Path, manifest: Manifest) -> list[tuple[str, int]]:
     """(patient, label) of every train+val example in the pipeline's file order.
 
     Raises:
@@ -282,18 +283,18 @@ def _fold_patients(data_dir: Path, manifest: Mapping[str, Any]) -> list[tuple[st
     rows = [
         (r["patient_id"], int(r["label"]))
         for split in ("train", "val")
-        if split in manifest["splits"]
+        if split in manifest.splits
         for r in tfrecords.read_split(data_dir, split)
     ]
-    folds = manifest["folds"]
+    folds = manifest.folds
     seen = {patient for patient, _ in rows}
     if seen != set(folds):
         raise UserError(
-            f"the folds in {data_dir / tfrecords.MANIFEST} are not the train+val patients "
+            f"the folds in {data_dir / MANIFEST} are not the train+val patients "
             f"({len(set(folds) - seen)} unknown, {len(seen - set(folds))} without a fold); "
             "re-run convert"
         )
-    if "test" in manifest["splits"]:
+    if "test" in manifest.splits:
         leaked = {r["patient_id"] for r in tfrecords.read_split(data_dir, "test")} & set(folds)
         if leaked:
             raise UserError(
@@ -309,7 +310,7 @@ def _member_config(config: Config, size: int) -> Config:
 
 def out_of_fold(
     data_dir: Path,
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     members: Sequence[model_card.Classifier],
     config: Config,
 ) -> OutOfFold:
@@ -320,7 +321,7 @@ def out_of_fold(
     records', so a patient can never be paired with another's prediction.
     """
     rows = _fold_patients(data_dir, manifest)
-    folds = manifest["folds"]
+    folds = manifest.folds
     parts: list[tuple[np.ndarray, ...]] = []
     for k, member in enumerate(members):
         held = [(p, y) for p, y in rows if folds[p] == k]
@@ -599,9 +600,9 @@ def aggregate(data_dir: str | Path, out_dir: str | Path, config: Config) -> dict
             together (see `_load_members`), or out-of-fold labels of one class.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    manifest = tfrecords.load_manifest(data_dir)
+    manifest = load_manifest(data_dir)
     num_folds = _num_folds(manifest, data_dir)
-    fingerprint = tfrecords.manifest_fingerprint(manifest)
+    fingerprint = manifest.fingerprint
     records = _check_fold_folders(out_dir, num_folds, config, fingerprint)
     unfinished = [k for k, record in records.items() if not _finished(record)]
     if unfinished:
@@ -636,7 +637,7 @@ def aggregate(data_dir: str | Path, out_dir: str | Path, config: Config) -> dict
     card = ensemble_card(members, config, threshold, method, fit, oof, pooled)
     result = {
         "data_dir": str(data_dir),
-        "data_source": manifest.get("source", ""),
+        "data_source": manifest.source,
         "data_fingerprint": fingerprint,
         "num_folds": num_folds,
         "backend": keras.backend.backend(),
@@ -706,12 +707,12 @@ def cross_validate(
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     say = say or (lambda _: None)
-    manifest = tfrecords.load_manifest(data_dir)
+    manifest = load_manifest(data_dir)
     num_folds = _num_folds(manifest, data_dir)
     if only_fold is not None:
         data_lib.check_fold(manifest, only_fold, data_dir)
     data_lib.check_image_size(manifest, config, data_dir)
-    fingerprint = tfrecords.manifest_fingerprint(manifest)
+    fingerprint = manifest.fingerprint
     records = _check_fold_folders(out_dir, num_folds, config, fingerprint)
     trained, skipped = train_folds(
         data_dir, out_dir, config, num_folds, records, only_fold, verbose, say

@@ -57,7 +57,7 @@ from pneumokeras.evaluation import drift
 from pneumokeras.models import resnet
 from pneumokeras.models.model_card import CARD_FILE, MODEL_FILE, ModelCard, read_card, write_card
 from pneumokeras.records import pipeline as data_lib
-from pneumokeras.records import tfrecords
+from pneumokeras.records.manifest import Manifest, load_manifest
 from pneumokeras.training import distributed
 from pneumokeras.utils import performance
 from pneumokeras.utils.fileio import (
@@ -177,7 +177,7 @@ def save_model(model: keras.Model, path: Path) -> None:
 
 def training_card(
     config: Config,
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     data_dir: Path,
     fold: int | None,
     class_weight: Mapping[int, float] | None,
@@ -191,9 +191,8 @@ def training_card(
     `patients` over all splits (the manifest's `grouping.patients`; without it one
     image per patient, as in RSNA), split counts and the manifest's fingerprint.
     """
-    splits = manifest["splits"]
-    images = sum(int(split["count"]) for split in splits.values())
-    grouping = manifest.get("grouping") or {}
+    splits = manifest.splits
+    images = sum(split.count for split in splits.values())
     return ModelCard(
         input_size=config.data.image_size,
         backend=keras.backend.backend(),
@@ -204,14 +203,14 @@ def training_card(
         config=config.to_dict(),
         data={
             "data_dir": str(data_dir.resolve()),
-            "source": manifest.get("source", ""),
-            "source_layout": manifest.get("source_layout", "rsna"),
+            "source": manifest.source,
+            "source_layout": manifest.source_layout,
             "images": images,
-            "patients": int(grouping.get("patients", images)),
-            "image_size": manifest["image_size"],
-            "fingerprint": tfrecords.manifest_fingerprint(manifest),
+            "patients": manifest.grouping.patients if manifest.grouping else images,
+            "image_size": manifest.image_size,
+            "fingerprint": manifest.fingerprint,
             "splits": {
-                name: {"count": split["count"], "positives": split["positives"]}
+                name: {"count": split.count, "positives": split.positives}
                 for name, split in splits.items()
             },
         },
@@ -228,13 +227,13 @@ def training_card(
 
 
 def _run_record(
-    config: Config, manifest: Mapping[str, Any], fold: int | None, status: str
+    config: Config, manifest: Manifest, fold: int | None, status: str
 ) -> dict[str, Any]:
     return {
         "status": status,
         "config": config.to_dict(),
-        "data_fingerprint": tfrecords.manifest_fingerprint(manifest),
-        "data_source": manifest.get("source", ""),
+        "data_fingerprint": manifest.fingerprint,
+        "data_source": manifest.source,
         "fold": fold,
         "backend": keras.backend.backend(),
     }
@@ -258,7 +257,7 @@ def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> lis
 def prepare_run_dir(
     run_dir: Path,
     config: Config,
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     fold: int | None,
     overwrite: bool,
 ) -> bool:
@@ -527,10 +526,10 @@ def _process_shard() -> tuple[int, int]:
 
 
 def _class_weight(
-    manifest: Mapping[str, Any], config: Config, fold: int | None, data_dir: Path
+    manifest: Manifest, config: Config, fold: int | None, data_dir: Path
 ) -> dict[int, float] | None:
     """Class weights of the training data (the fold's when given), or None when unused."""
-    weights = manifest["class_weights"] if fold is None else manifest["fold_class_weights"][fold]
+    weights = manifest.class_weights if fold is None else manifest.fold_class_weights[fold]
     if not (config.train.class_weighting and config.data.sampling == "natural"):
         return None
     if weights is None:
@@ -634,7 +633,7 @@ def train(
     """
     start = time.perf_counter()
     data_dir, run_dir = Path(data_dir), Path(run_dir)
-    manifest = tfrecords.load_manifest(data_dir)
+    manifest = load_manifest(data_dir)
     data_lib.check_image_size(manifest, config, data_dir)
     if fold is not None:
         data_lib.check_fold(manifest, fold, data_dir)

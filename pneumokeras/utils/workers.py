@@ -21,13 +21,13 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from pneumokeras.errors import UserError
+from pneumokeras.errors import PneumokerasError, UserError
 
 # How often (seconds) a waiting `imap` checks that no worker has died.
 WORKER_CHECK_SECONDS = 2.0
 
 
-class WorkerDiedError(RuntimeError):
+class WorkerDiedError(PneumokerasError, RuntimeError):
     """A worker process ended while the pool was in use; its task is lost."""
 
 

@@ -31,6 +31,7 @@ from pneumokeras.evaluation import calibration, evaluate, external, metrics
 from pneumokeras.models import model_card
 from pneumokeras.records import tfrecords
 from pneumokeras.records.convert import convert, encode_png
+from pneumokeras.records.manifest import MANIFEST, load_manifest
 from pneumokeras.synth import generate
 
 SIZE = 32
@@ -104,7 +105,7 @@ def _write_dataset(out: Path, labels: dict[str, list[int]], size: int = SIZE) ->
         splits[split] = {"count": count, "positives": sum(split_labels), "files": [name]}
         shards[name] = {"count": count, "bytes": (out / name).stat().st_size}
     manifest = {"image_size": size, "splits": splits, "shards": shards, "source": "hand"}
-    (out / tfrecords.MANIFEST).write_text(json.dumps(manifest))
+    (out / MANIFEST).write_text(json.dumps(manifest))
     return out
 
 
@@ -348,7 +349,7 @@ def trained_run(saved_model, dataset, tmp_path_factory) -> Path:
     run.mkdir()
     (run / "model.keras").write_bytes(saved_model.read_bytes())
     config = dataclasses.replace(FAST, data=dataclasses.replace(FAST.data, image_size=SIZE))
-    manifest = tfrecords.load_manifest(dataset)
+    manifest = load_manifest(dataset)
     model_card.write_card(run, training_card(config, manifest, dataset, None, None, 1, {}))
     result = evaluate.evaluate_run(run, dataset, run / "eval", FAST, progress=False)
     assert not result["external"]
@@ -377,7 +378,7 @@ def test_external_evaluation_uses_the_cards_calibration_and_leaves_the_card(
 
     assert result["external"]
     assert "differs from the training data's" in result["provenance"]
-    manifest = tfrecords.load_manifest(other_dataset)
+    manifest = load_manifest(other_dataset).to_json()
     counts = {name: info["count"] for name, info in manifest["splits"].items()}
     assert result["split"] == "all"
     assert result["n"] == sum(counts.values()) == 36
@@ -459,7 +460,7 @@ def nih_dataset(tmp_path_factory) -> Path:
 
 
 def test_evaluated_data_reads_patients_not_images(nih_dataset):
-    manifest = tfrecords.load_manifest(nih_dataset)
+    manifest = load_manifest(nih_dataset)
     names, test = evaluate._read_evaluated(nih_dataset, manifest, "all")
     examples = [r["patient_id"] for name in names for r in tfrecords.read_split(nih_dataset, name)]
     assert list(test.patients) == [str(int(e.split("_")[0])) for e in examples]  # NIH Patient ID
@@ -498,7 +499,7 @@ def test_external_bootstrap_and_refit_group_images_by_patient(
         refit_fraction=0.5,
         progress=False,
     )
-    manifest = tfrecords.load_manifest(nih_dataset)
+    manifest = load_manifest(nih_dataset).to_json()
     examples = [
         r["patient_id"]
         for name in manifest["splits"]

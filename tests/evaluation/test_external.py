@@ -11,6 +11,7 @@ import pytest
 
 from pneumokeras.errors import UserError
 from pneumokeras.evaluation import calibration, external, metrics
+from pneumokeras.records.manifest import Manifest, SplitInfo
 
 TRAINING = {
     "source": "stage_2_train_images",
@@ -34,42 +35,50 @@ CARD_CAL = {
 }
 
 
+def _manifest(source="", layout="rsna", counts=None):
+    """A converted folder's manifest with these facts (nothing else matters here)."""
+    splits = {name: SplitInfo(count, 0, ()) for name, count in (counts or {}).items()}
+    return Manifest(image_size=64, splits=splits, shards={}, source=source, source_layout=layout)
+
+
 # ---------------------------------------------------------------- detect
 
 
 def test_detect_compares_the_manifest_fingerprint_with_the_cards():
-    other = {"source": "chest_xray", "source_layout": "folders"}
+    other = _manifest("chest_xray", "folders")
     found = external.detect(TRAINING, other, "bbbb")
     assert found.external
     assert "bbbb" in found.reason
     assert "aaaa" in found.reason
     assert found.warning is None
-    same = external.detect(TRAINING, {"source": "stage_2_train_images"}, "aaaa")
+    same = external.detect(TRAINING, _manifest("stage_2_train_images"), "aaaa")
     assert not same.external
     assert "trained on" in same.reason
 
 
 def test_detect_without_a_training_record_is_internal_and_flags_override():
-    assert not external.detect({}, {"source": "x"}, "bbbb").external
-    assert external.detect({}, {}, "bbbb", forced=True).external
-    forced = external.detect(TRAINING, {}, "bbbb", forced=False)
+    assert not external.detect({}, _manifest("x"), "bbbb").external
+    assert external.detect({}, _manifest(), "bbbb", forced=True).external
+    forced = external.detect(TRAINING, _manifest(), "bbbb", forced=False)
     assert not forced.external
     assert forced.reason == "set by --internal"
-    assert external.detect(TRAINING, {}, "aaaa", forced=True).reason == "set by --external"
+    assert external.detect(TRAINING, _manifest(), "aaaa", forced=True).reason == "set by --external"
 
 
 def test_detect_warns_when_another_fingerprint_has_the_training_source_name():
-    found = external.detect(TRAINING, {"source": "stage_2_train_images"}, "cccc")
+    found = external.detect(TRAINING, _manifest("stage_2_train_images"), "cccc")
     assert found.external
     assert "same source name" in found.warning
     assert "--internal" in found.warning
     # A card without a layout matches any; a recorded other layout does not.
-    rsna = {"source": "stage_2_train_images", "source_layout": "rsna"}
+    rsna = _manifest("stage_2_train_images", "rsna")
     assert external.detect(TRAINING, rsna, "cccc").warning
     folders = {**TRAINING, "source_layout": "folders"}
     assert external.detect(folders, rsna, "cccc").warning is None
     # A manifest without a layout is an RSNA conversion from before the other layouts.
-    old_rsna = {"source": "stage_2_train_images"}
+    old_rsna = Manifest.from_json(
+        {"image_size": 64, "splits": {}, "shards": {}, "source": "stage_2_train_images"}
+    )
     assert external.detect({**TRAINING, "source_layout": "rsna"}, old_rsna, "cccc").warning
     assert external.detect(folders, old_rsna, "cccc").warning is None
 
@@ -107,11 +116,7 @@ def test_training_data_facts_from_the_card_and_unknowns():
 
 
 def test_evaluated_data_counts_images_patients_and_splits():
-    manifest = {
-        "source": "chest_xray",
-        "source_layout": "folders",
-        "splits": {"train": {"count": 3}, "test": {"count": 2}},
-    }
+    manifest = _manifest("chest_xray", "folders", {"train": 3, "test": 2})
     facts = external.evaluated_data(
         manifest,
         "/d/k",

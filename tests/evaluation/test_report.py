@@ -13,6 +13,7 @@ import pytest
 from pneumokeras.evaluation import report
 from pneumokeras.evaluation.calibration import calibrate, calibration_record, fit_calibration
 from pneumokeras.evaluation.metrics import metric_table
+from pneumokeras.records.manifest import Manifest, SplitInfo
 
 
 def _sample(n: int, temperature: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,11 +214,13 @@ def _external_result(refit: bool = True) -> dict:
             "val": {"count": 2000, "positives": 900},
         },
     }
-    manifest = {
-        "source": "chest_xray",
-        "source_layout": "folders",
-        "splits": {"train": {"count": 200}, "test": {"count": 100}},
-    }
+    manifest = Manifest(
+        image_size=64,
+        splits={"train": SplitInfo(200, 0, ()), "test": SplitInfo(100, 0, ())},
+        shards={},
+        source="chest_xray",
+        source_layout="folders",
+    )
     result["calibration"] = external.own_calibration_record(card_cal, 2.9, labels, raw, "all")
     result.update(
         split="all",

@@ -18,6 +18,7 @@ from pneumokeras.errors import UserError
 from pneumokeras.io.images import read_image
 from pneumokeras.records import tfrecords
 from pneumokeras.records.convert import KILL_HOOK, STATE_DIR, convert, encode_png
+from pneumokeras.records.manifest import load_manifest
 from pneumokeras.sources.layouts import LayoutOptions, list_images, mixed_order
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +81,7 @@ def _assert_identical(a, b):
 
 
 def test_manifest_splits_patients_and_class_weights(converted_dir, synth_dir):
-    manifest = tfrecords.load_manifest(converted_dir)
+    manifest = load_manifest(converted_dir).to_json()
     counts = {s: manifest["splits"][s]["count"] for s in ("train", "val", "test")}
     assert sum(counts.values()) == 80
     ids = {s: {r["patient_id"] for r in tfrecords.read_split(converted_dir, s)} for s in counts}
@@ -122,7 +123,7 @@ def test_records_carry_boxes_view_class_and_no_other_phi(converted_dir, synth_di
                 [
                     str(
                         converted_dir
-                        / tfrecords.load_manifest(converted_dir)["splits"]["train"]["files"][0]
+                        / load_manifest(converted_dir).to_json()["splits"]["train"]["files"][0]
                     )
                 ]
             )
@@ -441,7 +442,7 @@ def test_folders_layout_records_manifest_skips_and_notes(kermany, kermany_conver
         "file": "train/PNEUMONIA/person1_virus_9.jpeg",
         "note": "RGB image of a gray picture: made gray",
     }
-    manifest = tfrecords.load_manifest(out)
+    manifest = load_manifest(out).to_json()
     assert (manifest["source"], manifest["source_layout"]) == (root.name, "folders")
     assert manifest["label_mapping"] == {"class_folders": {"NORMAL": 0, "PNEUMONIA": 1}}
     assert manifest["grouping"]["patients"] == 19 + 9
@@ -487,7 +488,7 @@ def test_folders_keep_splits_and_a_worker_pool(kermany, kermany_converted, tmp_p
     assert summary.counts == {"train": 14, "val": 12, "test": 12}
     records = _all_records(tmp_path / "kept")
     assert all(i.startswith(f"{s}/") for s, by_id in records.items() for i in by_id)
-    manifest = tfrecords.load_manifest(tmp_path / "kept")
+    manifest = load_manifest(tmp_path / "kept").to_json()
     assert manifest["kept_splits"] is True
     assert manifest["patients_in_several_splits"] == 0
     # The pool decodes PNG/JPEG as the parent does: same bytes as in-process.
@@ -519,7 +520,7 @@ def test_findings_layout_nih_groups_follow_ups_by_patient(tmp_path):
         "file": "99999999_000.png",
         "reason": "image file not found",
     }
-    manifest = tfrecords.load_manifest(out)
+    manifest = load_manifest(out).to_json()
     assert manifest["source_layout"] == "findings"
     assert manifest["label_mapping"]["column"] == "Finding Labels"
     assert manifest["grouping"] == {
@@ -551,7 +552,7 @@ def test_findings_layout_chexpert_drops_uncertain_rows(tmp_path):
     assert (summary.counts["train"], summary.positives["train"], summary.skipped) == (10, 4, 2)
     reasons = {row["reason"] for row in _csv_rows(out / "skipped.csv")}
     assert reasons == {"uncertain label (-1) dropped (--uncertain drop)"}
-    manifest = tfrecords.load_manifest(out)
+    manifest = load_manifest(out).to_json()
     assert manifest["label_mapping"]["uncertain"] == "drop"
     assert manifest["grouping"]["patients"] == 6
     assert not (out / "notes.csv").exists()

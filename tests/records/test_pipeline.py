@@ -6,6 +6,7 @@ from pneumokeras.config import load_config
 from pneumokeras.errors import UserError
 from pneumokeras.records import pipeline as data
 from pneumokeras.records import tfrecords
+from pneumokeras.records.manifest import load_manifest
 
 # Tests that build the training pipeline or call the Augmenter (Keras preprocessing
 # layers) are marked `backend`; the parsing, decoding and evaluation pipeline is
@@ -19,7 +20,7 @@ def _config(*overrides):
 @pytest.mark.backend
 def test_training_batches_shapes_dtypes_labels(converted_dir):
     dataset, steps = data.training_dataset(converted_dir, _config())
-    manifest = tfrecords.load_manifest(converted_dir)
+    manifest = load_manifest(converted_dir).to_json()
     count = manifest["splits"]["train"]["count"]
     assert steps == -(-count // 8)
     seen = 0
@@ -90,7 +91,7 @@ def test_augmentation_changes_images_but_keeps_range():
 def test_decode_eager_equals_inside_tf_data(converted_dir):
     files = [
         str(converted_dir / n)
-        for n in tfrecords.load_manifest(converted_dir)["splits"]["val"]["files"]
+        for n in load_manifest(converted_dir).to_json()["splits"]["val"]["files"]
     ]
     raw = next(iter(tf.data.TFRecordDataset(files)))
     eager = data.decode(data.parse(raw), 64)
@@ -112,7 +113,7 @@ def test_balanced_sampling_proportions(converted_dir):
 
 @pytest.mark.backend
 def test_folds_select_patients(converted_dir):
-    manifest = tfrecords.load_manifest(converted_dir)
+    manifest = load_manifest(converted_dir).to_json()
     config = _config("data.batch_size=64")
     val = data.evaluation_dataset(converted_dir, "val", config, fold=1)
     n_val = sum(int(x.shape[0]) for x, _ in val)
@@ -131,7 +132,7 @@ def test_process_sharding_splits_files(converted_dir):
     for index in range(2):
         dataset, _ = data.training_dataset(converted_dir, config, shard=(2, index))
         counts.append(sum(int(x.shape[0]) for x, _ in dataset))
-    manifest = tfrecords.load_manifest(converted_dir)
+    manifest = load_manifest(converted_dir).to_json()
     assert sum(counts) == manifest["splits"]["train"]["count"]
     assert all(c > 0 for c in counts)
 
@@ -202,7 +203,7 @@ def test_augmenter_moves_masks_with_their_images():
 
 @pytest.mark.backend
 def test_training_and_validation_batches_with_box_targets(converted_dir):
-    manifest = tfrecords.load_manifest(converted_dir)
+    manifest = load_manifest(converted_dir).to_json()
     weights = {0: 0.7, 1: 1.9}
     dataset, _ = data.training_dataset(
         converted_dir, _config("augment.flip=false"), box_grid=4, class_weight=weights

@@ -12,6 +12,7 @@ import pytest
 
 from pneumokeras.config import load_config
 from pneumokeras.errors import UserError
+from pneumokeras.records.manifest import Manifest, load_manifest
 from pneumokeras.training import train
 
 pytestmark = pytest.mark.backend
@@ -283,7 +284,7 @@ def test_a_run_folder_describes_one_run(converted_dir, short_run, tmp_path):
 def test_an_unfinished_run_resumes_only_with_its_own_settings(converted_dir, tmp_path):
     run = tmp_path / "run"
     config = _config("train.epochs=2")
-    manifest = json.loads((converted_dir / "manifest.json").read_text())
+    manifest = load_manifest(converted_dir)
     train.prepare_run_dir(run, config, manifest, None, overwrite=False)  # as a killed run left it
     with pytest.raises(UserError, match=r"other settings \(train.epochs: 2 → 3\)"):
         train.train(converted_dir, run, _config("train.epochs=3"), verbose=0)
@@ -325,12 +326,12 @@ def test_training_card_names_the_layout_images_and_patients(tmp_path):
         "source_layout": "folders",
         "grouping": {"file": "patients.csv", "patients": 21, "images": 36},
     }
-    card = train.training_card(config, folders, tmp_path, None, None, 1, {})
+    card = train.training_card(config, Manifest.from_json(folders), tmp_path, None, None, 1, {})
     assert (card.data["source"], card.data["source_layout"]) == ("chest_xray", "folders")
     assert (card.data["images"], card.data["patients"]) == (36, 21)
     # A manifest from before the other layouts: RSNA, one DICOM per patient.
     old = {key: value for key, value in folders.items() if key not in ("source_layout", "grouping")}
-    card = train.training_card(config, old, tmp_path, None, None, 1, {})
+    card = train.training_card(config, Manifest.from_json(old), tmp_path, None, None, 1, {})
     assert (card.data["source_layout"], card.data["images"], card.data["patients"]) == (
         "rsna",
         36,
