@@ -102,3 +102,52 @@ def _settings_page() -> str:
 
 with mkdocs_gen_files.open("reference/settings.md", "w") as handle:
     handle.write(_settings_page())
+
+
+# ---------------------------------------------------------------- layers
+
+
+def _layers_page() -> str:
+    """The import contract's layers (pyproject.toml) as a diagram and a module table."""
+    import ast
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contracts = project["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in contracts if c["type"] == "layers")["layers"]
+    lines = [
+        "# Layers and modules",
+        "",
+        "Generated from the import contract in `pyproject.toml` (checked by `lint-imports` in",
+        "`make test`) and from each module's docstring. Top to bottom: a layer may import",
+        "the layers below it, never one above; names on one row do not import each other.",
+        "",
+        "```",
+    ]
+    rows = [[name.strip() for name in row.split("|")] for row in layers]
+    labels = ["   ".join(name.removeprefix("pneumokeras.") for name in row) for row in rows]
+    width = max(len(label) for label in labels) + 4
+    for index, label in enumerate(labels):
+        lines.append("┌" + "─" * width + "┐")
+        lines.append("│" + label.center(width) + "│")
+        lines.append("└" + "─" * width + "┘")
+        if index < len(labels) - 1:
+            lines.append(" " * (width // 2) + "▼ imports")
+    lines += ["```", "", "| layer | module | what it is |", "|---|---|---|"]
+    for row in rows:
+        for name in row:
+            relative = Path(*name.split(".")[1:])
+            folder = PACKAGE / relative
+            files = sorted(folder.glob("*.py")) if folder.is_dir() else [folder.with_suffix(".py")]
+            for path in files:
+                if path.name == "__init__.py" and len(files) > 1:
+                    continue
+                tree = ast.parse(path.read_text())
+                summary = (ast.get_docstring(tree) or "").split("\n")[0].replace("|", "\\|")
+                module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+                lines.append(f"| `{name.removeprefix('pneumokeras.')}` | `{module}` | {summary} |")
+    return "\n".join(lines) + "\n"
+
+
+with mkdocs_gen_files.open("development/layers.md", "w") as handle:
+    handle.write(_layers_page())
