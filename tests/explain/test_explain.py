@@ -62,17 +62,19 @@ def tiny_model():
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """A tiny synthetic RSNA set (30 patients, 64 px) converted to TFRecords."""
-    from pneumokeras.records.convert import convert
+    from pneumokeras.records.convert import ConvertOptions, convert
     from pneumokeras.synth import generate
 
     root = tmp_path_factory.mktemp("explain-data")
     generate(root / "synth", patients=30, size=SIZE, seed=2, workers=0, progress=False)
     convert(
-        root / "synth" / "stage_2_train_images",
-        root / "synth" / "stage_2_train_labels.csv",
-        root / "tfrecords",
-        size=SIZE,
-        workers=0,
+        ConvertOptions(
+            images=root / "synth" / "stage_2_train_images",
+            out=root / "tfrecords",
+            labels=root / "synth" / "stage_2_train_labels.csv",
+            size=SIZE,
+            workers=0,
+        ),
         progress=False,
     )
     return root
