@@ -54,6 +54,7 @@ def with_frame(ds: Dataset, frame: bytes, syntax: str) -> Dataset:
     ds.file_meta.TransferSyntaxUID = syntax
     ds.PixelData = encapsulate([frame])
     ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
     return ds
 
 

@@ -130,7 +130,7 @@ def _read_pixels(path: str, size: int) -> tuple[Any, str, int, int, str, str]:
     """
     if Path(path).suffix.lower() == ".dcm":
         image = read_dicom(path, size=size)
-        return image.pixels, image.view.upper(), image.rows, image.columns, image.patient_id, ""
+        return image.pixels, image.view.upper(), image.height, image.width, image.patient_id, ""
     record = read_image(path, size)  # refuses real colour (ImageError)
     note = "" if record.mode in GRAY_MODES else f"{record.mode} image of a gray picture: made gray"
     return record.pixels, "", record.height, record.width, "", note
