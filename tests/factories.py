@@ -5,6 +5,7 @@
   `pixels`, plus any tags by keyword; `with_frame` swaps its pixel data for one
   compressed frame, `jpeg_dicom_dataset` builds a JPEG Baseline one;
   `write_dicom` / `dicom_bytes` save it as a Part 10 file.
+- `oversized_png(path)`: a tiny PNG announcing more pixels than Pillow decodes.
 - `convert_synth(synth_dir, out, **options)`: `convert` of a `synth.generate`
   folder (its labels and class file); `synth_and_convert(root, ...)`: generate
   then convert, returning both folders.
@@ -15,6 +16,8 @@ No Keras: the converter imports TensorFlow for its shard writer only.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -79,6 +82,25 @@ def dicom_bytes(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def oversized_png(path: Path, side: int = 14000) -> Path:
+    """A PNG whose header announces `side` × `side` 8-bit gray pixels, a few bytes on
+    disk: over Pillow's decompression-bomb limit (2 × 89,478,485 pixels) from side
+    13,380 on, so opening it raises `DecompressionBombError` before any decoding."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+    return path
 
 
 def convert_synth(synth_dir: Path, out: Path, progress: bool = False, **options: Any) -> Any:

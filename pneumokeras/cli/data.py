@@ -178,6 +178,8 @@ def convert(
         )
     if summary.notes:
         click.echo(
-            f"converted {summary.notes} RGB image(s) of gray pictures to gray; listed in "
-            f"{summary.out_dir / 'notes.csv'}"
+            f"converted {summary.notes} image(s) with a note (a colour file of a gray picture "
+            f"made gray, an EXIF orientation applied); listed in {summary.out_dir / 'notes.csv'}"
         )
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}", err=True)

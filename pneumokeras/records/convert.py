@@ -37,6 +37,7 @@ from typing import Any
 from pneumokeras.errors import UserError
 from pneumokeras.io.png import encode_png
 from pneumokeras.records import inventory, spool, writer
+from pneumokeras.records.manifest import Manifest
 from pneumokeras.records.spool import STATE_DIR, StepCallback, no_step
 from pneumokeras.records.tables import (
     NOTES,
@@ -127,6 +128,8 @@ class ConvertSummary:
         seconds: wall time of the conversion.
         resumed_shards: shards an interrupted earlier run had finished.
         notes: images converted with a note (rows of notes.csv).
+        warnings: what the user should know about the result, one line each
+            (`conversion_warnings`).
     """
 
     out_dir: Path
@@ -136,6 +139,7 @@ class ConvertSummary:
     seconds: float
     resumed_shards: int
     notes: int = 0
+    warnings: tuple[str, ...] = ()
 
 
 def _import_tfrecords() -> Any:
@@ -160,6 +164,31 @@ def _side_tables(
         NOTES: (NOTES_COLUMNS, notes),
         PATIENTS: (PATIENTS_COLUMNS, patients),
     }
+
+
+def conversion_warnings(manifest: Manifest) -> tuple[str, ...]:
+    """What a converted folder's user should know, one line each.
+
+    - Patients in more than one of the data set's own splits (`--keep-splits`;
+      the real Kermany set has some): their images are not independent across
+      the splits, so validation and test scores are optimistic.
+    - A training split of one class: `train` refuses it (no class weights).
+    """
+    warnings = []
+    shared = manifest.patients_in_several_splits
+    if shared:
+        warnings.append(
+            f"{shared} patient(s) have images in more than one of the data set's own splits "
+            "(--keep-splits): those splits are not independent, so validation and test "
+            "scores will be optimistic; without --keep-splits the images are split by patient"
+        )
+    if manifest.class_weights is None:
+        train = manifest.splits["train"]
+        warnings.append(
+            f"the training split holds one class only ({train.positives} positive of "
+            f"{train.count}): train needs both; convert more examples or lower --val/--test"
+        )
+    return tuple(warnings)
 
 
 def convert(
@@ -190,7 +219,7 @@ def convert(
         unlabelled=inv.unlabelled,
         size=options.size,
         limit=options.limit,
-        check_patient_tag=listing is None,
+        rsna=listing is None,
     )
     state_dir, plan = spool.open_state(options.out, job)
 
@@ -245,4 +274,5 @@ def convert(
         seconds=time.perf_counter() - start,
         resumed_shards=resumed,
         notes=notes_count,
+        warnings=conversion_warnings(manifest),
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumokeras.errors import UserError
+from pneumokeras.io.formats import DICOM_SUFFIXES, detect_format, file_problem
 from pneumokeras.records.manifest import Grouping
 from pneumokeras.records.spool import Encoded
 from pneumokeras.records.tables import PATIENTS
@@ -53,25 +54,52 @@ class Inventory:
 
 
 def list_dicoms(images_dir: Path) -> list[Path]:
-    """Every regular, non-hidden file in `images_dir` (sorted); non-DICOMs get skipped."""
+    """Every non-hidden file in `images_dir` (sorted, dangling links included: they
+    get their skipped row); a file that is no DICOM is skipped when read.
+
+    Raises:
+        UserError: not a folder, or no DICOM in it (by suffix or content).
+    """
     if not images_dir.is_dir():
         raise UserError(f"--images {images_dir} is not a folder")
-    files = sorted(p for p in images_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not any(p.suffix.lower() == ".dcm" for p in files):
-        raise UserError(f"no DICOM files (*.dcm) in {images_dir}")
+    files = sorted(p for p in images_dir.iterdir() if not p.name.startswith(".") and not p.is_dir())
+    if not any(_is_dicom(p) for p in files):
+        raise UserError(f"no DICOM files in {images_dir} (none named *.dcm or holding one)")
     return files
 
 
+def _is_dicom(path: Path) -> bool:
+    """A `.dcm`/`.dicom` name, or DICOM content (the `DICM` marker)."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        return not file_problem(path) and detect_format(path) == "DICOM"
+    except OSError:
+        return False
+
+
+def patient_of_file(path: Path) -> str:
+    """RSNA: the patientId a DICOM's file name gives: the name without `.dcm`/`.dicom`
+    (any case); a name without that suffix is the id whole (`1.2.840.10008.3`)."""
+    return path.stem if path.suffix.lower() in DICOM_SUFFIXES else path.name
+
+
 def _match_files(files: list[Path], records: Mapping[str, ExampleLabel]) -> Inventory:
-    """Pairs DICOMs (named `<patientId>.dcm`) with label records."""
+    """Pairs DICOMs (named `<patientId>.dcm`, or `<patientId>` alone) with label records."""
     skipped: list[Skipped] = []
     by_patient: dict[str, Path] = {}
+    seen: set[str] = set()  # patients with a file, usable or not
     for path in files:
-        if path.stem in by_patient:
-            skipped.append((path.stem, path.name, "duplicate patientId file name"))
+        patient = patient_of_file(path)
+        problem = file_problem(path)  # a dangling link: its row says so
+        if patient in seen:
+            skipped.append((patient, path.name, "duplicate patientId file name"))
+        elif problem:
+            skipped.append((patient, path.name, problem))
         else:
-            by_patient[path.stem] = path
-    for patient in sorted(set(records) - set(by_patient)):
+            by_patient[patient] = path
+        seen.add(patient)
+    for patient in sorted(set(records) - seen):
         skipped.append((patient, "", "label row without a DICOM file"))
     return Inventory(
         files=by_patient,
@@ -79,6 +107,16 @@ def _match_files(files: list[Path], records: Mapping[str, ExampleLabel]) -> Inve
         unlabelled=sorted(set(by_patient) - set(records)),
         skipped=skipped,
     )
+
+
+def _check_both_classes(images_dir: Path, labels: list[int]) -> None:
+    """Refuses RSNA inputs whose labelled DICOMs are all of one class (as the other
+    layouts refuse such a listing): a classifier needs both."""
+    if labels and len(set(labels)) == 1:
+        raise UserError(
+            f"every labelled DICOM in {images_dir} ({len(labels)}) has Target {labels[0]}; "
+            "a classifier needs both classes"
+        )
 
 
 def read_inputs(
@@ -100,7 +138,9 @@ def read_inputs(
         if labels_csv is None:
             raise UserError("--layout rsna needs --labels (stage_2_train_labels.csv)")
         records = rsna.read_labels(labels_csv, class_info_csv)
-        return records, _match_files(list_dicoms(images_dir), records), None
+        inv = _match_files(list_dicoms(images_dir), records)
+        _check_both_classes(images_dir, [records[p].label for p in inv.candidates])
+        return records, inv, None
     if class_info_csv is not None:
         raise UserError("--class-info applies to --layout rsna only")
     listing = layouts.list_images(images_dir, labels_csv, options)

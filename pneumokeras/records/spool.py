@@ -28,8 +28,9 @@ from tqdm import tqdm
 
 from pneumokeras.errors import UnreadableInputError
 from pneumokeras.io.dicom import DicomError, read_dicom
-from pneumokeras.io.images import GRAY_MODES, read_image
+from pneumokeras.io.images import read_image
 from pneumokeras.io.png import ENCODER_SETTINGS, encode_png
+from pneumokeras.io.record import ImageRecord
 from pneumokeras.utils.fileio import atomic_open, atomic_write_json
 from pneumokeras.utils.workers import WorkerPool
 
@@ -71,6 +72,36 @@ class Encoded:
     length: int
     reason: str
     note: str = ""
+
+    @classmethod
+    def from_image(
+        cls,
+        example: str,
+        record: ImageRecord,
+        spool: str,
+        offset: int,
+        length: int,
+        check_patient_tag: bool,
+    ) -> Encoded:
+        """The one place an example's entry is built from the image read: its view,
+        stored size, PatientID check and note, and where its PNG is in the spool.
+
+        Args:
+            check_patient_tag: RSNA: flag a PatientID tag that differs from `example`.
+        """
+        tag = record.patient_id
+        return cls(
+            example=example,
+            view=record.view.upper(),
+            rows=record.height,
+            columns=record.width,
+            id_mismatch=check_patient_tag and bool(tag) and tag != example,
+            spool=spool,
+            offset=offset,
+            length=length,
+            reason="",
+            note=record.note,
+        )
 
     @classmethod
     def skipped(cls, example: str, reason: str) -> Encoded:
@@ -124,18 +155,6 @@ def _close_spool(spool_dir: str) -> None:
         entry[1].close()
 
 
-def _read_pixels(path: str, size: int) -> tuple[Any, str, int, int, str, str]:
-    """Worker: a DICOM, PNG or JPEG (by suffix) → `(pixels, view, rows, columns,
-    PatientID tag, note)`; pixels (size, size) uint8, note '' unless converted.
-    """
-    if Path(path).suffix.lower() == ".dcm":
-        image = read_dicom(path, size=size)
-        return image.pixels, image.view.upper(), image.height, image.width, image.patient_id, ""
-    record = read_image(path, size)  # refuses real colour (ImageError)
-    note = "" if record.mode in GRAY_MODES else f"{record.mode} image of a gray picture: made gray"
-    return record.pixels, "", record.height, record.width, "", note
-
-
 @dataclasses.dataclass(frozen=True)
 class _Task:
     """One image for a worker to encode."""
@@ -144,21 +163,22 @@ class _Task:
     path: str
     size: int
     spool_dir: str
-    check_patient_tag: bool  # RSNA: the file name is the patient; compare the tag
+    rsna: bool  # RSNA layout: DICOM only, the file name is the patient (compare the tag)
 
 
 def _encode_task(task: _Task) -> Encoded:
     """Worker: one image → its PNG in the spool and its index entry."""
     try:
-        pixels, view, rows, columns, tag_id, note = _read_pixels(task.path, task.size)
-        png = encode_png(pixels)
+        record = read_image(task.path, task.size)  # by content; refuses real colour
+        if task.rsna and record.format != "DICOM":
+            return Encoded.skipped(task.example, f"not a DICOM file ({record.format} content)")
+        png = encode_png(record.pixels)
     except UnreadableInputError as err:
         return Encoded.skipped(task.example, str(err))
     except Exception as err:
         return Encoded.skipped(task.example, f"unreadable: {type(err).__name__}: {err}")
     spool, offset = _spool_png(task.spool_dir, png)
-    mismatch = task.check_patient_tag and bool(tag_id) and tag_id != task.example
-    return Encoded(task.example, view, rows, columns, mismatch, spool, offset, len(png), "", note)
+    return Encoded.from_image(task.example, record, spool, offset, len(png), task.rsna)
 
 
 def load_spool_index(state_dir: Path, candidates: Sequence[str]) -> list[Encoded]:
@@ -217,7 +237,8 @@ class EncodeJob:
         unlabelled: examples with an image but no label (RSNA), sorted.
         size: side of the stored square images, pixels.
         limit: stop after this many examples encoded; None = all.
-        check_patient_tag: RSNA: compare the DICOM PatientID tag with the example id.
+        rsna: RSNA layout: DICOM content only; compare the DICOM PatientID tag with
+            the example id (its file name).
     """
 
     candidates: list[str]
@@ -225,7 +246,7 @@ class EncodeJob:
     unlabelled: list[str]
     size: int
     limit: int | None
-    check_patient_tag: bool
+    rsna: bool
 
 
 def _encode_pass(
@@ -246,9 +267,7 @@ def _encode_pass(
     encoded = sum(e.offset >= 0 for e in entries)
     limit = job.limit
     todo = [] if limit is not None and encoded >= limit else job.candidates[len(entries) :]
-    tasks = (
-        _Task(e, str(job.files[e]), job.size, str(state_dir), job.check_patient_tag) for e in todo
-    )
+    tasks = (_Task(e, str(job.files[e]), job.size, str(state_dir), job.rsna) for e in todo)
     results = pool.imap(_encode_task, tasks, chunksize=8)
     started = while_workers_start()
     total = len(job.candidates) if limit is None else min(len(job.candidates), limit)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pneumokeras.errors import UserError
-from pneumokeras.io.images import IMAGE_SUFFIXES
+from pneumokeras.io.formats import input_problem, is_hidden
 from pneumokeras.sources.listing import (
     ImageItem,
     Listing,
@@ -90,37 +90,37 @@ def list_folders(
 ) -> Listing:
     """Lists a class-folder layout (see the module docstring).
 
-    Image files (`.png`, `.jpg`, `.jpeg`, `.dcm`, any case) anywhere below a class
-    folder are items; other files there and files outside class folders become
-    skipped rows; hidden files are ignored.
+    Files anywhere below a class folder that are images by their suffix (`.png`,
+    `.jpg`, `.jpeg`, `.dcm`, `.dicom`, any case) or by their content (a DICOM
+    without suffix) are items; other files there (another image format, a
+    dangling link, a text) and files outside class folders become skipped rows
+    with the reason (`formats.input_problem`); hidden files and folders are
+    ignored.
 
     Raises:
-        UserError: no class folders, an unknown class or stray folder, or a split
-            folder missing with `keep_splits`.
+        UserError: no class folders, an unknown class or stray folder, a split
+            folder missing with `keep_splits`, no image at all, or images of one
+            class only (a classifier needs both).
     """
     pattern = compile_pattern(patient_pattern or FOLDERS_PATIENT_PATTERN)
     items: dict[str, ImageItem] = {}
     skipped: list[Skipped] = []
     mapping: dict[str, int] = {}
     for split, root in _split_roots(images_dir, keep_splits).items():
-        for path in sorted(p for p in root.iterdir() if p.is_file()):
+        for path in sorted(p for p in root.iterdir() if not p.is_dir()):
             if not path.name.startswith("."):
-                skipped.append(
-                    (
-                        _image_id(images_dir, path),
-                        _relative(images_dir, path),
-                        "file outside a class folder",
-                    )
-                )
+                row = (_image_id(images_dir, path), _relative(images_dir, path))
+                skipped.append((*row, "file outside a class folder"))
         for class_dir in _subfolders(root):
             label = mapping.setdefault(class_dir.name, _class_label(class_dir))
-            for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+            for path in sorted(class_dir.rglob("*")):
+                if is_hidden(path.relative_to(class_dir)) or path.is_dir():
+                    continue
                 relative = _relative(images_dir, path)
                 image_id = _image_id(images_dir, path)
-                if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
-                    continue
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    skipped.append((image_id, relative, f"not an image file ({path.suffix})"))
+                problem = input_problem(path)
+                if problem:
+                    skipped.append((image_id, relative, problem))
                 elif image_id in items:
                     skipped.append((image_id, relative, "another file has the same name and id"))
                 else:
@@ -130,6 +130,7 @@ def list_folders(
                     )
     if not items:
         raise UserError(f"no PNG/JPEG/DICOM files in the class folders of {images_dir}")
+    _check_both_classes(images_dir, items, mapping)
     rule = "default" if patient_pattern is None else "--patient-pattern"
     return Listing(
         items=dict(sorted(items.items())),
@@ -137,6 +138,27 @@ def list_folders(
         label_mapping={"class_folders": dict(sorted(mapping.items()))},
         grouping=f"first group of {pattern.pattern!r} ({rule}) in the relative path, "
         "else the image",
+    )
+
+
+def _check_both_classes(
+    images_dir: Path, items: dict[str, ImageItem], mapping: dict[str, int]
+) -> None:
+    """Refuses a listing whose images are all of one class (as the findings layout does).
+
+    Raises:
+        UserError: naming the class found and the folder names the other takes.
+    """
+    labels = {item.label for item in items.values()}
+    if len(labels) > 1:
+        return
+    (found,) = labels
+    folders = sorted({n for n, v in mapping.items() if v == found})
+    other = [n for n, v in CLASS_FOLDERS.items() if v != found]
+    raise UserError(
+        f"only label {found} images ({', '.join(folders)}: {len(items)}) in {images_dir}; "
+        f"a classifier needs both classes: add a folder for label {1 - found} "
+        f"({', '.join(other)}, any case)"
     )
 
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from factories import convert_synth
+from factories import convert_synth, oversized_png
 from layout_fixtures import add_odd_files, write_chexpert, write_kermany, write_nih
+from PIL import Image
 from pydicom.data import get_testdata_file
 
 from pneumokeras.errors import UserError
+from pneumokeras.io.dicom import resize_square
 from pneumokeras.io.images import read_image
 from pneumokeras.records import spool, tfrecords
 from pneumokeras.records.convert import STATE_DIR, ConvertOptions, convert, encode_png
@@ -163,7 +165,7 @@ def test_mixed_folder_skips_bad_files_with_reasons(synth_dir, tmp_path):
     assert "colour" in skipped[good[1].stem]
     assert "multi-frame" in skipped[good[2].stem] or "colour" in skipped[good[2].stem]
     assert "not a DICOM" in skipped[good[3].stem]
-    assert "not a DICOM" in skipped["notes"]
+    assert "not a DICOM" in skipped["notes.txt"]
     assert "without a label" in skipped["unlabelled-patient"]
     assert summary.skipped == len(skipped) == 6
 
@@ -370,18 +372,24 @@ def test_real_rsna_dicom_converts(shared_file, tmp_path):
     images.mkdir()
     ds = pydicom.dcmread(dicom, stop_before_pixels=True)
     shutil.copy(dicom, images / f"{ds.PatientID}.dcm")
+    shutil.copy(dicom, images / "negative-copy.dcm")  # both classes: convert needs them
     labels = tmp_path / "labels.csv"
-    labels.write_text(f"patientId,x,y,width,height,Target\n{ds.PatientID},100,200,300,400,1\n")
+    labels.write_text(
+        f"patientId,x,y,width,height,Target\n{ds.PatientID},100,200,300,400,1\n"
+        "negative-copy,,,,,0\n"
+    )
     summary = convert(
         ConvertOptions(
             images, tmp_path / "out", labels, size=256, val_fraction=0, test_fraction=0, workers=0
         ),
         progress=False,
     )
-    assert summary.counts["train"] == 1
-    (record,) = tfrecords.read_split(tmp_path / "out", "train")
+    assert summary.counts["train"] == 2
+    records = {r["patient_id"]: r for r in tfrecords.read_split(tmp_path / "out", "train")}
+    record = records[ds.PatientID]
     np.testing.assert_allclose(record["boxes"], [[100 / 1024, 200 / 1024, 300 / 1024, 400 / 1024]])
     assert record["view"] == "PA"
+    assert load_manifest(tmp_path / "out").patient_id_tag_mismatches == 1  # the copy
 
 
 # ------------------------------------------------------------------ other layouts (issue #15)
@@ -603,19 +611,22 @@ def test_real_nih_png_converts(shared_file, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(png, images / "00000001_000.png")
+    shutil.copy(png, images / "00000002_000.png")  # both classes: convert needs them
     labels = tmp_path / "Data_Entry_2017.csv"
     labels.write_text(
         "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
         "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n"
         "00000001_000.png,Cardiomegaly|Pneumonia,0,1,58,M,PA,2682,2749,0.143,0.143\n"
+        "00000002_000.png,No Finding,0,2,58,M,PA,2682,2749,0.143,0.143\n"
     )
     out = tmp_path / "out"
     summary = _convert_layout(
         images, labels, out, "findings", size=256, val_fraction=0, test_fraction=0
     )
-    assert (summary.counts["train"], summary.positives["train"], summary.skipped) == (1, 1, 0)
-    (record,) = tfrecords.read_split(out, "train")
-    assert (record["patient_id"], record["view"]) == ("00000001_000", "PA")
+    assert (summary.counts["train"], summary.positives["train"], summary.skipped) == (2, 1, 0)
+    records = {r["patient_id"]: r for r in tfrecords.read_split(out, "train")}
+    record = records["00000001_000"]
+    assert (record["label"], record["view"]) == (1, "PA")
     np.testing.assert_array_equal(_png_pixels(record["png"]), read_image(png, 256).pixels)
 
 
@@ -649,3 +660,132 @@ def test_cli_layout_errors_are_one_line(capsys, kermany, tmp_path):
         assert len(err) == 1, (expected, err)
         assert expected in err[0], (expected, err)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ issue #24: odd inputs
+
+
+def _tiny_picture(seed: int, height: int = 24, width: int = 36) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(40, 200, (height, width), dtype=np.uint8)
+    pixels[:4, :6] = 255  # a corner no turn maps onto itself
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def odd_folders(dicoms, tmp_path_factory):
+    """A two-class folder set with one good image of each kind and every odd file."""
+    root = tmp_path_factory.mktemp("odd_folders")
+    normal, pneumonia = root / "NORMAL", root / "PNEUMONIA"
+    (normal / ".thumbs").mkdir(parents=True)
+    pneumonia.mkdir()
+    for i in range(3):
+        Image.fromarray(_tiny_picture(i)).save(normal / f"IM-{i}.png")
+        Image.fromarray(_tiny_picture(10 + i)).save(pneumonia / f"person{i}_virus_1.jpeg")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_tiny_picture(20)).save(normal / "phone.jpg", quality=95, exif=exif)
+    Image.fromarray(_tiny_picture(21)).save(normal / "Ünïcødé-ß.png")
+    (pneumonia / "1.2.840.113619.2.55.3").write_bytes(dicoms[0].read_bytes())
+    oversized_png(pneumonia / "huge.png")
+    Image.fromarray(_tiny_picture(22)).save(pneumonia / "scan.png", format="TIFF")
+    Image.fromarray(_tiny_picture(23)).save(pneumonia / "scan.tif")
+    Image.fromarray(_tiny_picture(24)).save(normal / ".hidden.png")
+    Image.fromarray(_tiny_picture(25)).save(normal / ".thumbs" / "t.png")
+    os.symlink(normal / "moved.png", normal / "gone.png")
+    (normal / "empty.png").write_bytes(b"")
+    return root
+
+
+def test_folders_read_by_content_and_every_odd_file_gets_its_row(odd_folders, tmp_path):
+    out = tmp_path / "out"
+    summary = _convert_layout(
+        odd_folders, None, out, "folders", val_fraction=0, test_fraction=0, size=16
+    )
+    skipped = {row["file"]: row["reason"] for row in _csv_rows(out / "skipped.csv")}
+    moved = odd_folders / "NORMAL" / "moved.png"
+    assert skipped == {
+        "NORMAL/empty.png": "empty file (0 bytes)",
+        "NORMAL/gone.png": f"broken symbolic link (its target {moved} does not exist)",
+        "PNEUMONIA/huge.png": "image too large to decode (196,000,000 pixels, over Pillow's "
+        "limit of 178,956,970)",
+        "PNEUMONIA/scan.png": "unsupported format TIFF (DICOM, PNG and JPEG are read)",
+        "PNEUMONIA/scan.tif": "unsupported format TIFF (DICOM, PNG and JPEG are read)",
+    }
+    assert summary.counts["train"] == 3 + 3 + 3  # + the EXIF JPEG, the unicode name, the DICOM
+    notes = {row["file"]: row["note"] for row in _csv_rows(out / "notes.csv")}
+    assert notes == {"NORMAL/phone.jpg": "EXIF orientation 6 applied (turned 90° clockwise)"}
+    records = {r["patient_id"]: r for r in tfrecords.read_split(out, "train")}
+    assert "PNEUMONIA/1.2.840.113619.2.55.3" in records  # no suffix: read as the DICOM it is
+    assert "NORMAL/Ünïcødé-ß" in records
+    upright = np.rot90(np.asarray(Image.open(odd_folders / "NORMAL" / "phone.jpg")), -1)
+    stored = _png_pixels(records["NORMAL/phone"]["png"])
+    np.testing.assert_array_equal(stored, resize_square(np.ascontiguousarray(upright), 16))
+
+
+def test_rsna_takes_dicoms_without_suffix_and_reports_dangling_links(synth_dir, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(synth_dir / "stage_2_train_images", images)
+    files = sorted(images.glob("*.dcm"))
+    files[0].rename(images / files[0].stem)  # a PACS export: no suffix
+    files[1].rename(images / f"{files[1].stem}.DCM")
+    files[2].unlink()
+    os.symlink(tmp_path / "elsewhere.dcm", images / f"{files[2].stem}.dcm")
+    (images / ".DS_Store").write_bytes(b"\0")
+    summary = _run_convert(synth_dir, tmp_path / "out", images=images)
+    assert sum(summary.counts.values()) == 80 - 1
+    rows = _csv_rows(tmp_path / "out" / "skipped.csv")
+    assert rows == [
+        {
+            "patientId": files[2].stem,
+            "file": f"{files[2].stem}.dcm",
+            "reason": f"broken symbolic link (its target {tmp_path / 'elsewhere.dcm'} does not "
+            "exist)",
+        }
+    ]
+    converted = {i for by_id in _all_records(tmp_path / "out").values() for i in by_id}
+    assert {files[0].stem, files[1].stem} <= converted
+
+
+def test_keep_splits_warns_of_patients_in_several_splits(kermany, tmp_path, capsys):
+    root = tmp_path / "chest_xray"
+    shutil.copytree(kermany[0], root)
+    # person1 (train) also has an image in test: as in the real Kermany set.
+    shutil.copy(root / "train/PNEUMONIA/person1_virus_2.jpeg", root / "test/PNEUMONIA")
+    options = LayoutOptions("folders", keep_splits=True)
+    summary = _convert_layout(root, None, tmp_path / "out", options)
+    (warning,) = summary.warnings
+    assert warning.startswith("1 patient(s) have images in more than one of the data set's own")
+    assert load_manifest(tmp_path / "out").patients_in_several_splits == 1
+    argv = ["convert", "--layout", "folders", "--keep-splits", "--images", str(root)]
+    argv += ["--size", "32", "--workers", "0", "--out", str(tmp_path / "cli")]
+    from pneumokeras.cli import main
+
+    capsys.readouterr()
+    main(argv)  # returns: exit 0
+    err = capsys.readouterr().err.splitlines()  # progress bars, then the warning
+    assert [line for line in err if "warning" in line] == [f"warning: {warning}"]
+
+
+def test_one_class_inputs_are_refused_and_a_one_class_training_split_warned(synth_dir, tmp_path):
+    labels = tmp_path / "negative.csv"
+    with open(synth_dir / "stage_2_train_labels.csv") as handle:
+        negative = [line for line in handle if not line.rstrip().endswith(",1")]
+    labels.write_text("".join(negative))
+    with pytest.raises(UserError, match=r"has Target 0; a classifier needs both classes"):
+        _run_convert(synth_dir, tmp_path / "o", labels=labels)
+    assert not (tmp_path / "o").exists()
+    # Both classes in the data set, one in its own training split: converted, with a warning.
+    root = tmp_path / "kept"
+    both = ["NORMAL", "PNEUMONIA"]
+    for split, classes in {"train": ["NORMAL"], "val": both, "test": both}.items():
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(_tiny_picture(i)).save(root / split / name / f"{name}-{i}.png")
+    options = LayoutOptions("folders", keep_splits=True)
+    summary = _convert_layout(root, None, tmp_path / "out", options)
+    assert summary.warnings == (
+        "the training split holds one class only (0 positive of 2): train needs both; convert "
+        "more examples or lower --val/--test",
+    )

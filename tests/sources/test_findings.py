@@ -11,6 +11,8 @@ from pneumokeras.errors import UserError
 from pneumokeras.sources.findings import parse_label
 from pneumokeras.sources.layouts import LayoutOptions, list_images
 
+ALLOWED = "1 (positive), 0 (negative), -1 (uncertain), blank"
+
 
 def _findings(**kwargs) -> LayoutOptions:
     return LayoutOptions("findings", **kwargs)
@@ -31,6 +33,9 @@ def _findings(**kwargs) -> LayoutOptions:
         ("-1.0", "1", "positive", (1, "")),
         ("-1.0", "1", "drop", (None, "uncertain label (-1) dropped (--uncertain drop)")),
         ("yes", "1", "drop", (None, "label 'yes' is not a number")),
+        ("2.0", "1", "drop", (None, f"label '2.0' is none of {ALLOWED}")),
+        ("0.5", "1", "negative", (None, f"label '0.5' is none of {ALLOWED}")),
+        ("1", "1.0", "drop", (1, "")),
     ],
 )
 def test_parse_label(cell, positive, uncertain, expected):
@@ -113,3 +118,104 @@ def test_findings_repeated_and_empty_rows_are_skipped(tmp_path):
     listing = list_images(images, labels, _findings())
     assert ("00000001_000", "00000001_000.png", "repeated row for this image") in listing.skipped
     assert any(r.endswith("empty Image Index") for _, _, r in listing.skipped)
+
+
+# ------------------------------------------------------------------ issue #24
+
+
+def _write_csv(path, rows, header=("Image Index", "Finding Labels", "Patient ID")):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_rows_that_disagree_drop_the_image_and_identical_ones_count_once(tmp_path):
+    images, labels = write_nih(tmp_path, patients=6)  # patients 2 and 5 positive
+    with open(labels, newline="") as handle:
+        rows = list(csv.reader(handle))
+    by_name = {row[0]: row for row in rows[1:]}
+    normal, positive, repeated = "00000001_000.png", "00000002_000.png", "00000003_000.png"
+    assert (by_name[normal][1], by_name[positive][1]) == ("No Finding", "Cardiomegaly|Pneumonia")
+    appended = [
+        [normal, "Pneumonia", *by_name[normal][2:]],  # another label
+        by_name[repeated],  # the same row again
+        [*by_name[positive][:3], "77", *by_name[positive][4:]],  # another patient
+    ]
+    with open(labels, "a", newline="") as handle:
+        csv.writer(handle).writerows(appended)
+    line = {name: 2 + [r[0] for r in rows[1:]].index(name) for name in by_name}
+    first_appended = len(rows) + 1
+    listing = list_images(images, labels, _findings())
+    reasons = {(i, r) for i, _, r in listing.skipped}
+    assert (
+        "00000001_000",
+        f"2 rows disagree on the label (lines {line[normal]}, {first_appended}); image dropped",
+    ) in reasons
+    assert (
+        "00000002_000",
+        f"2 rows disagree on the patient (lines {line[positive]}, {first_appended + 2}); "
+        "image dropped",
+    ) in reasons
+    assert ("00000003_000", "repeated row for this image") in reasons
+    assert "00000001_000" not in listing.items
+    assert "00000002_000" not in listing.items
+    assert "00000003_000" in listing.items
+
+
+def test_numeric_labels_other_than_the_known_values_are_skipped_rows(tmp_path):
+    images, labels = write_chexpert(tmp_path)
+    text = labels.read_text().replace(",1.0\n", ",2.0\n", 1).replace(",0.0\n", ",0.5\n", 1)
+    labels.write_text(text)
+    listing = list_images(images, labels, _findings(uncertain="negative"))
+    odd = sorted(r for _, _, r in listing.skipped)
+    assert odd == [f"label '0.5' is none of {ALLOWED}", f"label '2.0' is none of {ALLOWED}"]
+    assert len(listing.items) == 12 - 2
+
+
+def test_a_bare_name_in_two_folders_and_paths_outside_images_are_refused(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "nih"
+    for folder in ("images_001", "images_002"):
+        (root / folder).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(root / folder / "twice.png")
+    for name in ("once.png", "other.png"):
+        Image.new("L", (8, 8)).save(root / "images_001" / name)
+    Image.new("L", (8, 8)).save(tmp_path / "outside.png")
+    labels = _write_csv(
+        tmp_path / "labels.csv",
+        [
+            ["twice.png", "Pneumonia", "1"],
+            ["once.png", "No Finding", "2"],
+            ["images_001/other.png", "Pneumonia", "3"],
+            [str(tmp_path / "outside.png"), "Pneumonia", "4"],
+            ["../outside.png", "Pneumonia", "5"],
+            [str(root / "images_001" / "once.png").replace("once", "again"), "Pneumonia", "6"],
+        ],
+    )
+    Image.new("L", (8, 8)).save(root / "images_001" / "again.png")
+    listing = list_images(root, labels, _findings())
+    assert sorted(listing.items) == [
+        str(root / "images_001" / "again"),  # absolute, inside --images: accepted
+        "images_001/other",
+        "once",
+    ]
+    reasons = {cell: reason for _, cell, reason in listing.skipped}
+    assert reasons == {
+        "twice.png": "file name found in 2 places: images_001/twice.png, images_002/twice.png",
+        str(tmp_path / "outside.png"): "path outside --images",
+        "../outside.png": "path outside --images",
+    }
+
+
+def test_every_image_of_one_class_is_refused(tmp_path):
+    images, labels = write_nih(tmp_path)
+    text = labels.read_text().replace("Cardiomegaly|Pneumonia", "Cardiomegaly")
+    (tmp_path / "negative.csv").write_text(text)
+    with pytest.raises(UserError, match="no image is positive"):
+        list_images(images, tmp_path / "negative.csv", _findings())
+    with pytest.raises(UserError, match="every image is positive") as err:
+        list_images(images, labels, _findings(positive="M", label_column="Patient Gender"))
+    assert "classifier needs both classes" in str(err.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from layout_fixtures import add_odd_files, write_kermany
 
@@ -102,11 +104,11 @@ def test_patient_pattern_overrides_the_grouping(tmp_path):
 
 
 def test_same_name_with_another_suffix_is_skipped_not_merged(tmp_path):
-    (tmp_path / "NORMAL").mkdir()
-    (tmp_path / "NORMAL" / "a.png").write_bytes(b"")
-    (tmp_path / "NORMAL" / "a.jpeg").write_bytes(b"")
+    for name in ("NORMAL/a.png", "NORMAL/a.jpeg", "PNEUMONIA/b.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
     listing = list_images(tmp_path, None, FOLDERS)
-    assert list(listing.items) == ["NORMAL/a"]
+    assert list(listing.items) == ["NORMAL/a", "PNEUMONIA/b"]
     assert listing.items["NORMAL/a"].file == "NORMAL/a.jpeg"
     assert listing.skipped == [
         ("NORMAL/a", "NORMAL/a.png", "another file has the same name and id")
@@ -123,3 +125,49 @@ def test_empty_or_missing_folders_are_user_errors(tmp_path):
         list_images(tmp_path, None, FOLDERS)
     with pytest.raises(UserError, match="--labels is not used"):
         list_images(tmp_path, tmp_path / "x.csv", FOLDERS)
+
+
+# ------------------------------------------------------------------ issue #24
+
+
+@pytest.mark.parametrize("present, label", [("NORMAL", 0), ("Pneumonia", 1)])
+def test_one_class_only_is_refused_naming_it(tmp_path, present, label):
+    (tmp_path / present).mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / present / name).write_bytes(b"")
+    with pytest.raises(UserError) as err:
+        list_images(tmp_path, None, FOLDERS)
+    message = str(err.value)
+    assert message.startswith(f"only label {label} images ({present}: 2) in {tmp_path}")
+    assert f"add a folder for label {1 - label}" in message
+    assert "\n" not in message
+
+
+def test_files_are_judged_by_content_hidden_ones_ignored_and_links_reported(tmp_path, dicoms):
+    from PIL import Image
+
+    normal, pneumonia = tmp_path / "NORMAL", tmp_path / "PNEUMONIA"
+    (normal / ".thumbs").mkdir(parents=True)
+    pneumonia.mkdir()
+    (pneumonia / "1.2.840.113619.2.55.3").write_bytes(dicoms[0].read_bytes())
+    Image.new("L", (8, 8)).save(normal / "a.png")
+    Image.new("L", (8, 8)).save(normal / "scan.tif")
+    Image.new("L", (8, 8)).save(normal / ".hidden.png")
+    Image.new("L", (8, 8)).save(normal / ".thumbs" / "t.png")
+    (normal / "Thumbs.db").write_bytes(b"\0\1\2")
+    os.symlink(normal / "moved.png", normal / "gone.png")
+    listing = list_images(tmp_path, None, FOLDERS)
+    assert sorted(listing.items) == ["NORMAL/a", "PNEUMONIA/1.2.840.113619.2.55.3"]
+    assert sorted(listing.skipped) == [
+        ("NORMAL/Thumbs.db", "NORMAL/Thumbs.db", "not an image file (.db)"),
+        (
+            "NORMAL/gone",
+            "NORMAL/gone.png",
+            f"broken symbolic link (its target {normal / 'moved.png'} does not exist)",
+        ),
+        (
+            "NORMAL/scan.tif",
+            "NORMAL/scan.tif",
+            "unsupported format TIFF (DICOM, PNG and JPEG are read)",
+        ),
+    ]
