@@ -24,11 +24,11 @@ square whose side is its longer side, then area-averaged to ``size`` x ``size`` 
 Pillow's BOX filter. An image that is already ``size`` x ``size`` is returned as is.
 
 Refused with :class:`DicomError`: files pydicom cannot read (no ``DICM`` header,
-unreadable), non-image objects by Modality (SEG, RTSTRUCT, RTPLAN, RTDOSE, RTRECORD, SR,
-PR, KO, REG; RTIMAGE is a radiograph and is accepted), no Pixel Data, more than one
-frame, colour (Samples per Pixel != 1, or a Photometric Interpretation other than
-MONOCHROME1/2), transfer syntaxes without an installed decoder, and pixel data that
-fail to decode.
+unreadable), a DICOMDIR (a medium's index), non-image objects by Modality (SEG,
+RTSTRUCT, RTPLAN, RTDOSE, RTRECORD, SR, PR, KO, REG; RTIMAGE is a radiograph and is
+accepted), no Pixel Data, more than one frame, colour (Samples per Pixel != 1, or a
+Photometric Interpretation other than MONOCHROME1/2), transfer syntaxes without an
+installed decoder, and pixel data that fail to decode.
 
 Fast path: a JPEG Baseline (1.2.840.10008.1.2.4.50) 8-bit unsigned image with an
 identity modality transform and no VOI (every RSNA image) has its JPEG frame decoded by
@@ -51,7 +51,7 @@ from PIL import Image
 from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
-from pydicom.uid import UID, JPEGBaseline8Bit
+from pydicom.uid import UID, JPEGBaseline8Bit, MediaStorageDirectoryStorage
 
 from pneumokeras.errors import UnreadableInputError
 from pneumokeras.io.record import ImageRecord
@@ -87,6 +87,16 @@ def read_dicom(path: str | os.PathLike[str], size: int | None = None) -> ImageRe
     """
     if size is not None and size < 1:
         raise ValueError(f"size must be ≥ 1. Received: size={size}")
+    with warnings.catch_warnings():
+        # pydicom warns about non-conformant values (a malformed UID, an implicit VR
+        # where explicit was announced) as it reads on; the file is then read or
+        # refused with a reason, so per-file warnings would only clutter the output.
+        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+        return _read(path, size)
+
+
+def _read(path: str | os.PathLike[str], size: int | None) -> ImageRecord:
+    """`read_dicom` without its warnings filter."""
     ds = _read_dataset(path)
     if _is_plain_jpeg_baseline(ds):
         pixels = _decode_jpeg_baseline(ds, size)
@@ -190,13 +200,10 @@ def _read_dataset(path: str | os.PathLike[str]) -> pydicom.Dataset:
             raise DicomError(f"unreadable: {exc.strerror or _reason(exc)}") from exc
         except Exception as exc:
             raise DicomError(f"unreadable: {_reason(exc)}") from exc
-    ended_early = False
-    for w in caught:
-        if str(w.message).startswith("End of file reached"):
-            ended_early = True
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    ended_early = any(str(w.message).startswith("End of file reached") for w in caught)
 
+    if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+        raise DicomError("a DICOMDIR (the index of a DICOM medium), not an image")
     modality = _text(ds, "Modality").upper()
     if modality in NON_IMAGE_MODALITIES:
         raise DicomError(f"non-image object ({modality})")

@@ -179,10 +179,11 @@ def _read_picture(path: Path, kind: str, size: int) -> ImageRecord:
     """A PNG or JPEG (`kind`, by content) → its record (see `read_image`)."""
     notes = []
     try:
-        # Images between Pillow's limit and twice it decode with a warning; they
-        # are read like any other (the error above twice the limit refuses).
+        # Pillow warns (on stderr, once per file) about images between its pixel
+        # limit and twice it, which are read like any other, and about corrupt
+        # metadata (EXIF), which is then ignored: nothing for the user to act on.
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")
             with Image.open(path) as opened:
                 mode = opened.mode
                 img, turn = _upright(opened)

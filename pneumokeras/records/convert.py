@@ -37,7 +37,7 @@ from typing import Any
 from pneumokeras.errors import UserError
 from pneumokeras.io.png import encode_png
 from pneumokeras.records import inventory, spool, writer
-from pneumokeras.records.manifest import Manifest
+from pneumokeras.records.manifest import MANIFEST, Manifest
 from pneumokeras.records.spool import STATE_DIR, StepCallback, no_step
 from pneumokeras.records.tables import (
     NOTES,
@@ -142,6 +142,42 @@ class ConvertSummary:
     warnings: tuple[str, ...] = ()
 
 
+def check_output(options: ConvertOptions) -> None:
+    """Refuses an output folder that would lose or corrupt files (UserError).
+
+    - `--out` a file, or `--out` inside (or equal to) `--images`: the output
+      would be read as input by the next conversion (a stray class folder, files
+      that are not DICOMs).
+    - `--labels`/`--class-info` where convert writes a file of the same name.
+    - `--out` holding `.tfrecord` files but no earlier conversion (no manifest,
+      no state folder): convert removes shards it did not list, so they would be
+      lost.
+    """
+    out, images = options.out.resolve(), options.images.resolve()
+    if options.out.exists() and not options.out.is_dir():
+        raise UserError(f"--out {options.out} is a file, not a folder")
+    if out == images or images in out.parents:
+        raise UserError(
+            f"--out {options.out} is inside --images {options.images}: the next conversion "
+            "would read the output as input; choose a folder outside it"
+        )
+    written = {MANIFEST, SKIPPED, NOTES, PATIENTS}
+    for option, path in (("--labels", options.labels), ("--class-info", options.class_info)):
+        if path is not None and path.resolve().parent == out and path.name in written:
+            raise UserError(
+                f"{option} {path} would be replaced by the {path.name} convert writes in "
+                f"--out {options.out}; choose another --out"
+            )
+    if options.out.is_dir() and not (options.out / MANIFEST).is_file():
+        foreign = sorted(p.name for p in options.out.glob("*.tfrecord"))
+        if foreign and not (options.out / STATE_DIR).is_dir():
+            raise UserError(
+                f"--out {options.out} holds {len(foreign)} .tfrecord file(s) ({foreign[0]}, ...) "
+                "but no manifest.json of an earlier conversion; convert would remove them: "
+                "choose an empty folder"
+            )
+
+
 def _import_tfrecords() -> Any:
     """`pneumokeras.records.tfrecords` (TensorFlow), imported without TF's start-up lines."""
     environment.import_tensorflow_quietly()
@@ -209,6 +245,7 @@ def convert(
     """
     start = time.perf_counter()
     options.check()
+    check_output(options)
     workers = resolve(options.workers)
     labels, inv, listing = inventory.read_inputs(
         options.images, options.labels, options.class_info, options.layout

@@ -318,6 +318,28 @@ def refuse(path: Path) -> str:
     return str(info.value)
 
 
+def test_refuses_a_dicomdir(tmp_path: Path) -> None:
+    from pydicom.uid import MediaStorageDirectoryStorage
+
+    ds = dicom_dataset(xray_like(8, 8))
+    del ds.PixelData
+    ds.file_meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
+    ds.SOPClassUID = MediaStorageDirectoryStorage
+    path = write_dicom(ds, tmp_path / "DICOMDIR")
+    assert refuse(path) == "a DICOMDIR (the index of a DICOM medium), not an image"
+
+
+def test_a_malformed_header_is_refused_without_pydicoms_warnings(tmp_path: Path) -> None:
+    import warnings
+
+    path = tmp_path / "malformed"
+    path.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert refuse(path) == "no pixel data"
+    assert [str(w.message) for w in caught] == []
+
+
 def test_refuses_no_pixel_data(tmp_path: Path) -> None:
     ds = dicom_dataset(xray_like(8, 8))
     del ds.PixelData

@@ -5,6 +5,7 @@ No Keras backend is involved: these run once. DICOMs come from `synth.generate`.
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -334,3 +335,20 @@ def test_find_inputs_judges_content_skips_hidden_keeps_links_and_dedupes(tmp_pat
         scan / "sub" / "a.png",
     ]
     assert find_inputs([scan / "sub" / "gone.jpeg"]) == [scan / "sub" / "gone.jpeg"]
+
+
+def test_corrupt_exif_is_ignored_without_a_warning(tmp_path):
+    import struct
+    import warnings
+
+    buffer = io.BytesIO()
+    Image.fromarray(_asymmetric()).save(buffer, "JPEG", quality=95)
+    jpeg = buffer.getvalue()
+    app1 = b"Exif\x00\x00MM\x00*\xff\xff\xff\xff\x00\x00"  # an IFD offset past the end
+    broken = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+    (tmp_path / "exif.jpg").write_bytes(broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = read_image(tmp_path / "exif.jpg", SIZE)
+    assert [str(w.message) for w in caught] == []
+    assert (record.format, record.note) == ("JPEG", "")

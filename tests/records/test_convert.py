@@ -3,6 +3,7 @@ import dataclasses
 import filecmp
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -789,3 +790,31 @@ def test_one_class_inputs_are_refused_and_a_one_class_training_split_warned(synt
         "the training split holds one class only (0 positive of 2): train needs both; convert "
         "more examples or lower --val/--test",
     )
+
+
+def test_output_folders_that_would_lose_files_are_refused(kermany, tmp_path):
+    root, _ = kermany
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.tfrecord").write_bytes(b"someone else's shard")
+    (tmp_path / "a_file").write_text("x")
+    labels_dir = tmp_path / "nih"
+    images, labels = write_nih(labels_dir, patients=3)
+    named_like_output = labels.rename(labels_dir / "skipped.csv")
+    cases = {
+        "is inside --images": (root, root / "converted", None, "folders"),
+        "holds 1 .tfrecord file(s) (mine.tfrecord, ...)": (root, foreign, None, "folders"),
+        "is a file, not a folder": (root, tmp_path / "a_file", None, "folders"),
+        "would be replaced by the skipped.csv convert writes": (
+            images / "images_001",
+            labels_dir,
+            named_like_output,
+            "findings",
+        ),
+    }
+    for expected, (images_dir, out, labels_csv, layout) in cases.items():
+        with pytest.raises(UserError, match=re.escape(expected)):
+            _convert_layout(images_dir, labels_csv, out, layout)
+    assert not (root / "converted").exists()
+    assert sorted(p.name for p in foreign.iterdir()) == ["mine.tfrecord"]
+    assert not (labels_dir / "manifest.json").exists()
