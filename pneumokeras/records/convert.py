@@ -145,9 +145,11 @@ class ConvertSummary:
 def check_output(options: ConvertOptions) -> None:
     """Refuses an output folder that would lose or corrupt files (UserError).
 
-    - `--out` a file, or `--out` inside (or equal to) `--images`: the output
-      would be read as input by the next conversion (a stray class folder, files
-      that are not DICOMs).
+    - `--out` a file; `--out` equal to `--images` (RSNA, folders) or inside it
+      (folders): the next conversion would read the output as input (files that
+      are not DICOMs, a stray class folder). The findings layout reads only the
+      files its CSV names, so CheXpert's `--images . --out tfrecords/chexpert` is
+      fine.
     - `--labels`/`--class-info` where convert writes a file of the same name.
     - `--out` holding `.tfrecord` files but no earlier conversion (no manifest,
       no state folder): convert removes shards it did not list, so they would be
@@ -156,10 +158,14 @@ def check_output(options: ConvertOptions) -> None:
     out, images = options.out.resolve(), options.images.resolve()
     if options.out.exists() and not options.out.is_dir():
         raise UserError(f"--out {options.out} is a file, not a folder")
-    if out == images or images in out.parents:
+    # What the next conversion lists: RSNA every file of --images (not its
+    # subfolders), folders every file below it; findings only what the CSV names.
+    listed = out == images or (options.layout.layout == "folders" and images in out.parents)
+    if options.layout.layout != "findings" and listed:
+        where = "--images" if out == images else "a folder inside --images"
         raise UserError(
-            f"--out {options.out} is inside --images {options.images}: the next conversion "
-            "would read the output as input; choose a folder outside it"
+            f"--out {options.out} is {where} {options.images}: the next conversion would "
+            "read the output as input; choose a folder outside it"
         )
     written = {MANIFEST, SKIPPED, NOTES, PATIENTS}
     for option, path in (("--labels", options.labels), ("--class-info", options.class_info)):

@@ -62,22 +62,12 @@ def tiny_model():
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """A tiny synthetic RSNA set (30 patients, 64 px) converted to TFRecords."""
-    from pneumokeras.records.convert import ConvertOptions, convert
-    from pneumokeras.synth import generate
+    """A tiny synthetic RSNA set (30 patients, 64 px) converted to TFRecords:
+    `root/synth`, `root/tfrecords`."""
+    from factories import synth_and_convert
 
     root = tmp_path_factory.mktemp("explain-data")
-    generate(root / "synth", patients=30, size=SIZE, seed=2, workers=0, progress=False)
-    convert(
-        ConvertOptions(
-            images=root / "synth" / "stage_2_train_images",
-            out=root / "tfrecords",
-            labels=root / "synth" / "stage_2_train_labels.csv",
-            size=SIZE,
-            workers=0,
-        ),
-        progress=False,
-    )
+    synth_and_convert(root, patients=30, synth_size=SIZE, seed=2, size=SIZE)
     return root
 
 

@@ -652,9 +652,9 @@ def test_cli_layout_errors_are_one_line(capsys, kermany, tmp_path):
             "--label-column", "Pneumonia",
         ],
         "'--uncertain'": ["--layout", "findings", "--images", str(images), "--uncertain", "x"],
-        "unknown class folder": ["--layout", "folders", "--images", str(tmp_path)],
+        "unknown class folder": ["--layout", "folders", "--images", str(tmp_path / "xray")],
     }  # fmt: skip
-    (tmp_path / "COVID").mkdir()
+    (tmp_path / "xray" / "COVID").mkdir(parents=True)
     for expected, argv in cases.items():
         code, err = _main(capsys, ["convert", *argv, "--out", out])
         assert code == 2, (expected, err)
@@ -802,7 +802,8 @@ def test_output_folders_that_would_lose_files_are_refused(kermany, tmp_path):
     images, labels = write_nih(labels_dir, patients=3)
     named_like_output = labels.rename(labels_dir / "skipped.csv")
     cases = {
-        "is inside --images": (root, root / "converted", None, "folders"),
+        "is a folder inside --images": (root, root / "converted", None, "folders"),
+        "is --images": (root / "train" / "NORMAL", root / "train" / "NORMAL", None, "rsna"),
         "holds 1 .tfrecord file(s) (mine.tfrecord, ...)": (root, foreign, None, "folders"),
         "is a file, not a folder": (root, tmp_path / "a_file", None, "folders"),
         "would be replaced by the skipped.csv convert writes": (
