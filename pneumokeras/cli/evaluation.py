@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from pneumokeras.cli.options import (
@@ -15,7 +13,38 @@ from pneumokeras.cli.options import (
     out_dir_option,
     settings_options,
 )
+from pneumokeras.sources.attributes import NAMES as ATTRIBUTE_NAMES
 from pneumokeras.utils import environment
+
+
+def _parse_by(context: click.Context, parameter: click.Parameter, value: str | None):
+    """`--by sex,age` → ('sex', 'age'); `none` → (); absent → None (every attribute)."""
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return ()
+    names = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+    unknown = [name for name in names if name not in ATTRIBUTE_NAMES]
+    if not names or unknown:
+        shown = unknown[0] if unknown else value
+        raise click.BadParameter(
+            f"unknown attribute {shown!r}; give a comma-separated list of "
+            f"{', '.join(ATTRIBUTE_NAMES)}, or none"
+        )
+    return names
+
+
+def by_option(func):
+    """`--by ATTRIBUTES`, passed as `by` (None, a tuple of names, or () for none)."""
+    return click.option(
+        "--by",
+        default=None,
+        callback=_parse_by,
+        metavar="ATTRIBUTES",
+        help="Subgroup analysis by these attributes, comma-separated: sex, age, view, source "
+        "(default: every attribute with two or more known values in the data; none: no "
+        "analysis).",
+    )(func)
 
 
 @click.command(
@@ -24,6 +53,8 @@ from pneumokeras.utils import environment
         "  --split test --out runs/demo/eval",
         "python cli.py evaluate --model runs/demo --data kermany_tfrecords --split all \\",
         "  --refit-fraction 0.3 --out runs/demo/eval_kermany",
+        "python cli.py evaluate --model runs/demo --data tfrecords/demo --by sex,age,view \\",
+        "  --out runs/demo/eval",
     )
 )
 @model_option
@@ -59,6 +90,7 @@ from pneumokeras.utils import environment
     "(0 < F < 1, stratified, seeded by train.seed) and report the rest with the model's "
     "own and the re-fitted ones side by side.",
 )
+@by_option
 @settings_options
 def evaluate(
     model_path,
@@ -68,16 +100,18 @@ def evaluate(
     threshold,
     external,
     refit_fraction,
+    by,
     config_path,
     overrides,
 ) -> None:
-    """Clinical metrics with 95 % CIs, calibration, plots; also on external data."""
+    """Clinical metrics with 95 % CIs, calibration, subgroups, plots; also on external data."""
     environment.check_backend("evaluate")
     config = load_config(config_path, overrides)
     import_tensorflow()
     from pneumokeras.evaluation.evaluate import evaluate_run
+    from pneumokeras.evaluation.report import gap_words
 
-    metrics = evaluate_run(
+    result = evaluate_run(
         model_path,
         data_dir,
         out_dir,
@@ -86,19 +120,17 @@ def evaluate(
         threshold=threshold,
         external_data=external,
         refit_fraction=refit_fraction,
+        by=by,
     )
-    where = "external data: " if metrics["external"] else ""
-    click.echo(where + _metrics_line(metrics) + f"; report in {Path(out_dir) / 'report.md'}")
-
-
-def _metrics_line(metrics: dict) -> str:
-    values = metrics.get("metrics", metrics)
-
-    def get(name: str) -> str:
-        entry = values.get(name)
-        value = entry.get("value") if isinstance(entry, dict) else entry
-        return "n/a" if value is None else f"{value:.3f}"
-
-    return (
-        f"ROC-AUC {get('roc_auc')}, sensitivity {get('recall')}, specificity {get('specificity')}"
+    where = "external data: " if result.external else ""
+    line = (
+        f"{where}ROC-AUC {_number(result.roc_auc)}, sensitivity {_number(result.sensitivity)}, "
+        f"specificity {_number(result.specificity)}"
     )
+    if result.largest_gap:
+        line += f"; largest subgroup gap: {gap_words(result.largest_gap)}"
+    click.echo(f"{line}; report in {result.report}")
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

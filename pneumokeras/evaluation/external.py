@@ -46,15 +46,19 @@ class Provenance:
     """Whether the evaluated data is external to the model, and why.
 
     Attributes:
-        external: True when the model was not trained on this converted folder.
+        external: True when the data is evaluated as a data set the model was not
+            trained on.
         reason: one sentence saying how that was decided.
         warning: a caution about the decision (the same source name under another
-            fingerprint), or None.
+            fingerprint; `--external` on the training data itself), or None.
+        trained_here: the card's training fingerprint is this folder's: the model
+            trained on (part of) this data, whatever `--external` says.
     """
 
     external: bool
     reason: str
     warning: str | None = None
+    trained_here: bool = False
 
 
 def detect(
@@ -75,20 +79,30 @@ def detect(
         A `Provenance`.
     """
     recorded = training.get("fingerprint")
+    trained_here = bool(recorded) and recorded == fingerprint
     if forced is not None:
         flag = "--external" if forced else "--internal"
-        return Provenance(forced, f"set by {flag}")
+        warning = None
+        if forced and trained_here:
+            warning = (
+                f"--external was given, but the model was trained on this converted folder "
+                f"(its manifest fingerprint {fingerprint} is the training data's): the numbers "
+                "are not an external validation, and every split but the test split holds "
+                "images the model trained on or was tuned on"
+            )
+        return Provenance(forced, f"set by {flag}", warning, trained_here)
     if not recorded:
         return Provenance(
             False,
             "the model card records no training data, so the data is taken to be the "
             "model's own (pass --external to treat it as a new data set)",
         )
-    if recorded == fingerprint:
+    if trained_here:
         return Provenance(
             False,
             f"the data is the converted folder the model was trained on "
             f"(manifest fingerprint {fingerprint})",
+            trained_here=True,
         )
     reason = f"its manifest fingerprint {fingerprint} differs from the training data's {recorded}"
     # Manifests written before other layouts existed are RSNA conversions, as the
