@@ -1,10 +1,11 @@
-"""Commands that measure a model: `evaluate`."""
+"""Commands that measure models: `evaluate` and `compare`."""
 
 from __future__ import annotations
 
 import click
 
 from pneumokeras.cli.options import (
+    MODEL_HELP,
     data_option,
     example,
     import_tensorflow,
@@ -134,3 +135,52 @@ def evaluate(
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+@click.command(
+    epilog=example(
+        "python cli.py compare --model runs/a --model runs/b --data tfrecords/demo \\",
+        "  --split test --out runs/compare",
+        "python cli.py compare --model runs/small --model runs/cv/ensemble.keras \\",
+        "  --data tfrecords/demo128 --data tfrecords/demo224 --out runs/compare",
+    )
+)
+@click.option(
+    "--model",
+    "model_paths",
+    required=True,
+    multiple=True,
+    type=click.Path(),
+    help=f"A model to compare (repeat, two or more): {MODEL_HELP}",
+)
+@click.option(
+    "--data",
+    "data_dirs",
+    required=True,
+    multiple=True,
+    type=click.Path(),
+    help="Converted folder (cli.py convert); repeat with the same data converted at another "
+    "--size when the models take different sizes (each reads the folder of its size).",
+)
+@click.option(
+    "--split",
+    default="test",
+    show_default=True,
+    help="Split to compare on, or `all` (every split together, for external data).",
+)
+@out_dir_option("Folder for compare.json, compare.md, compare.csv and roc.png.")
+@settings_options
+def compare(model_paths, data_dirs, split, out_dir, config_path, overrides) -> None:
+    """Paired comparison of two or more models on the same images (DeLong, McNemar)."""
+    environment.check_backend("compare")
+    config = load_config(config_path, overrides)
+    if len(model_paths) < 2:
+        raise click.UsageError(
+            f"compare needs two or more models (--model A --model B); got {len(model_paths)}"
+        )
+    import_tensorflow()
+    from pneumokeras.evaluation.compare import compare_run
+
+    result = compare_run(model_paths, data_dirs, out_dir, config, split=split)
+    aucs = ", ".join(f"{name} {auc:.3f}" for name, auc in result.roc_auc.items())
+    click.echo(f"ROC-AUC {aucs} on {result.n} images; report in {result.report}")
