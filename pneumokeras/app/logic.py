@@ -35,6 +35,7 @@ import numpy as np
 
 from pneumokeras.errors import UnreadableInputError, UserError
 from pneumokeras.io.images import ImageRecord, read_image
+from pneumokeras.io.png import decode_png
 from pneumokeras.models.model_card import CLASS_NAMES, Classifier, model_file
 
 APP_SCRIPT = Path(__file__).with_name("page.py")
@@ -627,13 +628,6 @@ def synthetic_examples(size: int = 256, seed: int = 7) -> list[Example]:
             )
         )
     return examples
-
-
-def decode_png(png: bytes) -> np.ndarray:
-    """8-bit grayscale PNG bytes → `(S, S)` uint8."""
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.uint8)
 
 
 def split_examples(

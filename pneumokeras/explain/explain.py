@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import logging
 import re
 from collections.abc import Sequence
@@ -50,6 +49,7 @@ from pneumokeras.explain.overlay import (
     overlay_title,
     render_overlay,
 )
+from pneumokeras.io.png import decode_png
 from pneumokeras.models.model_card import (
     CARD_FILE,
     DEFAULT_TEMPERATURE,
@@ -141,13 +141,6 @@ def _assign_names(samples: list[_Sample]) -> None:
         sample.name = name
 
 
-def _decode_png(png: bytes) -> np.ndarray:
-    """8-bit grayscale PNG bytes → `(S, S)` uint8."""
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.uint8)
-
-
 def _split_samples(
     data_dir: str | Path, split: str, size: int, limit: int, only_positives: bool
 ) -> list[_Sample]:
@@ -169,7 +162,7 @@ def _split_samples(
                 name=record["patient_id"],
                 patient_id=record["patient_id"],
                 file="",
-                pixels=_decode_png(record["png"]),
+                pixels=decode_png(record["png"]),
                 label=int(record["label"]),
                 boxes=np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4),
             )

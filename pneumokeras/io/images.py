@@ -20,9 +20,10 @@ One reader for every command and front end that takes image files (`predict`,
   rounding of a gray picture (its chroma is neutral, its channels differ by 1 or
   2 levels) and a small coloured mark (under 1 % of the picture).
 
-`read_image` also returns what the file says about itself (`ImageRecord`): for a
-DICOM its modality, body part, view, photometric interpretation, transfer syntax
-and stored size; for PNG/JPEG its format, Pillow mode and size. Callers use them
+`read_image` also returns what the file says about itself (`record.ImageRecord`):
+for a DICOM its modality, body part, view, patient sex and age, photometric
+interpretation, transfer syntax and stored size; for PNG/JPEG its format, Pillow
+mode and size. Callers use them
 to warn about inputs the model was not trained for (an MR, a colour photo).
 """
 
@@ -30,16 +31,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydicom.uid import UID
 
 from pneumokeras.errors import UnreadableInputError, UserError
 from pneumokeras.io.dicom import read_dicom, resize_square, scale_to_uint8
+from pneumokeras.io.record import ImageRecord
 
 IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
 # Pillow modes read as one gray channel; the deep ones are scaled from [min, max].
@@ -77,44 +76,6 @@ def find_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-@dataclass(frozen=True, eq=False)
-class ImageRecord:
-    """One image file read for the model, with the facts its file records.
-
-    Attributes:
-        pixels: `(size, size)` uint8, 0 = black, exactly as `convert` stores it.
-        patient_id: DICOM PatientID tag; '' for PNG/JPEG or when absent.
-        format: `DICOM`, or Pillow's format name (`PNG`, `JPEG`) of the content,
-            whatever the suffix says.
-        width, height: the stored image's size before padding and resizing, pixels
-            (DICOM Columns and Rows).
-        mode: Pillow mode of a PNG/JPEG (`L`, `RGB`, `I;16`, ...); '' for DICOM.
-        modality: DICOM Modality (`CR`, `DX`, `MR`, ...); '' when absent or not DICOM.
-        body_part: DICOM BodyPartExamined (`CHEST`, ...); '' when absent or not DICOM.
-        view: DICOM ViewPosition (`AP`, `PA`, ...); '' when absent or not DICOM.
-        photometric: DICOM PhotometricInterpretation (`MONOCHROME1`/`MONOCHROME2`).
-        transfer_syntax: DICOM transfer syntax UID; '' for PNG/JPEG.
-        transfer_syntax_name: its name (`JPEG Baseline (Process 1)`, ...); '' for PNG/JPEG.
-    """
-
-    pixels: np.ndarray
-    patient_id: str
-    format: str
-    width: int
-    height: int
-    mode: str = ""
-    modality: str = ""
-    body_part: str = ""
-    view: str = ""
-    photometric: str = ""
-    transfer_syntax: str = ""
-    transfer_syntax_name: str = ""
-
-    def facts(self) -> dict[str, Any]:
-        """Every attribute but the pixels, as a JSON-ready dict."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "pixels"}
-
-
 def read_image(path: str | os.PathLike[str], size: int) -> ImageRecord:
     """Reads one DICOM, PNG or JPEG exactly as `convert` would prepare it.
 
@@ -133,37 +94,21 @@ def read_image(path: str | os.PathLike[str], size: int) -> ImageRecord:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".dcm":
-        image = read_dicom(path, size=size)
-        return ImageRecord(
-            pixels=image.pixels,
-            patient_id=image.patient_id,
-            format="DICOM",
-            width=image.columns,
-            height=image.rows,
-            modality=image.modality,
-            body_part=image.body_part,
-            view=image.view,
-            photometric=image.photometric,
-            transfer_syntax=image.transfer_syntax,
-            transfer_syntax_name=UID(image.transfer_syntax).name,
-        )
+        return read_dicom(path, size=size)
     if suffix not in IMAGE_SUFFIXES:
         raise ImageError(f"unsupported file type {suffix or '(no suffix)'}")
     try:
         with Image.open(path) as img:
             pixels = read_gray(img)
-            facts = {
-                "format": img.format or "",
-                "mode": img.mode,
-                "width": img.width,
-                "height": img.height,
-            }
+            kind, mode, width, height = img.format or "", img.mode, img.width, img.height
     except UnidentifiedImageError as err:
         raise ImageError("not a readable PNG/JPEG image") from err
     except OSError as err:
         raise ImageError(f"truncated or corrupt image ({err})") from err
     pixels = resize_square(np.ascontiguousarray(pixels, dtype=np.uint8), size)
-    return ImageRecord(pixels=pixels, patient_id="", **facts)
+    return ImageRecord(
+        pixels=pixels, patient_id="", format=kind, mode=mode, width=width, height=height
+    )
 
 
 def read_gray(img: Image.Image) -> np.ndarray:

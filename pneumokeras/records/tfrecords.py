@@ -20,14 +20,8 @@ import tensorflow as tf
 
 from pneumokeras.errors import UserError
 from pneumokeras.records.manifest import MANIFEST, load_manifest
+from pneumokeras.records.tables import PATIENTS, PATIENTS_COLUMNS
 from pneumokeras.utils.fileio import atomic_path
-
-SKIPPED = "skipped.csv"
-# Example id → patient (folders, findings layouts); the manifest names it under
-# `grouping.file`. `convert` writes it (its own constant: it imports this module,
-# and TensorFlow, only in its writer).
-PATIENTS = "patients.csv"
-PATIENTS_COLUMNS = ("patientId", "patient")
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from factories import dicom_dataset, write_dicom
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from pneumokeras.errors import UserError
 from pneumokeras.io import images as images_module
@@ -117,10 +117,15 @@ def test_read_image_gives_a_dicoms_acquisition_facts(dicoms):
         "modality": "CR",
         "body_part": "CHEST",
         "view": record.view,
+        "sex": header.sex,
+        "age": header.age,
         "photometric": "MONOCHROME2",
         "transfer_syntax": JPEGBaseline8Bit,
         "transfer_syntax_name": "JPEG Baseline (Process 1)",
+        "note": "",
     }
+    assert record.sex in ("M", "F")
+    assert record.age.isdigit()
 
 
 def test_read_image_reports_other_modalities_and_stored_sizes(tmp_path):
@@ -133,15 +138,9 @@ def test_read_image_reports_other_modalities_and_stored_sizes(tmp_path):
     assert record.pixels.shape == (SIZE, SIZE)
 
     # A tall MONOCHROME1 image without Modality: rows and columns as stored.
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.BodyPartExamined = "ABDOMEN"
-    ds.set_pixel_data(np.arange(30 * 20, dtype=np.uint16).reshape(30, 20), "MONOCHROME1", 12)
-    path = tmp_path / "tall.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    tall = read_image(path, SIZE)
+    pixels = np.arange(30 * 20, dtype=np.uint16).reshape(30, 20)
+    ds = dicom_dataset(pixels, "MONOCHROME1", 12, BodyPartExamined="ABDOMEN")
+    tall = read_image(write_dicom(ds, tmp_path / "tall.dcm"), SIZE)
     assert (tall.width, tall.height) == (20, 30)
     assert (tall.modality, tall.body_part, tall.photometric) == ("", "ABDOMEN", "MONOCHROME1")
     assert tall.transfer_syntax == ExplicitVRLittleEndian

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import filecmp
 import json
 import os
@@ -11,32 +12,22 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from factories import convert_synth
 from layout_fixtures import add_odd_files, write_chexpert, write_kermany, write_nih
 from pydicom.data import get_testdata_file
 
 from pneumokeras.errors import UserError
 from pneumokeras.io.images import read_image
-from pneumokeras.records import tfrecords
-from pneumokeras.records.convert import KILL_HOOK, STATE_DIR, convert, encode_png
+from pneumokeras.records import spool, tfrecords
+from pneumokeras.records.convert import STATE_DIR, ConvertOptions, convert, encode_png
 from pneumokeras.records.manifest import load_manifest
 from pneumokeras.sources.layouts import LayoutOptions, list_images, mixed_order
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run_convert(synth_dir, out, **kwargs):
-    args = dict(
-        images_dir=synth_dir / "stage_2_train_images",
-        labels_csv=synth_dir / "stage_2_train_labels.csv",
-        out_dir=out,
-        class_info_csv=synth_dir / "stage_2_detailed_class_info.csv",
-        size=32,
-        workers=0,
-        shard_size=16,
-        progress=False,
-    )
-    args.update(kwargs)
-    return convert(**args)
+def _run_convert(synth_dir, out, **options):
+    return convert_synth(synth_dir, out, **{"size": 32, "shard_size": 16, **options})
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (48, 40), (1, 7)])
@@ -162,7 +153,8 @@ def test_mixed_folder_skips_bad_files_with_reasons(synth_dir, tmp_path):
     (images / "notes.txt").write_text("not an image")
     shutil.copy(good[4], images / "unlabelled-patient.dcm")
     summary = convert(
-        images, labels, tmp_path / "out", size=32, workers=0, progress=False, shard_size=16
+        ConvertOptions(images, tmp_path / "out", labels, size=32, workers=0, shard_size=16),
+        progress=False,
     )
     assert sum(summary.counts.values()) == 80 - 4
     with open(tmp_path / "out" / "skipped.csv") as handle:
@@ -181,7 +173,7 @@ def test_label_rows_without_dicom_are_listed(synth_dir, tmp_path):
     shutil.copytree(synth_dir / "stage_2_train_images", images)
     missing = sorted(images.glob("*.dcm"))[5]
     missing.unlink()
-    _run_convert(synth_dir, tmp_path / "out", images_dir=images)
+    _run_convert(synth_dir, tmp_path / "out", images=images)
     text = (tmp_path / "out" / "skipped.csv").read_text()
     assert f"{missing.stem},,label row without a DICOM file" in text
 
@@ -189,11 +181,11 @@ def test_label_rows_without_dicom_are_listed(synth_dir, tmp_path):
 def test_unusable_inputs(synth_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no DICOM files"):
-        _run_convert(synth_dir, tmp_path / "o", images_dir=tmp_path / "empty")
+        _run_convert(synth_dir, tmp_path / "o", images=tmp_path / "empty")
     with pytest.raises(UserError, match="cannot read"):
-        _run_convert(synth_dir, tmp_path / "o", labels_csv=tmp_path / "missing.csv")
+        _run_convert(synth_dir, tmp_path / "o", labels=tmp_path / "missing.csv")
     with pytest.raises(UserError, match="not a folder"):
-        _run_convert(synth_dir, tmp_path / "o", images_dir=tmp_path / "nope")
+        _run_convert(synth_dir, tmp_path / "o", images=tmp_path / "nope")
 
 
 def _cli(*args, env=None, **kwargs):
@@ -216,19 +208,51 @@ def _lines(path):
 
 
 KILL_SHARD_SIZE = 4
+# A conversion in a fresh process that SIGKILLs itself at a known step (`on_step`).
+KILLED_CONVERSION = """
+import json, os, signal, sys
+from pneumokeras.records.convert import ConvertOptions, convert
+from pneumokeras.sources.listing import LayoutOptions
+
+fields, phase, at = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+fields["layout"] = LayoutOptions(**fields["layout"])
 
 
-def _convert_for_kill_tests(synth_dir, out):
-    """What `cli.py convert` runs for the kill tests' arguments (it finds the class file)."""
-    return convert(
-        synth_dir / "stage_2_train_images",
-        synth_dir / "stage_2_train_labels.csv",
-        out,
-        class_info_csv=synth_dir / "stage_2_detailed_class_info.csv",
+def kill_at(step, done):
+    if (step, done) == (phase, at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+convert(ConvertOptions(**fields), progress=False, on_step=kill_at)
+"""
+
+
+def _killed_conversion(options, phase, at):
+    """Runs `convert(options)` in a child that kills itself after `at` steps of `phase`."""
+    fields = {
+        name: str(value) if isinstance(value, Path) else value
+        for name, value in dataclasses.asdict(options).items()
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", KILLED_CONVERSION, json.dumps(fields), phase, str(at)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _kill_test_options(synth_dir, out):
+    return ConvertOptions(
+        images=synth_dir / "stage_2_train_images",
+        out=out,
+        labels=synth_dir / "stage_2_train_labels.csv",
+        class_info=synth_dir / "stage_2_detailed_class_info.csv",
         size=32,
         workers=0,
         shard_size=KILL_SHARD_SIZE,
-        progress=False,
     )
 
 
@@ -236,7 +260,7 @@ def _convert_for_kill_tests(synth_dir, out):
 def uninterrupted(synth_dir, tmp_path_factory):
     """The kill/resume tests' reference: the same conversion, never interrupted."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    _convert_for_kill_tests(synth_dir, out)
+    convert(_kill_test_options(synth_dir, out), progress=False)
     return out
 
 
@@ -244,30 +268,14 @@ def uninterrupted(synth_dir, tmp_path_factory):
 def test_kill_and_resume_is_byte_identical(synth_dir, uninterrupted, tmp_path, phase):
     """SIGKILL at a known point of the encode or write pass; rerun; same bytes.
 
-    The test hook makes the CLI process kill itself after 10 images indexed, or
-    after 10 examples handed to the shard writer (inside the third shard of 4).
+    The child kills itself after 10 images indexed, or after 10 examples handed
+    to the shard writer (inside the third shard of 4).
     """
-    args = [
-        "convert",
-        "--images",
-        str(synth_dir / "stage_2_train_images"),
-        "--labels",
-        str(synth_dir / "stage_2_train_labels.csv"),
-        "--size",
-        "32",
-        "--workers",
-        "0",
-        "--shard-size",
-        str(KILL_SHARD_SIZE),
-        "--out",
-        str(tmp_path / "killed"),
-    ]
     out = tmp_path / "killed"
     index = out / STATE_DIR / "spool.jsonl"
 
-    killed = _cli(*args, env={KILL_HOOK: f"{phase}:10"})
-    _, stderr = killed.communicate(timeout=300)
-    assert killed.returncode == -signal.SIGKILL, stderr
+    killed = _killed_conversion(_kill_test_options(synth_dir, out), phase, 10)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "manifest.json").exists()
     shards = list(out.glob("*.tfrecord"))
     if phase == "encode":
@@ -279,7 +287,7 @@ def test_kill_and_resume_is_byte_identical(synth_dir, uninterrupted, tmp_path, p
         assert len(list(out.glob(".*.tfrecord.tmp-*"))) == 1  # the shard being written
 
     # The rerun runs in this process (it needs no kill), sparing a TensorFlow start.
-    summary = _convert_for_kill_tests(synth_dir, out)
+    summary = convert(_kill_test_options(synth_dir, out), progress=False)
     assert summary.resumed_shards == (0 if phase == "encode" else len(shards))
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert leftovers == []
@@ -290,30 +298,30 @@ def test_kill_and_resume_is_byte_identical(synth_dir, uninterrupted, tmp_path, p
 
 def test_torn_spool_tail_is_dropped_on_resume(tmp_path):
     """A kill mid-line, or before a PNG is wholly on disk, loses only the images after it."""
-    from pneumokeras.records.convert import _Encoded, _load_spool_index
-
     candidates = [f"p{i}" for i in range(6)]
-    entries, offset, spool = [], 0, b""
+    entries, offset, spooled = [], 0, b""
     for i, patient in enumerate(candidates[:4]):
         if i == 2:  # a skipped file has no bytes in the spool
-            entries.append(_Encoded(patient, "", 0, 0, False, "", -1, 0, "colour image"))
+            entries.append(spool.Encoded.skipped(patient, "colour image"))
             continue
         png = bytes([i]) * (10 + i)
-        entries.append(_Encoded(patient, "PA", 64, 64, False, "spool-1.bin", offset, len(png), ""))
-        spool, offset = spool + png, offset + len(png)
+        entries.append(
+            spool.Encoded(patient, "PA", 64, 64, False, "spool-1.bin", offset, len(png), "")
+        )
+        spooled, offset = spooled + png, offset + len(png)
     lines = [e.to_line() for e in entries]
     # The fourth PNG is only partly on disk; a fifth line was cut in half.
-    (tmp_path / "spool-1.bin").write_bytes(spool[:-3])
+    (tmp_path / "spool-1.bin").write_bytes(spooled[:-3])
     (tmp_path / "spool.jsonl").write_text("".join(lines) + lines[0][:9])
 
-    assert _load_spool_index(tmp_path, candidates) == entries[:3]
+    assert spool.load_spool_index(tmp_path, candidates) == entries[:3]
     assert (tmp_path / "spool.jsonl").read_text() == "".join(lines[:3])
     # A line pointing at a spool file that is gone ends the usable prefix too.
     (tmp_path / "spool-1.bin").unlink()
-    assert _load_spool_index(tmp_path, candidates) == []
+    assert spool.load_spool_index(tmp_path, candidates) == []
     # An index from another file list is not trusted at all.
     (tmp_path / "spool.jsonl").write_text("".join(lines))
-    assert _load_spool_index(tmp_path, ["other", *candidates]) == []
+    assert spool.load_spool_index(tmp_path, ["other", *candidates]) == []
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -365,13 +373,9 @@ def test_real_rsna_dicom_converts(shared_file, tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_text(f"patientId,x,y,width,height,Target\n{ds.PatientID},100,200,300,400,1\n")
     summary = convert(
-        images,
-        labels,
-        tmp_path / "out",
-        size=256,
-        val_fraction=0,
-        test_fraction=0,
-        workers=0,
+        ConvertOptions(
+            images, tmp_path / "out", labels, size=256, val_fraction=0, test_fraction=0, workers=0
+        ),
         progress=False,
     )
     assert summary.counts["train"] == 1
@@ -383,10 +387,11 @@ def test_real_rsna_dicom_converts(shared_file, tmp_path):
 # ------------------------------------------------------------------ other layouts (issue #15)
 
 
-def _convert_layout(images, labels, out, layout, **kwargs):
-    args = dict(size=32, workers=0, shard_size=8, progress=False, layout=layout)
-    args.update(kwargs)
-    return convert(images, labels, out, **args)
+def _convert_layout(images, labels, out, layout, **options):
+    if isinstance(layout, str):
+        layout = LayoutOptions(layout)
+    fields = {"size": 32, "workers": 0, "shard_size": 8, **options}
+    return convert(ConvertOptions(images, out, labels, layout=layout, **fields), progress=False)
 
 
 def _csv_rows(path):
@@ -575,13 +580,12 @@ def test_folders_kill_and_resume_is_byte_identical(kermany, tmp_path):
     kill_at = max(order.index(i) for i in odd) + 1
     _convert_layout(root, None, tmp_path / "whole", options, shard_size=KILL_SHARD_SIZE)
     out = tmp_path / "killed"
-    killed = _cli(
-        "convert", "--layout", "folders", "--keep-splits", "--images", str(root),
-        "--size", "32", "--workers", "0", "--shard-size", str(KILL_SHARD_SIZE),
-        "--out", str(out), env={KILL_HOOK: f"encode:{kill_at}"},
-    )  # fmt: skip
-    _, stderr = killed.communicate(timeout=300)
-    assert killed.returncode == -signal.SIGKILL, stderr
+    killed = _killed_conversion(
+        ConvertOptions(root, out, layout=options, size=32, workers=0, shard_size=KILL_SHARD_SIZE),
+        "encode",
+        kill_at,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "manifest.json").exists()
     index = (out / STATE_DIR / "spool.jsonl").read_text()
     assert len(index.splitlines()) == kill_at
