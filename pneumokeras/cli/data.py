@@ -127,6 +127,16 @@ def synth(out, patients, size, positive_fraction, seed, workers) -> None:
     default=None,
     help="findings: default 'View Position' (NIH), else 'AP/PA' (CheXpert), if present.",
 )
+@click.option(
+    "--sex-column",
+    default=None,
+    help="findings: default 'Patient Gender' (NIH), else 'Sex' (CheXpert), if present.",
+)
+@click.option(
+    "--age-column",
+    default=None,
+    help="findings: default 'Patient Age' (NIH), else 'Age' (CheXpert), if present.",
+)
 def convert(
     layout,
     images,
@@ -178,6 +188,7 @@ def convert(
         )
     if summary.notes:
         click.echo(
-            f"converted {summary.notes} RGB image(s) of gray pictures to gray; listed in "
+            f"{summary.notes} note(s) on converted images or their attributes (a gray "
+            f"picture saved as RGB, an unreadable age, ...); listed in "
             f"{summary.out_dir / 'notes.csv'}"
         )

@@ -59,6 +59,8 @@ class Encoded:
         length: of its PNG, bytes.
         reason: why it was skipped; '' when encoded.
         note: how it was converted when that deserves a note (notes.csv); ''.
+        sex, age: the DICOM's PatientSex and PatientAge as written; '' for PNG/JPEG
+            (parsed into attributes.csv by `attribute_table.collect`).
     """
 
     example: str
@@ -71,6 +73,8 @@ class Encoded:
     length: int
     reason: str
     note: str = ""
+    sex: str = ""
+    age: str = ""
 
     @classmethod
     def skipped(cls, example: str, reason: str) -> Encoded:
@@ -124,16 +128,26 @@ def _close_spool(spool_dir: str) -> None:
         entry[1].close()
 
 
-def _read_pixels(path: str, size: int) -> tuple[Any, str, int, int, str, str]:
+def _read_pixels(path: str, size: int) -> tuple[Any, str, int, int, str, str, str, str]:
     """Worker: a DICOM, PNG or JPEG (by suffix) → `(pixels, view, rows, columns,
-    PatientID tag, note)`; pixels (size, size) uint8, note '' unless converted.
+    PatientID tag, note, PatientSex, PatientAge)`; pixels (size, size) uint8, note ''
+    unless converted.
     """
     if Path(path).suffix.lower() == ".dcm":
         image = read_dicom(path, size=size)
-        return image.pixels, image.view.upper(), image.height, image.width, image.patient_id, ""
+        return (
+            image.pixels,
+            image.view.upper(),
+            image.height,
+            image.width,
+            image.patient_id,
+            "",
+            image.sex,
+            image.age,
+        )
     record = read_image(path, size)  # refuses real colour (ImageError)
     note = "" if record.mode in GRAY_MODES else f"{record.mode} image of a gray picture: made gray"
-    return record.pixels, "", record.height, record.width, "", note
+    return record.pixels, "", record.height, record.width, "", note, "", ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +164,7 @@ class _Task:
 def _encode_task(task: _Task) -> Encoded:
     """Worker: one image → its PNG in the spool and its index entry."""
     try:
-        pixels, view, rows, columns, tag_id, note = _read_pixels(task.path, task.size)
+        pixels, view, rows, columns, tag_id, note, sex, age = _read_pixels(task.path, task.size)
         png = encode_png(pixels)
     except UnreadableInputError as err:
         return Encoded.skipped(task.example, str(err))
@@ -158,7 +172,9 @@ def _encode_task(task: _Task) -> Encoded:
         return Encoded.skipped(task.example, f"unreadable: {type(err).__name__}: {err}")
     spool, offset = _spool_png(task.spool_dir, png)
     mismatch = task.check_patient_tag and bool(tag_id) and tag_id != task.example
-    return Encoded(task.example, view, rows, columns, mismatch, spool, offset, len(png), "", note)
+    return Encoded(
+        task.example, view, rows, columns, mismatch, spool, offset, len(png), "", note, sex, age
+    )
 
 
 def load_spool_index(state_dir: Path, candidates: Sequence[str]) -> list[Encoded]:
@@ -332,6 +348,7 @@ def open_state(out_dir: Path, job: EncodeJob) -> tuple[Path, dict[str, Any]]:
         size=job.size,
         limit=job.limit,
         png=list(ENCODER_SETTINGS),
+        entry=[f.name for f in dataclasses.fields(Encoded)],  # an older index lacks fields
         files=[_file_identity(job.files[e]) for e in job.candidates],
     )
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}

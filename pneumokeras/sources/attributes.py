@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pneumokeras.errors import UserError
+from pneumokeras.sources.listing import without_image_suffix
 from pneumokeras.utils.fileio import atomic_write_text
 
 ATTRIBUTES = "attributes.csv"
@@ -233,6 +234,49 @@ def from_row(row: Mapping[str, str | None], columns: Columns, source: str) -> Pa
         source,
         frontal_lateral=cell(columns.frontal_lateral),
     )
+
+
+def read_findings(
+    labels_csv: str | Path,
+    image_column: str,
+    source: str,
+    sex_column: str | None = None,
+    age_column: str | None = None,
+    view_column: str | None = None,
+) -> tuple[Columns, dict[str, Parsed]]:
+    """The attributes of every image row of a findings CSV (NIH, CheXpert).
+
+    Image ids are made as the findings layout makes them
+    (`listing.without_image_suffix` of the image cell, `/` for `\\`); the first
+    row of an image wins, as there.
+
+    Args:
+        labels_csv: the findings CSV.
+        image_column: its image column (the findings layout's choice).
+        source: the data set's name.
+        sex_column, age_column, view_column: named by the user, else found by name.
+
+    Returns:
+        The columns used, and `{image id: Parsed}`.
+
+    Raises:
+        UserError: an unreadable CSV, or a named column it lacks.
+    """
+    path = Path(labels_csv)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"cannot read {path}: {err}") from err
+    columns = find_columns(header, sex_column, age_column, view_column, where=str(path))
+    out: dict[str, Parsed] = {}
+    for row in rows:
+        cell = (row.get(image_column) or "").strip().replace("\\", "/")
+        if cell:
+            out.setdefault(without_image_suffix(cell), from_row(row, columns, source))
+    return columns, out
 
 
 # ---------------------------------------------------------------- the table
