@@ -25,6 +25,14 @@ Statistics (weights `w`, labels `y`, probabilities `p`, decisions `d`):
 - ECE over equal-width bins (`metrics.reliability`'s binning):
   `Σ_b |Σ_{i in b} w_i (y_i - p_i)| / Σ w`, which is `metrics.expected_calibration_error`
   with unit weights.
+- F1 at the threshold `2 TP / (2 TP + FP + FN)` (weighted counts; NaN when all are 0),
+  PR-AUC as scikit-learn's `average_precision_score` with sample weights (the
+  precision at each distinct score, weighted by the recall it adds; NaN with one
+  class), and the Brier score `Σ w (p - y)² / Σ w`.
+
+The resamples are drawn as `metrics.bootstrap_ci` draws them (one
+`rng.integers(0, P, P)` per resample, in order), so the same seed gives the same
+resamples and the same intervals.
 """
 
 from __future__ import annotations
@@ -35,11 +43,10 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from pneumokeras.evaluation.metrics import CI_LEVEL
-
+CI_LEVEL = 0.95
 # Weight-matrix entries per block (float64: 32 MB): the block size adapts to N.
 BLOCK_ENTRIES = 4_000_000
-STATISTICS = ("roc_auc", "sensitivity", "specificity", "ppv", "ece")
+STATISTICS = ("roc_auc", "sensitivity", "specificity", "ppv", "ece", "f1", "pr_auc", "brier")
 
 
 class PatientBootstrap:
@@ -80,34 +87,74 @@ class PatientBootstrap:
 
 @dataclasses.dataclass(frozen=True)
 class _Ranked:
-    """One score vector's rows sorted by score, cut into blocks of tied scores."""
+    """One score vector's positives and negatives in score order, and how they interleave.
 
-    rows: np.ndarray  # (n,) row indices into the full data, sorted by score
-    positive: np.ndarray  # (n,) bool, label of each sorted row
-    starts: np.ndarray  # (k,) start of each tie block in the sorted rows
+    For positive j (in score order): `neg_below[j]` negatives score lower,
+    `neg_upto[j]` score lower or the same, `pos_below[j]` positives score lower.
+    """
+
+    pos_rows: np.ndarray  # (m,) row indices of the positives, by ascending score
+    neg_rows: np.ndarray  # (n,) row indices of the negatives, by ascending score
+    neg_below: np.ndarray  # (m,)
+    neg_upto: np.ndarray  # (m,)
+    pos_below: np.ndarray  # (m,)
 
     @classmethod
     def build(cls, rows: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> _Ranked:
-        order = np.argsort(scores[rows], kind="stable")
-        sorted_rows = rows[order]
-        sorted_scores = scores[sorted_rows]
-        starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-        return cls(sorted_rows, labels[sorted_rows] == 1, starts)
+        rows = rows[np.argsort(scores[rows], kind="stable")]
+        positive = labels[rows] == 1
+        pos_rows, neg_rows = rows[positive], rows[~positive]
+        pos_scores, neg_scores = scores[pos_rows], scores[neg_rows]
+        return cls(
+            pos_rows,
+            neg_rows,
+            np.searchsorted(neg_scores, pos_scores, side="left"),
+            np.searchsorted(neg_scores, pos_scores, side="right"),
+            np.searchsorted(pos_scores, pos_scores, side="left"),
+        )
+
+
+def _cumulative(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(b, len(rows) + 1): 0, then the running sum of the weights of `rows` in order."""
+    out = np.zeros((weights.shape[0], rows.size + 1))
+    np.cumsum(weights[:, rows], axis=1, out=out[:, 1:])
+    return out
 
 
 def weighted_auc(weights: np.ndarray, ranked: _Ranked) -> np.ndarray:
-    """ROC-AUC of each weight row (see the module docstring); NaN where a class weighs 0."""
-    w = weights[:, ranked.rows]
-    if w.shape[1] == 0:
-        return np.full(weights.shape[0], math.nan)
-    pos = np.add.reduceat(np.where(ranked.positive, w, 0.0), ranked.starts, axis=1)
-    neg = np.add.reduceat(np.where(ranked.positive, 0.0, w), ranked.starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg  # negatives with a lower score than the block
-    total_pos, total_neg = pos.sum(axis=1), neg.sum(axis=1)
+    """ROC-AUC of each weight row (see the module docstring); NaN where a class weighs 0.
+
+    Each positive counts the weight of the negatives below it and half of those
+    tied with it: `(C[below] + C[upto]) / 2` of the negatives' running sum C.
+    """
+    negatives = _cumulative(weights, ranked.neg_rows)
+    w_pos = weights[:, ranked.pos_rows]
+    beaten = 0.5 * (negatives[:, ranked.neg_below] + negatives[:, ranked.neg_upto])
+    total_pos, total_neg = w_pos.sum(axis=1), negatives[:, -1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (pos * (below + 0.5 * neg)).sum(axis=1) / (total_pos * total_neg)
+        auc = (w_pos * beaten).sum(axis=1) / (total_pos * total_neg)
     auc[(total_pos == 0) | (total_neg == 0)] = math.nan
     return auc
+
+
+def weighted_average_precision(weights: np.ndarray, ranked: _Ranked) -> np.ndarray:
+    """`average_precision_score` of each weight row; NaN where a class weighs 0.
+
+    Each positive adds its share of the recall at the precision of the threshold
+    at its own score: true positives `P - Cpos[below]` over all called positive
+    `(P - Cpos[below]) + (N - Cneg[below])`.
+    """
+    negatives = _cumulative(weights, ranked.neg_rows)
+    positives = _cumulative(weights, ranked.pos_rows)
+    total_pos, total_neg = positives[:, -1], negatives[:, -1]
+    called_pos = total_pos[:, None] - positives[:, ranked.pos_below]
+    called_neg = total_neg[:, None] - negatives[:, ranked.neg_below]
+    w_pos = weights[:, ranked.pos_rows]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(w_pos > 0, called_pos / (called_pos + called_neg), 0.0)
+        ap = (w_pos * precision).sum(axis=1) / total_pos
+    ap[(total_pos == 0) | (total_neg == 0)] = math.nan
+    return ap
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -143,8 +190,9 @@ def resample_statistics(
     decisions: np.ndarray,
     groups: Sequence[np.ndarray],
     bins: int = 10,
+    statistics: Sequence[str] = STATISTICS[:5],
 ) -> Resampled:
-    """`STATISTICS` of M models on G groups of images, on each bootstrap resample.
+    """Statistics of M models on G groups of images, on each bootstrap resample.
 
     Args:
         bootstrap: the resampling weights (its N = len(labels)).
@@ -153,10 +201,15 @@ def resample_statistics(
         decisions: same shape, bool or 0/1: predicted pneumonia.
         groups: G arrays of row indices (a subgroup each; all rows for one group).
         bins: ECE bins.
+        statistics: which of `STATISTICS` to compute (default: AUC, sensitivity,
+            specificity, PPV, ECE).
 
     Returns:
         A `Resampled` with (B, M, G) arrays.
     """
+    unknown = [name for name in statistics if name not in STATISTICS]
+    if unknown:
+        raise ValueError(f"unknown statistic {unknown[0]!r}; known: {', '.join(STATISTICS)}")
     labels = np.asarray(labels).astype(int)
     probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
     decisions = np.atleast_2d(np.asarray(decisions)).astype(bool)
@@ -168,35 +221,74 @@ def resample_statistics(
         raise ValueError(f"the bootstrap has {bootstrap.index.size} rows, labels {labels.size}")
     models, count = probs.shape[0], len(groups)
     groups = [np.asarray(g, dtype=np.intp) for g in groups]
-    ranked = [[_Ranked.build(g, labels, probs[m]) for g in groups] for m in range(models)]
-    positive = labels == 1
-    # Per model: the indicator vectors whose weighted sums give the proportions.
-    tp = decisions & positive
-    tn = ~decisions & ~positive
-    residual = positive - probs  # y - p, for the ECE
-    bin_of = [ece_bins(probs[m], bins) for m in range(models)]
-    out = {name: np.empty((bootstrap.resamples, models, count)) for name in STATISTICS}
+    wanted = set(statistics)
+    # Per group: its own rows' sum columns for every model, and ranks in local rows.
+    sums = [_sum_columns(labels[g], probs[:, g], decisions[:, g], bins) for g in groups]
+    ranked = [
+        [_Ranked.build(np.arange(g.size), labels[g], probs[m, g]) for m in range(models)]
+        for g in groups
+    ]
+    out = {name: np.empty((bootstrap.resamples, models, count)) for name in statistics}
     done = 0
     for weights in bootstrap.blocks():
         b = weights.shape[0]
         rows = slice(done, done + b)
         for g, members in enumerate(groups):
             w = weights[:, members]
-            total = w.sum(axis=1)
-            n_pos = w @ positive[members]
-            n_neg = total - n_pos
+            # Every weighted sum of every model in one matrix product.
+            total, n_pos, tp, tn, called, squared, *per_bin = np.moveaxis(
+                (w @ sums[g]).reshape(b, models, _SUMS + bins), -1, 0
+            )
+            values = {
+                "sensitivity": _ratio(tp, n_pos),
+                "specificity": _ratio(tn, total - n_pos),
+                "ppv": _ratio(tp, called),
+                "f1": _ratio(2 * tp, called + n_pos),  # 2 TP + FP + FN = called + positives
+                "brier": _ratio(squared, total),
+                "ece": _ratio(np.abs(np.stack(per_bin)).sum(axis=0), total),
+            }
+            for name in statistics:
+                if name in values:
+                    out[name][rows, :, g] = values[name]
             for m in range(models):
-                out["roc_auc"][rows, m, g] = weighted_auc(weights, ranked[m][g])
-                out["sensitivity"][rows, m, g] = _ratio(w @ tp[m, members], n_pos)
-                out["specificity"][rows, m, g] = _ratio(w @ tn[m, members], n_neg)
-                out["ppv"][rows, m, g] = _ratio(w @ tp[m, members], w @ decisions[m, members])
-                per_bin = np.zeros((b, bins))
-                for k in np.unique(bin_of[m][members]):
-                    in_bin = members[bin_of[m][members] == k]
-                    per_bin[:, k] = weights[:, in_bin] @ residual[m, in_bin]
-                out["ece"][rows, m, g] = _ratio(np.abs(per_bin).sum(axis=1), total)
+                if "roc_auc" in wanted:
+                    out["roc_auc"][rows, m, g] = weighted_auc(w, ranked[g][m])
+                if "pr_auc" in wanted:
+                    out["pr_auc"][rows, m, g] = weighted_average_precision(w, ranked[g][m])
         done += b
     return Resampled(out)
+
+
+_SUMS = 6  # weighted sums per model before the ECE bins (see `_sum_columns`)
+
+
+def _sum_columns(
+    labels: np.ndarray, probs: np.ndarray, decisions: np.ndarray, bins: int
+) -> np.ndarray:
+    """(n, M · (6 + bins)) columns whose weighted sums give every proportion.
+
+    Per model: 1 (the total weight), y (positives), y·d (true positives),
+    (1-y)(1-d) (true negatives), d (called positive), (p - y)² (Brier), and
+    (y - p) in each ECE bin.
+    """
+    models = probs.shape[0]
+    positive = labels == 1
+    columns = np.zeros((labels.size, models, _SUMS + bins))
+    for m in range(models):
+        residual = positive - probs[m]
+        columns[:, m, :_SUMS] = np.stack(
+            [
+                np.ones(labels.size),
+                positive,
+                decisions[m] & positive,
+                ~decisions[m] & ~positive,
+                decisions[m],
+                residual**2,
+            ],
+            axis=1,
+        )
+        columns[np.arange(labels.size), m, _SUMS + ece_bins(probs[m], bins)] = residual
+    return columns.reshape(labels.size, -1)
 
 
 def percentile_interval(samples: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float, int]:

@@ -352,7 +352,6 @@ def _result(
     split: str,
     provenance: external.Provenance,
     scored: _Scored,
-    progress: bool,
 ) -> dict[str, Any]:
     """The metrics.json object."""
     test, chosen = scored.test, scored.chosen
@@ -363,7 +362,6 @@ def _result(
         groups=test.patients,
         resamples=config.evaluate.bootstrap,
         seed=config.train.seed,
-        progress=progress,
     )
     analysis = subgroups.analyse(
         test.labels,
@@ -590,7 +588,6 @@ def evaluate_run(
         split,
         provenance,
         scored,
-        progress,
     )
     _write_outputs(out_dir, result, scored)
     if fit is not None:  # internal, not a kept out-of-fold fit: the card learns T and threshold

@@ -330,7 +330,7 @@ def analyse(
     by: dict[str, Any] = {name: {"groups": {}, "gaps": {}} for name in names}
     samples: dict[str, dict[str, dict[str, np.ndarray]]] = {name: {} for name in names}
     for g, (name, value, rows) in enumerate(members):
-        values = {metric: resampled[metric][:, 0, g] for metric in bootstrap.STATISTICS}
+        values = {metric: array[:, 0, g] for metric, array in resampled.values.items()}
         samples[name][value] = values
         by[name]["groups"][value] = _group(
             rows, labels, probs, decisions, patients, values, settings

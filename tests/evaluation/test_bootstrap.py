@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pneumokeras.evaluation import bootstrap, metrics
 
@@ -34,6 +34,9 @@ def _repeated_metrics(labels, probs, decisions, counts):
         "specificity": (~d[y == 0]).mean(),
         "ppv": y[d].mean(),
         "ece": metrics.expected_calibration_error(y, p, 10),
+        "f1": 2 * (d & (y == 1)).sum() / (d.sum() + (y == 1).sum()),
+        "pr_auc": average_precision_score(y, p),
+        "brier": np.mean((p - y) ** 2),
     }
 
 
@@ -42,7 +45,9 @@ def test_weighted_statistics_equal_the_repeated_rows():
     decisions = probs >= 0.5
     rng = np.random.default_rng(1)
     boot = bootstrap.PatientBootstrap(np.arange(labels.size), resamples=5, seed=2)
-    result = bootstrap.resample_statistics(boot, labels, probs, decisions, [np.arange(300)])
+    result = bootstrap.resample_statistics(
+        boot, labels, probs, decisions, [np.arange(300)], statistics=bootstrap.STATISTICS
+    )
     weights = np.vstack(list(boot.blocks()))
     for r in range(5):
         expected = _repeated_metrics(labels, probs, decisions, weights[r].astype(int))
@@ -102,3 +107,34 @@ def test_percentile_interval():
     assert math.isnan(low)
     assert math.isnan(high)
     assert used == 0
+
+
+def test_f1_pr_auc_and_brier_equal_scikit_learn_with_sample_weights():
+    from sklearn.metrics import average_precision_score, brier_score_loss, f1_score
+
+    labels, probs = _data(seed=3)
+    decisions = probs >= 0.45
+    boot = bootstrap.PatientBootstrap(np.arange(labels.size), resamples=4, seed=5)
+    result = bootstrap.resample_statistics(
+        boot,
+        labels,
+        probs,
+        decisions,
+        [np.arange(labels.size)],
+        statistics=("f1", "pr_auc", "brier"),
+    )
+    assert set(result.values) == {"f1", "pr_auc", "brier"}
+    for r, weights in enumerate(np.vstack(list(boot.blocks()))):
+        assert result["pr_auc"][r, 0, 0] == pytest.approx(
+            average_precision_score(labels, probs, sample_weight=weights), abs=1e-12
+        )
+        assert result["f1"][r, 0, 0] == pytest.approx(
+            f1_score(labels, decisions, sample_weight=weights), abs=1e-12
+        )
+        assert result["brier"][r, 0, 0] == pytest.approx(
+            brier_score_loss(labels, probs, sample_weight=weights), abs=1e-12
+        )
+    with pytest.raises(ValueError, match="unknown statistic"):
+        bootstrap.resample_statistics(
+            boot, labels, probs, decisions, [np.arange(3)], statistics=("x",)
+        )
