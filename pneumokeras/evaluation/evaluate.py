@@ -465,34 +465,6 @@ def _write_outputs(out_dir: Path, result: dict[str, Any], scored: _Scored) -> No
     atomic_write_text(out_dir / "report.md", report.render_report(result))
 
 
-def _refuse_external_options(
-    split: str, refit_fraction: float | None, data_dir: Path, provenance: external.Provenance
-) -> None:
-    """`--split all` and `--refit-fraction` are for external data only.
-
-    On the folder the model trained on, `--external` is not suggested: it would
-    score the training images (the report would then warn, see `external.detect`).
-    """
-    if split != external.ALL_SPLITS and refit_fraction is None:
-        return
-    option = "--split all" if split == external.ALL_SPLITS else "--refit-fraction"
-    if provenance.trained_here:
-        raise UserError(
-            f"{option} is for a data set the model was not trained on, and {data_dir} is the "
-            f"folder it was trained on ({provenance.reason}): its splits other than test "
-            "hold images the model trained on or was tuned on; evaluate --split test"
-        )
-    hint = (
-        ""
-        if provenance.reason.startswith("set by")
-        else "; pass --external if the model never saw it"
-    )
-    raise UserError(
-        f"{option} is for a data set the model was not trained on, and {data_dir} is taken "
-        f"to be its own ({provenance.reason}){hint}"
-    )
-
-
 def evaluate_run(
     model_path: str | Path,
     data_dir: str | Path,
@@ -575,7 +547,7 @@ def evaluate_run(
             progress,
         )
     else:
-        _refuse_external_options(split, refit_fraction, data_dir, provenance)
+        external.refuse_external_options(split, refit_fraction, data_dir, provenance)
         scored, fit = _score_internal(
             classifier, data_dir, manifest, config, split, threshold, by, progress
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,6 +119,37 @@ def detect(
             "(pass --internal to evaluate it as the model's own data set)"
         )
     return Provenance(True, reason, warning)
+
+
+def refuse_external_options(
+    split: str, refit_fraction: float | None, data_dir: Path, provenance: Provenance
+) -> None:
+    """`--split all` and `--refit-fraction` are for external data only.
+
+    On the folder the model trained on, `--external` is not suggested: it would
+    score the training images (the report would then warn, see `detect`).
+
+    Raises:
+        UserError: either option on data taken to be the model's own.
+    """
+    if split != ALL_SPLITS and refit_fraction is None:
+        return
+    option = "--split all" if split == ALL_SPLITS else "--refit-fraction"
+    if provenance.trained_here:
+        raise UserError(
+            f"{option} is for a data set the model was not trained on, and {data_dir} is the "
+            f"folder it was trained on ({provenance.reason}): its splits other than test "
+            "hold images the model trained on or was tuned on; evaluate --split test"
+        )
+    hint = (
+        ""
+        if provenance.reason.startswith("set by")
+        else "; pass --external if the model never saw it"
+    )
+    raise UserError(
+        f"{option} is for a data set the model was not trained on, and {data_dir} is taken "
+        f"to be its own ({provenance.reason}){hint}"
+    )
 
 
 def _split_counts(splits: Mapping[str, Any]) -> dict[str, int]:
