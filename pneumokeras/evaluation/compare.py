@@ -123,7 +123,10 @@ def _data_by_size(data_dirs: Sequence[Path]) -> dict[int, tuple[Path, Manifest]]
     if not data_dirs:
         raise UserError("compare needs a converted folder (--data)")
     by_size: dict[int, tuple[Path, Manifest]] = {}
-    for data_dir in data_dirs:
+    resolved = [Path(d).resolve() for d in data_dirs]
+    for i, data_dir in enumerate(data_dirs):
+        if resolved[i] in resolved[:i]:
+            raise UserError(f"--data {data_dir} is given twice")
         manifest = load_manifest(data_dir)
         if manifest.image_size in by_size:
             raise UserError(

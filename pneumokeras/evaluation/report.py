@@ -429,7 +429,7 @@ def subgroup_section(subgroups: Mapping[str, Any] | None) -> list[str]:
     skipped = subgroups.get("not_analysed") or {}
     if skipped:
         lines.append(
-            "Not analysed: " + "; ".join(f"{name} ({why})" for name, why in skipped.items()) + "."
+            "Not analysed: " + "; ".join(f"{name}: {why}" for name, why in skipped.items()) + "."
         )
         lines.append("")
     return lines

@@ -51,6 +51,11 @@ UNKNOWN = "unknown"
 GAP_METRICS = ("roc_auc", "sensitivity", "specificity")
 METRICS = ("roc_auc", "sensitivity", "specificity", "ppv", "ece")
 BOOTSTRAPPED = ("roc_auc", "ece")
+METRIC_WORDS = {
+    "roc_auc": "an ROC-AUC",
+    "sensitivity": "a sensitivity",
+    "specificity": "a specificity",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +254,7 @@ def _gap(
     if len(values) < 2:
         return {
             "estimable": False,
-            "reason": f"fewer than two subgroups large enough for a {metric} "
+            "reason": f"fewer than two subgroups large enough for {METRIC_WORDS[metric]} "
             f"({len(values)} of {len(known)})",
         }
     high = max(values, key=lambda k: values[k])

@@ -179,7 +179,8 @@ def test_compare_refuses_what_cannot_be_compared(folders, models, tmp_path):
         (([bright], [d32]), "two or more models"),
         (([bright, bright / "model.keras"], [d32]), "is given twice"),
         (([bright, big], [d32]), r"takes 48 px images and no --data folder holds them"),
-        (([bright, chance], [d32, d32]), "both hold 32 px images"),
+        (([bright, chance], [d32, d32]), "is given twice"),
+        (([bright, chance], [d32, _write_folder(tmp_path / "again32", 32)]), "both hold 32 px"),
         (([bright, chance], []), "needs a converted folder"),
     ]
     for (paths, dirs), message in cases:

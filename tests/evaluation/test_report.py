@@ -170,7 +170,7 @@ def test_report_of_a_temperature_kept_at_one():
 def test_report_without_views():
     text = report.render_report(_result(views=False))
     assert "No attribute has two or more known subgroups" in text
-    assert "Not analysed: view (unknown for every image)." in text
+    assert "Not analysed: view: unknown for every image." in text
     assert "subgroups.png" not in text
 
 
