@@ -800,3 +800,46 @@ def test_split_all_on_the_training_folder_does_not_suggest_external(trained_run,
     assert "this is not an external validation" in report
     assert "the model did not train on this data" not in report
     assert warning[0] in report
+
+
+def test_an_ensemble_keeps_its_out_of_fold_fit_and_gets_the_subgroup_analysis(
+    brightness_model_path, tmp_path
+):
+    # A `cv` ensemble's card: threshold and temperature fitted on out-of-fold
+    # predictions, members listed. Its evaluation keeps them and analyses subgroups.
+    data = _write_gap_dataset(tmp_path / "gap")
+    cv = tmp_path / "cv"
+    cv.mkdir()
+    (cv / "ensemble.keras").write_bytes(brightness_model_path.read_bytes())
+    card = {
+        "class_names": ["normal", "pneumonia"],
+        "input_size": SIZE,
+        "threshold": 0.45,
+        "threshold_method": "youden",
+        "temperature": 1.0,
+        "members": [{"name": "fold_0", "fold": 0}, {"name": "fold_1", "fold": 1}],
+        "calibration": {
+            "fitted_on": "oof",
+            "fitted_temperature": 1.0,
+            "decision": "not significant",
+            "nll_before": 0.4,
+            "nll_after": 0.4,
+            "p_value": 0.5,
+            "n": 200,
+            "n_patients": 200,
+            "n_positive": 80,
+            "n_negative": 120,
+            "explanation": "kept at T = 1",
+        },
+    }
+    (cv / "ensemble.json").write_text(json.dumps(card))
+    before = (cv / "ensemble.json").read_bytes()
+    config = from_dict({"evaluate": {"bootstrap": 100}, "data": {"batch_size": 64}})
+    result = evaluate.evaluate_run(
+        cv / "ensemble.keras", data, tmp_path / "e", config, progress=False
+    )
+    assert (cv / "ensemble.json").read_bytes() == before  # the out-of-fold fit stays
+    assert result.threshold == 0.45
+    assert result.metrics["calibration"]["fitted_on"] == "oof"
+    assert result.metrics["subgroups"]["attributes"] == ["sex", "age"]
+    assert result.largest_gap["attribute"] == "sex"
