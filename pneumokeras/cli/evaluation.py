@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from pneumokeras.cli.options import (
@@ -18,7 +21,9 @@ from pneumokeras.sources.attributes import NAMES as ATTRIBUTE_NAMES
 from pneumokeras.utils import environment
 
 
-def _parse_by(context: click.Context, parameter: click.Parameter, value: str | None):
+def _parse_by(
+    context: click.Context | None, parameter: click.Parameter | None, value: str | None
+) -> tuple[str, ...] | None:
     """`--by sex,age` → ('sex', 'age'); `none` → (); absent → None (every attribute)."""
     if value is None:
         return None
@@ -35,7 +40,7 @@ def _parse_by(context: click.Context, parameter: click.Parameter, value: str | N
     return names
 
 
-def by_option(func):
+def by_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """`--by ATTRIBUTES`, passed as `by` (None, a tuple of names, or () for none)."""
     return click.option(
         "--by",

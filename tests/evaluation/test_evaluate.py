@@ -843,3 +843,42 @@ def test_an_ensemble_keeps_its_out_of_fold_fit_and_gets_the_subgroup_analysis(
     assert result.metrics["calibration"]["fitted_on"] == "oof"
     assert result.metrics["subgroups"]["attributes"] == ["sex", "age"]
     assert result.largest_gap["attribute"] == "sex"
+
+
+@pytest.mark.parametrize(
+    "by, message",
+    [("race", "unknown attribute 'race'"), ("", "unknown attribute ''"), ("sex,,x", "'x'")],
+)
+def test_cli_by_with_an_unknown_attribute_is_one_line_exit_2(
+    by, message, tmp_path, capsys, monkeypatch
+):
+    from pneumokeras.cli import main
+
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "evaluate",
+                "--model",
+                "m.keras",
+                "--data",
+                "d",
+                "--by",
+                by,
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+    err = capsys.readouterr().err
+    assert done.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_by_parsing():
+    from pneumokeras.cli.evaluation import _parse_by
+
+    assert _parse_by(None, None, None) is None
+    assert _parse_by(None, None, "none") == ()
+    assert _parse_by(None, None, " Sex , AGE,view ") == ("sex", "age", "view")
