@@ -141,11 +141,8 @@ def refuse_external_options(
             f"folder it was trained on ({provenance.reason}): its splits other than test "
             "hold images the model trained on or was tuned on; evaluate --split test"
         )
-    hint = (
-        ""
-        if provenance.reason.startswith("set by")
-        else "; pass --external if the model never saw it"
-    )
+    said = provenance.reason.startswith("set by") or "--external" in provenance.reason
+    hint = "" if said else "; pass --external if the model never saw it"
     raise UserError(
         f"{option} is for a data set the model was not trained on, and {data_dir} is taken "
         f"to be its own ({provenance.reason}){hint}"

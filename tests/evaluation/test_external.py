@@ -258,6 +258,10 @@ def test_split_all_and_refit_are_refused_on_the_models_own_data():
     assert "evaluate --split test" in str(refused.value)
     with pytest.raises(UserError, match="pass --external if the model never saw it"):
         external.refuse_external_options("test", 0.3, Path("d"), unknown)
+    told = external.detect({}, _manifest(), "bbbb")  # its reason already names --external
+    with pytest.raises(UserError) as refused:
+        external.refuse_external_options("all", None, Path("d"), told)
+    assert str(refused.value).count("--external") == 1
     with pytest.raises(UserError) as refused:
         external.refuse_external_options("all", None, Path("d"), forced)
     assert "--external" not in str(refused.value)
