@@ -721,7 +721,7 @@ def test_a_planted_subgroup_gap_is_found_end_to_end(brightness_model_path, tmp_p
     run = tmp_path / "run"
     run.mkdir()
     (run / "model.keras").write_bytes(brightness_model_path.read_bytes())
-    config = from_dict({"evaluate": {"bootstrap": 200}, "data": {"batch_size": 64}})
+    config = from_dict({"evaluate": {"bootstrap": 100}, "data": {"batch_size": 64}})
     out = tmp_path / "eval"
     evaluated = evaluate.evaluate_run(run, data, out, config, progress=False)
     result = evaluated.metrics
@@ -751,11 +751,11 @@ def test_a_planted_subgroup_gap_is_found_end_to_end(brightness_model_path, tmp_p
     assert ",M,90+,AP,hand," in rows[1]
     # --by picks the attributes; an attribute with one value is analysed when asked.
     only_view = evaluate.evaluate_run(
-        run, data, tmp_path / "v", config, by=("view",), progress=False
+        run, data, tmp_path / "v", FAST, by=("view",), progress=False
     ).metrics["subgroups"]
     assert only_view["attributes"] == ["view"]
     assert only_view["by"]["view"]["gaps"]["roc_auc"]["reason"] == "one subgroup only (AP)"
-    none = evaluate.evaluate_run(run, data, tmp_path / "n", config, by=(), progress=False)
+    none = evaluate.evaluate_run(run, data, tmp_path / "n", FAST, by=(), progress=False)
     assert none.metrics["subgroups"]["attributes"] == []
     assert not (tmp_path / "n" / "subgroups.png").exists()
 
