@@ -9,6 +9,7 @@ typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import types
 import typing
@@ -146,11 +147,19 @@ class EvaluateConfig:
         bootstrap: bootstrap resamples for the 95 % confidence intervals.
         threshold_method: how the decision threshold is chosen on validation.
         calibration_bins: bins of the reliability diagram and of the ECE.
+        age_bands: subgroup analysis: the ages (whole years, increasing, at most
+            90) where a new age band starts; `[18, 40, 60, 80]` gives `<18`,
+            `18–39`, `40–59`, `60–79`, `80+`.
+        min_subgroup_class_count: subgroup analysis: a subgroup with fewer
+            positive or fewer negative images than this gets its counts and no
+            metric (too small for a number to mean anything).
     """
 
     bootstrap: int = 1000
     threshold_method: Literal["youden", "f1"] = "youden"
     calibration_bins: int = 10
+    age_bands: tuple[int, ...] = (18, 40, 60, 80)
+    min_subgroup_class_count: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +193,18 @@ class Config:
     explain: ExplainConfig = dataclasses.field(default_factory=ExplainConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Plain nested dict (YAML/JSON serialisable)."""
-        return dataclasses.asdict(self)
+        """Plain nested dict (YAML/JSON serialisable; tuples as lists, as JSON reads them back).
+
+        Lists, so that settings recorded in a JSON file (a run record, a model
+        card) compare equal to the same settings in memory.
+        """
+        return {
+            section: {
+                key: list(value) if isinstance(value, tuple) else value
+                for key, value in values.items()
+            }
+            for section, values in dataclasses.asdict(self).items()
+        }
 
 
 # Range checks on values whose type is right but whose meaning is not.
@@ -198,6 +217,7 @@ _POSITIVE = {
     "train.learning_rate",
     "evaluate.bootstrap",
     "evaluate.calibration_bins",
+    "evaluate.min_subgroup_class_count",
     "explain.limit",
 }
 _NON_NEGATIVE = {
@@ -223,6 +243,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if value not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
         return value
+    if origin is tuple:
+        # Only `tuple[int, ...]` is used: a YAML list of whole numbers.
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list; got {value!r}")
+        return tuple(_coerce(key, item, typing.get_args(annotation)[0]) for item in value)
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported annotation for {key}")  # schema bug, not user's
     if annotation is bool:
@@ -247,7 +272,19 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")
 
 
+def _check_age_bands(key: str, edges: tuple[int, ...]) -> None:
+    """Band edges must be increasing whole years in 1..90 (ages over 89 are stored as 90+)."""
+    if not edges:
+        raise ConfigError(f"{key} needs at least one age; got []")
+    if any(e < 1 or e > 90 for e in edges):
+        raise ConfigError(f"{key} must hold ages from 1 to 90; got {list(edges)}")
+    if any(b <= a for a, b in itertools.pairwise(edges)):
+        raise ConfigError(f"{key} must increase; got {list(edges)}")
+
+
 def _check_range(key: str, value: Any) -> None:
+    if key == "evaluate.age_bands":
+        _check_age_bands(key, value)
     if key in _POSITIVE and value <= 0:
         raise ConfigError(f"{key} must be > 0; got {value!r}")
     if key in _NON_NEGATIVE and value < 0:

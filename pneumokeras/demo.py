@@ -35,14 +35,14 @@ class DemoSummary:
     pointing_game: float | None  # over test positives with boxes, misses of the model included
     pointing_game_detected: float | None  # over those the model called pneumonia
     energy_in_boxes: float | None
+    largest_gap: str | None  # the largest subgroup gap evaluate found, in words; None: none
     report: Path
     overlays: Path
     seconds: float
 
 
-def _value(metrics: dict, name: str) -> float:
-    entry = metrics["metrics"][name]
-    return float(entry["value"] if isinstance(entry, dict) else entry)
+def _value(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _explain_child(run_dir: Path, data_dir: Path, out: Path, config: Config, limit: int) -> dict:
@@ -173,6 +173,7 @@ def run_demo(
     import keras
 
     from pneumokeras.evaluation.evaluate import evaluate_run
+    from pneumokeras.evaluation.report import gap_words
     from pneumokeras.training.train import train
 
     stage(
@@ -184,7 +185,7 @@ def run_demo(
     echo(f"      best epoch {trained.best_epoch}, validation ROC-AUC {trained.best_val_auc:.3f}")
 
     stage(4, "evaluate on the test split")
-    metrics = evaluate_run(
+    evaluated = evaluate_run(
         run_dir / "model.keras", data_dir, eval_dir, config, split="test", progress=False
     )
 
@@ -193,12 +194,13 @@ def run_demo(
 
     return DemoSummary(
         out_dir=out_dir,
-        test_roc_auc=_value(metrics, "roc_auc"),
-        sensitivity=_value(metrics, "recall"),
-        specificity=_value(metrics, "specificity"),
+        test_roc_auc=_value(evaluated.roc_auc),
+        sensitivity=_value(evaluated.sensitivity),
+        specificity=_value(evaluated.specificity),
         pointing_game=explained.get("pointing_game"),
         pointing_game_detected=_pointing_on_detected(explain_dir),
         energy_in_boxes=explained.get("energy_in_boxes"),
+        largest_gap=gap_words(evaluated.largest_gap) if evaluated.largest_gap else None,
         report=eval_dir / "report.md",
         overlays=explain_dir,
         seconds=time.perf_counter() - start,

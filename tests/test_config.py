@@ -118,3 +118,29 @@ def test_to_dict_round_trip():
 
     config = load_config(None, ["train.epochs=7"])
     assert from_dict(config.to_dict()) == config
+
+
+def test_age_bands_and_the_subgroup_minimum():
+    import json
+
+    config = load_config(
+        None, ["evaluate.age_bands=[18, 65]", "evaluate.min_subgroup_class_count=5"]
+    )
+    assert config.evaluate.age_bands == (18, 65)
+    assert config.evaluate.min_subgroup_class_count == 5
+    # As JSON writes and reads it back (run records, model cards): equal settings.
+    assert json.loads(json.dumps(config.to_dict())) == config.to_dict()
+    assert config.to_dict()["evaluate"]["age_bands"] == [18, 65]
+    for value, message in [
+        ("[65, 18]", "must increase"),
+        ("[18, 18]", "must increase"),
+        ("18", "must be a list"),
+        ("[18.5]", "must be an integer"),
+        ("[]", "at least one age"),
+        ("[0, 40]", "from 1 to 90"),
+        ("[95]", "from 1 to 90"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [f"evaluate.age_bands={value}"])
+    with pytest.raises(ConfigError, match="min_subgroup_class_count must be > 0"):
+        load_config(None, ["evaluate.min_subgroup_class_count=0"])

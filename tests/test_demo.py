@@ -9,6 +9,7 @@ import pytest
 from pneumokeras.config import load_config
 from pneumokeras.demo import run_demo
 from pneumokeras.errors import UserError
+from pneumokeras.evaluation.report import gap_words
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,6 +57,8 @@ def test_demo_runs_every_stage_learns_and_summarises(tmp_path):
     assert summary.test_roc_auc == metrics["metrics"]["roc_auc"]["value"]
     assert summary.sensitivity == metrics["metrics"]["recall"]["value"]
     assert card["threshold"] == metrics["threshold"]["value"]  # evaluate wrote the card
+    gap = metrics["subgroups"]["largest_gap"]
+    assert summary.largest_gap == (gap_words(gap) if gap else None)
     assert summary.report.read_text().startswith("# Pneumonia classifier evaluation")
     explained = json.loads((summary.overlays / "summary.json").read_text())
     assert 1 <= explained["count"] <= 8

@@ -127,6 +127,16 @@ def synth(out, patients, size, positive_fraction, seed, workers) -> None:
     default=None,
     help="findings: default 'View Position' (NIH), else 'AP/PA' (CheXpert), if present.",
 )
+@click.option(
+    "--sex-column",
+    default=None,
+    help="findings: default 'Patient Gender' (NIH), else 'Sex' (CheXpert), if present.",
+)
+@click.option(
+    "--age-column",
+    default=None,
+    help="findings: default 'Patient Age' (NIH), else 'Age' (CheXpert), if present.",
+)
 def convert(
     layout,
     images,
@@ -178,8 +188,9 @@ def convert(
         )
     if summary.notes:
         click.echo(
-            f"converted {summary.notes} image(s) with a note (a colour file of a gray picture "
-            f"made gray, an EXIF orientation applied); listed in {summary.out_dir / 'notes.csv'}"
+            f"{summary.notes} note(s) on converted images or their attributes (a colour file of "
+            f"a gray picture made gray, an EXIF orientation applied, an unreadable age, ...); "
+            f"listed in {summary.out_dir / 'notes.csv'}"
         )
     for warning in summary.warnings:
         click.echo(f"warning: {warning}", err=True)

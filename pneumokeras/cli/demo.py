@@ -61,6 +61,8 @@ def demo(out_dir, patients, size, seed, workers, config_path, overrides) -> None
         "all test positives)\n"
         f"                   {rate(summary.pointing_game_detected)} (test positives the model "
         "called pneumonia)\n"
+        f"  subgroup gap     {summary.largest_gap or 'none estimable (subgroups too small)'}"
+        " (the largest; all in the report)\n"
         f"  report           {summary.report}\n"
         f"  overlays         {summary.overlays}"
     )

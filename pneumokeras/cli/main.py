@@ -35,6 +35,7 @@ for _command in (
     data.convert,
     training.train,
     evaluation.evaluate,
+    evaluation.compare,
     serving.predict,
     serving.export,
     training.cv,

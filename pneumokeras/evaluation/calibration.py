@@ -204,8 +204,12 @@ def small_split_warning(n_patients: int, n_positive: int, n_negative: int) -> st
 def worse_nll_warning(
     nll_before: float, nll_after: float, temperature: float, split: str
 ) -> str | None:
-    """A warning when the temperature raised the evaluated split's NLL; None otherwise."""
-    if not nll_after > nll_before:
+    """A warning when the temperature raised the evaluated split's NLL; None otherwise.
+
+    T = 1 changes nothing (its NLL differs only by round-off of the logit round
+    trip), and so do differences below 1e-9 nats.
+    """
+    if temperature == 1.0 or not nll_after > nll_before + 1e-9:
         return None
     return (
         f"calibration made the {split} split worse: temperature T = {temperature:.3f} "

@@ -3,20 +3,22 @@
 `evaluate_run` follows one order, so that nothing is tuned on the data it reports:
 
 1. load the model and its card (`model_card.load_classifier`; a run folder or
-   `model.keras`) and predict the validation split and the evaluated split once
-   (raw softmax, tf.data);
+   `model.keras`), read the validation split and the evaluated split (labels,
+   patients, attributes: `scoring.read_evaluated`) and predict each once (raw
+   softmax, tf.data);
 2. fit a calibration temperature on validation (temperature scaling, Guo et al.,
    ICML 2017), applied only when a likelihood-ratio test supports it (see
    `calibration`);
 3. choose the decision threshold on the calibrated validation probabilities:
-   Youden's J or the best F1, unless one is given;
+   Youden's J or the best F1, unless one is given (`operating_point`);
 4. report the evaluated split's metrics at that threshold with 95 % intervals
    (Wilson for proportions, a patient bootstrap for AUCs, F1 and Brier; see
    `metrics`), calibration before and after (ECE, Brier, NLL on validation and
-   on the evaluated split) and subgroups by view (AP/PA);
-5. write metrics.json, roc.png, pr.png, confusion.png, calibration.png and
-   report.md, then store the threshold, the temperature and the calibration
-   facts in the model card (`model_card.write_card`).
+   on the evaluated split), and the subgroup analysis by sex, age band, view and
+   source (`subgroups`; `by` chooses the attributes);
+5. write metrics.json, predictions.csv, roc.png, pr.png, confusion.png,
+   calibration.png, subgroups.png and report.md, then store the threshold, the
+   temperature and the calibration facts in the model card (`model_card.write_card`).
 
 External data (a converted folder the model was not trained on: its manifest
 fingerprint differs from the card's training data, or `external_data=True`;
@@ -25,6 +27,8 @@ threshold and temperature (fitted on the training data's validation split) are
 applied, no `val` split is needed, `split` may be `all` (every split together),
 and `refit_fraction` adds an own-vs-re-fitted comparison on a held-out part of
 the patients (`external.refit_comparison`). The report names both data sets.
+A `cv` ensemble keeps the card's out-of-fold fit on its own data, and gets the
+same analysis.
 
 Patients: an example's patient comes from the converted folder's `patients.csv`
 (`tfrecords.read_patients`; folders and findings layouts store one example per
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +55,19 @@ import numpy as np
 
 from pneumokeras.config import Config
 from pneumokeras.errors import UserError
-from pneumokeras.evaluation import calibration, external, metrics, plots, report
+from pneumokeras.evaluation import (
+    calibration,
+    external,
+    metrics,
+    operating_point,
+    plots,
+    predictions,
+    report,
+    scoring,
+    subgroups,
+)
+from pneumokeras.evaluation.scoring import SplitData
 from pneumokeras.models import model_card
-from pneumokeras.records import pipeline as data_lib
-from pneumokeras.records import tfrecords
 from pneumokeras.records.manifest import Manifest, load_manifest
 from pneumokeras.utils.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -61,44 +75,70 @@ logger = logging.getLogger(__name__)
 
 DISCLAIMER = report.DISCLAIMER
 PLOTS = report.PLOTS
+PREDICTIONS = "predictions.csv"
 
 
 @dataclasses.dataclass(frozen=True)
-class SplitData:
-    """Labels and patient information of one split, in `tfrecords.read_split` order."""
+class Evaluation:
+    """What `evaluate_run` found and wrote.
 
-    labels: np.ndarray  # (N,) int, 1 = pneumonia
-    patients: np.ndarray  # (N,) str: the patient (not the example id; see patients.csv)
-    views: np.ndarray  # (N,) str, upper case, '' when unknown
+    Attributes:
+        out_dir: the output folder.
+        external: evaluated as a data set the model did not train on.
+        split: the evaluated split (`all`: every split of external data).
+        n: evaluated images.
+        patients: their patients.
+        positives: images with pneumonia.
+        threshold: the decision threshold applied.
+        temperature: the calibration temperature applied.
+        roc_auc: ROC-AUC, None when undefined (one class).
+        sensitivity: sensitivity at the threshold, None when undefined.
+        specificity: specificity at the threshold, None when undefined.
+        largest_gap: the subgroup gap with the largest difference
+            (`subgroups.largest_gap`), None when none was estimable.
+        warnings: every warning of the run (also in the report and the log).
+        metrics: the object written to metrics.json.
+    """
+
+    out_dir: Path
+    external: bool
+    split: str
+    n: int
+    patients: int
+    positives: int
+    threshold: float
+    temperature: float
+    roc_auc: float | None
+    sensitivity: float | None
+    specificity: float | None
+    largest_gap: Mapping[str, Any] | None
+    warnings: tuple[str, ...]
+    metrics: Mapping[str, Any]
+
+    @property
+    def report(self) -> Path:
+        """report.md."""
+        return self.out_dir / "report.md"
+
+    @property
+    def predictions(self) -> Path:
+        """predictions.csv."""
+        return self.out_dir / PREDICTIONS
 
 
-def _read_split(data_dir: Path, split: str, patients: dict[str, str]) -> SplitData:
-    """One split's labels, patients and views; `patients`: `tfrecords.read_patients`."""
-    records = tfrecords.read_split(data_dir, split)
-    if not records:
-        raise UserError(f"split {split!r} of {data_dir} is empty")
-    return SplitData(
-        labels=np.array([r["label"] for r in records]),
-        patients=np.array(tfrecords.patient_ids((r["patient_id"] for r in records), patients)),
-        views=np.array([r["view"].upper() for r in records]),
-    )
+@dataclasses.dataclass(frozen=True)
+class _Scored:
+    """One evaluation's numbers before the subgroup analysis and the outputs."""
 
-
-def _read_splits(data_dir: Path, split: str) -> tuple[dict[str, Any], SplitData, SplitData]:
-    """Reads the manifest, the validation and the evaluated split (internal evaluation)."""
-    manifest = load_manifest(data_dir)
-    for needed in ("val", split):
-        if needed not in manifest.splits:
-            raise UserError(f"{data_dir} has no split {needed!r}")
-    patients = tfrecords.read_patients(data_dir)
-    val = _read_split(data_dir, "val", patients)
-    test = val if split == "val" else _read_split(data_dir, split, patients)
-    if np.unique(val.labels).size < 2:
-        raise UserError(
-            f"the validation split of {data_dir} holds one class only; the temperature "
-            "and the threshold need both (convert with a larger --val)"
-        )
-    return manifest, val, test
+    test: SplitData
+    raw: np.ndarray
+    calibrated: np.ndarray
+    chosen: dict[str, Any]
+    calibration: dict[str, Any]
+    fields: dict[str, Any]  # metrics.json keys of this kind of evaluation
+    warnings: list[str]
+    attributes: list[str]
+    not_analysed: dict[str, str]
 
 
 def _load_classifier(
@@ -123,67 +163,6 @@ def _load_classifier(
     return classifier, config
 
 
-def _predict(
-    model: keras.Model, data_dir: Path, split: str, count: int, config: Config, progress: bool
-) -> np.ndarray:
-    """(N,) float64 raw pneumonia probabilities of a split, in shard order."""
-    dataset = data_lib.evaluation_dataset(data_dir, split, config)
-    probs = np.asarray(model.predict(dataset, verbose=1 if progress else 0))[:, 1]
-    if len(probs) != count:
-        raise RuntimeError(f"split {split!r}: {len(probs)} predictions for {count} examples")
-    if not np.all(np.isfinite(probs)):
-        raise RuntimeError(f"the model outputs non-finite probabilities on split {split!r}")
-    return probs.astype(np.float64)
-
-
-def _decide_threshold(
-    val: SplitData, val_calibrated: np.ndarray, threshold: float | None, config: Config
-) -> dict[str, Any]:
-    """`{"value", "method", "chosen_on"}`: the given threshold, or one chosen on validation."""
-    if threshold is not None:
-        return {"value": threshold, "method": "manual", "chosen_on": "argument"}
-    method = config.evaluate.threshold_method
-    value = metrics.choose_threshold(val.labels, val_calibrated, method)
-    return {"value": value, "method": method, "chosen_on": "val"}
-
-
-def _kept_calibration(card: model_card.ModelCard) -> calibration.TemperatureFit | None:
-    """The card's own fit when it was made on out-of-fold predictions (a `cv` ensemble).
-
-    Such a model's members trained on the data's `val` patients (they are inside the
-    folds), so refitting there would use data the model has seen.
-    """
-    facts = card.calibration
-    if facts.get("fitted_on") != "oof":
-        return None
-    return calibration.TemperatureFit(
-        temperature=card.temperature,
-        fitted=float(facts["fitted_temperature"]),
-        decision=str(facts["decision"]),
-        nll_before=float(facts["nll_before"]),
-        nll_fitted=float(facts["nll_after"]),
-        nll_after=float(facts["nll_after"]),
-        lr_statistic=float("nan"),
-        p_value=float(facts["p_value"]),
-        n=int(facts["n"]),
-    )
-
-
-def _kept_record(facts: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json's description of a fit kept from the card (out-of-fold)."""
-    return {
-        "fitted_on": "oof",
-        "explanation": f"kept from the model card: {facts.get('explanation', '')}",
-        "val_n": facts["n"],
-        "val_patients": facts["n_patients"],
-        "val_positives": facts["n_positive"],
-        "val_negatives": facts["n_negative"],
-        "val_nll_before": facts["nll_before"],
-        "val_nll_fitted": facts["nll_after"],
-        "val_nll_after": facts["nll_after"],
-    }
-
-
 def _one_class_warning(labels: np.ndarray, what: str) -> str | None:
     present = np.unique(labels)
     if present.size == 2:
@@ -195,254 +174,133 @@ def _one_class_warning(labels: np.ndarray, what: str) -> str | None:
     )
 
 
-def _metric_table(
-    labels: np.ndarray,
-    probs: np.ndarray,
-    patients: np.ndarray,
-    threshold: float,
-    config: Config,
-    progress: bool,
-) -> dict[str, dict[str, Any]]:
-    return metrics.metric_table(
-        labels,
-        probs,
-        threshold,
-        groups=patients,
-        resamples=config.evaluate.bootstrap,
-        seed=config.train.seed,
-        progress=progress,
-    )
+def _split_warnings(split: str, manifest: Manifest, data_dir: Path, own_data: bool) -> list[str]:
+    """Warnings about what the evaluated split may hold (own data only)."""
+    shared = manifest.patients_in_several_splits
+    if not own_data or not shared:
+        return []
+    return [
+        f"{shared} patient(s) of {data_dir} have images in several splits (the data set's "
+        "own splits were kept at conversion): the model may have trained on patients of "
+        f"the {split} split, and its numbers may be optimistic"
+    ]
 
 
-def _subgroups(
-    test: SplitData, calibrated: np.ndarray, threshold: float, config: Config, progress: bool
-) -> tuple[dict[str, Any], list[str]]:
-    """Metrics per view position (AP/PA), and one-class warnings of those views."""
-    groups, warnings = {}, []
-    for view in sorted({v for v in test.views if v}):
-        rows = test.views == view
-        warning = _one_class_warning(test.labels[rows], f"view {view}")
-        if warning:
-            warnings.append(warning)
-        groups[view] = {
-            "n": int(rows.sum()),
-            "positives": int(test.labels[rows].sum()),
-            "metrics": _metric_table(
-                test.labels[rows],
-                calibrated[rows],
-                test.patients[rows],
-                threshold,
-                config,
-                progress,
-            ),
-        }
-    return groups, warnings
-
-
-def _warnings(
-    split: str,
-    test: SplitData,
-    view_warnings: list[str | None],
-    cal: dict[str, Any],
-    fitted_here: bool = True,
-) -> list[str]:
-    """All warnings of a run (optimistic split, one class, calibration), each logged.
-
-    `fitted_here`: the threshold and temperature were fitted on this data's `val`.
-    """
-    warnings = []
-    if split == "val" and fitted_here:
-        warnings.append(
-            "the evaluated split is the validation split that chose the threshold and "
-            "temperature: the numbers are optimistic"
-        )
-    warnings.append(_one_class_warning(test.labels, f"split {split!r}"))
-    warnings = [w for w in [*warnings, *view_warnings, *cal["warnings"]] if w]
+def _log_all(warnings: list[str]) -> list[str]:
     for text in warnings:
         logger.warning("warning: %s", text)
     return warnings
 
 
-def _result(
-    model_path: Path,
+def _choose_attributes(test: SplitData, by: Sequence[str] | None) -> tuple[list[str], dict]:
+    """`subgroups.choose_attributes`, or nothing for `by=()` (`--by none`)."""
+    if by is not None and not by:
+        return [], {}
+    return subgroups.choose_attributes(by, test.attributes)
+
+
+def _score_internal(
+    classifier: model_card.Classifier,
     data_dir: Path,
     manifest: Manifest,
-    test: SplitData,
     config: Config,
-    chosen: dict[str, Any],
-    table: dict[str, dict[str, Any]],
-    cal: dict[str, Any],
-) -> dict[str, Any]:
-    """The metrics.json dict, less subgroups, warnings and disclaimer."""
-    tn, fp, fn, tp = (table[k]["value"] for k in metrics.COUNTS)
-    return {
-        "model": str(model_path),
-        "data_dir": str(data_dir),
-        "data_source": manifest.source,
-        "split": cal["split"],
-        "n": len(test.labels),
-        "positives": int(test.labels.sum()),
-        "patients": int(np.unique(test.patients).size),
-        "backend": keras.backend.backend(),
-        "class_names": list(model_card.CLASS_NAMES),
-        "threshold": chosen,
-        "temperature": cal["temperature"],
-        "metrics": table,
-        "confusion_matrix": {
-            "rows": "true [normal, pneumonia]",
-            "columns": "predicted [normal, pneumonia]",
-            "matrix": [[tn, fp], [fn, tp]],
-        },
-        "calibration": cal,
-        "bootstrap": {
-            "resamples": config.evaluate.bootstrap,
-            "seed": config.train.seed,
-            "level": metrics.CI_LEVEL,
-            "unit": "patient",
-            "method": "percentile",
-            "metrics": list(metrics.BOOTSTRAPPED),
-        },
-    }
-
-
-def _card_calibration(record: dict[str, Any], data_dir: Path) -> dict[str, Any]:
-    """The calibration facts the model card keeps (no reliability bins)."""
-    return {
-        "method": record["method"],
-        "fitted_on": record["fitted_on"],
-        "data_dir": str(data_dir),
-        "n": record["val_n"],
-        "n_patients": record["val_patients"],
-        "n_positive": record["val_positives"],
-        "n_negative": record["val_negatives"],
-        "fitted_temperature": record["fitted_temperature"],
-        "applied": record["applied"],
-        "decision": record["decision"],
-        "p_value": record["p_value"],
-        "nll_before": record["val_nll_before"],
-        "nll_after": record["val_nll_after"],
-        "evaluated_on": record["split"],
-        "evaluated_nll_before": record["split_nll_before"],
-        "evaluated_nll_after": record["split_nll_after"],
-        "warnings": list(record["warnings"]),
-    }
-
-
-def _write_outputs(
-    out_dir: Path,
-    result: dict[str, Any],
-    test: SplitData,
-    raw: np.ndarray,
-    calibrated: np.ndarray,
-) -> None:
-    """metrics.json, the four PNGs and report.md, each written atomically."""
-    threshold = result["threshold"]["value"]
-    point = {name: entry["value"] for name, entry in result["metrics"].items()}
-    figures = {
-        "roc.png": plots.roc_figure(test.labels, calibrated, threshold, point),
-        "pr.png": plots.pr_figure(test.labels, calibrated, threshold, point),
-        "confusion.png": plots.confusion_figure(result["confusion_matrix"]["matrix"], threshold),
-        "calibration.png": plots.calibration_figure(
-            test.labels, raw, calibrated, result["calibration"]
-        ),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, figure in figures.items():
-        atomic_write_bytes(out_dir / name, plots.to_png(figure))
-    atomic_write_json(out_dir / "metrics.json", result)
-    atomic_write_text(out_dir / "report.md", report.render_report(result))
-
-
-def _read_evaluated(data_dir: Path, manifest: Manifest, split: str) -> tuple[list[str], SplitData]:
-    """The splits an external evaluation reads (`all`: every non-empty one) and their data."""
-    known = manifest.splits
-    if split == external.ALL_SPLITS:
-        names = [name for name, info in known.items() if info.count > 0]
-        if not names:
-            raise UserError(f"{data_dir} holds no examples")
-    elif split not in known:
-        raise UserError(f"{data_dir} has no split {split!r} (known: {', '.join(known)}, all)")
-    else:
-        names = [split]
-    patients = tfrecords.read_patients(data_dir)
-    parts = [_read_split(data_dir, name, patients) for name in names]
-    return names, SplitData(
-        *(
-            np.concatenate([getattr(p, f.name) for p in parts])
-            for f in dataclasses.fields(SplitData)
+    split: str,
+    threshold: float | None,
+    by: Sequence[str] | None,
+    progress: bool,
+) -> tuple[_Scored, calibration.TemperatureFit | None]:
+    """Steps 1-4 on the model's own data; returns the fit to store (None: keep the card's)."""
+    if "val" not in manifest.splits:
+        raise UserError(f"{data_dir} has no split 'val'")
+    val = scoring.read_evaluated(data_dir, manifest, "val")
+    test = val if split == "val" else scoring.read_evaluated(data_dir, manifest, split)
+    if np.unique(val.labels).size < 2:
+        raise UserError(
+            f"the validation split of {data_dir} holds one class only; the temperature "
+            "and the threshold need both (convert with a larger --val)"
         )
+    chosen_attributes, not_analysed = _choose_attributes(test, by)
+    val_raw = scoring.predict(classifier.model, data_dir, ["val"], config, progress)
+    test_raw = (
+        val_raw
+        if split == "val"
+        else scoring.predict(classifier.model, data_dir, [split], config, progress)
     )
-
-
-def _check_own_calibration(classifier: model_card.Classifier, reason: str) -> None:
-    """An external evaluation uses the card's threshold and temperature: they must be fitted.
-
-    `reason`: why the data counts as external (said in the error, with `--internal`,
-    for a folder of the model's own data converted again).
-    """
-    card, where = classifier.card, classifier.path
-    if classifier.card_missing:
-        raise UserError(
-            f"{where} has no model card ({model_card.CARD_FILE}); an external evaluation "
-            "uses the threshold and temperature the card holds"
+    kept = operating_point.kept_calibration(classifier.card)
+    fit = kept or calibration.fit_calibration(val.labels, val_raw)
+    logger.info("temperature scaling: %s", fit.explanation())
+    if kept and threshold is None:
+        card = classifier.card
+        chosen = {
+            "value": card.threshold,
+            "method": card.threshold_method,
+            "chosen_on": card.calibration["fitted_on"],
+        }
+    else:
+        chosen = operating_point.decide_threshold(
+            val.labels,
+            calibration.calibrate(val_raw, fit.temperature),
+            threshold,
+            config.evaluate.threshold_method,
         )
-    missing = external.missing_calibration_facts(card.calibration)
-    if not card.fitted or missing:
-        raise UserError(
-            f"the model card of {where} holds no fitted threshold and temperature "
-            f"(threshold_method {card.threshold_method!r}), and the data is external "
-            f"({reason}); evaluate the model on its own data set first, or pass --internal "
-            "if this is its own data set"
+    cal = calibration.calibration_record(
+        fit,
+        val.labels,
+        val.patients,
+        test.labels,
+        test_raw,
+        split,
+        bins=config.evaluate.calibration_bins,
+    )
+    if kept:
+        cal.update(operating_point.kept_record(classifier.card.calibration))
+    warnings = []
+    if split == "val":
+        warnings.append(
+            "the evaluated split is the validation split that chose the threshold and "
+            "temperature: the numbers are optimistic"
         )
+    warnings += _split_warnings(split, manifest, data_dir, own_data=True)
+    scored = _Scored(
+        test=test,
+        raw=test_raw,
+        calibrated=calibration.calibrate(test_raw, fit.temperature),
+        chosen=chosen,
+        calibration=cal,
+        fields={"external": False},
+        warnings=warnings,
+        attributes=chosen_attributes,
+        not_analysed=not_analysed,
+    )
+    return scored, None if kept else fit
 
 
-def _evaluate_external(
+def _score_external(
     classifier: model_card.Classifier,
-    paths: tuple[Path, Path, Path],
+    data_dir: Path,
     manifest: Manifest,
     config: Config,
     split: str,
     threshold: float | None,
     refit_fraction: float | None,
     provenance: external.Provenance,
+    by: Sequence[str] | None,
     progress: bool,
-) -> dict[str, Any]:
-    """Evaluates on a data set the model was not trained on; the card is left as it is.
+) -> _Scored:
+    """Steps 1 and 4 on data the model was not trained on, with the card's calibration.
 
     The threshold (unless given) and temperature are the card's own; nothing is
     fitted on the evaluated data, except in the optional re-fit comparison
     (`external.refit_comparison`), which reports its numbers beside the model's own.
     """
-    model_path, data_dir, out_dir = paths
     card = classifier.card
-    _check_own_calibration(classifier, provenance.reason)
-    names, test = _read_evaluated(data_dir, manifest, split)
+    operating_point.check_own_calibration(classifier, provenance.reason)
+    test = scoring.read_evaluated(data_dir, manifest, split)
+    chosen_attributes, not_analysed = _choose_attributes(test, by)
     if refit_fraction is not None:  # fails before predicting when a part lacks a class
         external.refit_split(test.labels, test.patients, refit_fraction, config.train.seed)
-    test_raw = np.concatenate(
-        [
-            _predict(
-                classifier.model,
-                data_dir,
-                name,
-                int(manifest.splits[name].count),
-                config,
-                progress,
-            )
-            for name in names
-        ]
-    )
-    chosen = (
-        {"value": threshold, "method": "manual", "chosen_on": "argument"}
-        if threshold is not None
-        else {
-            "value": card.threshold,
-            "method": card.threshold_method,
-            "chosen_on": f"model card ({card.calibration.get('fitted_on', 'val')} of the "
-            "training data)",
-        }
-    )
-    calibrated = calibration.calibrate(test_raw, card.temperature)
+    test_raw = scoring.predict(classifier.model, data_dir, test.splits, config, progress)
+    chosen = operating_point.own_threshold(card, threshold)
     cal = external.own_calibration_record(
         card.calibration,
         card.temperature,
@@ -451,8 +309,6 @@ def _evaluate_external(
         split,
         bins=config.evaluate.calibration_bins,
     )
-    table = _metric_table(test.labels, calibrated, test.patients, chosen["value"], config, progress)
-    subgroups, view_warnings = _subgroups(test, calibrated, chosen["value"], config, progress)
     refit = None
     if refit_fraction is not None:
         method = (
@@ -471,43 +327,142 @@ def _evaluate_external(
             method,
             config.evaluate.calibration_bins,
         )
-    extra = [provenance.warning, *(refit["warnings"] if refit else [])]
-    warnings = _warnings(split, test, [*view_warnings, *extra], cal, fitted_here=False)
-    result = _result(model_path, data_dir, manifest, test, config, chosen, table, cal)
-    result.update(
-        external=True,
-        provenance=provenance.reason,
-        data_sets=_data_sets(card, manifest, data_dir, split, names, test),
-        refit=refit,
-        subgroups={"view": subgroups},
+    warnings = [w for w in (provenance.warning,) if w]
+    warnings += _split_warnings(split, manifest, data_dir, own_data=provenance.trained_here)
+    warnings += refit["warnings"] if refit else []
+    return _Scored(
+        test=test,
+        raw=test_raw,
+        calibrated=calibration.calibrate(test_raw, card.temperature),
+        chosen=chosen,
+        calibration=cal,
+        fields={"external": True, "refit": refit},
         warnings=warnings,
-        disclaimer=DISCLAIMER,
+        attributes=chosen_attributes,
+        not_analysed=not_analysed,
     )
-    _write_outputs(out_dir, result, test, test_raw, calibrated)
-    return result
 
 
-def _data_sets(
-    card: model_card.ModelCard,
-    manifest: Manifest,
+def _result(
+    model_path: Path,
     data_dir: Path,
+    manifest: Manifest,
+    card: model_card.ModelCard,
+    config: Config,
     split: str,
-    names: list[str],
-    test: SplitData,
+    provenance: external.Provenance,
+    scored: _Scored,
 ) -> dict[str, Any]:
-    """metrics.json's `data_sets`: the training data (from the card) and the evaluated data."""
+    """The metrics.json object."""
+    test, chosen = scored.test, scored.chosen
+    table = metrics.metric_table(
+        test.labels,
+        scored.calibrated,
+        chosen["value"],
+        groups=test.patients,
+        resamples=config.evaluate.bootstrap,
+        seed=config.train.seed,
+    )
+    analysis = subgroups.analyse(
+        test.labels,
+        scored.calibrated,
+        test.patients,
+        chosen["value"],
+        test.attributes,
+        scored.attributes,
+        subgroups.Settings(
+            age_bands=config.evaluate.age_bands,
+            min_class_count=config.evaluate.min_subgroup_class_count,
+            resamples=config.evaluate.bootstrap,
+            seed=config.train.seed,
+            bins=config.evaluate.calibration_bins,
+        ),
+        scored.not_analysed,
+    )
+    one_class = _one_class_warning(test.labels, f"split {split!r}")
+    warnings = [
+        *scored.warnings,
+        *([one_class] if one_class else []),
+        *scored.calibration["warnings"],
+    ]
+    tn, fp, fn, tp = (table[k]["value"] for k in metrics.COUNTS)
     return {
-        "trained_on": external.training_data(card.data, card.calibration),
-        "evaluated_on": external.evaluated_data(
-            manifest,
-            str(data_dir),
-            manifest.fingerprint,
-            split,
-            names,
-            test.labels,
-            test.patients,
+        "model": str(model_path),
+        "data_dir": str(data_dir),
+        "data_source": manifest.source,
+        "split": scored.calibration["split"],
+        "n": len(test),
+        "positives": int(test.labels.sum()),
+        "patients": int(np.unique(test.patients).size),
+        "backend": keras.backend.backend(),
+        "class_names": list(model_card.CLASS_NAMES),
+        "threshold": chosen,
+        "temperature": scored.calibration["temperature"],
+        "metrics": table,
+        "confusion_matrix": {
+            "rows": "true [normal, pneumonia]",
+            "columns": "predicted [normal, pneumonia]",
+            "matrix": [[tn, fp], [fn, tp]],
+        },
+        "calibration": scored.calibration,
+        "bootstrap": {
+            "resamples": config.evaluate.bootstrap,
+            "seed": config.train.seed,
+            "level": metrics.CI_LEVEL,
+            "unit": "patient",
+            "method": "percentile",
+            "metrics": list(metrics.BOOTSTRAPPED),
+        },
+        **scored.fields,
+        "provenance": provenance.reason,
+        "trained_here": provenance.trained_here,
+        "data_sets": {
+            "trained_on": external.training_data(card.data, card.calibration),
+            "evaluated_on": external.evaluated_data(
+                manifest,
+                str(data_dir),
+                manifest.fingerprint,
+                split,
+                list(test.splits),
+                test.labels,
+                test.patients,
+            ),
+        },
+        "subgroups": analysis,
+        "predictions": PREDICTIONS,
+        "warnings": _log_all(warnings),
+        "disclaimer": DISCLAIMER,
+    }
+
+
+def _write_outputs(out_dir: Path, result: dict[str, Any], scored: _Scored) -> None:
+    """metrics.json, predictions.csv, the PNGs and report.md, each written atomically."""
+    test, calibrated = scored.test, scored.calibrated
+    threshold = result["threshold"]["value"]
+    point = {name: entry["value"] for name, entry in result["metrics"].items()}
+    figures = {
+        "roc.png": plots.roc_figure(test.labels, calibrated, threshold, point),
+        "pr.png": plots.pr_figure(test.labels, calibrated, threshold, point),
+        "confusion.png": plots.confusion_figure(result["confusion_matrix"]["matrix"], threshold),
+        "calibration.png": plots.calibration_figure(
+            test.labels, scored.raw, calibrated, result["calibration"]
         ),
     }
+    if result["subgroups"]["attributes"]:
+        figures[report.SUBGROUP_PLOT] = plots.forest_figure(
+            result["subgroups"], result["metrics"]["roc_auc"]["value"]
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, figure in figures.items():
+        atomic_write_bytes(out_dir / name, plots.to_png(figure))
+    stale = out_dir / report.SUBGROUP_PLOT  # an earlier run's, when nothing was analysed now
+    if report.SUBGROUP_PLOT not in figures and stale.is_file():
+        stale.unlink()
+    atomic_write_text(
+        out_dir / PREDICTIONS, predictions.predictions_csv(test, calibrated, threshold)
+    )
+    atomic_write_json(out_dir / "metrics.json", result)
+    atomic_write_text(out_dir / "report.md", report.render_report(result))
 
 
 def evaluate_run(
@@ -520,7 +475,8 @@ def evaluate_run(
     progress: bool = True,
     external_data: bool | None = None,
     refit_fraction: float | None = None,
-) -> dict[str, Any]:
+    by: Sequence[str] | None = None,
+) -> Evaluation:
     """Evaluates a saved model on a converted split; writes metrics, plots and a report.
 
     See the module docstring for the order of steps. The image size comes from the
@@ -539,7 +495,8 @@ def evaluate_run(
             calibration; other fields kept) or created.
         data_dir: converted folder (manifest + shards); with a `val` split unless
             it is external.
-        out_dir: output folder for metrics.json, the four PNGs and report.md.
+        out_dir: output folder for metrics.json, predictions.csv, the PNGs and
+            report.md.
         config: validated settings.
         split: split to report (`test`; `val` gives optimistic numbers); on
             external data also `all` (every split together).
@@ -550,16 +507,19 @@ def evaluate_run(
         external_data: True or False overrides the detection; None detects.
         refit_fraction: external only: share of patients, in (0, 1), that re-fit
             the temperature and threshold for the own-vs-refit comparison.
+        by: attributes of the subgroup analysis (`sex`, `age`, `view`, `source`);
+            None: every attribute with two or more known values; empty: none.
 
     Returns:
-        The dict written to metrics.json.
+        An `Evaluation` (headline figures; `metrics` is metrics.json's object).
 
     Raises:
         UserError: missing/unloadable model or card, size mismatch, unknown or
             empty split, a validation split with one class, a threshold outside
             [0, 1], `all` or a re-fit fraction on internal data, a card without
             a fitted threshold and temperature on external data, a re-fit
-            fraction outside (0, 1) or leaving a part with one class.
+            fraction outside (0, 1) or leaving a part with one class, an unknown
+            attribute in `by` or one no evaluated image has.
     """
     model_path, data_dir, out_dir = Path(model_path), Path(data_dir), Path(out_dir)
     if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -572,79 +532,60 @@ def evaluate_run(
         classifier.card.data, manifest, manifest.fingerprint, external_data
     )
     logger.info("%s data: %s", "external" if provenance.external else "internal", provenance.reason)
+    fit = None
     if provenance.external:
-        return _evaluate_external(
+        scored = _score_external(
             classifier,
-            (model_path, data_dir, out_dir),
+            data_dir,
             manifest,
             config,
             split,
             threshold,
             refit_fraction,
             provenance,
+            by,
             progress,
         )
-    if split == external.ALL_SPLITS or refit_fraction is not None:
-        option = "--split all" if split == external.ALL_SPLITS else "--refit-fraction"
-        raise UserError(
-            f"{option} is for a data set the model was not trained on, and {data_dir} is its "
-            f"own ({provenance.reason}); pass --external to evaluate it as external data"
+    else:
+        external.refuse_external_options(split, refit_fraction, data_dir, provenance)
+        scored, fit = _score_internal(
+            classifier, data_dir, manifest, config, split, threshold, by, progress
         )
-    manifest, val, test = _read_splits(data_dir, split)
-    val_raw = _predict(classifier.model, data_dir, "val", len(val.labels), config, progress)
-    test_raw = (
-        val_raw
-        if split == "val"
-        else _predict(classifier.model, data_dir, split, len(test.labels), config, progress)
-    )
-
-    kept = _kept_calibration(classifier.card)
-    fit = kept or calibration.fit_calibration(val.labels, val_raw)
-    logger.info("temperature scaling: %s", fit.explanation())
-    chosen = _decide_threshold(
-        val, calibration.calibrate(val_raw, fit.temperature), threshold, config
-    )
-    if kept and threshold is None:
-        chosen = {
-            "value": classifier.card.threshold,
-            "method": classifier.card.threshold_method,
-            "chosen_on": classifier.card.calibration["fitted_on"],
-        }
-    calibrated = calibration.calibrate(test_raw, fit.temperature)
-    cal = calibration.calibration_record(
-        fit,
-        val.labels,
-        val.patients,
-        test.labels,
-        test_raw,
+    result = _result(
+        model_path,
+        data_dir,
+        manifest,
+        classifier.card,
+        config,
         split,
-        bins=config.evaluate.calibration_bins,
+        provenance,
+        scored,
     )
-    if kept:
-        cal.update(_kept_record(classifier.card.calibration))
-    table = _metric_table(test.labels, calibrated, test.patients, chosen["value"], config, progress)
-    subgroups, view_warnings = _subgroups(test, calibrated, chosen["value"], config, progress)
-    warnings = _warnings(split, test, view_warnings, cal)
-
-    result = _result(model_path, data_dir, manifest, test, config, chosen, table, cal)
-    result.update(
-        external=False,
-        provenance=provenance.reason,
-        data_sets=_data_sets(classifier.card, manifest, data_dir, split, [split], test),
-        subgroups={"view": subgroups},
-        warnings=warnings,
-        disclaimer=DISCLAIMER,
+    _write_outputs(out_dir, result, scored)
+    if fit is not None:  # internal, not a kept out-of-fold fit: the card learns T and threshold
+        model_card.write_card(
+            classifier.path,
+            classifier.card.replace(
+                threshold=scored.chosen["value"],
+                threshold_method=scored.chosen["method"],
+                temperature=fit.temperature,
+                calibration=operating_point.card_calibration(scored.calibration, data_dir),
+            ),
+        )
+    table = result["metrics"]
+    return Evaluation(
+        out_dir=out_dir,
+        external=provenance.external,
+        split=split,
+        n=result["n"],
+        patients=result["patients"],
+        positives=result["positives"],
+        threshold=float(scored.chosen["value"]),
+        temperature=float(result["temperature"]),
+        roc_auc=table["roc_auc"]["value"],
+        sensitivity=table["recall"]["value"],
+        specificity=table["specificity"]["value"],
+        largest_gap=result["subgroups"]["largest_gap"],
+        warnings=tuple(result["warnings"]),
+        metrics=result,
     )
-    _write_outputs(out_dir, result, test, test_raw, calibrated)
-    if kept:  # the card's out-of-fold fit stays; `val` was training data of the members
-        return result
-    model_card.write_card(
-        classifier.path,
-        classifier.card.replace(
-            threshold=chosen["value"],
-            threshold_method=chosen["method"],
-            temperature=fit.temperature,
-            calibration=_card_calibration(cal, data_dir),
-        ),
-    )
-    return result

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,15 +47,19 @@ class Provenance:
     """Whether the evaluated data is external to the model, and why.
 
     Attributes:
-        external: True when the model was not trained on this converted folder.
+        external: True when the data is evaluated as a data set the model was not
+            trained on.
         reason: one sentence saying how that was decided.
         warning: a caution about the decision (the same source name under another
-            fingerprint), or None.
+            fingerprint; `--external` on the training data itself), or None.
+        trained_here: the card's training fingerprint is this folder's: the model
+            trained on (part of) this data, whatever `--external` says.
     """
 
     external: bool
     reason: str
     warning: str | None = None
+    trained_here: bool = False
 
 
 def detect(
@@ -75,20 +80,30 @@ def detect(
         A `Provenance`.
     """
     recorded = training.get("fingerprint")
+    trained_here = bool(recorded) and recorded == fingerprint
     if forced is not None:
         flag = "--external" if forced else "--internal"
-        return Provenance(forced, f"set by {flag}")
+        warning = None
+        if forced and trained_here:
+            warning = (
+                f"--external was given, but the model was trained on this converted folder "
+                f"(its manifest fingerprint {fingerprint} is the training data's): the numbers "
+                "are not an external validation, and every split but the test split holds "
+                "images the model trained on or was tuned on"
+            )
+        return Provenance(forced, f"set by {flag}", warning, trained_here)
     if not recorded:
         return Provenance(
             False,
             "the model card records no training data, so the data is taken to be the "
             "model's own (pass --external to treat it as a new data set)",
         )
-    if recorded == fingerprint:
+    if trained_here:
         return Provenance(
             False,
             f"the data is the converted folder the model was trained on "
             f"(manifest fingerprint {fingerprint})",
+            trained_here=True,
         )
     reason = f"its manifest fingerprint {fingerprint} differs from the training data's {recorded}"
     # Manifests written before other layouts existed are RSNA conversions, as the
@@ -104,6 +119,34 @@ def detect(
             "(pass --internal to evaluate it as the model's own data set)"
         )
     return Provenance(True, reason, warning)
+
+
+def refuse_external_options(
+    split: str, refit_fraction: float | None, data_dir: Path, provenance: Provenance
+) -> None:
+    """`--split all` and `--refit-fraction` are for external data only.
+
+    On the folder the model trained on, `--external` is not suggested: it would
+    score the training images (the report would then warn, see `detect`).
+
+    Raises:
+        UserError: either option on data taken to be the model's own.
+    """
+    if split != ALL_SPLITS and refit_fraction is None:
+        return
+    option = "--split all" if split == ALL_SPLITS else "--refit-fraction"
+    if provenance.trained_here:
+        raise UserError(
+            f"{option} is for a data set the model was not trained on, and {data_dir} is the "
+            f"folder it was trained on ({provenance.reason}): its splits other than test "
+            "hold images the model trained on or was tuned on; evaluate --split test"
+        )
+    said = provenance.reason.startswith("set by") or "--external" in provenance.reason
+    hint = "" if said else "; pass --external if the model never saw it"
+    raise UserError(
+        f"{option} is for a data set the model was not trained on, and {data_dir} is taken "
+        f"to be its own ({provenance.reason}){hint}"
+    )
 
 
 def _split_counts(splits: Mapping[str, Any]) -> dict[str, int]:

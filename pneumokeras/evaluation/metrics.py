@@ -20,8 +20,9 @@ Intervals (`metric_table`), 95 % by default:
   personN images) correlated images make it somewhat too narrow, while the
   bootstrap below resamples whole patients.
 - ROC-AUC, PR-AUC, F1 and the Brier score get a percentile bootstrap over patients
-  (`bootstrap_ci`); a resample on which a value is undefined (e.g. AUC of a
-  one-class resample) is skipped.
+  (`bootstrap_ci`, computed by `metric_table` in its vectorised form,
+  `bootstrap.resample_statistics`: the same resamples and values); a resample on
+  which a value is undefined (e.g. AUC of a one-class resample) is skipped.
 - counts (tn, fp, fn, tp) get no interval: they describe this split, not a
   population rate.
 
@@ -52,7 +53,13 @@ from sklearn.metrics import (
 )
 from tqdm import tqdm
 
-CI_LEVEL = 0.95
+from pneumokeras.evaluation.bootstrap import (
+    CI_LEVEL,
+    PatientBootstrap,
+    percentile_interval,
+    resample_statistics,
+)
+
 # Every metric of `classification_metrics`, in report order; counts last.
 METRIC_NAMES = (
     "accuracy",
@@ -233,7 +240,6 @@ def metric_table(
     resamples: int = 1000,
     seed: int = 0,
     level: float = CI_LEVEL,
-    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Every metric at `threshold` with its interval, JSON-ready, in `METRIC_NAMES` order.
 
@@ -245,7 +251,6 @@ def metric_table(
         resamples: as in `bootstrap_ci`.
         seed: as in `bootstrap_ci`.
         level: as in `bootstrap_ci`.
-        progress: as in `bootstrap_ci`.
 
     Returns:
         `{metric: {"value", "ci95": [low, high], "ci_method", "resamples"}}`;
@@ -255,16 +260,21 @@ def metric_table(
         Counts are ints.
     """
     point = classification_metrics(labels, probs, threshold)
-    boot = bootstrap_ci(
-        lambda y, p: ranking_metrics(y, p, threshold),
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    # The vectorised form of `bootstrap_ci(ranking_metrics)`: the same resamples
+    # (same seed, same draws) and values, without a scikit-learn call per resample.
+    resampled = resample_statistics(
+        PatientBootstrap(np.arange(labels.size) if groups is None else groups, resamples, seed),
         labels,
         probs,
-        groups=groups,
-        resamples=resamples,
-        seed=seed,
-        level=level,
-        progress=progress,
+        probs >= threshold,
+        [np.arange(labels.size)],
+        statistics=BOOTSTRAPPED,
     )
+    boot = {
+        name: Interval(*percentile_interval(resampled[name][:, 0, 0], level))
+        for name in BOOTSTRAPPED
+    }
     table: dict[str, dict[str, Any]] = {}
     for name in METRIC_NAMES:
         if name in COUNTS:

@@ -252,3 +252,92 @@ def cv_roc_figure(fold_labels: Sequence[np.ndarray], fold_probs: Sequence[np.nda
         title=f"ROC of the {len(fold_labels)} held-out folds",
     )
     return fig
+
+
+def forest_figure(subgroups: Mapping[str, Any], overall_auc: float | None) -> Figure:
+    """Subgroup ROC-AUCs with their intervals, one panel per attribute (a forest plot).
+
+    Subgroups too small for a number are listed with their counts and no point.
+
+    Args:
+        subgroups: metrics.json's `subgroups` (`subgroups.analyse`); at least one
+            attribute.
+        overall_auc: the whole split's ROC-AUC (a dashed line), or None.
+    """
+    names = list(subgroups["attributes"])
+    if not names:
+        raise ValueError("forest_figure needs at least one analysed attribute")
+    by = subgroups["by"]
+    sizes = [len(by[name]["groups"]) for name in names]
+    fig = Figure(figsize=(7, 1.2 + 0.42 * sum(sizes) + 0.5 * len(names)))
+    axes = fig.subplots(len(names), 1, sharex=True, height_ratios=[s + 0.6 for s in sizes])
+    axes = np.atleast_1d(axes)
+    for ax, name in zip(axes, names, strict=True):
+        groups = by[name]["groups"]
+        positions = np.arange(len(groups))[::-1]
+        labels = []
+        for y, (value, group) in zip(positions, groups.items(), strict=True):
+            auc = group["metrics"]["roc_auc"]
+            labels.append(f"{value}  (n {group['n']}, {group['positives']}+)")
+            if auc["value"] is None:
+                ax.text(0.02, y, group["reason"] or "not estimable", va="center", fontsize=8,
+                        color="grey", transform=ax.get_yaxis_transform())  # fmt: skip
+                continue
+            low, high = auc["ci95"]
+            error = [[auc["value"] - low], [high - auc["value"]]] if low is not None else None
+            ax.errorbar(auc["value"], y, xerr=error, fmt="s", color="C0", capsize=3)
+        if overall_auc is not None:
+            ax.axvline(overall_auc, color="C3", ls="--", lw=1, label=f"all {overall_auc:.3f}")
+            ax.legend(loc="lower left", fontsize="small")
+        ax.axvline(0.5, color="grey", lw=0.5)
+        gap = by[name]["gaps"]["roc_auc"]
+        title = name
+        if gap["estimable"] and gap["ci95"][0] is not None:
+            title += (
+                f": AUC gap {gap['high']} − {gap['low']} = {gap['difference']:.3f} "
+                f"({gap['ci95'][0]:.3f} – {gap['ci95'][1]:.3f})"
+            )
+        ax.set(yticks=positions, yticklabels=labels, ylim=(-0.7, len(groups) - 0.3), title=title)
+    axes[-1].set(xlim=(0, 1), xlabel="ROC-AUC (95 % patient-bootstrap interval)")
+    return fig
+
+
+def compare_roc_figure(
+    labels: np.ndarray,
+    probs: Mapping[str, np.ndarray],
+    thresholds: Mapping[str, float],
+    aucs: Mapping[str, float],
+) -> Figure:
+    """The ROC curves of several models on the same images, each with its operating point.
+
+    Args:
+        labels: (N,) int, 1 = pneumonia, both classes.
+        probs: model name → (N,) calibrated pneumonia probabilities.
+        thresholds: model name → its decision threshold.
+        aucs: model name → its ROC-AUC (legend).
+    """
+    fig = Figure(figsize=(5.5, 5.5))
+    ax = fig.add_subplot()
+    for k, (name, values) in enumerate(probs.items()):
+        color = f"C{k % 10}"
+        RocCurveDisplay.from_predictions(
+            labels,
+            values,
+            ax=ax,
+            name=f"{name} (AUC {aucs[name]:.3f})",
+            curve_kwargs={"color": color},
+            plot_chance_level=k == 0,
+        )
+        decided = np.asarray(values) >= thresholds[name]
+        sensitivity = decided[labels == 1].mean()
+        specificity = (~decided[labels == 0]).mean()
+        ax.plot(1 - specificity, sensitivity, "o", color=color)
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set(
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="sensitivity (recall)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title="ROC curves on the same images (dots: each model's threshold)",
+    )
+    return fig

@@ -12,6 +12,7 @@ from typing import Any
 
 DISCLAIMER = "Research and education only; not for diagnosis or any clinical decision."
 PLOTS = ("roc.png", "pr.png", "confusion.png", "calibration.png")
+SUBGROUP_PLOT = "subgroups.png"  # written when an attribute was analysed
 METRIC_LABELS = {
     "accuracy": "Accuracy",
     "precision": "Precision (PPV)",
@@ -140,9 +141,19 @@ def _data_sets(result: Mapping[str, Any]) -> list[str]:
     ]
     if result.get("external"):
         cal = trained.get("calibrated_on") or {}
+        if result.get("trained_here"):
+            verdict = (
+                f"- **evaluated as external data ({result['provenance']}), but the model was "
+                "trained on this converted folder** (the same manifest fingerprint): this is "
+                "not an external validation."
+            )
+        else:
+            verdict = (
+                f"- **external validation**: the model did not train on this data "
+                f"({result['provenance']})."
+            )
         lines += [
-            f"- **external validation**: the model did not train on this data "
-            f"({result['provenance']}).",
+            verdict,
             f"- **threshold and temperature come from the training data set**: the model "
             f"card's own, fitted on the {cal.get('fitted_on') or 'val'} split of "
             f"`{cal.get('data_dir') or trained['data_dir']}` "
@@ -306,12 +317,119 @@ def render_report(result: Mapping[str, Any]) -> str:
     lines += _calibration(result)
     if result.get("refit"):
         lines += _refit(result["refit"])
-    lines += ["## Subgroups by view position", ""]
-    views = result["subgroups"]["view"]
-    if not views:
-        lines.append("View position unknown for this data.")
-    for view, group in views.items():
-        lines += [f"### {view}: {group['n']} images, {group['positives']} with pneumonia", ""]
-        lines += [*metric_table(group["metrics"]), ""]
+    lines += subgroup_section(result.get("subgroups"))
     lines += ["", f"*{DISCLAIMER}*", ""]
     return "\n".join(lines)
+
+
+SUBGROUP_METRICS = {
+    "roc_auc": "ROC-AUC",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "ppv": "PPV",
+    "ece": "ECE",
+}
+ATTRIBUTE_TITLES = {"sex": "Sex", "age": "Age band", "view": "View position", "source": "Source"}
+
+
+def _with_interval(entry: Mapping[str, Any]) -> str:
+    low, high = entry["ci95"]
+    if entry["value"] is None:
+        return "n/a"
+    if low is None:
+        return _fmt(entry["value"])
+    return f"{_fmt(entry['value'])} ({_fmt(low)} – {_fmt(high)})"
+
+
+def _gap_line(metric: str, gap: Mapping[str, Any]) -> str:
+    label = SUBGROUP_METRICS[metric]
+    if not gap["estimable"]:
+        return f"- {label}: not estimable ({gap['reason']})"
+    low, high = gap["ci95"]
+    interval = "no interval" if low is None else f"95 % CI {_fmt(low)} – {_fmt(high)}"
+    verdict = "**the interval excludes 0**" if gap["excludes_zero"] else "the interval includes 0"
+    return (
+        f"- {label}: {gap['high']} − {gap['low']} = {_fmt(gap['difference'])} "
+        f"({interval}); {verdict}"
+    )
+
+
+def gap_words(gap: Mapping[str, Any]) -> str:
+    """One line for a gap (`subgroups.largest_gap`): what, between which subgroups, how sure.
+
+    E.g. `sensitivity by view, AP − PA = 0.210 (95 % CI 0.050 – 0.370, excludes 0)`.
+    """
+    low, high = gap["ci95"]
+    interval = (
+        "no interval"
+        if low is None
+        else f"95 % CI {_fmt(low)} – {_fmt(high)}, "
+        + ("excludes 0" if gap["excludes_zero"] else "includes 0")
+    )
+    return (
+        f"{SUBGROUP_METRICS[gap['metric']]} by {gap['attribute']}, {gap['high']} − {gap['low']} "
+        f"= {_fmt(gap['difference'])} ({interval})"
+    )
+
+
+def subgroup_tables(subgroups: Mapping[str, Any]) -> list[str]:
+    """One table per analysed attribute (subgroups as rows), each followed by its gaps."""
+    lines: list[str] = []
+    header = " | ".join(SUBGROUP_METRICS.values())
+    for name in subgroups["attributes"]:
+        analysis = subgroups["by"][name]
+        lines += [
+            f"### {ATTRIBUTE_TITLES.get(name, name)}",
+            "",
+            f"| subgroup | images | patients | positives | {header} |",
+            "|---|---|---|---|" + "---|" * len(SUBGROUP_METRICS),
+        ]
+        for value, group in analysis["groups"].items():
+            counts = f"| {value} | {group['n']} | {group['patients']} | {group['positives']} |"
+            if not group["estimable"]:
+                blank = " |" * (len(SUBGROUP_METRICS) - 1)
+                lines.append(f"{counts} *{group['reason']}* |{blank}")
+                continue
+            cells = " | ".join(_with_interval(group["metrics"][m]) for m in SUBGROUP_METRICS)
+            lines.append(f"{counts} {cells} |")
+        lines += ["", "Largest gap between two subgroups (high − low):", ""]
+        lines += [_gap_line(metric, gap) for metric, gap in analysis["gaps"].items()]
+        lines.append("")
+    return lines
+
+
+def subgroup_section(subgroups: Mapping[str, Any] | None) -> list[str]:
+    """The report's "Subgroups" section: tables, gaps, what was not analysed, how to read it."""
+    lines = ["## Subgroups", ""]
+    if not subgroups or not (subgroups["attributes"] or subgroups.get("not_analysed")):
+        return [*lines, "No subgroup analysis was asked for (`--by none`).", ""]
+    settings = subgroups["settings"]
+    if subgroups["attributes"]:
+        lines += [
+            f"At the decision threshold {settings['threshold']:.4f}. Intervals (95 %): "
+            f"ROC-AUC and ECE ({settings['ece_bins']} bins) from a patient-level bootstrap "
+            f"({settings['resamples']} resamples, seed {settings['seed']}); sensitivity, "
+            "specificity and PPV Wilson score intervals. A subgroup with fewer than "
+            f"{settings['min_class_count']} positive or negative images shows its counts "
+            "and no metric. A gap compares the known subgroups with the highest and lowest "
+            "value (never `unknown`), its interval from the same bootstrap, paired. Age "
+            f"bands: {', '.join(settings['age_band_labels'])}.",
+            "",
+            "![Subgroup ROC-AUC](subgroups.png)",
+            "",
+            *subgroup_tables(subgroups),
+            "The intervals treat patients as independent of each other and the subgroups "
+            "as fixed; the largest of several gaps is chosen after looking, so it is biased "
+            "upwards and its interval is not corrected for that choice: read a gap whose "
+            "interval excludes 0 as a reason to look closer, not as proof.",
+            "",
+        ]
+    else:
+        lines += ["No attribute has two or more known subgroups in this data.", ""]
+    skipped = subgroups.get("not_analysed") or {}
+    if skipped:
+        lines.append(
+            "Not analysed: " + "; ".join(f"{name}: {why}" for name, why in skipped.items()) + "."
+        )
+        lines.append("")
+    return lines

@@ -19,7 +19,8 @@ real colour is skipped).
    known;
 4. write pass (`writer.py`): each shard filled from the spool, written under a
    temporary name and renamed when complete; then the side tables (`tables.py`:
-   skipped.csv, notes.csv, patients.csv) and last the manifest.
+   skipped.csv, notes.csv, patients.csv; attributes.csv, each example's sex, age,
+   view and source, from `attribute_table.collect`) and last the manifest.
 
 Re-running the same command after a crash or kill therefore ends with files
 byte-identical to an uninterrupted run. The state folder (spool included, about
@@ -36,7 +37,7 @@ from typing import Any
 
 from pneumokeras.errors import UserError
 from pneumokeras.io.png import encode_png
-from pneumokeras.records import inventory, spool, writer
+from pneumokeras.records import attribute_table, inventory, spool, writer
 from pneumokeras.records.manifest import MANIFEST, Manifest
 from pneumokeras.records.spool import STATE_DIR, StepCallback, no_step
 from pneumokeras.records.tables import (
@@ -49,7 +50,9 @@ from pneumokeras.records.tables import (
     Table,
 )
 from pneumokeras.sources import splits
-from pneumokeras.sources.listing import LayoutOptions
+from pneumokeras.sources.attributes import ATTRIBUTES
+from pneumokeras.sources.attributes import COLUMNS as ATTRIBUTE_COLUMNS
+from pneumokeras.sources.listing import LayoutOptions, Listing
 from pneumokeras.utils import environment
 from pneumokeras.utils.workers import resolve
 
@@ -233,6 +236,35 @@ def conversion_warnings(manifest: Manifest) -> tuple[str, ...]:
     return tuple(warnings)
 
 
+def _attributes(
+    options: ConvertOptions,
+    listing: Listing | None,
+    encoded: dict[str, spool.Encoded],
+    inv: inventory.Inventory,
+    source: str,
+    tables: dict[str, Table],
+) -> str | None:
+    """Adds attributes.csv (and its notes) to `tables`; returns its name, None without one.
+
+    See `attribute_table.collect`: RSNA from the DICOM tags read in the encode
+    pass, findings from the CSV's columns, class folders none.
+    """
+    rows, notes = attribute_table.collect(
+        options.layout,
+        options.labels,
+        listing,
+        {e: (x.sex, x.age, x.view) for e, x in encoded.items()},
+        source,
+    )
+    header, note_rows = tables[NOTES]
+    tables[NOTES] = (header, [*note_rows, *((e, inv.shown(e), n) for e, n in notes)])
+    tables[ATTRIBUTES] = (
+        ATTRIBUTE_COLUMNS,
+        [(e, a.sex, a.age, a.view, a.source) for e, a in rows.items()],
+    )
+    return ATTRIBUTES if rows else None
+
+
 def convert(
     options: ConvertOptions, progress: bool = True, on_step: StepCallback = no_step
 ) -> ConvertSummary:
@@ -293,6 +325,8 @@ def convert(
         options.out, state_dir, layout, encoded, labels, tfrecords, progress, on_step
     )
     tables = _side_tables(inv, skipped, encoded, inventory.patient_rows(listing, encoded))
+    source = options.images.resolve().name
+    attributes = _attributes(options, listing, encoded, inv, source, tables)
     skipped_count = len(tables[SKIPPED][1])
     notes_count = len(tables[NOTES][1])
     manifest = writer.build_manifest(
@@ -300,7 +334,8 @@ def convert(
         shard_stats,
         labels,
         fold_of,
-        source=options.images.resolve().name,
+        source=source,
+        attributes=attributes,
         image_size=options.size,
         seed=options.seed,
         num_folds=options.folds,

@@ -60,6 +60,8 @@ class Encoded:
         length: of its PNG, bytes.
         reason: why it was skipped; '' when encoded.
         note: how it was converted when that deserves a note (notes.csv); ''.
+        sex, age: the DICOM's PatientSex and PatientAge as written; '' for PNG/JPEG
+            (parsed into attributes.csv by `attribute_table.collect`).
     """
 
     example: str
@@ -72,6 +74,8 @@ class Encoded:
     length: int
     reason: str
     note: str = ""
+    sex: str = ""
+    age: str = ""
 
     @classmethod
     def from_image(
@@ -101,6 +105,8 @@ class Encoded:
             length=length,
             reason="",
             note=record.note,
+            sex=record.sex,
+            age=record.age,
         )
 
     @classmethod
@@ -351,6 +357,7 @@ def open_state(out_dir: Path, job: EncodeJob) -> tuple[Path, dict[str, Any]]:
         size=job.size,
         limit=job.limit,
         png=list(ENCODER_SETTINGS),
+        entry=[f.name for f in dataclasses.fields(Encoded)],  # an older index lacks fields
         files=[_file_identity(job.files[e]) for e in job.candidates],
     )
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}

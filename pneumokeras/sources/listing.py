@@ -39,6 +39,8 @@ class LayoutOptions:
         uncertain: findings, numeric labels: -1 becomes `negative`, `positive`, or is
             dropped (`drop`, a skipped.csv row).
         image_column, patient_column, view_column: findings; None = from the header.
+        sex_column, age_column: findings: the columns of the sex and age attributes
+            (`sources.attributes`); None = from the header.
     """
 
     layout: str = "rsna"
@@ -50,6 +52,8 @@ class LayoutOptions:
     image_column: str | None = None
     patient_column: str | None = None
     view_column: str | None = None
+    sex_column: str | None = None
+    age_column: str | None = None
 
     def check(self) -> None:
         """Refuses unknown values and options of another layout (UserError)."""
@@ -65,6 +69,8 @@ class LayoutOptions:
             "--image-column": self.image_column,
             "--patient-column": self.patient_column,
             "--view-column": self.view_column,
+            "--sex-column": self.sex_column,
+            "--age-column": self.age_column,
         }
         given = [name for name, value in findings_only.items() if value is not None]
         if self.layout != "findings" and given:

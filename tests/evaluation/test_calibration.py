@@ -116,6 +116,9 @@ def test_small_split_warning_rule(patients, positives, small):
 
 def test_worse_nll_warning():
     assert calibration.worse_nll_warning(0.3, 0.3, 1.0, "test") is None
+    # T = 1 (not applied): round-off of the logit round trip is no worsening.
+    assert calibration.worse_nll_warning(0.49209631242598200, 0.49209631242598206, 1.0, "t") is None
+    assert calibration.worse_nll_warning(0.3, 0.3 + 1e-12, 0.9, "test") is None
     assert calibration.worse_nll_warning(0.336, 0.236, 0.43, "test") is None
     warning = calibration.worse_nll_warning(0.236, 0.334, 0.43, "test")
     assert "made the test split worse" in warning

@@ -27,7 +27,7 @@ from PIL import Image
 
 from pneumokeras.config import from_dict
 from pneumokeras.errors import UserError
-from pneumokeras.evaluation import calibration, evaluate, external, metrics
+from pneumokeras.evaluation import calibration, evaluate, external, metrics, scoring
 from pneumokeras.models import model_card
 from pneumokeras.records import tfrecords
 from pneumokeras.records.convert import ConvertOptions, convert, encode_png
@@ -121,7 +121,8 @@ def test_evaluate_run_writes_metrics_plots_report_and_model_json(
 ):
     out = tmp_path / "eval"
     caplog.set_level(logging.INFO, logger="pneumokeras.evaluation.evaluate")
-    result = evaluate.evaluate_run(model_path, dataset, out, FAST, progress=False)
+    result_run = evaluate.evaluate_run(model_path, dataset, out, FAST, progress=False)
+    result = result_run.metrics
     for name in ("metrics.json", "report.md", *evaluate.PLOTS):
         assert (out / name).stat().st_size > 0, name
     for name in evaluate.PLOTS:
@@ -157,8 +158,32 @@ def test_evaluate_run_writes_metrics_plots_report_and_model_json(
         ), name
     matrix = result["confusion_matrix"]["matrix"]
     assert sum(map(sum, matrix)) == 10
-    assert set(result["subgroups"]["view"]) <= {"AP", "PA"}
-    assert result["subgroups"]["view"]
+    # The subgroup analysis by the attributes convert recorded from the DICOM tags
+    # (attributes.csv); 10 images are too few for a number in any subgroup.
+    analysis = result["subgroups"]
+    assert "sex" in analysis["attributes"]
+    assert analysis["not_analysed"]["source"].startswith("one value only")
+    for name in analysis["attributes"]:
+        groups = analysis["by"][name]["groups"]
+        assert sum(group["n"] for group in groups.values()) == 10
+        for group in groups.values():
+            assert not group["estimable"]
+            assert group["metrics"]["roc_auc"]["value"] is None
+    assert result_run.largest_gap is None
+    # The dataclass carries the headline numbers of metrics.json.
+    assert result_run.roc_auc == result["metrics"]["roc_auc"]["value"]
+    assert result_run.sensitivity == result["metrics"]["recall"]["value"]
+    assert result_run.threshold == result["threshold"]["value"]
+    assert (result_run.n, result_run.external, result_run.split) == (10, False, "test")
+    assert result_run.report == out / "report.md"
+    # predictions.csv: one row per test image, in read_split order, with the decision.
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "example_id,patient,label,sex,age,view,source,probability,decision"
+    records_order = [r["patient_id"] for r in tfrecords.read_split(dataset, "test")]
+    assert [row.split(",")[0] for row in rows[1:]] == records_order
+    for row in rows[1:]:
+        cells = row.split(",")
+        assert cells[8] == str(int(float(cells[7]) >= result["threshold"]["value"]))
     cal = result["calibration"]
     assert cal["temperature"] > 0
     assert cal["val_nll_after"] <= cal["val_nll_before"] + 1e-9
@@ -199,7 +224,7 @@ def test_evaluate_run_writes_metrics_plots_report_and_model_json(
         assert f"]({name})" in report
     assert str(dataset) in report
     assert "ROC-AUC" in report
-    assert "### AP" in report
+    assert "## Subgroups" in report
     assert "| CI method |" in report
     assert "Wilson score" in report
     assert small[0] in report
@@ -210,9 +235,10 @@ def test_evaluate_run_writes_metrics_plots_report_and_model_json(
 
 def test_evaluate_run_on_a_one_class_split_with_a_given_threshold(model_path, tmp_path, caplog):
     data = _write_dataset(tmp_path / "d", {"val": [0, 1, 0, 1], "test": [0, 0, 0]})
-    result = evaluate.evaluate_run(
+    result_run = evaluate.evaluate_run(
         model_path, data, tmp_path / "out", FAST, threshold=0.3, progress=False
     )
+    result = result_run.metrics
     # What can be computed is reported; what needs both classes is null, with a warning.
     table = result["metrics"]
     assert table["roc_auc"]["value"] is None
@@ -267,7 +293,8 @@ def test_evaluate_run_on_a_run_folder_without_a_card(saved_model, tmp_path, capl
     run.mkdir()
     (run / "model.keras").write_bytes(saved_model.read_bytes())
     data = _write_dataset(tmp_path / "d", {"val": [0, 1, 0, 1], "test": [0, 1, 0, 1]})
-    result = evaluate.evaluate_run(run, data, tmp_path / "out", FAST, progress=False)
+    result_run = evaluate.evaluate_run(run, data, tmp_path / "out", FAST, progress=False)
+    result = result_run.metrics
     assert "has no model card" in caplog.text
     card = model_card.read_card(run)
     assert card.input_size == SIZE
@@ -297,7 +324,8 @@ def test_evaluate_run_says_when_calibration_hurts(model_path, tmp_path, caplog, 
 
     monkeypatch.setattr(calibration, "fit_calibration", sharpening_fit)
     data = _write_dataset(tmp_path / "d", {"val": [0, 1, 0, 1], "test": wrong})
-    result = evaluate.evaluate_run(model_path, data, tmp_path / "out", FAST, progress=False)
+    result_run = evaluate.evaluate_run(model_path, data, tmp_path / "out", FAST, progress=False)
+    result = result_run.metrics
     cal = result["calibration"]
     assert result["temperature"] == 0.05
     assert cal["applied"]
@@ -355,7 +383,8 @@ def trained_run(saved_model, dataset, tmp_path_factory) -> Path:
     config = dataclasses.replace(FAST, data=dataclasses.replace(FAST.data, image_size=SIZE))
     manifest = load_manifest(dataset)
     model_card.write_card(run, training_card(config, manifest, dataset, None, None, 1, {}))
-    result = evaluate.evaluate_run(run, dataset, run / "eval", FAST, progress=False)
+    result_run = evaluate.evaluate_run(run, dataset, run / "eval", FAST, progress=False)
+    result = result_run.metrics
     assert not result["external"]
     assert "trained on" in result["provenance"]
     assert (
@@ -372,9 +401,10 @@ def test_external_evaluation_uses_the_cards_calibration_and_leaves_the_card(
     card_bytes = (trained_run / "model.json").read_bytes()
     card = model_card.read_card(trained_run)
     out = tmp_path / "ext"
-    result = evaluate.evaluate_run(
+    result_run = evaluate.evaluate_run(
         trained_run, other_dataset, out, FAST, split="all", refit_fraction=0.5, progress=False
     )
+    result = result_run.metrics
     assert (trained_run / "model.json").read_bytes() == card_bytes  # not rewritten
     for name in ("metrics.json", "report.md", *evaluate.PLOTS):
         assert (out / name).stat().st_size > 0, name
@@ -467,7 +497,8 @@ def nih_dataset(tmp_path_factory) -> Path:
 
 def test_evaluated_data_reads_patients_not_images(nih_dataset):
     manifest = load_manifest(nih_dataset)
-    names, test = evaluate._read_evaluated(nih_dataset, manifest, "all")
+    test = scoring.read_evaluated(nih_dataset, manifest, "all")
+    names = test.splits
     examples = [r["patient_id"] for name in names for r in tfrecords.read_split(nih_dataset, name)]
     assert list(test.patients) == [str(int(e.split("_")[0])) for e in examples]  # NIH Patient ID
     assert (test.labels.size, np.unique(test.patients).size) == (24, 12)
@@ -496,7 +527,7 @@ def test_external_bootstrap_and_refit_group_images_by_patient(
 
     monkeypatch.setattr(metrics, "metric_table", spy_table)
     monkeypatch.setattr(external, "refit_split", spy_split)
-    result = evaluate.evaluate_run(
+    result_run = evaluate.evaluate_run(
         trained_run,
         nih_dataset,
         tmp_path / "o",
@@ -505,6 +536,7 @@ def test_external_bootstrap_and_refit_group_images_by_patient(
         refit_fraction=0.5,
         progress=False,
     )
+    result = result_run.metrics
     manifest = load_manifest(nih_dataset).to_json()
     examples = [
         r["patient_id"]
@@ -529,22 +561,25 @@ def test_external_bootstrap_and_refit_group_images_by_patient(
 def test_external_evaluation_needs_no_val_split_and_can_be_forced(trained_run, dataset, tmp_path):
     card_bytes = (trained_run / "model.json").read_bytes()
     data = _write_dataset(tmp_path / "d", {"train": [0, 1, 1], "test": [0, 1, 0, 1]})
-    result = evaluate.evaluate_run(
+    result_run = evaluate.evaluate_run(
         trained_run, data, tmp_path / "all", FAST, split="all", progress=False
     )
+    result = result_run.metrics
     assert result["external"]
     assert (result["n"], result["positives"]) == (7, 4)
     assert result["data_sets"]["evaluated_on"]["splits"] == {"train": 3, "test": 4}
-    one = evaluate.evaluate_run(
+    one_run = evaluate.evaluate_run(
         trained_run, data, tmp_path / "test", FAST, split="test", progress=False
     )
+    one = one_run.metrics
     assert one["n"] == 4
     assert one["refit"] is None
     assert "Own vs re-fitted" not in (tmp_path / "test" / "report.md").read_text()
     # --external on the training data itself: the card's calibration, card unchanged.
-    forced = evaluate.evaluate_run(
+    forced_run = evaluate.evaluate_run(
         trained_run, dataset, tmp_path / "forced", FAST, external_data=True, progress=False
     )
+    forced = forced_run.metrics
     assert forced["external"]
     assert forced["provenance"] == "set by --external"
     assert forced["temperature"] == model_card.read_card(trained_run).temperature
@@ -610,3 +645,240 @@ def test_cli_refit_fraction_outside_the_interval_is_one_line_exit_2(
     assert len(err.strip().splitlines()) == 1, err
     assert "--refit-fraction must be in (0, 1)" in err
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- subgroups, #24 items
+
+
+def brightness_model(size: int) -> keras.Model:
+    """A fixed 'model' that calls bright images pneumonia: p = sigmoid(20 (mean/255 - 0.5))."""
+    image = keras.Input((size, size, 1), name="image")
+    x = keras.layers.Rescaling(1 / 255, name="scale")(image)
+    x = keras.layers.GlobalAveragePooling2D(name="mean")(x)
+    dense = keras.layers.Dense(2, name="logits")
+    x = dense(x)
+    dense.set_weights([np.array([[-10.0, 10.0]]), np.array([5.0, -5.0])])
+    outputs = keras.layers.Activation("softmax", name="predictions")(x)
+    return keras.Model(image, outputs)
+
+
+def _write_gap_dataset(out: Path, seed: int = 0) -> Path:
+    """Images whose brightness gives the label away for men and only weakly for women.
+
+    As `synth --subgroup-gap sex=F` makes opacities fainter in one subgroup: the
+    positives of women are only a little brighter than the negatives. An
+    attributes.csv records sex, age and view (one image of a man has an age of 95,
+    stored 90+); val: 40 images, test: 200 (100 men, 100 women, 40 % positive).
+    """
+    from pneumokeras.sources.attributes import Attributes, write_table
+
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True)
+    splits, shards, table = {}, {}, {}
+    for split, count in (("val", 40), ("test", 200)):
+        name = tfrecords.shard_name(split, 0, 1)
+        examples, labels = [], []
+        for i in range(count):
+            sex = "F" if i % 2 else "M"
+            label = int(rng.random() < 0.4)
+            shift = 0.3 if sex == "M" else 0.07
+            level = 0.35 + (shift if label else 0.0) + rng.normal(0, 0.07)
+            pixels = np.clip(level * 255 + rng.normal(0, 5, (SIZE, SIZE)), 0, 255)
+            example_id = f"{split}-{i}"
+            table[example_id] = Attributes(
+                sex=sex, age="90+" if i == 0 else str(20 + i % 60), view="AP", source="hand"
+            )
+            examples.append(
+                tfrecords.serialize_example(
+                    encode_png(pixels.astype(np.uint8)), example_id, label, view="AP"
+                )
+            )
+            labels.append(label)
+        tfrecords.write_shard(out / name, examples)
+        splits[split] = {"count": count, "positives": sum(labels), "files": [name]}
+        shards[name] = {"count": count, "bytes": (out / name).stat().st_size}
+    write_table(out / "attributes.csv", table)
+    manifest = {
+        "image_size": SIZE,
+        "splits": splits,
+        "shards": shards,
+        "source": "hand",
+        "attributes": "attributes.csv",
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="module")
+def brightness_model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bright") / "model.keras"
+    brightness_model(SIZE).save(path)
+    return path
+
+
+def test_a_planted_subgroup_gap_is_found_end_to_end(brightness_model_path, tmp_path):
+    data = _write_gap_dataset(tmp_path / "gap")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(brightness_model_path.read_bytes())
+    config = from_dict({"evaluate": {"bootstrap": 100}, "data": {"batch_size": 64}})
+    out = tmp_path / "eval"
+    evaluated = evaluate.evaluate_run(run, data, out, config, progress=False)
+    result = evaluated.metrics
+    analysis = result["subgroups"]
+    assert analysis["attributes"] == ["sex", "age"]  # view: AP only; source: one value
+    assert analysis["not_analysed"] == {
+        "view": "one value only (AP)",
+        "source": "one value only (hand)",
+    }
+    sex = analysis["by"]["sex"]
+    assert sex["groups"]["M"]["n"] == sex["groups"]["F"]["n"] == 100
+    gap = sex["gaps"]["roc_auc"]
+    assert (gap["high"], gap["low"]) == ("M", "F")
+    assert gap["difference"] > 0.1
+    assert gap["excludes_zero"]
+    assert evaluated.largest_gap["attribute"] == "sex"
+    assert evaluated.largest_gap["low"] == "F"
+    # Age bands from the table; 90+ lands in the top band.
+    assert "80+" in analysis["by"]["age"]["groups"]
+    assert (out / "subgroups.png").read_bytes().startswith(b"\x89PNG")
+    report = (out / "report.md").read_text()
+    assert "### Sex" in report
+    assert "| M | 100 | 100 |" in report
+    assert "**the interval excludes 0**" in report
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[1].startswith("test-0,test-0,")
+    assert ",M,90+,AP,hand," in rows[1]
+    # --by picks the attributes; an attribute with one value is analysed when asked.
+    only_view = evaluate.evaluate_run(
+        run, data, tmp_path / "v", FAST, by=("view",), progress=False
+    ).metrics["subgroups"]
+    assert only_view["attributes"] == ["view"]
+    assert only_view["by"]["view"]["gaps"]["roc_auc"]["reason"] == "one subgroup only (AP)"
+    none = evaluate.evaluate_run(run, data, tmp_path / "n", FAST, by=(), progress=False)
+    assert none.metrics["subgroups"]["attributes"] == []
+    assert not (tmp_path / "n" / "subgroups.png").exists()
+
+
+def test_by_an_attribute_the_data_lacks_fails_before_writing(model_path, tmp_path):
+    data = _write_dataset(tmp_path / "d", {"val": [0, 1, 0, 1], "test": [0, 1, 0, 1]})
+    out = tmp_path / "o"
+    with pytest.raises(UserError, match="--by sex: no evaluated image has its sex recorded"):
+        evaluate.evaluate_run(model_path, data, out, FAST, by=("sex",), progress=False)
+    with pytest.raises(UserError, match="unknown attribute 'race'"):
+        evaluate.evaluate_run(model_path, data, out, FAST, by=("race",), progress=False)
+    assert not out.exists()
+
+
+def test_patients_in_several_splits_are_warned_about(model_path, tmp_path):
+    data = _write_dataset(tmp_path / "d", {"val": [0, 1, 0, 1], "test": [0, 1, 0, 1]})
+    manifest = json.loads((data / MANIFEST).read_text())
+    (data / MANIFEST).write_text(json.dumps({**manifest, "patients_in_several_splits": 3}))
+    result = evaluate.evaluate_run(model_path, data, tmp_path / "o", FAST, progress=False)
+    shared = [w for w in result.warnings if "3 patient(s)" in w]
+    assert len(shared) == 1
+    assert "several splits" in shared[0]
+    assert shared[0] in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_split_all_on_the_training_folder_does_not_suggest_external(trained_run, dataset, tmp_path):
+    with pytest.raises(UserError) as refused:
+        evaluate.evaluate_run(trained_run, dataset, tmp_path / "o", FAST, split="all")
+    message = str(refused.value)
+    assert "the folder it was trained on" in message
+    assert "--external" not in message
+    assert "evaluate --split test" in message
+    # Forced anyway: the report says it is not an external validation, with a warning.
+    forced = evaluate.evaluate_run(
+        trained_run, dataset, tmp_path / "f", FAST, split="all", external_data=True, progress=False
+    )
+    assert forced.external
+    assert forced.metrics["trained_here"]
+    warning = [w for w in forced.warnings if w.startswith("--external was given, but the model")]
+    assert len(warning) == 1
+    report = (tmp_path / "f" / "report.md").read_text()
+    assert "this is not an external validation" in report
+    assert "the model did not train on this data" not in report
+    assert warning[0] in report
+
+
+def test_an_ensemble_keeps_its_out_of_fold_fit_and_gets_the_subgroup_analysis(
+    brightness_model_path, tmp_path
+):
+    # A `cv` ensemble's card: threshold and temperature fitted on out-of-fold
+    # predictions, members listed. Its evaluation keeps them and analyses subgroups.
+    data = _write_gap_dataset(tmp_path / "gap")
+    cv = tmp_path / "cv"
+    cv.mkdir()
+    (cv / "ensemble.keras").write_bytes(brightness_model_path.read_bytes())
+    card = {
+        "class_names": ["normal", "pneumonia"],
+        "input_size": SIZE,
+        "threshold": 0.45,
+        "threshold_method": "youden",
+        "temperature": 1.0,
+        "members": [{"name": "fold_0", "fold": 0}, {"name": "fold_1", "fold": 1}],
+        "calibration": {
+            "fitted_on": "oof",
+            "fitted_temperature": 1.0,
+            "decision": "not significant",
+            "nll_before": 0.4,
+            "nll_after": 0.4,
+            "p_value": 0.5,
+            "n": 200,
+            "n_patients": 200,
+            "n_positive": 80,
+            "n_negative": 120,
+            "explanation": "kept at T = 1",
+        },
+    }
+    (cv / "ensemble.json").write_text(json.dumps(card))
+    before = (cv / "ensemble.json").read_bytes()
+    config = from_dict({"evaluate": {"bootstrap": 100}, "data": {"batch_size": 64}})
+    result = evaluate.evaluate_run(
+        cv / "ensemble.keras", data, tmp_path / "e", config, progress=False
+    )
+    assert (cv / "ensemble.json").read_bytes() == before  # the out-of-fold fit stays
+    assert result.threshold == 0.45
+    assert result.metrics["calibration"]["fitted_on"] == "oof"
+    assert result.metrics["subgroups"]["attributes"] == ["sex", "age"]
+    assert result.largest_gap["attribute"] == "sex"
+
+
+@pytest.mark.parametrize(
+    "by, message",
+    [("race", "unknown attribute 'race'"), ("", "unknown attribute ''"), ("sex,,x", "'x'")],
+)
+def test_cli_by_with_an_unknown_attribute_is_one_line_exit_2(
+    by, message, tmp_path, capsys, monkeypatch
+):
+    from pneumokeras.cli import main
+
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "evaluate",
+                "--model",
+                "m.keras",
+                "--data",
+                "d",
+                "--by",
+                by,
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+    err = capsys.readouterr().err
+    assert done.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_by_parsing():
+    from pneumokeras.cli.evaluation import _parse_by
+
+    assert _parse_by(None, None, None) is None
+    assert _parse_by(None, None, "none") == ()
+    assert _parse_by(None, None, " Sex , AGE,view ") == ("sex", "age", "view")

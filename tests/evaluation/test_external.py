@@ -6,6 +6,8 @@ external data end to end is in test_evaluate.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -63,6 +65,16 @@ def test_detect_without_a_training_record_is_internal_and_flags_override():
     assert not forced.external
     assert forced.reason == "set by --internal"
     assert external.detect(TRAINING, _manifest(), "aaaa", forced=True).reason == "set by --external"
+
+
+def test_detect_knows_the_training_folder_whatever_the_flags_say():
+    assert external.detect(TRAINING, _manifest(), "aaaa").trained_here
+    forced = external.detect(TRAINING, _manifest(), "aaaa", forced=True)
+    assert forced.external
+    assert forced.trained_here
+    assert forced.warning.startswith("--external was given, but the model was trained on")
+    assert not external.detect(TRAINING, _manifest(), "bbbb", forced=True).trained_here
+    assert external.detect(TRAINING, _manifest(), "bbbb", forced=True).warning is None
 
 
 def test_detect_warns_when_another_fingerprint_has_the_training_source_name():
@@ -233,3 +245,23 @@ def test_refit_comparison_scores_both_on_the_held_out_part():
     assert out["refit"]["roc_auc"] == pytest.approx(out["own"]["roc_auc"])  # order kept
     assert out["warnings"] == []
     assert "re-fitting part" in out["fit"]["explanation"]
+
+
+def test_split_all_and_refit_are_refused_on_the_models_own_data():
+    own = external.Provenance(False, "the data is the converted folder ...", trained_here=True)
+    unknown = external.Provenance(False, "the model card records no training data, ...")
+    forced = external.Provenance(False, "set by --internal")
+    external.refuse_external_options("test", None, Path("d"), own)  # nothing to refuse
+    with pytest.raises(UserError) as refused:
+        external.refuse_external_options("all", None, Path("d"), own)
+    assert "--external" not in str(refused.value)
+    assert "evaluate --split test" in str(refused.value)
+    with pytest.raises(UserError, match="pass --external if the model never saw it"):
+        external.refuse_external_options("test", 0.3, Path("d"), unknown)
+    told = external.detect({}, _manifest(), "bbbb")  # its reason already names --external
+    with pytest.raises(UserError) as refused:
+        external.refuse_external_options("all", None, Path("d"), told)
+    assert str(refused.value).count("--external") == 1
+    with pytest.raises(UserError) as refused:
+        external.refuse_external_options("all", None, Path("d"), forced)
+    assert "--external" not in str(refused.value)

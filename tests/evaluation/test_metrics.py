@@ -305,3 +305,23 @@ def test_reliability_counts_follow_calibration_curves_binning():
     # One class (all normal) still gives bins, with observed rate 0.
     rel = metrics.reliability(np.zeros(probs.size, int), probs, bins=10)
     assert np.all(rel.fraction_positive[rel.counts > 0] == 0)
+
+
+def test_metric_table_bootstrap_is_bootstrap_ci_vectorised():
+    # Same seed, same resamples (patients drawn in the same order): the vectorised
+    # intervals are the loop's, for every bootstrapped metric, with patient groups.
+    labels, probs = _toy(300, seed=4)
+    probs = np.round(probs, 2)  # ties
+    groups = np.arange(300) // 3
+    table = metrics.metric_table(labels, probs, 0.45, groups=groups, resamples=120, seed=9)
+    loop = metrics.bootstrap_ci(
+        lambda y, p: metrics.ranking_metrics(y, p, 0.45),
+        labels,
+        probs,
+        groups=groups,
+        resamples=120,
+        seed=9,
+    )
+    for name in metrics.BOOTSTRAPPED:
+        assert table[name]["ci95"] == pytest.approx([loop[name].low, loop[name].high], abs=1e-12)
+        assert table[name]["resamples"] == loop[name].resamples

@@ -145,3 +145,48 @@ def test_no_pyplot_figures_are_created():
         plots.to_png(fig)
     pyplot = sys.modules.get("matplotlib.pyplot")  # imported by scikit-learn's displays
     assert pyplot is None or pyplot.get_fignums() == []
+
+
+def _png(figure) -> Image.Image:
+    return Image.open(io.BytesIO(plots.to_png(figure)))
+
+
+def test_forest_figure_one_panel_per_attribute_with_small_groups_as_text():
+    from pneumokeras.evaluation import subgroups
+    from pneumokeras.sources.attributes import Attributes
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400)
+    probs = np.clip(0.3 * labels + 0.7 * rng.random(400), 0, 1)
+    attributes = [
+        Attributes(sex="F" if i % 2 else "M", view="LL" if i < 5 else "AP" if i % 3 else "PA")
+        for i in range(400)
+    ]
+    analysis = subgroups.analyse(
+        labels,
+        probs,
+        np.arange(400),
+        0.5,
+        attributes,
+        ["sex", "view"],
+        subgroups.Settings(resamples=20),
+    )
+    figure = plots.forest_figure(analysis, overall_auc=0.7)
+    assert len(figure.axes) == 2
+    assert figure.axes[0].get_title().startswith("sex")
+    texts = [t.get_text() for t in figure.axes[1].texts]
+    assert any(t.startswith("too small") or t.startswith("no ") for t in texts)  # LL
+    assert _png(figure).format == "PNG"
+    with pytest.raises(ValueError, match="at least one"):
+        plots.forest_figure({**analysis, "attributes": []}, None)
+
+
+def test_compare_roc_figure_draws_every_model():
+    other = np.clip(PROBS + RNG.normal(0, 0.2, PROBS.size), 0, 1)
+    figure = plots.compare_roc_figure(
+        LABELS, {"a": PROBS, "b": other}, {"a": 0.5, "b": 0.4}, {"a": 0.8, "b": 0.7}
+    )
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert any(label.startswith("a (AUC 0.800)") for label in labels)
+    assert any(label.startswith("b (AUC 0.700)") for label in labels)
+    assert _png(figure).size[0] > 100

@@ -10,10 +10,11 @@ import re
 import numpy as np
 import pytest
 
-from pneumokeras.evaluation import report
+from pneumokeras.evaluation import report, subgroups
 from pneumokeras.evaluation.calibration import calibrate, calibration_record, fit_calibration
 from pneumokeras.evaluation.metrics import metric_table
 from pneumokeras.records.manifest import Manifest, SplitInfo
+from pneumokeras.sources.attributes import Attributes
 
 
 def _sample(n: int, temperature: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,7 +34,6 @@ def _result(
     probs = calibrate(raw, fit.temperature)
     metrics = metric_table(labels, probs, 0.5, groups=np.arange(300), resamples=30)
     tn, fp, fn, tp = (metrics[k]["value"] for k in ("tn", "fp", "fn", "tp"))
-    ap = np.arange(300) < 150
     return {
         "model": "runs/x/model.keras",
         "data_dir": "tfrecords/x",
@@ -48,17 +48,16 @@ def _result(
         "metrics": metrics,
         "confusion_matrix": {"matrix": [[tn, fp], [fn, tp]]},
         "calibration": cal,
-        "subgroups": {
-            "view": {
-                "AP": {
-                    "n": 150,
-                    "positives": int(labels[ap].sum()),
-                    "metrics": metric_table(labels[ap], probs[ap], 0.5, resamples=30),
-                },
-            }
-            if views
-            else {}
-        },
+        "subgroups": subgroups.analyse(
+            labels,
+            probs,
+            np.arange(300),
+            0.5,
+            [Attributes(view="AP" if i < 150 else ("PA" if i < 294 else "LL")) for i in range(300)],
+            ["view"] if views else [],
+            subgroups.Settings(resamples=30),
+            {} if views else {"view": "unknown for every image"},
+        ),
         "bootstrap": {
             "resamples": 30,
             "seed": 0,
@@ -86,7 +85,8 @@ def test_report_embeds_plots_disclaimer_and_every_metric():
         assert f"| {label} |" in text
     assert "tfrecords/x" in text
     assert "split **test**: 300 images of 300 patients" in text
-    assert "### AP: 150 images" in text
+    assert "### View position" in text
+    assert "![Subgroup ROC-AUC](subgroups.png)" in text
     assert "maximising Youden's J on the validation split" in text
 
 
@@ -168,7 +168,47 @@ def test_report_of_a_temperature_kept_at_one():
 
 
 def test_report_without_views():
-    assert "View position unknown" in report.render_report(_result(views=False))
+    text = report.render_report(_result(views=False))
+    assert "No attribute has two or more known subgroups" in text
+    assert "Not analysed: view: unknown for every image." in text
+    assert "subgroups.png" not in text
+
+
+def test_report_subgroup_table_gaps_and_small_subgroups():
+    result = _result()
+    text = report.render_report(result)
+    analysis = result["subgroups"]["by"]["view"]
+    ap = _row(text, "AP")
+    auc = analysis["groups"]["AP"]["metrics"]["roc_auc"]
+    low, high = auc["ci95"]
+    assert ap[:4] == ["AP", "150", "150", str(analysis["groups"]["AP"]["positives"])]
+    assert ap[4] == f"{auc['value']:.3f} ({low:.3f} – {high:.3f})"
+    # Six lateral films: counts and the reason, no number.
+    ll = _row(text, "LL")
+    assert ll[:3] == ["LL", "6", "6"]
+    assert ll[4].startswith("*too small") or ll[4].startswith("*no ")
+    assert all(cell == "" for cell in ll[5:])
+    gap = analysis["gaps"]["roc_auc"]
+    line = next(x for x in text.splitlines() if x.startswith("- ROC-AUC: "))
+    assert f"{gap['high']} − {gap['low']} = {gap['difference']:.3f}" in line
+    assert ("excludes 0" in line) == gap["excludes_zero"]
+    assert "treat patients as independent" in text
+    words = report.gap_words({"attribute": "view", "metric": "sensitivity", **gap})
+    assert words.startswith(f"sensitivity by view, {gap['high']} − {gap['low']} = ")
+
+
+def test_report_without_a_subgroup_analysis():
+    result = _result()
+    result["subgroups"] = subgroups.analyse(
+        np.array([0, 1]),
+        np.array([0.2, 0.8]),
+        np.arange(2),
+        0.5,
+        [],
+        [],
+        subgroups.Settings(resamples=10),
+    )
+    assert "No subgroup analysis was asked for (`--by none`)." in report.render_report(result)
 
 
 def test_report_marks_a_zero_width_bootstrap_interval():

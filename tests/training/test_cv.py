@@ -283,16 +283,18 @@ def test_evaluate_accepts_the_ensemble(cv3, converted_dir, tmp_path):
     result = evaluate_run(
         tmp_path / "ensemble.keras", converted_dir, tmp_path / "eval", _config(), progress=False
     )
-    assert result["n"] == len(_patients(converted_dir, "test"))
-    assert (tmp_path / "eval" / "report.md").is_file()
+    assert result.n == len(_patients(converted_dir, "test"))
+    assert result.report.is_file()
+    assert "sex" in result.metrics["subgroups"]["attributes"]  # the same subgroup analysis
     # The members trained on `val`: the out-of-fold temperature and threshold are
     # used as they are, and the card is not rewritten.
     card = read_card(tmp_path / "ensemble.keras")
     assert (tmp_path / "ensemble.json").read_text() == before
     assert len(card.members) == 3
-    assert result["temperature"] == card.temperature
-    assert result["threshold"]["value"] == card.threshold
-    assert result["threshold"]["chosen_on"] == result["calibration"]["fitted_on"] == "oof"
+    assert result.temperature == card.temperature
+    assert result.threshold == card.threshold
+    chosen_on = result.metrics["threshold"]["chosen_on"]
+    assert chosen_on == result.metrics["calibration"]["fitted_on"] == "oof"
 
 
 @pytest.mark.backend
