@@ -12,10 +12,12 @@ The manifest is `records/manifest.py`'s.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from pneumokeras.errors import UserError
@@ -141,6 +143,14 @@ def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
     if len(records) != info.count:
         raise UserError(f"split {split!r} has {len(records)} examples; manifest says {info.count}")
     return records
+
+
+def decode_png(png: bytes) -> np.ndarray:
+    """A stored `image/encoded` PNG (8-bit grayscale) → `(S, S)` uint8, in NumPy."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
 def read_patients(data_dir: str | Path) -> dict[str, str]:

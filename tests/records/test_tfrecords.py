@@ -166,3 +166,12 @@ def test_read_patients_missing_file_and_unknown_example(nih_converted, tmp_path)
         tfrecords.read_patients(data)
     with pytest.raises(UserError, match=r"'00000099_000' has no row in patients.csv"):
         tfrecords.patient_ids(["00000099_000"], tfrecords.read_patients(nih_converted))
+
+
+def test_decode_png_gives_the_stored_pixels():
+    from pneumokeras.records.convert import encode_png
+
+    pixels = np.random.default_rng(3).integers(0, 256, (9, 9), dtype=np.uint8)
+    decoded = tfrecords.decode_png(encode_png(pixels))
+    assert decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, pixels)
