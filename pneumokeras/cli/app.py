@@ -37,7 +37,12 @@ def app(model_path, data_dir, host, port, max_upload_mb) -> None:
     model = resolve_model(model_path, os.environ)
     force_tensorflow_backend("the app", "Grad-CAM")
     argv, env = server_command(model, data_dir, host, port, max_upload_mb, os.environ)
-    check_can_listen(host, port, "choose another --port (or stop the server using it)")
+    check_can_listen(
+        host,
+        port,
+        "choose another --port (or stop the server using it)",
+        "give --host an address of this machine (127.0.0.1: this machine only)",
+    )
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(
             f"note: --host {host} lets other machines reach the app; it has no login, and "

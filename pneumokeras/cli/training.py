@@ -71,8 +71,9 @@ def train(
     backend = environment.check_backend("train")
     cluster = distributed.settings(coordinator, num_processes, process_id)
     distributed.check_backend(cluster, backend)
-    config = _sized_config(config_path, overrides, data_dir)
+    config = load_config(config_path, overrides)
     import_tensorflow()
+    config = _sized_config(config, config_path, overrides, data_dir)
     distributed.initialize(cluster, backend)  # before any JAX computation
     from pneumokeras.training.train import train as run_train
 
@@ -98,9 +99,10 @@ def train(
     )
 
 
-def _sized_config(config_path: str | None, overrides: tuple[str, ...], data_dir: str) -> Any:
-    """The settings, `data.image_size` taken from the data unless the user set it (said)."""
-    config = load_config(config_path, overrides)
+def _sized_config(
+    config: Any, config_path: str | None, overrides: tuple[str, ...], data_dir: str
+) -> Any:
+    """`config` with `data.image_size` taken from the data unless the user set it (said)."""
     if setting_given(config_path, overrides, "data.image_size"):
         return config
     from pneumokeras.training.train import with_data_image_size
@@ -143,8 +145,9 @@ def _exit_multi_process(err: Exception) -> NoReturn:
 def cv(data_dir, out_dir, config_path, overrides, only_fold) -> None:
     """K-fold cross-validation: out-of-fold metrics and an ensemble of the fold models."""
     environment.check_backend("cv")
-    config = _sized_config(config_path, overrides, data_dir)
+    config = load_config(config_path, overrides)
     import_tensorflow()
+    config = _sized_config(config, config_path, overrides, data_dir)
     from pneumokeras.models.ensemble import ENSEMBLE_FILE
     from pneumokeras.training.cv import METRICS_FILE, REPORT_FILE, cross_validate
 

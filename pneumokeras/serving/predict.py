@@ -261,7 +261,7 @@ def predict_files(
     """
     fmt = output_format(out_path, fmt)
     if batch_size < 1:
-        raise UserError(f"batch size must be ≥ 1; got {batch_size}")
+        raise UserError(f"--batch-size must be ≥ 1; got {batch_size}")
     if tta < 0:
         raise UserError(f"--tta must be ≥ 0; got {tta}")
     if out_path is not None and Path(out_path).is_dir():

@@ -204,7 +204,7 @@ class CVSummary:
         trained: folds trained (or resumed) by this call.
         skipped: folds already finished before this call.
         pending: folds not finished yet (another machine's, with `only_fold`).
-        in_use: pending folds another process is training now (left to it).
+        in_use: pending folds another process was training (left to it).
         result: the aggregation when every fold is finished, else None.
     """
 
@@ -585,6 +585,5 @@ def cross_validate(
     else:
         say(f"aggregating {num_folds} folds into {out_dir}")
         result = aggregate(data_dir, out_dir, config)
-    return CVSummary(
-        out_dir, num_folds, tuple(trained), tuple(skipped), pending, result, tuple(in_use)
-    )
+    busy = tuple(k for k in in_use if k in pending)  # those still at it
+    return CVSummary(out_dir, num_folds, tuple(trained), tuple(skipped), pending, result, busy)

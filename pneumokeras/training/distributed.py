@@ -20,6 +20,13 @@ given there, JAX picks it and its coordinator listens as JAX does by default
 (every interface; JAX_COORDINATOR_BIND_ADDRESS narrows it). One process (none of
 this set, or N = 1) is plain single-process training.
 
+Before joining, `initialize` checks in a moment what would otherwise end in a
+timeout or an abort: two processes of one machine given the same process id
+(`claim_process_id`) and process 0's coordinator port already in use
+(`check_coordinator_port`). Once joined, `train` first has every process compare
+its settings and data (`agree`): one line naming the first difference, in every
+process.
+
 Timeouts, in seconds:
 
     PNEUMOKERAS_INIT_TIMEOUT       (300) how long processes wait for all N to join;
@@ -299,6 +306,7 @@ def check_coordinator_port(
         port,
         "process 0 runs the run's coordinator there: give --coordinator a free port of "
         "process 0's machine",
+        "process 0 runs the run's coordinator at --coordinator: start it on that host",
     )
 
 

@@ -26,11 +26,19 @@ def keras_backend() -> str:
     return os.environ.get(BACKEND_VARIABLE, "tensorflow")
 
 
+def _quiet_tensorflow() -> None:
+    """The child's first step: TensorFlow imported with its start-up lines hidden."""
+    from pneumokeras.utils import environment
+
+    environment.import_tensorflow_quietly()
+
+
 def call_under_tensorflow(function: Callable[..., T], *args: Any) -> T:
     """`function(*args)` where Keras runs TensorFlow: here, or in a spawned child.
 
-    The child reads `KERAS_BACKEND` when it starts, so the variable is set to
-    `tensorflow` only while the child is started, and put back as it was
+    The child imports TensorFlow quietly (`environment.import_tensorflow_quietly`)
+    and reads `KERAS_BACKEND` when it imports Keras, so the variable is set to
+    `tensorflow` while the child runs, and put back as it was
     (absent included) before this returns or raises.
 
     Args:
@@ -45,7 +53,8 @@ def call_under_tensorflow(function: Callable[..., T], *args: Any) -> T:
     asked = os.environ.get(BACKEND_VARIABLE)
     os.environ[BACKEND_VARIABLE] = "tensorflow"
     try:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(1, initializer=_quiet_tensorflow) as pool:
             return pool.apply(function, args)
     finally:
         if asked is None:

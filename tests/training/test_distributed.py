@@ -198,7 +198,9 @@ def test_a_coordinator_port_in_use_is_named_before_joining():
         )
     distributed.check_coordinator_port(cluster, environ={})  # free again
     remote = distributed.settings("192.0.2.1:8476", 2, 0, environ={})  # TEST-NET-1
-    with pytest.raises(UserError, match=r"192\.0\.2\.1 is not an address of this machine"):
+    with pytest.raises(
+        UserError, match=r"192\.0\.2\.1 is not an address of this machine; process 0 runs"
+    ):
         distributed.check_coordinator_port(remote, environ={})
 
 
