@@ -38,7 +38,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pneumokeras.records.convert import convert  # noqa: E402
+from pneumokeras.records.convert import ConvertOptions, convert  # noqa: E402
 from pneumokeras.utils.fileio import atomic_write_json  # noqa: E402
 
 RSNA_PATIENTS = 26_684
@@ -217,11 +217,13 @@ def main() -> None:
         sampler.start()
         seconds = timed(
             convert,
-            full / "stage_2_train_images",
-            full / "stage_2_train_labels.csv",
-            full / "out",
-            size=args.size,
-            workers=cores,
+            ConvertOptions(
+                images=full / "stage_2_train_images",
+                out=full / "out",
+                labels=full / "stage_2_train_labels.csv",
+                size=args.size,
+                workers=cores,
+            ),
             progress=False,
         )
         samples = sampler.stop()

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
     from pneumokeras.evaluation.calibration import calibrate, fit_calibration
     from pneumokeras.explain.cam import EnsembleHeatmapExplainer, HeatmapExplainer
     from pneumokeras.models.model_card import load_classifier
-    from pneumokeras.records.convert import convert
+    from pneumokeras.records.convert import ConvertOptions, convert
     from pneumokeras.synth import generate
     from pneumokeras.training import cv
 
@@ -125,15 +125,17 @@ def run(args: argparse.Namespace) -> dict:
         )
     data = work / "data"
     convert(
-        synth / "stage_2_train_images",
-        synth / "stage_2_train_labels.csv",
-        data,
-        class_info_csv=synth / "stage_2_detailed_class_info.csv",
-        size=config.data.image_size,
-        val_fraction=0.1,
-        test_fraction=args.test,
-        folds=args.folds,
-        seed=args.seed,
+        ConvertOptions(
+            images=synth / "stage_2_train_images",
+            out=data,
+            labels=synth / "stage_2_train_labels.csv",
+            class_info=synth / "stage_2_detailed_class_info.csv",
+            size=config.data.image_size,
+            val_fraction=0.1,
+            test_fraction=args.test,
+            folds=args.folds,
+            seed=args.seed,
+        ),
         progress=False,
     )
     prepared = time.perf_counter() - start

@@ -130,7 +130,7 @@ def run_demo(
         workers: processes for synth and convert (None = all cores).
         echo: where progress lines go.
     """
-    from pneumokeras.records.convert import convert
+    from pneumokeras.records.convert import ConvertOptions, convert
     from pneumokeras.synth import generate
 
     start = time.perf_counter()
@@ -147,13 +147,15 @@ def run_demo(
 
     stage(2, f"convert to {config.data.image_size} px TFRecords")
     converted = convert(
-        synth_dir / "stage_2_train_images",
-        synth_dir / "stage_2_train_labels.csv",
-        data_dir,
-        class_info_csv=synth_dir / "stage_2_detailed_class_info.csv",
-        size=config.data.image_size,
-        seed=seed,
-        workers=workers,
+        ConvertOptions(
+            images=synth_dir / "stage_2_train_images",
+            out=data_dir,
+            labels=synth_dir / "stage_2_train_labels.csv",
+            class_info=synth_dir / "stage_2_detailed_class_info.csv",
+            size=config.data.image_size,
+            seed=seed,
+            workers=workers,
+        ),
         progress=False,
     )
     echo(

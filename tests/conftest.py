@@ -1,4 +1,5 @@
-"""Shared test fixtures: paths to the optional real data in ../shared/data."""
+"""Shared test fixtures: the optional real data in ../shared/data, a synthetic RSNA-layout
+folder and its conversion (built with `factories.py`, the shared test factories)."""
 
 from __future__ import annotations
 
@@ -69,22 +70,11 @@ def synth_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def converted_dir(synth_dir, tmp_path_factory):
     """`synth_dir` converted to 64 px TFRecords (3 folds, 16 examples per shard)."""
-    from pneumokeras.records.convert import convert
+    from factories import convert_synth
 
     out = tmp_path_factory.mktemp("converted")
-    convert(
-        synth_dir / "stage_2_train_images",
-        synth_dir / "stage_2_train_labels.csv",
-        out,
-        class_info_csv=synth_dir / "stage_2_detailed_class_info.csv",
-        size=64,
-        val_fraction=0.2,
-        test_fraction=0.2,
-        folds=3,
-        seed=0,
-        workers=0,
-        shard_size=16,
-        progress=False,
+    convert_synth(
+        synth_dir, out, size=64, val_fraction=0.2, test_fraction=0.2, folds=3, shard_size=16
     )
     return out
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pneumokeras.app.analysis import Result
+from pneumokeras.io.png import decode_png
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +88,6 @@ def split_examples(
     Returns:
         The page's examples and how many examples are selected in all.
     """
-    from pneumokeras.records.tfrecords import decode_png
-
     selected = [r for r in records if r["label"] == 1] if positives_only else list(records)
     page = selected[max(start, 0) : max(start, 0) + count]
     examples = [

@@ -11,38 +11,22 @@ import tempfile
 from pathlib import Path
 
 from pneumokeras.errors import UnreadableInputError
+from pneumokeras.io.formats import DICOM_SUFFIXES
 from pneumokeras.io.images import ImageRecord, read_image
-
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class UploadError(UnreadableInputError):
     """An uploaded file that gives no image; the message is one line saying why."""
 
 
-def upload_suffix(name: str, data: bytes) -> str:
-    """The reader an upload needs, as the suffix `images.read_image` dispatches on.
+def upload_suffix(name: str) -> str:
+    """The suffix the upload's temporary copy gets: `.dcm` for a DICOM name, else none.
 
-    The content decides first (DICOM Part 10 `DICM` marker at byte 128, PNG and
-    JPEG signatures), so a DICOM saved without `.dcm` is still read as DICOM; the
-    name decides otherwise, and the reader then says what is wrong.
-
-    Raises:
-        UploadError: neither the content nor the name is a DICOM, PNG or JPEG.
+    The reader judges the content (`formats.detect_format`), whatever the name;
+    only a file named as a DICOM whose content is unknown goes to the DICOM
+    reader, which then says what is wrong with it.
     """
-    if data[128:132] == b"DICM":
-        return ".dcm"
-    if data.startswith(_PNG_MAGIC):
-        return ".png"
-    if data.startswith(_JPEG_MAGIC):
-        return ".jpg"
-    suffix = Path(name).suffix.lower()
-    if suffix in (".dcm", ".dicom"):
-        return ".dcm"
-    if suffix in (".png", ".jpg", ".jpeg"):
-        return suffix
-    raise UploadError("not a DICOM, PNG or JPEG file")
+    return ".dcm" if Path(name).suffix.lower() in DICOM_SUFFIXES else ""
 
 
 def _megabytes(count: int) -> str:
@@ -53,7 +37,8 @@ def read_upload(name: str, data: bytes, size: int, limit_mb: float) -> ImageReco
     """Reads one uploaded file exactly as `convert` (DICOM) or `predict` would.
 
     Args:
-        name: the file's name as uploaded (only its suffix is used).
+        name: the file's name as uploaded (only a DICOM suffix is used; the
+            content decides).
         data: its bytes.
         size: the model's input side, pixels.
         limit_mb: largest accepted file, MB (2**20 bytes).
@@ -65,13 +50,11 @@ def read_upload(name: str, data: bytes, size: int, limit_mb: float) -> ImageReco
         UploadError: empty, over the limit, not an image, or unreadable (the
             DICOM or image reader's reason).
     """
-    from PIL import Image
-
     if not data:
         raise UploadError("empty file")
     if len(data) > limit_mb * 2**20:
         raise UploadError(f"{_megabytes(len(data))} is over the {limit_mb:g} MB upload limit")
-    suffix = upload_suffix(name, data)
+    suffix = upload_suffix(name)
     # A private folder (mkdtemp: mode 0700), removed as soon as the file is read.
     with tempfile.TemporaryDirectory(prefix="pneumokeras-upload-") as folder:
         path = Path(folder) / f"upload{suffix}"
@@ -80,5 +63,3 @@ def read_upload(name: str, data: bytes, size: int, limit_mb: float) -> ImageReco
             return read_image(path, size)
         except UnreadableInputError as err:
             raise UploadError(str(err).splitlines()[0] if str(err) else "unreadable") from err
-        except Image.DecompressionBombError as err:
-            raise UploadError("image too large to decode (Pillow's pixel limit)") from err

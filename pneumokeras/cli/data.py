@@ -144,17 +144,19 @@ def convert(
     **layout_options,
 ) -> None:
     """Convert an image folder + labels (RSNA, class folders, findings CSV) to TFRecords."""
+    from pneumokeras.records.convert import ConvertOptions
     from pneumokeras.records.convert import convert as run_convert
-    from pneumokeras.sources.layouts import LayoutOptions
+    from pneumokeras.sources.listing import LayoutOptions
 
     if class_info is None and layout == "rsna" and labels is not None:
         default = Path(labels).parent / "stage_2_detailed_class_info.csv"
         class_info = default if default.is_file() else None
-    summary = run_convert(
-        images,
-        labels,
-        out,
-        class_info_csv=class_info,
+    options = ConvertOptions(
+        images=images,
+        out=out,
+        labels=labels,
+        class_info=class_info,
+        layout=LayoutOptions(layout, **layout_options),
         size=size,
         val_fraction=val,
         test_fraction=test,
@@ -163,8 +165,8 @@ def convert(
         workers=workers,
         limit=limit,
         shard_size=shard_size,
-        layout=LayoutOptions(layout, **layout_options),
     )
+    summary = run_convert(options)
     counts = ", ".join(
         f"{s} {summary.counts[s]} ({summary.positives[s]} positive)" for s in summary.counts
     )
@@ -176,6 +178,8 @@ def convert(
         )
     if summary.notes:
         click.echo(
-            f"converted {summary.notes} RGB image(s) of gray pictures to gray; listed in "
-            f"{summary.out_dir / 'notes.csv'}"
+            f"converted {summary.notes} image(s) with a note (a colour file of a gray picture "
+            f"made gray, an EXIF orientation applied); listed in {summary.out_dir / 'notes.csv'}"
         )
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}", err=True)

@@ -49,6 +49,7 @@ from pneumokeras.explain.overlay import (
     overlay_title,
     render_overlay,
 )
+from pneumokeras.io.png import decode_png
 from pneumokeras.models.model_card import (
     CARD_FILE,
     DEFAULT_TEMPERATURE,
@@ -205,7 +206,7 @@ def _split_samples(
                 name=record["patient_id"],
                 patient_id=record["patient_id"],
                 file="",
-                pixels=tfrecords.decode_png(record["png"]),
+                pixels=decode_png(record["png"]),
                 label=int(record["label"]),
                 boxes=np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4),
             )

@@ -24,11 +24,11 @@ square whose side is its longer side, then area-averaged to ``size`` x ``size`` 
 Pillow's BOX filter. An image that is already ``size`` x ``size`` is returned as is.
 
 Refused with :class:`DicomError`: files pydicom cannot read (no ``DICM`` header,
-unreadable), non-image objects by Modality (SEG, RTSTRUCT, RTPLAN, RTDOSE, RTRECORD, SR,
-PR, KO, REG; RTIMAGE is a radiograph and is accepted), no Pixel Data, more than one
-frame, colour (Samples per Pixel != 1, or a Photometric Interpretation other than
-MONOCHROME1/2), transfer syntaxes without an installed decoder, and pixel data that
-fail to decode.
+unreadable), a DICOMDIR (a medium's index), non-image objects by Modality (SEG,
+RTSTRUCT, RTPLAN, RTDOSE, RTRECORD, SR, PR, KO, REG; RTIMAGE is a radiograph and is
+accepted), no Pixel Data, more than one frame, colour (Samples per Pixel != 1, or a
+Photometric Interpretation other than MONOCHROME1/2), transfer syntaxes without an
+installed decoder, and pixel data that fail to decode.
 
 Fast path: a JPEG Baseline (1.2.840.10008.1.2.4.50) 8-bit unsigned image with an
 identity modality transform and no VOI (every RSNA image) has its JPEG frame decoded by
@@ -44,7 +44,6 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import pydicom
@@ -52,9 +51,10 @@ from PIL import Image
 from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
-from pydicom.uid import JPEGBaseline8Bit
+from pydicom.uid import UID, JPEGBaseline8Bit, MediaStorageDirectoryStorage
 
 from pneumokeras.errors import UnreadableInputError
+from pneumokeras.io.record import ImageRecord
 
 # Modalities whose objects carry no viewable image (some carry Pixel Data all the same:
 # SEG masks, RTDOSE grids).
@@ -68,37 +68,7 @@ class DicomError(UnreadableInputError):
     """A DICOM file that cannot give a grayscale image; the message is a short reason."""
 
 
-@dataclass(frozen=True, eq=False)
-class DicomImage:
-    """One decoded DICOM image and the header fields the pipeline uses.
-
-    Attributes:
-        pixels: (H, W) uint8 array, or (size, size) when read with ``size``.
-        patient_id: PatientID tag, '' if absent.
-        view: ViewPosition tag ('AP', 'PA', ...), '' if absent.
-        sex: PatientSex tag, '' if absent.
-        age: PatientAge tag as written (e.g. '62' or '062Y'), '' if absent.
-        rows, columns: the stored image's height and width, pixels (before any resize).
-        modality: Modality tag ('CR', 'DX', 'MR', ...), '' if absent.
-        body_part: BodyPartExamined tag ('CHEST', ...), '' if absent.
-        photometric: PhotometricInterpretation ('MONOCHROME1' or 'MONOCHROME2').
-        transfer_syntax: transfer syntax UID of the file ('1.2.840.10008.1.2.4.50', ...).
-    """
-
-    pixels: np.ndarray
-    patient_id: str
-    view: str
-    sex: str
-    age: str
-    rows: int
-    columns: int
-    modality: str = ""
-    body_part: str = ""
-    photometric: str = ""
-    transfer_syntax: str = ""
-
-
-def read_dicom(path: str | os.PathLike[str], size: int | None = None) -> DicomImage:
+def read_dicom(path: str | os.PathLike[str], size: int | None = None) -> ImageRecord:
     """Reads a single-frame grayscale DICOM file as uint8 pixels.
 
     Args:
@@ -107,8 +77,8 @@ def read_dicom(path: str | os.PathLike[str], size: int | None = None) -> DicomIm
             ``None`` keeps the image's own (H, W).
 
     Returns:
-        The image: pixels (H, W) or (size, size) uint8, plus patient, view and
-        acquisition tags.
+        The image (`format` `DICOM`): pixels (H, W) or (size, size) uint8, plus
+        patient, view and acquisition tags.
 
     Raises:
         DicomError: the file is not a readable single-frame grayscale image; the message
@@ -117,6 +87,16 @@ def read_dicom(path: str | os.PathLike[str], size: int | None = None) -> DicomIm
     """
     if size is not None and size < 1:
         raise ValueError(f"size must be ≥ 1. Received: size={size}")
+    with warnings.catch_warnings():
+        # pydicom warns about non-conformant values (a malformed UID, an implicit VR
+        # where explicit was announced) as it reads on; the file is then read or
+        # refused with a reason, so per-file warnings would only clutter the output.
+        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+        return _read(path, size)
+
+
+def _read(path: str | os.PathLike[str], size: int | None) -> ImageRecord:
+    """`read_dicom` without its warnings filter."""
     ds = _read_dataset(path)
     if _is_plain_jpeg_baseline(ds):
         pixels = _decode_jpeg_baseline(ds, size)
@@ -128,18 +108,21 @@ def read_dicom(path: str | os.PathLike[str], size: int | None = None) -> DicomIm
             raise DicomError(f"cannot map pixel values ({_reason(exc)})") from exc
         if size is not None:
             pixels = resize_square(pixels, size)
-    return DicomImage(
+    syntax = ds.file_meta.TransferSyntaxUID
+    return ImageRecord(
         pixels=pixels,
         patient_id=_text(ds, "PatientID"),
+        format="DICOM",
+        width=int(ds.Columns),
+        height=int(ds.Rows),
         view=_text(ds, "ViewPosition"),
         sex=_text(ds, "PatientSex"),
         age=_text(ds, "PatientAge"),
-        rows=int(ds.Rows),
-        columns=int(ds.Columns),
         modality=_text(ds, "Modality"),
         body_part=_text(ds, "BodyPartExamined"),
         photometric=_text(ds, "PhotometricInterpretation"),
-        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        transfer_syntax=str(syntax),
+        transfer_syntax_name=UID(syntax).name,
     )
 
 
@@ -217,13 +200,10 @@ def _read_dataset(path: str | os.PathLike[str]) -> pydicom.Dataset:
             raise DicomError(f"unreadable: {exc.strerror or _reason(exc)}") from exc
         except Exception as exc:
             raise DicomError(f"unreadable: {_reason(exc)}") from exc
-    ended_early = False
-    for w in caught:
-        if str(w.message).startswith("End of file reached"):
-            ended_early = True
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    ended_early = any(str(w.message).startswith("End of file reached") for w in caught)
 
+    if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+        raise DicomError("a DICOMDIR (the index of a DICOM medium), not an image")
     modality = _text(ds, "Modality").upper()
     if modality in NON_IMAGE_MODALITIES:
         raise DicomError(f"non-image object ({modality})")

@@ -12,24 +12,16 @@ The manifest is `records/manifest.py`'s.
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from pneumokeras.errors import UserError
 from pneumokeras.records.manifest import MANIFEST, load_manifest
+from pneumokeras.records.tables import PATIENTS, PATIENTS_COLUMNS
 from pneumokeras.utils.fileio import atomic_path
-
-SKIPPED = "skipped.csv"
-# Example id → patient (folders, findings layouts); the manifest names it under
-# `grouping.file`. `convert` writes it (its own constant: it imports this module,
-# and TensorFlow, only in its writer).
-PATIENTS = "patients.csv"
-PATIENTS_COLUMNS = ("patientId", "patient")
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -143,14 +135,6 @@ def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
     if len(records) != info.count:
         raise UserError(f"split {split!r} has {len(records)} examples; manifest says {info.count}")
     return records
-
-
-def decode_png(png: bytes) -> np.ndarray:
-    """A stored `image/encoded` PNG (8-bit grayscale) → `(S, S)` uint8, in NumPy."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as image:
-        return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
 def read_patients(data_dir: str | Path) -> dict[str, str]:

@@ -19,6 +19,8 @@ import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.pool import Pool as PoolType
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from pneumokeras.errors import PneumokerasError, UserError
@@ -48,6 +50,15 @@ def resolve(workers: int | None, tasks: int | None = None) -> int:
     return workers if tasks is None else min(workers, tasks)
 
 
+def _processes(pool: PoolType) -> list[BaseProcess]:
+    """The pool's worker processes now (those it replaced a dead one with included).
+
+    `multiprocessing.Pool` keeps them in its private `_pool` list and offers no
+    public way to see them; watching them is how a death is noticed.
+    """
+    return list(pool._pool)  # type: ignore[attr-defined]
+
+
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
     """`items` in lists of `size` (the last one shorter), lazily."""
     iterator = iter(items)
@@ -74,7 +85,7 @@ class WorkerPool:
         self._pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
         self._pids: set[int] = set()
         if self._pool is not None:
-            self._pids.update(p.pid for p in self._pool._pool)
+            self._pids.update(p.pid for p in _processes(self._pool) if p.pid is not None)
 
     def imap(self, func: Callable[[Any], Any], items: Iterable, chunksize: int = 8) -> Iterator:
         """Lazily `func(item)` for each item, in order; `func` must be picklable by name."""
@@ -99,7 +110,7 @@ class WorkerPool:
         # A healthy pool never replaces its workers (no maxtasksperchild): a
         # process that has exited, or a worker the pool started to replace one
         # (pids beyond the first ones), means a death.
-        processes = list(self._pool._pool) if self._pool is not None else []
+        processes = _processes(self._pool) if self._pool is not None else []
         self._pids.update(p.pid for p in processes if p.pid is not None)
         dead = [p for p in processes if p.exitcode is not None]
         if dead or len(self._pids) > self.workers:

@@ -85,6 +85,13 @@ def test_bad_uploads_are_one_line_reasons(name, data, reason, private_tmp):
     assert list(private_tmp.iterdir()) == []
 
 
+def test_other_formats_are_refused_by_name_whatever_the_upload_is_called(private_tmp, png_bytes):
+    tiff = png_bytes(np.zeros((8, 8), np.uint8), "TIFF")
+    with pytest.raises(UploadError, match=r"^unsupported format TIFF"):
+        read_upload("scan.png", tiff, SIZE, limit_mb=10)
+    assert list(private_tmp.iterdir()) == []
+
+
 def test_truncated_dicom_and_upload_limit(examples):
     with pytest.raises(UploadError, match=r"^truncated or corrupt pixel data$"):
         read_upload("cut.dcm", examples[0].data[:3000], SIZE, limit_mb=10)

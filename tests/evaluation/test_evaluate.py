@@ -30,8 +30,9 @@ from pneumokeras.errors import UserError
 from pneumokeras.evaluation import calibration, evaluate, external, metrics
 from pneumokeras.models import model_card
 from pneumokeras.records import tfrecords
-from pneumokeras.records.convert import convert, encode_png
+from pneumokeras.records.convert import ConvertOptions, convert, encode_png
 from pneumokeras.records.manifest import MANIFEST, load_manifest
+from pneumokeras.sources.listing import LayoutOptions
 from pneumokeras.synth import generate
 
 SIZE = 32
@@ -48,13 +49,15 @@ def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     generate(root / "raw", patients=40, size=64, seed=1, workers=0, progress=False)
     convert(
-        root / "raw" / "stage_2_train_images",
-        root / "raw" / "stage_2_train_labels.csv",
-        root / "tf",
-        size=SIZE,
-        val_fraction=0.25,
-        test_fraction=0.25,
-        workers=0,
+        ConvertOptions(
+            images=root / "raw" / "stage_2_train_images",
+            out=root / "tf",
+            labels=root / "raw" / "stage_2_train_labels.csv",
+            size=SIZE,
+            val_fraction=0.25,
+            test_fraction=0.25,
+            workers=0,
+        ),
         progress=False,
     )
     return root / "tf"
@@ -321,16 +324,17 @@ def other_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("other")
     write_kermany(root / "chest_xray")
     convert(
-        root / "chest_xray",
-        None,
-        root / "tf",
-        size=SIZE,
-        val_fraction=0.2,
-        test_fraction=0.4,
-        seed=3,
-        workers=0,
+        ConvertOptions(
+            images=root / "chest_xray",
+            out=root / "tf",
+            layout=LayoutOptions("folders"),
+            size=SIZE,
+            val_fraction=0.2,
+            test_fraction=0.4,
+            seed=3,
+            workers=0,
+        ),
         progress=False,
-        layout="folders",
     )
     return root / "tf"
 
@@ -445,16 +449,18 @@ def nih_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("nih")
     images, labels = write_nih(root / "nih", patients=12)
     convert(
-        images,
-        labels,
-        root / "tf",
-        size=SIZE,
-        val_fraction=0.25,
-        test_fraction=0.25,
-        seed=2,
-        workers=0,
+        ConvertOptions(
+            images=images,
+            out=root / "tf",
+            labels=labels,
+            layout=LayoutOptions("findings"),
+            size=SIZE,
+            val_fraction=0.25,
+            test_fraction=0.25,
+            seed=2,
+            workers=0,
+        ),
         progress=False,
-        layout="findings",
     )
     return root / "tf"
 

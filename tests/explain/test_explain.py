@@ -22,6 +22,7 @@ from PIL import Image
 from pneumokeras.config import Config, ExplainConfig
 from pneumokeras.errors import UserError
 from pneumokeras.explain import explain
+from pneumokeras.io.png import decode_png
 from pneumokeras.models.model_card import CLASS_NAMES, ModelCard, write_card
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,20 +62,12 @@ def tiny_model():
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """A tiny synthetic RSNA set (30 patients, 64 px) converted to TFRecords."""
-    from pneumokeras.records.convert import convert
-    from pneumokeras.synth import generate
+    """A tiny synthetic RSNA set (30 patients, 64 px) converted to TFRecords:
+    `root/synth`, `root/tfrecords`."""
+    from factories import synth_and_convert
 
     root = tmp_path_factory.mktemp("explain-data")
-    generate(root / "synth", patients=30, size=SIZE, seed=2, workers=0, progress=False)
-    convert(
-        root / "synth" / "stage_2_train_images",
-        root / "synth" / "stage_2_train_labels.csv",
-        root / "tfrecords",
-        size=SIZE,
-        workers=0,
-        progress=False,
-    )
+    synth_and_convert(root, patients=30, synth_size=SIZE, seed=2, size=SIZE)
     return root
 
 
@@ -141,7 +134,7 @@ def test_explain_run_on_positives_of_a_split(tiny_model, saved_model, converted,
     assert all(row["true_label"] == "1" and row["explained_class"] == "pneumonia" for row in rows)
 
     # Probabilities are temperature-calibrated (T = 2), labels use the threshold.
-    images = np.stack([tfrecords.decode_png(r["png"]) for r in positives[:4]])[..., None]
+    images = np.stack([decode_png(r["png"]) for r in positives[:4]])[..., None]
     raw = keras.ops.convert_to_numpy(tiny_model(images.astype(np.float32)))[:, 1]
     calibrated = 1 / (1 + ((1 - raw) / raw) ** 0.5)
     got = np.array([float(row["probability"]) for row in rows])
@@ -192,10 +185,6 @@ def test_explain_run_rejects_bad_requests(saved_model, converted, tmp_path):
 
 
 @needs_tensorflow
-@pytest.mark.xfail(
-    raises=Image.DecompressionBombError,
-    reason="until the shared image reader refuses images over Pillow's pixel limit (data branch)",
-)
 def test_an_unreadable_file_among_good_ones_is_one_line(small_model, tmp_path, oversized_png):
     good = _pngs(tmp_path / "in", "a.png", "b.png")
     shutil.copy(oversized_png, tmp_path / "in" / "huge.png")

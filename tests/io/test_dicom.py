@@ -10,20 +10,18 @@ import imagecodecs
 import numpy as np
 import pydicom
 import pytest
+from factories import dicom_dataset, with_frame, write_dicom
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     MPEG2MPML,
-    ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLossless,
     JPEGLosslessSV1,
     RLELossless,
-    SecondaryCaptureImageStorage,
 )
 
 from pneumokeras.io.dicom import DicomError, read_dicom, resize_square, to_uint8
@@ -54,37 +52,6 @@ def header(
     return ds
 
 
-def image_dataset(
-    pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None, **tags
-) -> Dataset:
-    """A writable single-image dataset (Explicit VR Little Endian) holding pixels."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.Modality = "OT"
-    ds.PatientID = "synthetic-1"
-    ds.ViewPosition = "AP"
-    ds.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def write(ds: Dataset, path: Path) -> Path:
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def with_frame(ds: Dataset, frame: bytes, syntax: str) -> Dataset:
-    """ds with its Pixel Data replaced by one encapsulated compressed frame."""
-    ds.PixelData = encapsulate([frame])
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    ds.file_meta.TransferSyntaxUID = syntax
-    return ds
-
-
 def xray_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     """Smooth 8-bit image with sharp-edged bright marks, roughly like a chest film."""
     y, x = np.mgrid[0:height, 0:width] / max(height, width)
@@ -97,8 +64,8 @@ def xray_like(height: int, width: int, seed: int = 0) -> np.ndarray:
 def jpeg_baseline_file(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2") -> Path:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-    ds = with_frame(image_dataset(pixels, photometric), buffer.getvalue(), JPEGBaseline8Bit)
-    return write(ds, path)
+    ds = with_frame(dicom_dataset(pixels, photometric), buffer.getvalue(), JPEGBaseline8Bit)
+    return write_dicom(ds, path)
 
 
 def lossless_jpeg(pixels: np.ndarray) -> bytes:
@@ -191,7 +158,7 @@ def test_voi_lut_sequence_scaled_from_lut_range() -> None:
 
 def test_monochrome1_file_known_values(tmp_path: Path) -> None:
     arr = np.array([[100, 102], [356, 610]], dtype=np.uint16)
-    path = write(image_dataset(arr, "MONOCHROME1", bits_stored=12), tmp_path / "m1.dcm")
+    path = write_dicom(dicom_dataset(arr, "MONOCHROME1", bits_stored=12), tmp_path / "m1.dcm")
     np.testing.assert_array_equal(read_dicom(path).pixels, [[255, 254], [127, 0]])
 
 
@@ -219,18 +186,20 @@ def test_syntaxes_decode_like_uncompressed(name: str) -> None:
 def test_compressed_signed_monochrome1_like_uncompressed(tmp_path: Path, syntax: str) -> None:
     # openjpeg's default 6 resolution levels need sides of at least 32
     arr = (np.arange(48 * 40, dtype=np.int16).reshape(48, 40) * 3 - 1500).astype(np.int16)
-    ds = image_dataset(arr, "MONOCHROME1", RescaleSlope=2, RescaleIntercept=-7)
-    native = read_dicom(write(ds, tmp_path / "native.dcm")).pixels
+    ds = dicom_dataset(arr, "MONOCHROME1", RescaleSlope=2, RescaleIntercept=-7)
+    native = read_dicom(write_dicom(ds, tmp_path / "native.dcm")).pixels
     ds.compress(syntax)
-    np.testing.assert_array_equal(read_dicom(write(ds, tmp_path / "packed.dcm")).pixels, native)
+    np.testing.assert_array_equal(
+        read_dicom(write_dicom(ds, tmp_path / "packed.dcm")).pixels, native
+    )
 
 
 @pytest.mark.parametrize("syntax", [JPEGLosslessSV1, JPEGLossless])
 def test_jpeg_lossless_like_uncompressed(tmp_path: Path, syntax: str) -> None:
     arr = xray_like(24, 40)
-    native = read_dicom(write(image_dataset(arr), tmp_path / "native.dcm")).pixels
-    ds = with_frame(image_dataset(arr), lossless_jpeg(arr), syntax)
-    packed = read_dicom(write(ds, tmp_path / "lossless.dcm")).pixels
+    native = read_dicom(write_dicom(dicom_dataset(arr), tmp_path / "native.dcm")).pixels
+    ds = with_frame(dicom_dataset(arr), lossless_jpeg(arr), syntax)
+    packed = read_dicom(write_dicom(ds, tmp_path / "lossless.dcm")).pixels
     np.testing.assert_array_equal(packed, native)
     np.testing.assert_array_equal(native, arr)
 
@@ -289,9 +258,9 @@ def test_jpeg_baseline_with_window_takes_full_rule(tmp_path: Path) -> None:
     arr = xray_like(64, 64)
     buffer = io.BytesIO()
     Image.fromarray(arr).save(buffer, "JPEG", quality=95)
-    ds = with_frame(image_dataset(arr), buffer.getvalue(), JPEGBaseline8Bit)
+    ds = with_frame(dicom_dataset(arr), buffer.getvalue(), JPEGBaseline8Bit)
     ds.WindowCenter, ds.WindowWidth = 64, 128  # values ≥ 128 saturate
-    pixels = read_dicom(write(ds, tmp_path / "windowed.dcm")).pixels
+    pixels = read_dicom(write_dicom(ds, tmp_path / "windowed.dcm")).pixels
     assert (pixels[arr > 140] == 255).all()
 
 
@@ -349,42 +318,70 @@ def refuse(path: Path) -> str:
     return str(info.value)
 
 
-def test_refuses_no_pixel_data(tmp_path: Path) -> None:
-    ds = image_dataset(xray_like(8, 8))
+def test_refuses_a_dicomdir(tmp_path: Path) -> None:
+    from pydicom.uid import MediaStorageDirectoryStorage
+
+    ds = dicom_dataset(xray_like(8, 8))
     del ds.PixelData
-    assert refuse(write(ds, tmp_path / "empty.dcm")) == "no pixel data"
+    ds.file_meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
+    ds.SOPClassUID = MediaStorageDirectoryStorage
+    path = write_dicom(ds, tmp_path / "DICOMDIR")
+    assert refuse(path) == "a DICOMDIR (the index of a DICOM medium), not an image"
+
+
+def test_a_malformed_header_is_refused_without_pydicoms_warnings(tmp_path: Path) -> None:
+    import warnings
+
+    path = tmp_path / "malformed"
+    path.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert refuse(path) == "no pixel data"
+    assert [str(w.message) for w in caught] == []
+
+
+def test_refuses_no_pixel_data(tmp_path: Path) -> None:
+    ds = dicom_dataset(xray_like(8, 8))
+    del ds.PixelData
+    assert refuse(write_dicom(ds, tmp_path / "empty.dcm")) == "no pixel data"
 
 
 def test_refuses_seg_modality(tmp_path: Path) -> None:
-    ds = image_dataset(xray_like(8, 8), Modality="SEG")
-    assert refuse(write(ds, tmp_path / "seg.dcm")) == "non-image object (SEG)"
+    ds = dicom_dataset(xray_like(8, 8), Modality="SEG")
+    assert refuse(write_dicom(ds, tmp_path / "seg.dcm")) == "non-image object (SEG)"
 
 
 def test_refuses_multi_frame(tmp_path: Path) -> None:
     frames = np.stack([xray_like(8, 8)] * 3)
-    assert refuse(write(image_dataset(frames), tmp_path / "mf.dcm")) == "multi-frame (3 frames)"
+    assert (
+        refuse(write_dicom(dicom_dataset(frames), tmp_path / "mf.dcm")) == "multi-frame (3 frames)"
+    )
 
 
 def test_refuses_rgb(tmp_path: Path) -> None:
     rgb = np.zeros((8, 8, 3), dtype=np.uint8)
-    assert refuse(write(image_dataset(rgb, "RGB"), tmp_path / "rgb.dcm")) == "colour image (RGB)"
+    assert (
+        refuse(write_dicom(dicom_dataset(rgb, "RGB"), tmp_path / "rgb.dcm")) == "colour image (RGB)"
+    )
 
 
 def test_refuses_incomplete_header(tmp_path: Path) -> None:
-    ds = image_dataset(xray_like(8, 8))
+    ds = dicom_dataset(xray_like(8, 8))
     del ds.Rows, ds.BitsAllocated
-    path = write(ds, tmp_path / "headless.dcm")
+    path = write_dicom(ds, tmp_path / "headless.dcm")
     assert refuse(path) == "incomplete image header (no Rows, BitsAllocated)"
 
 
 def test_refuses_unsupported_syntax(tmp_path: Path) -> None:
-    ds = with_frame(image_dataset(xray_like(8, 8)), b"\x00" * 64, MPEG2MPML)
-    path = write(ds, tmp_path / "video.dcm")
+    ds = with_frame(dicom_dataset(xray_like(8, 8)), b"\x00" * 64, MPEG2MPML)
+    path = write_dicom(ds, tmp_path / "video.dcm")
     assert refuse(path) == "unsupported transfer syntax (MPEG2 Main Profile / Main Level)"
 
 
 def test_refuses_truncated_native(tmp_path: Path) -> None:
-    data = write(image_dataset(np.zeros((64, 64), np.uint16)), tmp_path / "full.dcm").read_bytes()
+    data = write_dicom(
+        dicom_dataset(np.zeros((64, 64), np.uint16)), tmp_path / "full.dcm"
+    ).read_bytes()
     (tmp_path / "cut.dcm").write_bytes(data[:-1000])
     assert refuse(tmp_path / "cut.dcm") == "truncated or corrupt pixel data"
 
@@ -406,9 +403,9 @@ def test_refuses_corrupt_jpeg_frame(tmp_path: Path, size: int | None) -> None:
     arr = xray_like(256, 256)
     buffer = io.BytesIO()
     Image.fromarray(arr).save(buffer, "JPEG")
-    ds = with_frame(image_dataset(arr), buffer.getvalue()[:2000], JPEGBaseline8Bit)
+    ds = with_frame(dicom_dataset(arr), buffer.getvalue()[:2000], JPEGBaseline8Bit)
     with pytest.raises(DicomError, match=r"^truncated or corrupt pixel data$"):
-        read_dicom(write(ds, tmp_path / "bad.dcm"), size)
+        read_dicom(write_dicom(ds, tmp_path / "bad.dcm"), size)
 
 
 def test_refuses_non_dicom_files(tmp_path: Path) -> None:
@@ -421,7 +418,7 @@ def test_refuses_non_dicom_files(tmp_path: Path) -> None:
 
 
 def test_read_dicom_rejects_bad_size(tmp_path: Path) -> None:
-    path = write(image_dataset(xray_like(8, 8)), tmp_path / "ok.dcm")
+    path = write_dicom(dicom_dataset(xray_like(8, 8)), tmp_path / "ok.dcm")
     with pytest.raises(ValueError, match="size must be"):
         read_dicom(path, 0)
 

@@ -5,12 +5,15 @@ No Keras backend is involved: these run once. DICOMs come from `synth.generate`.
 
 from __future__ import annotations
 
+import io
+import os
+
 import numpy as np
 import pytest
+from factories import dicom_dataset, oversized_png, write_dicom
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from pneumokeras.errors import UserError
 from pneumokeras.io import images as images_module
@@ -78,17 +81,18 @@ def test_unreadable_files_raise_the_readers_errors(tmp_path):
         load_image(broken_png, SIZE)
     text = tmp_path / "photo.jpg"
     text.write_bytes(b"nope")
-    with pytest.raises(ImageError, match="not a readable PNG/JPEG"):
+    with pytest.raises(ImageError, match=r"^not a DICOM, PNG or JPEG file$"):
         load_image(text, SIZE)
-    with pytest.raises(ImageError, match=r"unsupported file type .txt"):
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(ImageError, match=r"^not a DICOM, PNG or JPEG file$"):
         load_image(tmp_path / "notes.txt", SIZE)
-    with pytest.raises(ImageError, match="no suffix"):
+    with pytest.raises(ImageError, match=r"^no such file$"):
         load_image(tmp_path / "README", SIZE)
     broken_dcm = tmp_path / "broken.dcm"
     broken_dcm.write_bytes(b"DICM? no")
     with pytest.raises(DicomError, match="not a DICOM file"):
         load_image(broken_dcm, SIZE)
-    assert images_module.IMAGE_SUFFIXES == (".dcm", ".png", ".jpg", ".jpeg")
+    assert images_module.IMAGE_SUFFIXES == (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
 
 
 # ------------------------------------------------------------------ read_image facts
@@ -117,10 +121,15 @@ def test_read_image_gives_a_dicoms_acquisition_facts(dicoms):
         "modality": "CR",
         "body_part": "CHEST",
         "view": record.view,
+        "sex": header.sex,
+        "age": header.age,
         "photometric": "MONOCHROME2",
         "transfer_syntax": JPEGBaseline8Bit,
         "transfer_syntax_name": "JPEG Baseline (Process 1)",
+        "note": "",
     }
+    assert record.sex in ("M", "F")
+    assert record.age.isdigit()
 
 
 def test_read_image_reports_other_modalities_and_stored_sizes(tmp_path):
@@ -133,15 +142,9 @@ def test_read_image_reports_other_modalities_and_stored_sizes(tmp_path):
     assert record.pixels.shape == (SIZE, SIZE)
 
     # A tall MONOCHROME1 image without Modality: rows and columns as stored.
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.BodyPartExamined = "ABDOMEN"
-    ds.set_pixel_data(np.arange(30 * 20, dtype=np.uint16).reshape(30, 20), "MONOCHROME1", 12)
-    path = tmp_path / "tall.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    tall = read_image(path, SIZE)
+    pixels = np.arange(30 * 20, dtype=np.uint16).reshape(30, 20)
+    ds = dicom_dataset(pixels, "MONOCHROME1", 12, BodyPartExamined="ABDOMEN")
+    tall = read_image(write_dicom(ds, tmp_path / "tall.dcm"), SIZE)
     assert (tall.width, tall.height) == (20, 30)
     assert (tall.modality, tall.body_part, tall.photometric) == ("", "ABDOMEN", "MONOCHROME1")
     assert tall.transfer_syntax == ExplicitVRLittleEndian
@@ -198,3 +201,154 @@ def test_gray_pictures_saved_in_colour_are_read_and_real_colour_is_refused(tmp_p
         read_image(tmp_path / "colour.png", SIZE)
     assert images_module.COLOUR_TOLERANCE == 24
     assert images_module.COLOUR_SHARE == 0.01
+
+
+# ------------------------------------------------------------------ issue #24: odd files
+
+
+def test_an_image_over_pillows_pixel_limit_is_a_one_line_image_error(tmp_path):
+    path = oversized_png(tmp_path / "huge.png", side=14000)
+    with pytest.raises(ImageError) as err:
+        read_image(path, SIZE)
+    assert str(err.value) == (
+        "image too large to decode (196,000,000 pixels, over Pillow's limit of 178,956,970)"
+    )
+
+
+def _asymmetric(height: int = 30, width: int = 50) -> np.ndarray:
+    """A gray picture no turn or flip maps onto itself: a bright corner, a ramp."""
+    pixels = np.tile(np.linspace(20, 120, width, dtype=np.uint8), (height, 1))
+    pixels[:6, :10] = 255
+    return pixels
+
+
+@pytest.mark.parametrize(
+    "orientation, upright, turn",
+    [
+        (6, lambda p: np.rot90(p, -1), "turned 90° clockwise"),
+        (8, lambda p: np.rot90(p, 1), "turned 90° counter-clockwise"),
+        (3, lambda p: np.rot90(p, 2), "turned 180°"),
+        (2, np.fliplr, "flipped left-right"),
+    ],
+)
+def test_exif_orientation_is_applied_with_a_note(tmp_path, orientation, upright, turn):
+    stored = _asymmetric()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, quality=100, exif=exif)
+    record = read_image(path, SIZE)
+    decoded = np.asarray(Image.open(path).convert("L"))
+    np.testing.assert_array_equal(record.pixels, resize_square(upright(decoded), SIZE))
+    assert record.note == f"EXIF orientation {orientation} applied ({turn})"
+    assert (record.height, record.width) == upright(decoded).shape
+    # Orientation 1 (or none) changes nothing and says nothing.
+    exif[0x0112] = 1
+    Image.fromarray(stored).save(tmp_path / "plain.jpg", quality=100, exif=exif)
+    assert read_image(tmp_path / "plain.jpg", SIZE).note == ""
+
+
+def test_the_content_decides_the_reader_not_the_name(tmp_path, dicoms):
+    gray = np.full((12, 16), 90, np.uint8)
+    dicom = dicoms[0].read_bytes()
+    (tmp_path / "1.2.840.113619.2.55.3").write_bytes(dicom)  # PACS: a UID, no suffix
+    (tmp_path / "IM0001").write_bytes(dicom)
+    (tmp_path / "looks.png").write_bytes(dicom)
+    Image.fromarray(gray).save(tmp_path / "scan.tif")
+    Image.fromarray(gray).save(tmp_path / "scan.png", format="TIFF")
+    Image.fromarray(gray).save(tmp_path / "anim.jpg", format="GIF")
+    Image.fromarray(gray).save(tmp_path / "old.bmp")
+    Image.fromarray(gray).save(tmp_path / "no_suffix", format="PNG")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    os.symlink(tmp_path / "moved.png", tmp_path / "dangling.png")
+    expected = read_image(dicoms[0], SIZE).pixels
+    for name in ("1.2.840.113619.2.55.3", "IM0001", "looks.png"):
+        record = read_image(tmp_path / name, SIZE)
+        assert record.format == "DICOM", name
+        np.testing.assert_array_equal(record.pixels, expected)
+    assert read_image(tmp_path / "no_suffix", SIZE).format == "PNG"
+    refusals = {
+        "scan.tif": "unsupported format TIFF (DICOM, PNG and JPEG are read)",
+        "scan.png": "unsupported format TIFF (DICOM, PNG and JPEG are read)",
+        "anim.jpg": "unsupported format GIF (DICOM, PNG and JPEG are read)",
+        "old.bmp": "unsupported format BMP (DICOM, PNG and JPEG are read)",
+        "empty.png": "empty file (0 bytes)",
+        "empty.dcm": "empty file (0 bytes)",
+        "dangling.png": f"broken symbolic link (its target {tmp_path / 'moved.png'} does not "
+        "exist)",
+    }
+    for name, reason in refusals.items():
+        with pytest.raises(ImageError) as err:
+            read_image(tmp_path / name, SIZE)
+        assert str(err.value) == reason, name
+    with pytest.raises(ImageError, match=r"^a folder, not a file$"):
+        read_image(tmp_path, SIZE)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "1", "LA", "P", "I;16"])
+def test_other_pillow_modes_of_a_gray_picture_are_read(tmp_path, mode):
+    gray = _asymmetric()
+    image = Image.fromarray(gray)
+    if mode == "I;16":
+        image = Image.fromarray(gray.astype(np.uint16) * 256)
+    elif mode != "P":
+        image = image.convert(mode)
+    else:
+        image = image.convert("RGB").quantize(64)
+    path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
+    image.save(path)
+    record = read_image(path, SIZE)
+    assert record.pixels.shape == (SIZE, SIZE)
+    assert record.mode == mode
+    if mode == "LA":
+        np.testing.assert_array_equal(record.pixels, resize_square(gray, SIZE))
+    if mode == "I;16":  # scaled from its [min, max]
+        stretched = np.rint((gray - 20.0) * 255 / (255 - 20)).astype(np.uint8)
+        np.testing.assert_array_equal(record.pixels, resize_square(stretched, SIZE))
+
+
+def test_find_inputs_judges_content_skips_hidden_keeps_links_and_dedupes(tmp_path, dicoms):
+    scan = tmp_path / "scan"
+    (scan / "sub" / ".thumbs").mkdir(parents=True)
+    (scan / "1.2.840.113619.2.55.3").write_bytes(dicoms[0].read_bytes())
+    Image.new("L", (8, 8)).save(scan / "sub" / "a.png")
+    Image.new("L", (8, 8)).save(scan / "sub" / ".hidden.png")
+    Image.new("L", (8, 8)).save(scan / "sub" / ".thumbs" / "b.png")
+    Image.new("L", (8, 8)).save(scan / "sub" / "scan.tif")
+    (scan / "sub" / "notes.txt").write_text("not an image")
+    (scan / "DICOMDIR.csv").write_text("a,b\n")
+    os.symlink(scan / "moved.jpeg", scan / "sub" / "gone.jpeg")
+    found = find_inputs([scan])
+    assert found == [
+        scan / "1.2.840.113619.2.55.3",
+        scan / "sub" / "a.png",
+        scan / "sub" / "gone.jpeg",  # a dangling link: reading it gives its error row
+        scan / "sub" / "scan.tif",  # refused by name when read
+    ]
+    # Named explicitly, a hidden file is read; one file named twice is read once.
+    hidden = scan / "sub" / ".hidden.png"
+    twice = scan / "sub" / ".." / "sub" / "a.png"
+    os.symlink(scan / "sub" / "a.png", tmp_path / "alias.png")
+    assert find_inputs([hidden, scan / "sub" / "a.png", twice, tmp_path / "alias.png"]) == [
+        hidden,
+        scan / "sub" / "a.png",
+    ]
+    assert find_inputs([scan / "sub" / "gone.jpeg"]) == [scan / "sub" / "gone.jpeg"]
+
+
+def test_corrupt_exif_is_ignored_without_a_warning(tmp_path):
+    import struct
+    import warnings
+
+    buffer = io.BytesIO()
+    Image.fromarray(_asymmetric()).save(buffer, "JPEG", quality=95)
+    jpeg = buffer.getvalue()
+    app1 = b"Exif\x00\x00MM\x00*\xff\xff\xff\xff\x00\x00"  # an IFD offset past the end
+    broken = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+    (tmp_path / "exif.jpg").write_bytes(broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = read_image(tmp_path / "exif.jpg", SIZE)
+    assert [str(w.message) for w in caught] == []
+    assert (record.format, record.note) == ("JPEG", "")

@@ -1,7 +1,9 @@
 import csv
+import dataclasses
 import filecmp
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,32 +13,24 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from factories import convert_synth, oversized_png
 from layout_fixtures import add_odd_files, write_chexpert, write_kermany, write_nih
+from PIL import Image
 from pydicom.data import get_testdata_file
 
 from pneumokeras.errors import UserError
+from pneumokeras.io.dicom import resize_square
 from pneumokeras.io.images import read_image
-from pneumokeras.records import tfrecords
-from pneumokeras.records.convert import KILL_HOOK, STATE_DIR, convert, encode_png
+from pneumokeras.records import spool, tfrecords
+from pneumokeras.records.convert import STATE_DIR, ConvertOptions, convert, encode_png
 from pneumokeras.records.manifest import load_manifest
 from pneumokeras.sources.layouts import LayoutOptions, list_images, mixed_order
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run_convert(synth_dir, out, **kwargs):
-    args = dict(
-        images_dir=synth_dir / "stage_2_train_images",
-        labels_csv=synth_dir / "stage_2_train_labels.csv",
-        out_dir=out,
-        class_info_csv=synth_dir / "stage_2_detailed_class_info.csv",
-        size=32,
-        workers=0,
-        shard_size=16,
-        progress=False,
-    )
-    args.update(kwargs)
-    return convert(**args)
+def _run_convert(synth_dir, out, **options):
+    return convert_synth(synth_dir, out, **{"size": 32, "shard_size": 16, **options})
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (48, 40), (1, 7)])
@@ -162,7 +156,8 @@ def test_mixed_folder_skips_bad_files_with_reasons(synth_dir, tmp_path):
     (images / "notes.txt").write_text("not an image")
     shutil.copy(good[4], images / "unlabelled-patient.dcm")
     summary = convert(
-        images, labels, tmp_path / "out", size=32, workers=0, progress=False, shard_size=16
+        ConvertOptions(images, tmp_path / "out", labels, size=32, workers=0, shard_size=16),
+        progress=False,
     )
     assert sum(summary.counts.values()) == 80 - 4
     with open(tmp_path / "out" / "skipped.csv") as handle:
@@ -171,7 +166,7 @@ def test_mixed_folder_skips_bad_files_with_reasons(synth_dir, tmp_path):
     assert "colour" in skipped[good[1].stem]
     assert "multi-frame" in skipped[good[2].stem] or "colour" in skipped[good[2].stem]
     assert "not a DICOM" in skipped[good[3].stem]
-    assert "not a DICOM" in skipped["notes"]
+    assert "not a DICOM" in skipped["notes.txt"]
     assert "without a label" in skipped["unlabelled-patient"]
     assert summary.skipped == len(skipped) == 6
 
@@ -181,7 +176,7 @@ def test_label_rows_without_dicom_are_listed(synth_dir, tmp_path):
     shutil.copytree(synth_dir / "stage_2_train_images", images)
     missing = sorted(images.glob("*.dcm"))[5]
     missing.unlink()
-    _run_convert(synth_dir, tmp_path / "out", images_dir=images)
+    _run_convert(synth_dir, tmp_path / "out", images=images)
     text = (tmp_path / "out" / "skipped.csv").read_text()
     assert f"{missing.stem},,label row without a DICOM file" in text
 
@@ -189,11 +184,11 @@ def test_label_rows_without_dicom_are_listed(synth_dir, tmp_path):
 def test_unusable_inputs(synth_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no DICOM files"):
-        _run_convert(synth_dir, tmp_path / "o", images_dir=tmp_path / "empty")
+        _run_convert(synth_dir, tmp_path / "o", images=tmp_path / "empty")
     with pytest.raises(UserError, match="cannot read"):
-        _run_convert(synth_dir, tmp_path / "o", labels_csv=tmp_path / "missing.csv")
+        _run_convert(synth_dir, tmp_path / "o", labels=tmp_path / "missing.csv")
     with pytest.raises(UserError, match="not a folder"):
-        _run_convert(synth_dir, tmp_path / "o", images_dir=tmp_path / "nope")
+        _run_convert(synth_dir, tmp_path / "o", images=tmp_path / "nope")
 
 
 def _cli(*args, env=None, **kwargs):
@@ -216,19 +211,51 @@ def _lines(path):
 
 
 KILL_SHARD_SIZE = 4
+# A conversion in a fresh process that SIGKILLs itself at a known step (`on_step`).
+KILLED_CONVERSION = """
+import json, os, signal, sys
+from pneumokeras.records.convert import ConvertOptions, convert
+from pneumokeras.sources.listing import LayoutOptions
+
+fields, phase, at = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+fields["layout"] = LayoutOptions(**fields["layout"])
 
 
-def _convert_for_kill_tests(synth_dir, out):
-    """What `cli.py convert` runs for the kill tests' arguments (it finds the class file)."""
-    return convert(
-        synth_dir / "stage_2_train_images",
-        synth_dir / "stage_2_train_labels.csv",
-        out,
-        class_info_csv=synth_dir / "stage_2_detailed_class_info.csv",
+def kill_at(step, done):
+    if (step, done) == (phase, at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+convert(ConvertOptions(**fields), progress=False, on_step=kill_at)
+"""
+
+
+def _killed_conversion(options, phase, at):
+    """Runs `convert(options)` in a child that kills itself after `at` steps of `phase`."""
+    fields = {
+        name: str(value) if isinstance(value, Path) else value
+        for name, value in dataclasses.asdict(options).items()
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", KILLED_CONVERSION, json.dumps(fields), phase, str(at)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _kill_test_options(synth_dir, out):
+    return ConvertOptions(
+        images=synth_dir / "stage_2_train_images",
+        out=out,
+        labels=synth_dir / "stage_2_train_labels.csv",
+        class_info=synth_dir / "stage_2_detailed_class_info.csv",
         size=32,
         workers=0,
         shard_size=KILL_SHARD_SIZE,
-        progress=False,
     )
 
 
@@ -236,7 +263,7 @@ def _convert_for_kill_tests(synth_dir, out):
 def uninterrupted(synth_dir, tmp_path_factory):
     """The kill/resume tests' reference: the same conversion, never interrupted."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    _convert_for_kill_tests(synth_dir, out)
+    convert(_kill_test_options(synth_dir, out), progress=False)
     return out
 
 
@@ -244,30 +271,14 @@ def uninterrupted(synth_dir, tmp_path_factory):
 def test_kill_and_resume_is_byte_identical(synth_dir, uninterrupted, tmp_path, phase):
     """SIGKILL at a known point of the encode or write pass; rerun; same bytes.
 
-    The test hook makes the CLI process kill itself after 10 images indexed, or
-    after 10 examples handed to the shard writer (inside the third shard of 4).
+    The child kills itself after 10 images indexed, or after 10 examples handed
+    to the shard writer (inside the third shard of 4).
     """
-    args = [
-        "convert",
-        "--images",
-        str(synth_dir / "stage_2_train_images"),
-        "--labels",
-        str(synth_dir / "stage_2_train_labels.csv"),
-        "--size",
-        "32",
-        "--workers",
-        "0",
-        "--shard-size",
-        str(KILL_SHARD_SIZE),
-        "--out",
-        str(tmp_path / "killed"),
-    ]
     out = tmp_path / "killed"
     index = out / STATE_DIR / "spool.jsonl"
 
-    killed = _cli(*args, env={KILL_HOOK: f"{phase}:10"})
-    _, stderr = killed.communicate(timeout=300)
-    assert killed.returncode == -signal.SIGKILL, stderr
+    killed = _killed_conversion(_kill_test_options(synth_dir, out), phase, 10)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "manifest.json").exists()
     shards = list(out.glob("*.tfrecord"))
     if phase == "encode":
@@ -279,7 +290,7 @@ def test_kill_and_resume_is_byte_identical(synth_dir, uninterrupted, tmp_path, p
         assert len(list(out.glob(".*.tfrecord.tmp-*"))) == 1  # the shard being written
 
     # The rerun runs in this process (it needs no kill), sparing a TensorFlow start.
-    summary = _convert_for_kill_tests(synth_dir, out)
+    summary = convert(_kill_test_options(synth_dir, out), progress=False)
     assert summary.resumed_shards == (0 if phase == "encode" else len(shards))
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert leftovers == []
@@ -290,30 +301,30 @@ def test_kill_and_resume_is_byte_identical(synth_dir, uninterrupted, tmp_path, p
 
 def test_torn_spool_tail_is_dropped_on_resume(tmp_path):
     """A kill mid-line, or before a PNG is wholly on disk, loses only the images after it."""
-    from pneumokeras.records.convert import _Encoded, _load_spool_index
-
     candidates = [f"p{i}" for i in range(6)]
-    entries, offset, spool = [], 0, b""
+    entries, offset, spooled = [], 0, b""
     for i, patient in enumerate(candidates[:4]):
         if i == 2:  # a skipped file has no bytes in the spool
-            entries.append(_Encoded(patient, "", 0, 0, False, "", -1, 0, "colour image"))
+            entries.append(spool.Encoded.skipped(patient, "colour image"))
             continue
         png = bytes([i]) * (10 + i)
-        entries.append(_Encoded(patient, "PA", 64, 64, False, "spool-1.bin", offset, len(png), ""))
-        spool, offset = spool + png, offset + len(png)
+        entries.append(
+            spool.Encoded(patient, "PA", 64, 64, False, "spool-1.bin", offset, len(png), "")
+        )
+        spooled, offset = spooled + png, offset + len(png)
     lines = [e.to_line() for e in entries]
     # The fourth PNG is only partly on disk; a fifth line was cut in half.
-    (tmp_path / "spool-1.bin").write_bytes(spool[:-3])
+    (tmp_path / "spool-1.bin").write_bytes(spooled[:-3])
     (tmp_path / "spool.jsonl").write_text("".join(lines) + lines[0][:9])
 
-    assert _load_spool_index(tmp_path, candidates) == entries[:3]
+    assert spool.load_spool_index(tmp_path, candidates) == entries[:3]
     assert (tmp_path / "spool.jsonl").read_text() == "".join(lines[:3])
     # A line pointing at a spool file that is gone ends the usable prefix too.
     (tmp_path / "spool-1.bin").unlink()
-    assert _load_spool_index(tmp_path, candidates) == []
+    assert spool.load_spool_index(tmp_path, candidates) == []
     # An index from another file list is not trusted at all.
     (tmp_path / "spool.jsonl").write_text("".join(lines))
-    assert _load_spool_index(tmp_path, ["other", *candidates]) == []
+    assert spool.load_spool_index(tmp_path, ["other", *candidates]) == []
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -362,31 +373,34 @@ def test_real_rsna_dicom_converts(shared_file, tmp_path):
     images.mkdir()
     ds = pydicom.dcmread(dicom, stop_before_pixels=True)
     shutil.copy(dicom, images / f"{ds.PatientID}.dcm")
+    shutil.copy(dicom, images / "negative-copy.dcm")  # both classes: convert needs them
     labels = tmp_path / "labels.csv"
-    labels.write_text(f"patientId,x,y,width,height,Target\n{ds.PatientID},100,200,300,400,1\n")
+    labels.write_text(
+        f"patientId,x,y,width,height,Target\n{ds.PatientID},100,200,300,400,1\n"
+        "negative-copy,,,,,0\n"
+    )
     summary = convert(
-        images,
-        labels,
-        tmp_path / "out",
-        size=256,
-        val_fraction=0,
-        test_fraction=0,
-        workers=0,
+        ConvertOptions(
+            images, tmp_path / "out", labels, size=256, val_fraction=0, test_fraction=0, workers=0
+        ),
         progress=False,
     )
-    assert summary.counts["train"] == 1
-    (record,) = tfrecords.read_split(tmp_path / "out", "train")
+    assert summary.counts["train"] == 2
+    records = {r["patient_id"]: r for r in tfrecords.read_split(tmp_path / "out", "train")}
+    record = records[ds.PatientID]
     np.testing.assert_allclose(record["boxes"], [[100 / 1024, 200 / 1024, 300 / 1024, 400 / 1024]])
     assert record["view"] == "PA"
+    assert load_manifest(tmp_path / "out").patient_id_tag_mismatches == 1  # the copy
 
 
 # ------------------------------------------------------------------ other layouts (issue #15)
 
 
-def _convert_layout(images, labels, out, layout, **kwargs):
-    args = dict(size=32, workers=0, shard_size=8, progress=False, layout=layout)
-    args.update(kwargs)
-    return convert(images, labels, out, **args)
+def _convert_layout(images, labels, out, layout, **options):
+    if isinstance(layout, str):
+        layout = LayoutOptions(layout)
+    fields = {"size": 32, "workers": 0, "shard_size": 8, **options}
+    return convert(ConvertOptions(images, out, labels, layout=layout, **fields), progress=False)
 
 
 def _csv_rows(path):
@@ -575,13 +589,12 @@ def test_folders_kill_and_resume_is_byte_identical(kermany, tmp_path):
     kill_at = max(order.index(i) for i in odd) + 1
     _convert_layout(root, None, tmp_path / "whole", options, shard_size=KILL_SHARD_SIZE)
     out = tmp_path / "killed"
-    killed = _cli(
-        "convert", "--layout", "folders", "--keep-splits", "--images", str(root),
-        "--size", "32", "--workers", "0", "--shard-size", str(KILL_SHARD_SIZE),
-        "--out", str(out), env={KILL_HOOK: f"encode:{kill_at}"},
-    )  # fmt: skip
-    _, stderr = killed.communicate(timeout=300)
-    assert killed.returncode == -signal.SIGKILL, stderr
+    killed = _killed_conversion(
+        ConvertOptions(root, out, layout=options, size=32, workers=0, shard_size=KILL_SHARD_SIZE),
+        "encode",
+        kill_at,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "manifest.json").exists()
     index = (out / STATE_DIR / "spool.jsonl").read_text()
     assert len(index.splitlines()) == kill_at
@@ -599,19 +612,22 @@ def test_real_nih_png_converts(shared_file, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(png, images / "00000001_000.png")
+    shutil.copy(png, images / "00000002_000.png")  # both classes: convert needs them
     labels = tmp_path / "Data_Entry_2017.csv"
     labels.write_text(
         "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
         "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n"
         "00000001_000.png,Cardiomegaly|Pneumonia,0,1,58,M,PA,2682,2749,0.143,0.143\n"
+        "00000002_000.png,No Finding,0,2,58,M,PA,2682,2749,0.143,0.143\n"
     )
     out = tmp_path / "out"
     summary = _convert_layout(
         images, labels, out, "findings", size=256, val_fraction=0, test_fraction=0
     )
-    assert (summary.counts["train"], summary.positives["train"], summary.skipped) == (1, 1, 0)
-    (record,) = tfrecords.read_split(out, "train")
-    assert (record["patient_id"], record["view"]) == ("00000001_000", "PA")
+    assert (summary.counts["train"], summary.positives["train"], summary.skipped) == (2, 1, 0)
+    records = {r["patient_id"]: r for r in tfrecords.read_split(out, "train")}
+    record = records["00000001_000"]
+    assert (record["label"], record["view"]) == (1, "PA")
     np.testing.assert_array_equal(_png_pixels(record["png"]), read_image(png, 256).pixels)
 
 
@@ -636,12 +652,170 @@ def test_cli_layout_errors_are_one_line(capsys, kermany, tmp_path):
             "--label-column", "Pneumonia",
         ],
         "'--uncertain'": ["--layout", "findings", "--images", str(images), "--uncertain", "x"],
-        "unknown class folder": ["--layout", "folders", "--images", str(tmp_path)],
+        "unknown class folder": ["--layout", "folders", "--images", str(tmp_path / "xray")],
     }  # fmt: skip
-    (tmp_path / "COVID").mkdir()
+    (tmp_path / "xray" / "COVID").mkdir(parents=True)
     for expected, argv in cases.items():
         code, err = _main(capsys, ["convert", *argv, "--out", out])
         assert code == 2, (expected, err)
         assert len(err) == 1, (expected, err)
         assert expected in err[0], (expected, err)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ issue #24: odd inputs
+
+
+def _tiny_picture(seed: int, height: int = 24, width: int = 36) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(40, 200, (height, width), dtype=np.uint8)
+    pixels[:4, :6] = 255  # a corner no turn maps onto itself
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def odd_folders(dicoms, tmp_path_factory):
+    """A two-class folder set with one good image of each kind and every odd file."""
+    root = tmp_path_factory.mktemp("odd_folders")
+    normal, pneumonia = root / "NORMAL", root / "PNEUMONIA"
+    (normal / ".thumbs").mkdir(parents=True)
+    pneumonia.mkdir()
+    for i in range(3):
+        Image.fromarray(_tiny_picture(i)).save(normal / f"IM-{i}.png")
+        Image.fromarray(_tiny_picture(10 + i)).save(pneumonia / f"person{i}_virus_1.jpeg")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_tiny_picture(20)).save(normal / "phone.jpg", quality=95, exif=exif)
+    Image.fromarray(_tiny_picture(21)).save(normal / "Ünïcødé-ß.png")
+    (pneumonia / "1.2.840.113619.2.55.3").write_bytes(dicoms[0].read_bytes())
+    oversized_png(pneumonia / "huge.png")
+    Image.fromarray(_tiny_picture(22)).save(pneumonia / "scan.png", format="TIFF")
+    Image.fromarray(_tiny_picture(23)).save(pneumonia / "scan.tif")
+    Image.fromarray(_tiny_picture(24)).save(normal / ".hidden.png")
+    Image.fromarray(_tiny_picture(25)).save(normal / ".thumbs" / "t.png")
+    os.symlink(normal / "moved.png", normal / "gone.png")
+    (normal / "empty.png").write_bytes(b"")
+    return root
+
+
+def test_folders_read_by_content_and_every_odd_file_gets_its_row(odd_folders, tmp_path):
+    out = tmp_path / "out"
+    summary = _convert_layout(
+        odd_folders, None, out, "folders", val_fraction=0, test_fraction=0, size=16
+    )
+    skipped = {row["file"]: row["reason"] for row in _csv_rows(out / "skipped.csv")}
+    moved = odd_folders / "NORMAL" / "moved.png"
+    assert skipped == {
+        "NORMAL/empty.png": "empty file (0 bytes)",
+        "NORMAL/gone.png": f"broken symbolic link (its target {moved} does not exist)",
+        "PNEUMONIA/huge.png": "image too large to decode (196,000,000 pixels, over Pillow's "
+        "limit of 178,956,970)",
+        "PNEUMONIA/scan.png": "unsupported format TIFF (DICOM, PNG and JPEG are read)",
+        "PNEUMONIA/scan.tif": "unsupported format TIFF (DICOM, PNG and JPEG are read)",
+    }
+    assert summary.counts["train"] == 3 + 3 + 3  # + the EXIF JPEG, the unicode name, the DICOM
+    notes = {row["file"]: row["note"] for row in _csv_rows(out / "notes.csv")}
+    assert notes == {"NORMAL/phone.jpg": "EXIF orientation 6 applied (turned 90° clockwise)"}
+    records = {r["patient_id"]: r for r in tfrecords.read_split(out, "train")}
+    assert "PNEUMONIA/1.2.840.113619.2.55.3" in records  # no suffix: read as the DICOM it is
+    assert "NORMAL/Ünïcødé-ß" in records
+    upright = np.rot90(np.asarray(Image.open(odd_folders / "NORMAL" / "phone.jpg")), -1)
+    stored = _png_pixels(records["NORMAL/phone"]["png"])
+    np.testing.assert_array_equal(stored, resize_square(np.ascontiguousarray(upright), 16))
+
+
+def test_rsna_takes_dicoms_without_suffix_and_reports_dangling_links(synth_dir, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(synth_dir / "stage_2_train_images", images)
+    files = sorted(images.glob("*.dcm"))
+    files[0].rename(images / files[0].stem)  # a PACS export: no suffix
+    files[1].rename(images / f"{files[1].stem}.DCM")
+    files[2].unlink()
+    os.symlink(tmp_path / "elsewhere.dcm", images / f"{files[2].stem}.dcm")
+    (images / ".DS_Store").write_bytes(b"\0")
+    summary = _run_convert(synth_dir, tmp_path / "out", images=images)
+    assert sum(summary.counts.values()) == 80 - 1
+    rows = _csv_rows(tmp_path / "out" / "skipped.csv")
+    assert rows == [
+        {
+            "patientId": files[2].stem,
+            "file": f"{files[2].stem}.dcm",
+            "reason": f"broken symbolic link (its target {tmp_path / 'elsewhere.dcm'} does not "
+            "exist)",
+        }
+    ]
+    converted = {i for by_id in _all_records(tmp_path / "out").values() for i in by_id}
+    assert {files[0].stem, files[1].stem} <= converted
+
+
+def test_keep_splits_warns_of_patients_in_several_splits(kermany, tmp_path, capsys):
+    root = tmp_path / "chest_xray"
+    shutil.copytree(kermany[0], root)
+    # person1 (train) also has an image in test: as in the real Kermany set.
+    shutil.copy(root / "train/PNEUMONIA/person1_virus_2.jpeg", root / "test/PNEUMONIA")
+    options = LayoutOptions("folders", keep_splits=True)
+    summary = _convert_layout(root, None, tmp_path / "out", options)
+    (warning,) = summary.warnings
+    assert warning.startswith("1 patient(s) have images in more than one of the data set's own")
+    assert load_manifest(tmp_path / "out").patients_in_several_splits == 1
+    argv = ["convert", "--layout", "folders", "--keep-splits", "--images", str(root)]
+    argv += ["--size", "32", "--workers", "0", "--out", str(tmp_path / "cli")]
+    from pneumokeras.cli import main
+
+    capsys.readouterr()
+    main(argv)  # returns: exit 0
+    err = capsys.readouterr().err.splitlines()  # progress bars, then the warning
+    assert [line for line in err if "warning" in line] == [f"warning: {warning}"]
+
+
+def test_one_class_inputs_are_refused_and_a_one_class_training_split_warned(synth_dir, tmp_path):
+    labels = tmp_path / "negative.csv"
+    with open(synth_dir / "stage_2_train_labels.csv") as handle:
+        negative = [line for line in handle if not line.rstrip().endswith(",1")]
+    labels.write_text("".join(negative))
+    with pytest.raises(UserError, match=r"has Target 0; a classifier needs both classes"):
+        _run_convert(synth_dir, tmp_path / "o", labels=labels)
+    assert not (tmp_path / "o").exists()
+    # Both classes in the data set, one in its own training split: converted, with a warning.
+    root = tmp_path / "kept"
+    both = ["NORMAL", "PNEUMONIA"]
+    for split, classes in {"train": ["NORMAL"], "val": both, "test": both}.items():
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(_tiny_picture(i)).save(root / split / name / f"{name}-{i}.png")
+    options = LayoutOptions("folders", keep_splits=True)
+    summary = _convert_layout(root, None, tmp_path / "out", options)
+    assert summary.warnings == (
+        "the training split holds one class only (0 positive of 2): train needs both; convert "
+        "more examples or lower --val/--test",
+    )
+
+
+def test_output_folders_that_would_lose_files_are_refused(kermany, tmp_path):
+    root, _ = kermany
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.tfrecord").write_bytes(b"someone else's shard")
+    (tmp_path / "a_file").write_text("x")
+    labels_dir = tmp_path / "nih"
+    images, labels = write_nih(labels_dir, patients=3)
+    named_like_output = labels.rename(labels_dir / "skipped.csv")
+    cases = {
+        "is a folder inside --images": (root, root / "converted", None, "folders"),
+        "is --images": (root / "train" / "NORMAL", root / "train" / "NORMAL", None, "rsna"),
+        "holds 1 .tfrecord file(s) (mine.tfrecord, ...)": (root, foreign, None, "folders"),
+        "is a file, not a folder": (root, tmp_path / "a_file", None, "folders"),
+        "would be replaced by the skipped.csv convert writes": (
+            images / "images_001",
+            labels_dir,
+            named_like_output,
+            "findings",
+        ),
+    }
+    for expected, (images_dir, out, labels_csv, layout) in cases.items():
+        with pytest.raises(UserError, match=re.escape(expected)):
+            _convert_layout(images_dir, labels_csv, out, layout)
+    assert not (root / "converted").exists()
+    assert sorted(p.name for p in foreign.iterdir()) == ["mine.tfrecord"]
+    assert not (labels_dir / "manifest.json").exists()

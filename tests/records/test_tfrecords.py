@@ -6,8 +6,9 @@ from layout_fixtures import write_nih
 
 from pneumokeras.errors import UserError
 from pneumokeras.records import tfrecords
-from pneumokeras.records.convert import convert, encode_png
+from pneumokeras.records.convert import ConvertOptions, convert, encode_png
 from pneumokeras.records.manifest import MANIFEST, load_manifest
+from pneumokeras.sources.listing import LayoutOptions
 
 
 def _example(i):
@@ -98,15 +99,17 @@ def nih_converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("nih")
     images, labels = write_nih(root / "nih", patients=12)
     convert(
-        images,
-        labels,
-        root / "tf",
-        size=16,
-        val_fraction=0.25,
-        test_fraction=0.25,
-        workers=0,
+        ConvertOptions(
+            images=images,
+            out=root / "tf",
+            labels=labels,
+            layout=LayoutOptions("findings"),
+            size=16,
+            val_fraction=0.25,
+            test_fraction=0.25,
+            workers=0,
+        ),
         progress=False,
-        layout="findings",
     )
     return root / "tf"
 
@@ -166,12 +169,3 @@ def test_read_patients_missing_file_and_unknown_example(nih_converted, tmp_path)
         tfrecords.read_patients(data)
     with pytest.raises(UserError, match=r"'00000099_000' has no row in patients.csv"):
         tfrecords.patient_ids(["00000099_000"], tfrecords.read_patients(nih_converted))
-
-
-def test_decode_png_gives_the_stored_pixels():
-    from pneumokeras.records.convert import encode_png
-
-    pixels = np.random.default_rng(3).integers(0, 256, (9, 9), dtype=np.uint8)
-    decoded = tfrecords.decode_png(encode_png(pixels))
-    assert decoded.dtype == np.uint8
-    np.testing.assert_array_equal(decoded, pixels)

@@ -286,10 +286,6 @@ def test_an_unreadable_check_image_writes_nothing(run_dir):
     assert sorted(p.name for p in run_dir.iterdir()) == ["model.json", "model.keras"]
 
 
-@pytest.mark.xfail(
-    raises=Image.DecompressionBombError,
-    reason="until the shared image reader refuses images over Pillow's pixel limit (data branch)",
-)
 def test_an_oversized_check_image_is_one_line(run_dir, oversized_png):
     with pytest.raises(UserError) as info:
         export.export_model(run_dir, "onnx", check_images=[oversized_png])

@@ -203,10 +203,6 @@ def test_batch_size_is_the_models_batch(model_path, tmp_path, monkeypatch):
     assert calls == [1, 2, 2, 1]  # the image, then its 5 augmented copies 2 at a time
 
 
-@pytest.mark.xfail(
-    raises=Image.DecompressionBombError,
-    reason="until the shared image reader refuses images over Pillow's pixel limit (data branch)",
-)
 def test_an_oversized_image_gets_its_error_row_and_the_others_are_predicted(
     model_path, image_files, oversized_png, tmp_path, capsys
 ):

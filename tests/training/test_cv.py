@@ -29,7 +29,7 @@ from pneumokeras.evaluation.calibration import calibrate, fit_calibration
 from pneumokeras.models.model_card import load_classifier, read_card
 from pneumokeras.records import tfrecords
 from pneumokeras.serving import predict
-from pneumokeras.sources import rsna
+from pneumokeras.sources.splits import class_weights
 from pneumokeras.training import cv, out_of_fold
 from pneumokeras.training.run_folder import run_lock
 
@@ -445,9 +445,7 @@ def _two_folds(converted_dir, target):
         weights = [
             {
                 str(c): w
-                for c, w in rsna.class_weights(
-                    [labels[p] for p, f in folds.items() if f != k]
-                ).items()
+                for c, w in class_weights([labels[p] for p, f in folds.items() if f != k]).items()
             }
             for k in range(2)
         ]
