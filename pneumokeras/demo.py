@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import multiprocessing
-import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pneumokeras.config import Config
 from pneumokeras.errors import UserError
+from pneumokeras.utils.spawn import call_under_tensorflow
+
+if TYPE_CHECKING:
+    from pneumokeras.explain.explain import ExplainSummary
 
 STAGES = 5
 OUTPUT_FOLDERS = ("synth", "tfrecords", "run", "evaluation", "explain")
@@ -45,8 +48,10 @@ def _value(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _explain_child(run_dir: Path, data_dir: Path, out: Path, config: Config, limit: int) -> dict:
-    """explain_run on the test positives (in this process; needs TensorFlow Keras)."""
+def _explain_test_positives(
+    run_dir: Path, data_dir: Path, out: Path, config: Config, limit: int
+) -> ExplainSummary:
+    """explain_run on the test positives (needs Keras on TensorFlow: see `_explain`)."""
     from pneumokeras.explain.explain import explain_run
 
     return explain_run(
@@ -61,27 +66,15 @@ def _explain_child(run_dir: Path, data_dir: Path, out: Path, config: Config, lim
     )
 
 
-def _explain(run_dir: Path, data_dir: Path, out: Path, config: Config, limit: int) -> dict:
+def _explain(
+    run_dir: Path, data_dir: Path, out: Path, config: Config, limit: int
+) -> ExplainSummary:
     """Explains under TensorFlow: here, or in a spawned child when Keras runs another backend.
 
     Keras fixes its backend when first imported, and tf-keras-vis needs TensorFlow,
-    so a JAX demo explains in a fresh process that imports Keras with
-    KERAS_BACKEND=tensorflow (the spawned child reads the variable at start).
+    so a JAX demo explains in a fresh process (`spawn.call_under_tensorflow`).
     """
-    import keras
-
-    if keras.backend.backend() == "tensorflow":
-        return _explain_child(run_dir, data_dir, out, config, limit)
-    asked = os.environ.get("KERAS_BACKEND")
-    os.environ["KERAS_BACKEND"] = "tensorflow"
-    try:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            return pool.apply(_explain_child, (run_dir, data_dir, out, config, limit))
-    finally:
-        if asked is None:
-            del os.environ["KERAS_BACKEND"]
-        else:
-            os.environ["KERAS_BACKEND"] = asked
+    return call_under_tensorflow(_explain_test_positives, run_dir, data_dir, out, config, limit)
 
 
 def _clear_out_dir(out_dir: Path) -> None:
@@ -197,9 +190,9 @@ def run_demo(
         test_roc_auc=_value(evaluated.roc_auc),
         sensitivity=_value(evaluated.sensitivity),
         specificity=_value(evaluated.specificity),
-        pointing_game=explained.get("pointing_game"),
+        pointing_game=explained.pointing_game,
         pointing_game_detected=_pointing_on_detected(explain_dir),
-        energy_in_boxes=explained.get("energy_in_boxes"),
+        energy_in_boxes=explained.energy_in_boxes,
         largest_gap=gap_words(evaluated.largest_gap) if evaluated.largest_gap else None,
         report=eval_dir / "report.md",
         overlays=explain_dir,

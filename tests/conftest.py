@@ -111,6 +111,23 @@ def image_files(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture
+def oversized_png(tmp_path) -> Path:
+    """A 14000 × 14000 PNG header with no pixels: over Pillow's pixel limit, a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 14000, 14000, 8, 0, 0, 0, 0)  # 8-bit gray
+    path = tmp_path / "oversized.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
 # ---------------------------------------------------------------- parallel runs
 
 

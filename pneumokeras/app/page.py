@@ -3,37 +3,34 @@
 Start it with `python cli.py app --model RUN` (or `make app` after `make demo`); the
 page takes the model from `PNEUMOKERAS_MODEL`, an optional converted folder to
 browse from `PNEUMOKERAS_DATA` and the per-file upload limit from
-`PNEUMOKERAS_MAX_UPLOAD_MB`, so `streamlit run pneumokeras/app/page.py` with those
-variables is the same app. It runs under the TensorFlow backend (Grad-CAM uses
-`tf.GradientTape`); models trained under JAX load unchanged.
+`PNEUMOKERAS_MAX_UPLOAD_MB` (`server.py`), so `KERAS_BACKEND=tensorflow streamlit
+run pneumokeras/app/page.py` with those variables shows the same page. It needs
+the TensorFlow backend (Grad-CAM uses `tf.GradientTape`) and says so otherwise;
+models trained under JAX load unchanged. A `cv` ensemble shows the mean of its
+members' maps and their spread.
 
 The page only lays out widgets and results: reading, predicting, explaining and
-the download tables are `app_logic`'s. The model and each heatmap explainer are
+the download tables are the other `app` modules'. It changes no process-wide
+state (the server's `main` does that). The model and each heatmap explainer are
 built once per process (`st.cache_resource`); an image's analysis is cached by
 its content and the heatmap settings, so moving the opacity slider redraws the
 overlay without running the model again. Uploaded files stay in memory (a
-private temporary folder holds one only while it is read). Research and
-education only; not for diagnosis.
+private temporary folder holds one only while it is read). Whatever fails, the
+page shows one line, never a traceback. Research and education only; not for
+diagnosis.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import sys
-
-if "keras" not in sys.modules:  # Grad-CAM needs TensorFlow; choose it before Keras loads
-    os.environ["KERAS_BACKEND"] = "tensorflow"
 
 import numpy as np
 import streamlit as st
 
-from pneumokeras.app import logic as app_logic
+from pneumokeras.app import analysis, downloads, examples, model_panel, server
 from pneumokeras.errors import UserError
 from pneumokeras.records import manifest as manifest_lib
-from pneumokeras.utils import environment
-
-environment.set_defaults()
 
 VIEWS = ("Upload X-rays", "Synthetic examples", "Browse converted data")
 METHOD_LABELS = {"Grad-CAM": "gradcam", "Grad-CAM++": "gradcam++", "Score-CAM (slow)": "scorecam"}
@@ -48,17 +45,20 @@ def load_model(path: str):
     """The classifier (model + card), loaded once per process."""
     from pneumokeras.models.model_card import load_classifier
 
-    classifier = app_logic.TracedClassifier(load_classifier(path, require_card=False))
+    classifier = analysis.TracedClassifier(load_classifier(path, require_card=False))
     classifier.warm_up()
     return classifier
 
 
 @st.cache_resource(show_spinner=False)
 def load_explainer(path: str, method: str, layer: str):
-    """One `HeatmapExplainer` per (model, method, layer), built once per process."""
-    from pneumokeras.explain.cam import HeatmapExplainer
+    """One heatmap explainer per (model, method, layer), built once per process.
 
-    explainer = HeatmapExplainer(load_model(path).model, method, layer)
+    For an ensemble, the mean of its members' maps, each at `layer`.
+    """
+    from pneumokeras.explain.explain import heatmap_explainer
+
+    explainer = heatmap_explainer(load_model(path), method, layer)
     if method != "scorecam":  # its first call costs what the first upload would
         size = load_model(path).input_size
         explainer(np.zeros((1, size, size, 1), np.float32), [1])
@@ -75,22 +75,21 @@ def load_split(data_dir: str, split: str):
 
 @st.cache_resource(show_spinner=False)
 def load_manifest(data_dir: str):
-
     return manifest_lib.load_manifest(data_dir)
 
 
 @st.cache_resource(show_spinner="Rendering synthetic patients…")
 def load_synthetic_examples():
-    return app_logic.synthetic_examples()
+    return examples.synthetic_examples()
 
 
 @st.cache_data(max_entries=64, show_spinner="Predicting and computing the heatmap…")
 def analyse_bytes(
     key: tuple, name: str, _data: bytes, limit_mb: float, source: str, truth=None, _boxes=None
 ):
-    """`app_logic.analyse_upload`, cached by `key` (model, content digest, settings)."""
+    """`analysis.analyse_upload`, cached by `key` (model, content digest, settings)."""
     path, _, method, layer, target, tta = key
-    return app_logic.analyse_upload(
+    return analysis.analyse_upload(
         load_model(path),
         load_explainer(path, method, layer),
         name,
@@ -106,10 +105,10 @@ def analyse_bytes(
 
 @st.cache_data(max_entries=64, show_spinner="Predicting and computing the heatmap…")
 def analyse_pixels(key: tuple, name: str, _example, source: str):
-    """`app_logic.analyse` of a split example, cached by `key`."""
+    """`analysis.analyse` of a split example, cached by `key`."""
     path, _, method, layer, target, tta = key
-    record = app_logic.record_from_pixels(_example.pixels, name, _example.name)
-    return app_logic.analyse(
+    record = analysis.record_from_pixels(_example.pixels, name, _example.name)
+    return analysis.analyse(
         load_model(path),
         load_explainer(path, method, layer),
         name,
@@ -124,14 +123,14 @@ def analyse_pixels(key: tuple, name: str, _example, source: str):
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def overlay(key: tuple, alpha: float, _result) -> bytes:
-    return app_logic.overlay_png(_result, alpha)
+    return analysis.overlay_png(_result, alpha)
 
 
 # ------------------------------------------------------------------------- drawing
 
 
-def show_result(result, key: tuple, alpha: float, slot: int) -> None:
-    """One image's card: input, overlay, probability and label, TTA, warnings, facts."""
+def show_result(result, key: tuple, alpha: float, slot: int, headline: str) -> None:
+    """One image's card: input, overlay, probability and label, TTA, members, warnings, facts."""
     with st.container(border=True):
         st.markdown(f"**{result.name}**")
         if not result.ok:
@@ -144,8 +143,8 @@ def show_result(result, key: tuple, alpha: float, slot: int) -> None:
             record.pixels, caption=f"as the model sees it ({size} × {size} px)", width="stretch"
         )
         png = overlay((*key, result.name), alpha, result)
-        middle.image(png, caption=app_logic.shown_text(result), width="stretch")
-        right.metric("P(pneumonia), calibrated", f"{result.probability:.3f}")
+        middle.image(png, caption=analysis.shown_text(result), width="stretch")
+        right.metric(headline, f"{result.probability:.3f}")
         right.markdown(f"Label: **{result.class_name}** (threshold {result.threshold:.3f})")
         if result.tta:
             count, mean, std = result.tta
@@ -154,6 +153,13 @@ def show_result(result, key: tuple, alpha: float, slot: int) -> None:
                 help="Mean ± SD over flips, ±5° rotations and ±5 % brightness: how "
                 "much the prediction moves under small changes. Not a "
                 "calibrated uncertainty.",
+            )
+        if result.members is not None:
+            right.markdown(
+                analysis.members_text(result),
+                help="Standard deviation of the fold models' calibrated probabilities: how "
+                "much models trained on different data disagree. Not a calibrated "
+                "uncertainty.",
             )
         if result.truth is not None:
             truth = "pneumonia" if result.truth else "normal"
@@ -166,7 +172,7 @@ def show_result(result, key: tuple, alpha: float, slot: int) -> None:
             right.markdown(line)
         if result.warning:
             right.warning(result.warning)
-        right.markdown("\n".join(f"- {k}: {v}" for k, v in app_logic.image_facts(record)))
+        right.markdown("\n".join(f"- {k}: {v}" for k, v in analysis.image_facts(record)))
         right.download_button(
             "Overlay PNG",
             png,
@@ -177,33 +183,40 @@ def show_result(result, key: tuple, alpha: float, slot: int) -> None:
         )
 
 
-def show_safely(make_result, name: str, key: tuple, alpha: float, slot: int):
+def _one_line(err: BaseException) -> str:
+    """An error as one line: a UserError's message, else its type and first line."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, UserError):
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def show_safely(make_result, name: str, key: tuple, alpha: float, slot: int, headline: str):
     """Analyses and draws one image (card number `slot`); any failure stays on its card."""
     try:
         result = make_result()
-        show_result(result, key, alpha, slot)
+        show_result(result, key, alpha, slot, headline)
         return result
     except Exception as err:
-        text = str(err).splitlines()[0] if str(err) else ""
-        st.error(f"{name}: could not be analysed ({type(err).__name__}: {text})")
-        return app_logic.Result(name=name, error=f"{type(err).__name__}: {text}")
+        st.error(f"{name}: could not be analysed ({_one_line(err)})")
+        return analysis.Result(name=name, error=_one_line(err))
 
 
 def show_downloads(results, classifier, label: str) -> None:
-    rows = [app_logic.result_row(r) for r in results]
+    rows = [downloads.result_row(r) for r in results]
     if not rows:
         return
     left, right = st.columns(2)
     left.download_button(
         f"{label} as CSV",
-        app_logic.results_csv(rows),
+        downloads.results_csv(rows),
         file_name="pneumokeras_results.csv",
         mime="text/csv",
         on_click="ignore",
     )
     right.download_button(
         f"{label} as JSON",
-        app_logic.results_json(rows, app_logic.model_summary(classifier)),
+        downloads.results_json(rows, model_panel.model_summary(classifier)),
         file_name="pneumokeras_results.json",
         mime="application/json",
         on_click="ignore",
@@ -212,8 +225,6 @@ def show_downloads(results, classifier, label: str) -> None:
 
 def sidebar(classifier) -> dict:
     """Heatmap settings and the model panel; returns the settings."""
-    from pneumokeras.explain.cam import spatial_layers
-
     bar = st.sidebar
     bar.header("Heatmap")
     method = METHOD_LABELS[
@@ -225,10 +236,10 @@ def sidebar(classifier) -> dict:
             "layer: seconds to minutes per image on a CPU.",
         )
     ]
-    layers = spatial_layers(classifier.model)[::-1]
-    default = app_logic.default_layer(classifier, layers[::-1])
+    layers = model_panel.explainable_layers(classifier)[::-1]
+    default = model_panel.default_layer(classifier, layers[::-1])
     layer = bar.selectbox(
-        "Layer",
+        "Layer" + (" (of each member)" if classifier.card.members else ""),
         layers,
         index=layers.index(default) if default else 0,
         key="layer",
@@ -255,15 +266,22 @@ def sidebar(classifier) -> dict:
             "Threshold and temperature are training's defaults: run `evaluate` on "
             "this model to fit them."
         )
-    bar.markdown("\n".join(f"- **{k}**: {v}" for k, v in app_logic.model_facts(classifier)))
-    return {"method": method, "layer": layer, "target": target, "alpha": alpha, "tta": int(tta)}
+    bar.markdown("\n".join(f"- **{k}**: {v}" for k, v in model_panel.model_facts(classifier)))
+    return {
+        "method": method,
+        "layer": layer,
+        "target": target,
+        "alpha": alpha,
+        "tta": int(tta),
+        "headline": model_panel.probability_label(classifier),
+    }
 
 
 # --------------------------------------------------------------------------- views
 
 
 def upload_view(classifier, settings, model_path: str) -> None:
-    limit = app_logic.upload_limit_mb()
+    limit = server.upload_limit_mb(os.environ)
     files = st.file_uploader(
         "Chest X-rays: DICOM, PNG or JPEG (one or more)",
         accept_multiple_files=True,
@@ -285,6 +303,7 @@ def upload_view(classifier, settings, model_path: str) -> None:
                 key,
                 settings["alpha"],
                 slot,
+                settings["headline"],
             )
         )
     show_downloads(results, classifier, "Results")
@@ -308,16 +327,17 @@ def synthetic_view(classifier, settings, model_path: str) -> None:
                 key,
                 settings["alpha"],
                 slot,
+                settings["headline"],
             )
         )
-    summary = app_logic.localisation_summary(results)
+    summary = examples.localisation_summary(results)
     if summary:
         st.markdown(summary[0].upper() + summary[1:] + ".")
     show_downloads(results, classifier, "Results")
 
 
 def browse_view(classifier, settings, model_path: str) -> None:
-    data_dir = os.environ.get(app_logic.DATA_VARIABLE, "")
+    data_dir = os.environ.get(server.DATA_VARIABLE, "")
     if not data_dir:
         st.info(
             "No converted data given: start the app with `--data DIR` (a folder made by "
@@ -350,13 +370,13 @@ def browse_view(classifier, settings, model_path: str) -> None:
     selected = sum(1 for r in records if r["label"] == 1) if positives else len(records)
     pages = max(1, -(-selected // PAGE_SIZE))
     page = right.number_input(f"Page (of {pages})", 1, pages, 1, key="page")
-    examples, _ = app_logic.split_examples(records, (page - 1) * PAGE_SIZE, PAGE_SIZE, positives)
+    shown, _ = examples.split_examples(records, (page - 1) * PAGE_SIZE, PAGE_SIZE, positives)
     st.caption(
         f"{data_dir} · split {split}: {selected} image(s)"
         f"{' with label 1' if positives else ''}; green boxes: the label boxes."
     )
     results = []
-    for slot, example in enumerate(examples):
+    for slot, example in enumerate(shown):
         key = _key(model_path, f"{data_dir}:{split}:{example.name}", settings)
         results.append(
             show_safely(
@@ -365,9 +385,10 @@ def browse_view(classifier, settings, model_path: str) -> None:
                 key,
                 settings["alpha"],
                 slot,
+                settings["headline"],
             )
         )
-    summary = app_logic.localisation_summary(results)
+    summary = examples.localisation_summary(results)
     if summary:
         st.markdown(summary[0].upper() + summary[1:] + ".")
     show_downloads(results, classifier, "This page's results")
@@ -391,34 +412,38 @@ def _key(model_path: str, content: str, settings: dict) -> tuple:
 def main() -> None:
     st.set_page_config(page_title="pneumokeras: explain a chest X-ray", layout="wide")
     st.title("pneumokeras: what does the model see?")
-    st.warning(app_logic.RESEARCH_NOTICE)
-    model_path = os.environ.get(app_logic.MODEL_VARIABLE, "")
+    st.warning(downloads.RESEARCH_NOTICE)
+    try:
+        show_page()
+    except Exception as err:  # one line on the page, never a traceback
+        st.error(f"The page stopped: {_one_line(err)}")
+
+
+def show_page() -> None:
+    model_path = os.environ.get(server.MODEL_VARIABLE, "")
     if not model_path:
         st.error(
-            f"No model: set {app_logic.MODEL_VARIABLE}, or start the app with "
+            f"No model: set {server.MODEL_VARIABLE}, or start the app with "
             "`python cli.py app --model RUN_OR_MODEL`."
         )
-        st.stop()
-    environment.import_tensorflow_quietly()  # its C++ start-up lines would fill the log
+        return
     import keras
-
-    app_logic.keep_keras_session()  # the served app keeps its model (see there)
 
     if keras.backend.backend() != "tensorflow":
         st.error(
             "The app needs the TensorFlow backend (Grad-CAM uses tf.GradientTape); this "
             f"process runs {keras.backend.backend()}. Start it with `python cli.py app`."
         )
-        st.stop()
+        return
     try:
         classifier = load_model(model_path)
     except UserError as err:
         st.error(str(err))
-        st.stop()
+        return
     settings = sidebar(classifier)
     with st.spinner("Preparing the heatmap method (once per process)…"):
         load_explainer(model_path, settings["method"], settings["layer"])
-    st.caption(app_logic.decision_rule(classifier))
+    st.caption(model_panel.decision_rule(classifier))
     view = st.radio("Show", VIEWS, horizontal=True, key="view", label_visibility="collapsed")
     if view == VIEWS[0]:
         upload_view(classifier, settings, model_path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -21,10 +20,10 @@ from pneumokeras.cli.options import data_option, example
 @click.option(
     "--model",
     "model_path",
-    default="demo_output/run",
-    show_default=True,
+    default=None,
     type=click.Path(),
-    help="model.keras or its run folder.",
+    help="model.keras, ensemble.keras or the run folder holding it (default: "
+    "PNEUMOKERAS_MODEL, else demo_output/run).",
 )
 @data_option("Converted folder to browse.", required=False)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
@@ -32,23 +31,29 @@ from pneumokeras.cli.options import data_option, example
 @click.option("--max-upload-mb", default=100, show_default=True, help="Largest file accepted, MB.")
 def app(model_path, data_dir, host, port, max_upload_mb) -> None:
     """Web app: upload X-rays, see probability, label and Grad-CAM."""
-    from pneumokeras.app.logic import streamlit_command
-    from pneumokeras.errors import UserError
+    from pneumokeras.app.server import resolve_model, server_command
+    from pneumokeras.utils.network import check_can_listen
 
-    if model_path == "demo_output/run" and not Path(model_path).exists():
-        raise UserError("no model in demo_output/run: run `make demo` first, or pass --model")
+    model = resolve_model(model_path, os.environ)
     force_tensorflow_backend("the app", "Grad-CAM")
-    argv, env = streamlit_command(model_path, data_dir, host, port, max_upload_mb)
+    argv, env = server_command(model, data_dir, host, port, max_upload_mb, os.environ)
+    check_can_listen(
+        host,
+        port,
+        "choose another --port (or stop the server using it)",
+        "give --host an address of this machine (127.0.0.1: this machine only)",
+    )
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(
             f"note: --host {host} lets other machines reach the app; it has no login, and "
             "uploads are sent unencrypted (plain HTTP)",
             err=True,
         )
+    shown = f"[{host}]" if ":" in host else host
     click.echo(
-        f"serving the app at http://{host}:{port} (Ctrl+C stops it); research use only",
+        f"serving {model} at http://{shown}:{port} (Ctrl+C stops it); research use only",
         err=True,
     )
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(argv[0], argv, env)  # streamlit replaces this process: signals go to it
+    os.execve(argv[0], argv, env)  # the server replaces this process: signals go to it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from pneumokeras.cli.backend import force_tensorflow_backend
@@ -84,12 +86,12 @@ def explain(
     click.echo(_explain_line(summary) + f"; overlays in {out_dir}")
 
 
-def _explain_line(summary: dict) -> str:
-    line = f"explained {summary.get('count', 0)} image(s)"
-    if summary.get("pointing_game") is not None:
+def _explain_line(summary: Any) -> str:
+    """`explained N image(s)`, and the localisation scores when positives were scored."""
+    line = f"explained {summary.count} image(s)"
+    if summary.pointing_game is not None:
         line += (
-            f"; pointing game {summary['pointing_game']:.2f}, energy in boxes "
-            f"{summary['energy_in_boxes']:.2f} over {summary.get('positives_with_boxes')} "
-            "positives"
+            f"; pointing game {summary.pointing_game:.2f}, energy in boxes "
+            f"{summary.energy_in_boxes:.2f} over {summary.positives_with_boxes} positives"
         )
     return line

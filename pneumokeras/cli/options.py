@@ -69,6 +69,26 @@ def load_config(config_path: str | None, overrides: tuple[str, ...]) -> Any:
     return load(config_path, overrides)
 
 
+def setting_given(config_path: str | None, overrides: tuple[str, ...], dotted: str) -> bool:
+    """Whether the user set `section.key` (`--set`, or in the `--config` file).
+
+    Called after `load_config` accepted both, so the file is readable YAML.
+    """
+    from pneumokeras.config import parse_override
+
+    section, key = dotted.split(".")
+    if any(parse_override(text)[:2] == (section, key) for text in overrides):
+        return True
+    if config_path is None:
+        return False
+    from pathlib import Path
+
+    import yaml
+
+    raw = yaml.safe_load(Path(config_path).read_text()) or {}
+    return isinstance(raw.get(section), dict) and key in raw[section]
+
+
 def debugging() -> bool:
     """Whether `--debug` was given (the group's context object)."""
     context = click.get_current_context(silent=True)

@@ -23,9 +23,13 @@ from pneumokeras.utils import environment
     help="Write predictions here (default: print to stdout).",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json"]),
+    default=None,
+    help="Output format (default: json for an --out ending in .json, else csv).",
 )
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", default=32, show_default=True, help="Images per model call.")
 @click.option(
     "--tta",
     default=0,
@@ -42,7 +46,7 @@ def predict(model_path, inputs, out_path, fmt, batch_size, tta, threshold) -> No
     """Predict pneumonia on DICOM, PNG or JPEG files and folders."""
     environment.check_backend("predict")
     import_tensorflow()
-    from pneumokeras.serving.predict import format_rows, predict_files
+    from pneumokeras.serving.predict import format_rows, output_format, predict_files
 
     rows = predict_files(
         model_path,
@@ -56,7 +60,7 @@ def predict(model_path, inputs, out_path, fmt, batch_size, tta, threshold) -> No
     failed = sum(1 for row in rows if row.get("error"))
     warned = sum(1 for row in rows if row.get("warning"))
     if out_path is None:
-        click.echo(format_rows(rows, fmt), nl=False)
+        click.echo(format_rows(rows, output_format(None, fmt)), nl=False)
     click.echo(
         f"predicted {len(rows) - failed} file(s)"
         + (f", {warned} with warnings (see the warning column)" if warned else "")

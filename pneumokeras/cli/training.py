@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import traceback
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
@@ -14,6 +15,7 @@ from pneumokeras.cli.options import (
     import_tensorflow,
     load_config,
     out_dir_option,
+    setting_given,
     settings_options,
 )
 from pneumokeras.utils import environment
@@ -71,6 +73,7 @@ def train(
     distributed.check_backend(cluster, backend)
     config = load_config(config_path, overrides)
     import_tensorflow()
+    config = _sized_config(config, config_path, overrides, data_dir)
     distributed.initialize(cluster, backend)  # before any JAX computation
     from pneumokeras.training.train import train as run_train
 
@@ -96,7 +99,21 @@ def train(
     )
 
 
-def _exit_multi_process(err: Exception) -> None:
+def _sized_config(
+    config: Any, config_path: str | None, overrides: tuple[str, ...], data_dir: str
+) -> Any:
+    """`config` with `data.image_size` taken from the data unless the user set it (said)."""
+    if setting_given(config_path, overrides, "data.image_size"):
+        return config
+    from pneumokeras.training.train import with_data_image_size
+
+    config, note = with_data_image_size(config, data_dir)
+    if note:
+        click.echo(f"note: {note}", err=True)
+    return config
+
+
+def _exit_multi_process(err: Exception) -> NoReturn:
     """One error line and an immediate exit (see `distributed.hard_exit`), as `main` words it."""
     from pneumokeras.config import ConfigError
     from pneumokeras.errors import UserError
@@ -130,24 +147,29 @@ def cv(data_dir, out_dir, config_path, overrides, only_fold) -> None:
     environment.check_backend("cv")
     config = load_config(config_path, overrides)
     import_tensorflow()
+    config = _sized_config(config, config_path, overrides, data_dir)
+    from pneumokeras.models.ensemble import ENSEMBLE_FILE
     from pneumokeras.training.cv import METRICS_FILE, REPORT_FILE, cross_validate
 
     summary = cross_validate(
         data_dir, out_dir, config, only_fold=only_fold, say=lambda line: click.echo(line, err=True)
     )
     if summary.result is None:
+        in_use = f" ({', '.join(map(str, summary.in_use))} in use by another process)"
         click.echo(
             f"trained fold(s) {', '.join(map(str, summary.trained)) or 'none'}; waiting for "
-            f"fold(s) {', '.join(map(str, summary.pending))}: rerun the same command to "
-            "aggregate once they are finished"
+            f"fold(s) {', '.join(map(str, summary.pending))}"
+            + (in_use if summary.in_use else "")
+            + ": rerun the same command to aggregate once they are finished"
         )
         return
     result, out = summary.result, Path(out_dir)
-    auc = result["summary"]["roc_auc"]
-    pooled = result["pooled"]["roc_auc"]
-    spread = "n/a" if auc["sd"] is None else f"{auc['sd']:.3f}"
+    auc = result.summary["roc_auc"]
+    pooled = result.pooled["roc_auc"]["value"]
+    mean = "n/a" if auc.mean is None else f"{auc.mean:.3f}"
+    spread = "n/a" if auc.sd is None else f"{auc.sd:.3f}"
     click.echo(
-        f"{summary.num_folds} folds: ROC-AUC {auc['mean']:.3f} ± {spread} (mean ± sd), "
-        f"pooled out-of-fold {pooled['value']:.3f}; ensemble in {out / 'ensemble.keras'}; "
-        f"metrics in {out / METRICS_FILE}, report in {out / REPORT_FILE}"
+        f"{summary.num_folds} folds: ROC-AUC {mean} ± {spread} (mean ± sd), "
+        f"pooled out-of-fold {'n/a' if pooled is None else f'{pooled:.3f}'}; ensemble in "
+        f"{out / ENSEMBLE_FILE}; metrics in {out / METRICS_FILE}, report in {out / REPORT_FILE}"
     )

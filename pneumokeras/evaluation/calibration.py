@@ -39,7 +39,7 @@ from scipy.optimize import minimize_scalar
 from scipy.stats import chi2
 from sklearn.metrics import brier_score_loss, log_loss
 
-from pneumokeras.evaluation.metrics import expected_calibration_error, reliability
+from pneumokeras.evaluation.metrics import expected_calibration_error, json_number, reliability
 from pneumokeras.models.temperature import calibrate, clip_probabilities
 
 # Temperature search range: far wider than any trained network needs.
@@ -242,16 +242,12 @@ def calibration_summary(
             "nll": negative_log_likelihood(labels, probs),
             "bins": {
                 "counts": rel.counts.tolist(),
-                "mean_predicted": [_json_number(v) for v in rel.mean_predicted.tolist()],
-                "fraction_positive": [_json_number(v) for v in rel.fraction_positive.tolist()],
+                "mean_predicted": [json_number(v) for v in rel.mean_predicted.tolist()],
+                "fraction_positive": [json_number(v) for v in rel.fraction_positive.tolist()],
             },
         }
 
     return {"before": one(raw), "after": one(calibrated)}
-
-
-def _json_number(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def calibration_record(

@@ -32,6 +32,7 @@ import numpy as np
 
 from pneumokeras.errors import UserError
 from pneumokeras.evaluation import calibration, metrics
+from pneumokeras.models.model_card import CLASS_NAMES
 from pneumokeras.records.manifest import Manifest
 
 # The split name that means every split of a converted folder together.
@@ -39,7 +40,6 @@ ALL_SPLITS = "all"
 # Card calibration facts an external evaluation reports (written by `evaluate`
 # and by `cv`'s out-of-fold fit).
 _CARD_FACTS = ("n", "n_patients", "n_positive", "n_negative", "nll_before", "nll_after")
-CLASS_NAMES = ("normal", "pneumonia")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,10 +373,13 @@ def _scores(
 
 
 def _part(labels: np.ndarray, patients: np.ndarray) -> dict[str, int]:
+    """Images, patients, positive images and positive patients (any image positive)."""
+    per_patient, _ = _patient_labels(labels, patients)
     return {
         "n": int(labels.size),
-        "patients": int(np.unique(patients).size),
+        "patients": int(per_patient.size),
         "positives": int(labels.sum()),
+        "positive_patients": int(per_patient.sum()),
     }
 
 

@@ -227,9 +227,9 @@ def wilson_interval(successes: int, trials: int, level: float = CI_LEVEL) -> tup
     return float(ci.low), float(ci.high)
 
 
-def _json_number(value: float) -> float | None:
-    """NaN → None (JSON has no NaN)."""
-    return value if math.isfinite(value) else None
+def json_number(value: float) -> float | None:
+    """A number for JSON: a float, or None for NaN and ±inf (JSON has neither)."""
+    return float(value) if math.isfinite(value) else None
 
 
 def metric_table(
@@ -288,16 +288,16 @@ def metric_table(
             successes, trials = (int(sum(point[c] for c in cells)) for cells in PROPORTIONS[name])
             low, high = wilson_interval(successes, trials, level)
             entry = {
-                "value": _json_number(point[name]),
-                "ci95": [_json_number(low), _json_number(high)],
+                "value": json_number(point[name]),
+                "ci95": [json_number(low), json_number(high)],
                 "ci_method": "wilson",
                 "resamples": None,
             }
         else:
             interval = boot[name]
             entry = {
-                "value": _json_number(point[name]),
-                "ci95": [_json_number(interval.low), _json_number(interval.high)],
+                "value": json_number(point[name]),
+                "ci95": [json_number(interval.low), json_number(interval.high)],
                 "ci_method": "bootstrap",
                 "resamples": interval.resamples,
             }

@@ -255,6 +255,14 @@ REFIT_ROWS = {
 }
 
 
+def _images_of_patients(part: Mapping[str, Any]) -> str:
+    """`N images (P positive) of M patients (Q with pneumonia)`: images and patients apart."""
+    patients = f"{part['patients']} patients"
+    if "positive_patients" in part:  # absent from metrics.json files written before it
+        patients += f" ({part['positive_patients']} with pneumonia)"
+    return f"{part['n']} images ({part['positives']} positive) of {patients}"
+
+
 def _refit(refit: Mapping[str, Any]) -> list[str]:
     """The own-vs-refit table: what re-fitting on part of the new data would change."""
     part, held, fit = refit["refit_part"], refit["held_out"], refit["fit"]
@@ -262,12 +270,11 @@ def _refit(refit: Mapping[str, Any]) -> list[str]:
         "## Own vs re-fitted threshold and temperature",
         "",
         f"A seeded (seed {refit['seed']}), class-stratified {refit['fraction']:.0%} of the "
-        f"patients ({part['n']} images of {part['patients']} patients, {part['positives']} "
-        f"with pneumonia) re-fits the temperature and then the threshold "
+        f"patients ({_images_of_patients(part)}) re-fits the temperature and then the "
+        f"threshold "
         f"({THRESHOLD_HOW[refit['threshold_method']].replace('the validation split', 'that part')}"
         f"); temperature: {fit['explanation']}. Both are scored on the other "
-        f"{held['n']} images of {held['patients']} patients ({held['positives']} with "
-        "pneumonia). The model card is not changed.",
+        f"{_images_of_patients(held)}. The model card is not changed.",
         "",
         "| held-out part | model's own (training data) | re-fitted on this data |",
         "|---|---|---|",

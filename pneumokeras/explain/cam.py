@@ -31,6 +31,8 @@ from pneumokeras.models.model_card import CLASS_NAMES
 
 METHODS = ("gradcam", "gradcam++", "scorecam")
 METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
+# What to explain: a class name (`pneumonia`, `normal`, `predicted`) or one index per image.
+Targets = str | Sequence[int] | np.ndarray
 # Output columns of model.keras (DESIGN.md contract).
 CLASS_INDEX = {name: index for index, name in enumerate(CLASS_NAMES)}
 # Images per tf-keras-vis call: bounds eager-mode memory for large inputs.
@@ -332,7 +334,7 @@ class HeatmapExplainer:
         self.num_classes = int(model.output_shape[-1])
         if method == "scorecam":
             # Forward passes only: tf-keras-vis scores masked inputs on the whole model.
-            self._activations = None
+            self._activations: Callable[[np.ndarray], list[Any]] | None = None
             self._visualizer = Scorecam(model, model_modifier=ReplaceToLinear(), clone=True)
             return
         linear = keras.models.clone_model(model)
@@ -342,7 +344,7 @@ class HeatmapExplainer:
         factory = GradcamPlusPlus if method == "gradcam++" else Gradcam
         self._visualizer = factory(_gradient_model(head, self.layer), clone=False)
 
-    def targets(self, images: np.ndarray, target_class: str | Sequence[int]) -> np.ndarray:
+    def targets(self, images: np.ndarray, target_class: Targets) -> np.ndarray:
         """Class index explained for each image.
 
         Args:
@@ -392,13 +394,12 @@ class HeatmapExplainer:
             with _quiet_predict():
                 cams = self._visualizer(score, batch, **kwargs)
         else:
+            assert self._activations is not None  # set for every method but Score-CAM
             activations = [np.asarray(t) for t in self._activations(batch)]
             cams = self._visualizer(score, activations, **kwargs)
         return np.asarray(keras.ops.convert_to_numpy(cams), dtype=np.float32)
 
-    def __call__(
-        self, images: np.ndarray, target_class: str | Sequence[int] = "pneumonia"
-    ) -> np.ndarray:
+    def __call__(self, images: np.ndarray, target_class: Targets = "pneumonia") -> np.ndarray:
         """Heatmaps for a batch of images.
 
         Args:
@@ -473,23 +474,19 @@ class EnsembleHeatmapExplainer:
         distinct = sorted({m.layer for m in self.members})
         self.layer = f"{distinct[0]} of each member" if len(distinct) == 1 else ", ".join(distinct)
 
-    def targets(self, images: np.ndarray, target_class: str | Sequence[int]) -> np.ndarray:
+    def targets(self, images: np.ndarray, target_class: Targets) -> np.ndarray:
         """Class index per image, decided on the ensemble (see `HeatmapExplainer.targets`)."""
         if isinstance(target_class, str) and target_class == "predicted":
             return np.argmax(_model_outputs(self.model, images), axis=-1).astype(int)
         return self.members[0].targets(images, target_class)
 
-    def member_maps(
-        self, images: np.ndarray, target_class: str | Sequence[int] = "pneumonia"
-    ) -> np.ndarray:
+    def member_maps(self, images: np.ndarray, target_class: Targets = "pneumonia") -> np.ndarray:
         """Each member's maps `(M, N, S, S)` in [0, 1]."""
         images = np.asarray(images, dtype=np.float32)
         indices = self.targets(images if images.ndim == 4 else images[..., None], target_class)
         return np.stack([member(images, indices) for member in self.members])
 
-    def __call__(
-        self, images: np.ndarray, target_class: str | Sequence[int] = "pneumonia"
-    ) -> np.ndarray:
+    def __call__(self, images: np.ndarray, target_class: Targets = "pneumonia") -> np.ndarray:
         """The members' mean maps `(N, S, S)` float32, min-max normalised to [0, 1]."""
         maps = self.member_maps(images, target_class)
         if maps.shape[1] == 0:
@@ -502,7 +499,7 @@ def compute_heatmaps(
     images: np.ndarray,
     method: str = "gradcam",
     layer: str = "",
-    target_class: str | Sequence[int] = "pneumonia",
+    target_class: Targets = "pneumonia",
 ) -> np.ndarray:
     """Grad-CAM / Grad-CAM++ / Score-CAM heatmaps of a classifier (tf-keras-vis).
 

@@ -27,7 +27,7 @@ import csv
 import dataclasses
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,50 @@ LEDGER = ".explain-run"
 _RESERVED_STEMS = {Path(name).stem for name in RUN_FILES}
 # `fileio.atomic_open`'s temporary name for `<name>`, left only by a killed process.
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-[^/]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainSummary:
+    """What `explain_run` did (summary.json: `to_dict`).
+
+    Attributes:
+        method: `gradcam`, `gradcam++` or `scorecam`.
+        layer: the target layer (for an ensemble, each member's).
+        target_class: `pneumonia`, `normal` or `predicted`.
+        count: images explained.
+        positives: label-1 images among them (known labels only).
+        positives_with_boxes: positives with label boxes, the ones scored.
+        pointing_game: share of scored positives whose map peaks inside a box, or
+            None when none was scored.
+        energy_in_boxes: mean share of the map inside the boxes over them, or None.
+        threshold: the decision threshold used.
+        temperature: the calibration temperature used.
+        input_size: the model's input side, pixels.
+        model: the `.keras` file.
+        source: what was explained (`files`, or `data_dir`, `split`, `only_positives`).
+        out_dir: the output folder.
+    """
+
+    method: str
+    layer: str
+    target_class: str
+    count: int
+    positives: int
+    positives_with_boxes: int
+    pointing_game: float | None
+    energy_in_boxes: float | None
+    threshold: float
+    temperature: float
+    input_size: int
+    model: Path
+    source: Mapping[str, Any]
+    out_dir: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        """summary.json: JSON-ready."""
+        values = dataclasses.asdict(self)
+        values.update(model=str(self.model), out_dir=str(self.out_dir), source=dict(self.source))
+        return values
 
 
 @dataclasses.dataclass
@@ -207,9 +251,11 @@ def _gather_samples(
     if files is not None:
         samples = _file_samples(files, size, limit)
         source: dict[str, Any] = {"files": len(samples)}
-    else:
+    elif data_dir is not None:
         samples = _split_samples(data_dir, split, size, limit or settings.limit, only_positives)
         source = {"data_dir": str(data_dir), "split": split, "only_positives": only_positives}
+    else:
+        raise UserError("explain needs either image files or a data folder (--data)")
     if not samples:
         why = " (no positives in the split)" if only_positives else ""
         raise UserError(f"no images to explain{why}")
@@ -343,10 +389,11 @@ def _explain_batch(
     for sample, prob, pred, cls, heatmap in zip(
         batch, probs, predicted, explained, maps, strict=True
     ):
-        scored = sample.boxes is not None and len(sample.boxes) > 0
-        hit = pointing_game(heatmap, sample.boxes) if scored else None
-        energy = energy_in_boxes(heatmap, sample.boxes) if scored else None
-        if scored and sample.label == 1:
+        boxes = sample.boxes if sample.boxes is not None and len(sample.boxes) else None
+        scored = boxes is not None
+        hit = None if boxes is None else bool(pointing_game(heatmap, boxes))
+        energy = None if boxes is None else float(energy_in_boxes(heatmap, boxes))
+        if hit is not None and energy is not None and sample.label == 1:
             results.hits.append(float(hit))
             results.energies.append(energy)
         title = overlay_title(
@@ -386,20 +433,26 @@ def _explain_batch(
         )
 
 
-def _explainer(
-    classifier: Classifier, settings: ExplainConfig
+def heatmap_explainer(
+    classifier: Classifier, method: str = "gradcam", layer: str = ""
 ) -> HeatmapExplainer | EnsembleHeatmapExplainer:
-    """The model's explainer; for an ensemble (`cv`), the mean of its members' maps.
+    """The classifier's heatmap explainer; for an ensemble (`cv`), the mean of its members' maps.
 
-    The layer is `explain.layer`, else the card's `gradcam_layer` (each member's own).
+    Args:
+        classifier: the loaded model and card; a card listing `members` is an ensemble.
+        method: `gradcam`, `gradcam++` or `scorecam`.
+        layer: target layer; '' = the card's `gradcam_layer` (each member's own
+            for an ensemble).
+
+    Raises:
+        UserError: not under TensorFlow, unknown method, member or layer.
     """
     members = classifier.card.members
     if members:
         names = [member["name"] for member in members]
-        layers = [settings.layer or member.get("gradcam_layer", "") for member in members]
-        return EnsembleHeatmapExplainer(classifier.model, names, settings.method, layers)
-    layer = settings.layer or classifier.card.gradcam_layer
-    return HeatmapExplainer(classifier.model, settings.method, layer)
+        layers = [layer or member.get("gradcam_layer", "") for member in members]
+        return EnsembleHeatmapExplainer(classifier.model, names, method, layers)
+    return HeatmapExplainer(classifier.model, method, layer or classifier.card.gradcam_layer)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -416,7 +469,7 @@ def explain_run(
     limit: int | None = None,
     only_positives: bool = False,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> ExplainSummary:
     """Explains a trained model on files or on a converted split; writes overlays.
 
     Settings come from `config.explain` (method, layer, target class, limit,
@@ -443,11 +496,7 @@ def explain_run(
         progress: show a progress bar on stderr.
 
     Returns:
-        The summary written to `summary.json`: `method`, `layer`,
-        `target_class`, `count`, `positives`, `positives_with_boxes`,
-        `pointing_game` and `energy_in_boxes` (their means over positives with
-        boxes; None when there are none), `threshold`, `temperature`,
-        `input_size`, `model`, `source` and `out_dir`.
+        The `ExplainSummary` written to `summary.json`.
 
     Raises:
         UserError: not under TensorFlow, no/both inputs, an output folder holding
@@ -462,7 +511,7 @@ def explain_run(
     out_dir = Path(out_dir)
     previous = _previous_outputs(out_dir)
     classifier = _load_classifier(model_path)
-    explainer = _explainer(classifier, settings)
+    explainer = heatmap_explainer(classifier, settings.method, settings.layer)
     samples, source = _gather_samples(
         files, data_dir, split, classifier.input_size, limit, only_positives, settings
     )
@@ -475,21 +524,21 @@ def explain_run(
             _explain_batch(batch, classifier, explainer, settings, out_dir, results)
             bar.update(len(batch))
 
-    summary = {
-        "method": settings.method,
-        "layer": explainer.layer,
-        "target_class": settings.target_class,
-        "count": len(results.rows),
-        "positives": sum(1 for s in samples if s.label == 1),
-        "positives_with_boxes": len(results.hits),
-        "pointing_game": _mean(results.hits),
-        "energy_in_boxes": _mean(results.energies),
-        "threshold": classifier.card.threshold,
-        "temperature": classifier.card.temperature,
-        "input_size": classifier.input_size,
-        "model": str(classifier.path),
-        "source": source,
-        "out_dir": str(out_dir),
-    }
-    _write_outputs(out_dir, results.rows, results.sheet, summary)
+    summary = ExplainSummary(
+        method=settings.method,
+        layer=explainer.layer,
+        target_class=settings.target_class,
+        count=len(results.rows),
+        positives=sum(1 for s in samples if s.label == 1),
+        positives_with_boxes=len(results.hits),
+        pointing_game=_mean(results.hits),
+        energy_in_boxes=_mean(results.energies),
+        threshold=classifier.card.threshold,
+        temperature=classifier.card.temperature,
+        input_size=classifier.input_size,
+        model=classifier.path,
+        source=source,
+        out_dir=out_dir,
+    )
+    _write_outputs(out_dir, results.rows, results.sheet, summary.to_dict())
     return summary

@@ -182,9 +182,11 @@ def model_file(path: str | Path) -> Path:
     if path.is_dir():
         inside = path / MODEL_FILE
         if not inside.is_file():
+            ensemble = path / "ensemble.keras"
+            hint = f" (a cv folder: pass {ensemble})" if ensemble.is_file() else ""
             raise UserError(
                 f"{path} is a folder without {MODEL_FILE}; pass a .keras file or a "
-                "run folder holding model.keras"
+                f"run folder holding model.keras{hint}"
             )
         return inside
     if not path.exists():

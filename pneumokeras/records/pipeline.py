@@ -229,17 +229,22 @@ def _records(
         files = _split_files(data_dir, manifest, ["train", "val"])
     dataset = tf.data.Dataset.from_tensor_slices(files)
     num_shards, index = shard
-    if num_shards > 1:
-        # Multi-process training: each process reads its own subset of shards.
-        if len(files) < num_shards:
-            raise UserError(f"{len(files)} shard(s) cannot feed {num_shards} processes")
+    # Multi-process training: each process reads its own subset of the shard files;
+    # with fewer files than processes, every process reads them all, in order, and
+    # keeps every n-th record (a partition only when every process reads the same
+    # records in the same order, hence in order).
+    by_record = num_shards > 1 and len(files) < num_shards
+    if num_shards > 1 and not by_record:
         dataset = dataset.shard(num_shards, index)
+    in_order = sequential or by_record
     dataset = dataset.interleave(
         tf.data.TFRecordDataset,
-        cycle_length=1 if sequential else min(8, len(files)),
+        cycle_length=1 if in_order else min(8, len(files)),
         num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
+        deterministic=deterministic or in_order,
     )
+    if by_record:
+        dataset = dataset.shard(num_shards, index)
     dataset = dataset.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if fold is not None:
         dataset = dataset.filter(_fold_filter(manifest.folds, fold, keep_fold=split == "val"))
@@ -272,7 +277,8 @@ def training_dataset(
         seed: shuffle/augmentation seed (default `config.train.seed`).
         drop_remainder: drop the last partial batch (needed when data-parallel).
         shard: `(number of processes, this process)` for multi-process training:
-            this process reads every n-th shard file. Shares differ in size, yet
+            this process reads every n-th shard file (every n-th record when there
+            are fewer files than processes). Shares differ in size, yet
             data-parallel processes must run the same number of steps, so with
             natural sampling and `drop_remainder` an epoch is `steps` batches
             from the share repeated endlessly and shuffled (`steps` counts `1/n`

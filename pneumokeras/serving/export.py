@@ -39,10 +39,8 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 import time
 import warnings
@@ -54,6 +52,7 @@ import numpy as np
 
 from pneumokeras import __version__
 from pneumokeras.errors import PneumokerasError, UnreadableInputError, UserError
+from pneumokeras.utils.spawn import call_under_tensorflow, keras_backend
 
 FORMATS = ("onnx", "saved_model")
 FORMAT_NAMES = {"onnx": "ONNX", "saved_model": "SavedModel"}
@@ -64,6 +63,7 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "predictions"
 CARD_NAME = "model.json"  # the card's name inside a SavedModel (asset and beside)
 SAVED_MODEL_PB = "saved_model.pb"
+CARD_KEYS = ("class_names", "input_size", "threshold", "temperature")  # what every card has
 
 
 class ExportCheckError(PneumokerasError, RuntimeError):
@@ -132,16 +132,40 @@ def _check_out(out: Path, fmt: str, force: bool, model_path: Path) -> None:
     existing = [p for p in (out, sidecar) if p.exists() or p.is_symlink()]
     if existing and not force:
         raise UserError(f"{existing[0]} exists; pass --force to replace it")
+    if sidecar.exists() and fmt == "onnx" and not _is_card(sidecar):
+        raise UserError(f"{sidecar} is not a model card; refusing to replace it")
     if not out.exists():
         return
     if fmt == "onnx" and not out.is_file():
         raise UserError(f"--out {out} is a folder; the ONNX format writes one file")
+    if fmt == "onnx" and not _is_onnx_model(out):
+        raise UserError(f"--out {out} is not an ONNX model; refusing to replace it")
     if fmt == "saved_model" and (
         not out.is_dir() or (any(out.iterdir()) and not (out / SAVED_MODEL_PB).is_file())
     ):
         raise UserError(
             f"--out {out} is not a SavedModel folder (no {SAVED_MODEL_PB}); refusing to replace it"
         )
+
+
+def _is_onnx_model(path: Path) -> bool:
+    """Whether `path` parses as an ONNX model with a graph (an earlier export, or another's)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf raises its own DecodeError, and others for odd files
+        return False
+    return proto.ir_version > 0 and len(proto.graph.node) > 0
+
+
+def _is_card(path: Path) -> bool:
+    """Whether `path` is a model card (JSON with the card's required keys)."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(values, dict) and all(key in values for key in CARD_KEYS)
 
 
 # ------------------------------------------------------------------ check images
@@ -307,13 +331,13 @@ def _saved_model_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     """`(N, S, S, 1)` float32 → `(N, 2)` through the SavedModel's `serving_default`."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(path))  # kept: its signatures need it alive
+    loaded = tf.saved_model.load(str(path))
     signature = loaded.signatures["serving_default"]
 
-    def run(images: np.ndarray) -> np.ndarray:
+    def run(images: np.ndarray, loaded: Any = loaded) -> np.ndarray:
+        # `loaded` stays referenced here: its signatures need it alive.
         return signature(image=tf.constant(images))[OUTPUT_NAME].numpy()
 
-    run.loaded = loaded
     return run
 
 
@@ -451,13 +475,6 @@ def _export_tensorflow(
     )
 
 
-def _keras_backend() -> str:
-    """The backend Keras runs (or will run, when not imported yet) in this process."""
-    if "keras" in sys.modules:
-        return sys.modules["keras"].backend.backend()
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
-
-
 def export_model(
     model_path: str | os.PathLike[str],
     fmt: str,
@@ -491,24 +508,15 @@ def export_model(
 
     if fmt not in FORMATS:
         raise UserError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    path = model_file(model_path)
+    path = model_file(Path(model_path))
     out = Path(out) if out is not None else default_out(path, fmt)
     _check_out(out, fmt, force, path)
     files = find_inputs(check_images or [])
     if check_images and not files:
         raise UserError(f"no image files in --check-images {', '.join(map(str, check_images))}")
-    if _keras_backend() == "tensorflow":
-        return _export_tensorflow(path, fmt, out, force, files)
-    # Keras fixed another backend for this process: a fresh one reads the variable at start.
-    asked = os.environ.get("KERAS_BACKEND")
-    os.environ["KERAS_BACKEND"] = "tensorflow"
-    try:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            summary = pool.apply(_export_tensorflow, (path, fmt, out, force, files))
-    finally:
-        if asked is None:
-            del os.environ["KERAS_BACKEND"]
-        else:
-            os.environ["KERAS_BACKEND"] = asked
-    note = f"exported under TensorFlow in a child process (KERAS_BACKEND={asked})"
+    backend = keras_backend()
+    summary = call_under_tensorflow(_export_tensorflow, path, fmt, out, force, files)
+    if backend == "tensorflow":
+        return summary
+    note = f"exported under TensorFlow in a child process (KERAS_BACKEND={backend})"
     return dataclasses.replace(summary, notes=(note, *summary.notes))

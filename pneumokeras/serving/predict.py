@@ -65,7 +65,7 @@ def load_for_prediction(model_path: str | os.PathLike[str], threshold: float | N
     """
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold must be in [0, 1]; got {threshold}")
-    classifier = load_classifier(model_path, require_card=False)
+    classifier = load_classifier(Path(model_path), require_card=False)
     card = classifier.card
     if classifier.card_missing:
         if threshold is None:
@@ -139,7 +139,7 @@ def image_seed(pixels: np.ndarray, seed: int) -> int:
 
 
 def tta_probabilities(
-    classifier: Classifier, pixels: np.ndarray, count: int, seed: int
+    classifier: Classifier, pixels: np.ndarray, count: int, seed: int, batch_size: int = 32
 ) -> np.ndarray:
     """Calibrated probabilities `(count,)` of `count` augmented copies of one image.
 
@@ -156,7 +156,7 @@ def tta_probabilities(
     copies = np.repeat(pixels[None, :, :, None].astype(np.float32), count, axis=0)
     dataset = tf.data.Dataset.from_tensors(copies).map(augmenter)
     augmented = next(iter(dataset.as_numpy_iterator()))
-    return classifier.probabilities(augmented)
+    return classifier.probabilities(augmented, batch_size)
 
 
 def _empty_row(path: Path, tta: int, ensemble: bool) -> dict[str, Any]:
@@ -195,11 +195,12 @@ def _predict_batch(
     records: list[ImageRecord],
     tta: int,
     seed: int,
+    batch_size: int,
 ) -> None:
     """Fills probability, label and class (and TTA) of `rows` in place."""
     images = np.stack([r.pixels for r in records])
-    probs = classifier.probabilities(images)
-    members = member_probabilities(classifier, images)
+    probs = classifier.probabilities(images, batch_size)
+    members = member_probabilities(classifier, images, batch_size)
     for i, (row, record, prob, label) in enumerate(
         zip(rows, records, probs, classifier.decide(probs), strict=True)
     ):
@@ -209,7 +210,7 @@ def _predict_batch(
         if members is not None:
             row.update(member_std=float(members[:, i].std()))
         if tta:
-            samples = tta_probabilities(classifier, record.pixels, tta, seed)
+            samples = tta_probabilities(classifier, record.pixels, tta, seed, batch_size)
             row.update(tta_mean=float(samples.mean()), tta_std=float(samples.std()))
 
 
@@ -217,7 +218,7 @@ def predict_files(
     model_path: str | os.PathLike[str],
     inputs: Sequence[str | os.PathLike[str]],
     out_path: str | os.PathLike[str] | None = None,
-    fmt: str = "csv",
+    fmt: str | None = None,
     batch_size: int = 32,
     tta: int = 0,
     seed: int = 0,
@@ -238,8 +239,9 @@ def predict_files(
             threshold and the temperature (see the module docstring).
         inputs: files and/or folders (searched recursively, see `find_inputs`).
         out_path: where to write the rows (atomically); None writes nothing.
-        fmt: `csv` or `json` (see `format_rows`).
-        batch_size: images per model call.
+        fmt: `csv` or `json` (see `format_rows`); None = from `out_path`'s suffix
+            (see `output_format`).
+        batch_size: images read and passed to the model per call (TTA copies too).
         tta: number of test-time augmentations (0 = none).
         seed: seed of the augmentations.
         threshold: decision threshold overriding the card's (required without one).
@@ -257,12 +259,13 @@ def predict_files(
         UserError: bad arguments, missing model or card, no input files, or no
             file that could be predicted.
     """
-    if fmt not in ("csv", "json"):
-        raise UserError(f"format must be csv or json; got {fmt!r}")
+    fmt = output_format(out_path, fmt)
     if batch_size < 1:
-        raise UserError(f"batch size must be ≥ 1; got {batch_size}")
+        raise UserError(f"--batch-size must be ≥ 1; got {batch_size}")
     if tta < 0:
         raise UserError(f"--tta must be ≥ 0; got {tta}")
+    if out_path is not None and Path(out_path).is_dir():
+        raise UserError(f"--out {out_path} is a folder; give a file name")
     paths = find_inputs(inputs)
     if not paths:
         raise UserError(
@@ -285,7 +288,7 @@ def predict_files(
             batch_rows.append(row)
             records.append(record)
         if records:
-            _predict_batch(classifier, batch_rows, records, tta, seed)
+            _predict_batch(classifier, batch_rows, records, tta, seed, batch_size)
 
     failed = [row for row in rows if row["error"]]
     if len(failed) == len(rows):
@@ -294,8 +297,30 @@ def predict_files(
             f"{failed[0]['path']}: {failed[0]['error']}"
         )
     if out_path is not None:
-        atomic_write_text(out_path, format_rows(rows, fmt))
+        atomic_write_text(Path(out_path), format_rows(rows, fmt))
     return rows
+
+
+SUFFIX_FORMATS = {".csv": "csv", ".json": "json"}
+
+
+def output_format(out_path: str | os.PathLike[str] | None, fmt: str | None) -> str:
+    """The format to write: `fmt`, else the one `out_path`'s suffix names, else CSV.
+
+    Raises:
+        UserError: an unknown format, or one that contradicts a `.csv`/`.json` suffix.
+    """
+    suffix = Path(out_path).suffix.lower() if out_path is not None else ""
+    implied = SUFFIX_FORMATS.get(suffix)
+    if fmt is None:
+        return implied or "csv"
+    if fmt not in ("csv", "json"):
+        raise UserError(f"format must be csv or json; got {fmt!r}")
+    if implied is not None and implied != fmt:
+        raise UserError(
+            f"--out {out_path} ends in {suffix} but --format is {fmt}; change one of them"
+        )
+    return fmt
 
 
 def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:

@@ -20,6 +20,13 @@ given there, JAX picks it and its coordinator listens as JAX does by default
 (every interface; JAX_COORDINATOR_BIND_ADDRESS narrows it). One process (none of
 this set, or N = 1) is plain single-process training.
 
+Before joining, `initialize` checks in a moment what would otherwise end in a
+timeout or an abort: two processes of one machine given the same process id
+(`claim_process_id`) and process 0's coordinator port already in use
+(`check_coordinator_port`). Once joined, `train` first has every process compare
+its settings and data (`agree`): one line naming the first difference, in every
+process.
+
 Timeouts, in seconds:
 
     PNEUMOKERAS_INIT_TIMEOUT       (300) how long processes wait for all N to join;
@@ -44,13 +51,17 @@ This module imports JAX only when a run has more than one process.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 from pneumokeras.errors import UserError
+from pneumokeras.utils import locking, network
 
 COORDINATOR_VARIABLE = "PNEUMOKERAS_COORDINATOR"
 NUM_PROCESSES_VARIABLE = "PNEUMOKERAS_NUM_PROCESSES"
@@ -151,16 +162,15 @@ def settings(
             run with a value that is neither given nor found in a cluster environment.
     """
     env = os.environ if environ is None else environ
-    timeouts = {
-        "init_timeout": _integer(
-            env.get(INIT_TIMEOUT_VARIABLE, DEFAULT_INIT_TIMEOUT), INIT_TIMEOUT_VARIABLE, 1
-        ),
-        "heartbeat_timeout": _integer(
-            env.get(HEARTBEAT_TIMEOUT_VARIABLE, DEFAULT_HEARTBEAT_TIMEOUT),
-            HEARTBEAT_TIMEOUT_VARIABLE,
-            1,
-        ),
-    }
+    init_timeout = _integer(
+        env.get(INIT_TIMEOUT_VARIABLE, DEFAULT_INIT_TIMEOUT), INIT_TIMEOUT_VARIABLE, 1
+    )
+    heartbeat_timeout = _integer(
+        env.get(HEARTBEAT_TIMEOUT_VARIABLE, DEFAULT_HEARTBEAT_TIMEOUT),
+        HEARTBEAT_TIMEOUT_VARIABLE,
+        1,
+    )
+    single = ClusterSettings(init_timeout=init_timeout, heartbeat_timeout=heartbeat_timeout)
     # Each value: (value, where it came from), the flag first, then our variable.
     values: dict[str, tuple[Any, str]] = {}
     for flag, value, variable in (
@@ -175,27 +185,27 @@ def settings(
     source = "flags and environment"
     cluster = _detected_cluster(env)
     if cluster is not None:
-        name, count, rank = cluster
+        name, cluster_count, cluster_rank = cluster
         source = name if not values else f"{name} and flags"
-        values.setdefault("--num-processes", (count, f"{name}'s process count"))
-        values.setdefault("--process-id", (rank, f"{name}'s process id"))
+        values.setdefault("--num-processes", (cluster_count, f"{name}'s process count"))
+        values.setdefault("--process-id", (cluster_rank, f"{name}'s process id"))
     if not values:
-        return ClusterSettings(**timeouts)
+        return single
     if "--num-processes" not in values:
         raise UserError(
             f"{' and '.join(v[1] for v in values.values())} given without --num-processes "
             f"(or {NUM_PROCESSES_VARIABLE})"
         )
-    count = _integer(*values["--num-processes"], minimum=1)
-    rank_value = values.get("--process-id", (0, "--process-id"))
-    rank = _integer(*rank_value, minimum=0)
+    count_value, count_name = values["--num-processes"]
+    count = _integer(count_value, count_name, minimum=1)
+    rank_value, rank_name = values.get("--process-id", (0, "--process-id"))
+    rank = _integer(rank_value, rank_name, minimum=0)
     if rank >= count:
         raise UserError(
-            f"{rank_value[1]} is {rank} but a run of {count} process(es) numbers them "
-            f"0..{count - 1}"
+            f"{rank_name} is {rank} but a run of {count} process(es) numbers them 0..{count - 1}"
         )
     if count == 1:
-        return ClusterSettings(**timeouts)
+        return single
     missing = [
         f"{flag} (or {variable})"
         for flag, variable in (
@@ -207,12 +217,12 @@ def settings(
     if missing:
         raise UserError(f"a run of {count} processes needs {' and '.join(missing)}")
     address = values.get("--coordinator")
-    return ClusterSettings(
+    return dataclasses.replace(
+        single,
         num_processes=count,
         process_id=rank,
         coordinator=_check_address(*address) if address else None,
         source=source,
-        **timeouts,
     )
 
 
@@ -222,7 +232,7 @@ def check_backend(cluster: ClusterSettings, backend: str) -> None:
         raise UserError(TENSORFLOW_REFUSAL)
 
 
-def hard_exit(message: str, code: int) -> None:
+def hard_exit(message: str, code: int) -> NoReturn:
     """Prints `error: message` on stderr and ends the process at once with `code`.
 
     Used when a multi-process run fails: a normal exit would first wait in JAX's
@@ -235,12 +245,80 @@ def hard_exit(message: str, code: int) -> None:
     os._exit(code)
 
 
+# Locks on this machine's process ids (see `claim_process_id`), held until the process ends.
+_CLAIMED: list[int] = []
+
+
+def claim_process_id(cluster: ClusterSettings) -> int | None:
+    """Takes this machine's lock on the run's `--process-id` for the rest of the process.
+
+    Two processes of one run started with the same id on one machine would
+    otherwise wait for each other until the init timeout and then blame the
+    coordinator (or, once the run has started, make JAX abort every process).
+    The lock is a file in the user's temporary folder, named by the coordinator's
+    address and the id (`utils.locking`: released by the kernel when the process
+    ends, however it ends). Processes on other machines are not seen.
+
+    Returns:
+        The descriptor holding the lock (None for a single process or without a
+        coordinator address, where a cluster manager numbers the processes).
+
+    Raises:
+        UserError: another process on this machine holds the id, named.
+    """
+    if not cluster.multi_process or cluster.coordinator is None:
+        return None
+    folder = Path(tempfile.gettempdir()) / f"pneumokeras-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    address = "".join(c if c.isalnum() or c in ".-" else "_" for c in cluster.coordinator)
+    path = folder / f"run-{address}-process-{cluster.process_id}.lock"
+    try:
+        fd = locking.acquire(path)
+    except locking.LockedError as err:
+        raise UserError(
+            f"--process-id {cluster.process_id} is taken: {err.who} joins the run at "
+            f"{cluster.coordinator} as process {cluster.process_id}; give each process its own "
+            f"--process-id, 0..{cluster.num_processes - 1}"
+        ) from None
+    _CLAIMED.append(fd)
+    return fd
+
+
+def check_coordinator_port(
+    cluster: ClusterSettings, environ: Mapping[str, str] | None = None
+) -> None:
+    """In process 0, checks that its coordinator can listen where it is told to.
+
+    JAX would otherwise fail deep inside with "Failed to start RPC server" (exit 1,
+    the port not named) while the other processes wait for the init timeout.
+
+    Raises:
+        UserError: the port is in use, the host does not resolve, or it is not an
+            address of this machine.
+    """
+    if not cluster.multi_process or cluster.process_id != 0 or cluster.coordinator is None:
+        return
+    env = os.environ if environ is None else environ
+    address = env.get("JAX_COORDINATOR_BIND_ADDRESS") or cluster.coordinator
+    host, port = network.host_and_port(address)
+    network.check_can_listen(
+        host,
+        port,
+        "process 0 runs the run's coordinator there: give --coordinator a free port of "
+        "process 0's machine",
+        "process 0 runs the run's coordinator at --coordinator: start it on that host",
+    )
+
+
 def initialize(cluster: ClusterSettings, backend: str | None = None) -> None:
     """Joins the run's processes through `jax.distributed`; a no-op for one process.
 
-    Call before any JAX computation (and before building a model). The
-    coordinator (process 0) listens on the address given, not on every
-    interface (JAX_COORDINATOR_BIND_ADDRESS overrides). Keras'
+    Call before any JAX computation (and before building a model). First, fast
+    checks that would otherwise end in the init timeout or a JAX abort: this
+    machine's process ids are distinct (`claim_process_id`) and process 0's
+    coordinator port is free (`check_coordinator_port`). The coordinator
+    (process 0) listens on the address given, not on every interface
+    (JAX_COORDINATOR_BIND_ADDRESS overrides). Keras'
     `keras.distribution.initialize` would also agree on one random seed across
     processes when none was set; `train` always sets `train.seed` in every
     process (`keras.utils.set_random_seed`), which gives every process the same
@@ -254,7 +332,8 @@ def initialize(cluster: ClusterSettings, backend: str | None = None) -> None:
         backend: the Keras backend (default: KERAS_BACKEND, else tensorflow).
 
     Raises:
-        UserError: a backend other than JAX, or JAX already started.
+        UserError: a backend other than JAX, JAX already started, a process id
+            taken on this machine, or a coordinator port that cannot be used.
     """
     if not cluster.multi_process:
         return
@@ -266,6 +345,8 @@ def initialize(cluster: ClusterSettings, backend: str | None = None) -> None:
         return
     if xla_bridge.backends_are_initialized():
         raise UserError("JAX started before the processes joined; initialize first")
+    claim_process_id(cluster)
+    check_coordinator_port(cluster)
     where = cluster.coordinator or f"the coordinator {cluster.source} names"
     watchdog = threading.Timer(
         cluster.init_timeout,
@@ -273,7 +354,8 @@ def initialize(cluster: ClusterSettings, backend: str | None = None) -> None:
         args=(
             f"process {cluster.process_id}: not all {cluster.num_processes} processes joined "
             f"at {where} within {cluster.init_timeout} s ({INIT_TIMEOUT_VARIABLE}); start "
-            "every process with the same --coordinator and --num-processes",
+            "every process with the same --coordinator and --num-processes and its own "
+            "--process-id",
             1,
         ),
     )
@@ -359,6 +441,61 @@ def on_writer(step: Callable[[], T]) -> T | None:
     if int(failed[0, 0]):
         raise UserError("process 0 stopped (its error line says why); this process stops too")
     return result
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def agree(facts: Mapping[str, Any], failure: BaseException | None = None) -> None:
+    """Checks that every process of the run holds the same `facts`; a collective.
+
+    Called once the processes have joined, before they do anything together:
+    processes started with other settings or data would otherwise train side by
+    side until one fails obscurely (a NaN loss, a C++ check failure in another).
+    A process that already failed (`failure`, e.g. no data on its machine) says
+    so to the others, so that all stop at once.
+
+    Args:
+        facts: flat `{name: JSON value}`, in the order to report differences
+            (`train.run_facts`).
+        failure: this process's own error, raised here after the others know.
+
+    Raises:
+        UserError: in every process, naming the first fact that differs (its
+            value in process 0 and in the first process that differs), or the
+            process that failed and its message; `failure` itself in the process
+            that failed.
+    """
+    if process_count() == 1:
+        return
+    import numpy as np
+
+    said = (str(failure).strip().splitlines() or [type(failure).__name__])[0] if failure else ""
+    payload = json.dumps({"failure": said, "facts": dict(facts)}, default=str).encode("utf-8")
+    lengths = all_gather(np.array([len(payload)], np.int32))[:, 0]
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: len(payload)] = np.frombuffer(payload, np.uint8)
+    rows = all_gather(padded)
+    everyone = [
+        json.loads(bytes(row[: int(size)]).decode("utf-8"))
+        for row, size in zip(rows, lengths, strict=True)
+    ]
+    if failure is not None:
+        raise failure
+    for index, other in enumerate(everyone):
+        if other["failure"]:
+            raise UserError(f"process {index} stopped: {other['failure']}")
+    first = everyone[0]["facts"]
+    for index, other in enumerate(everyone[1:], start=1):
+        theirs = other["facts"]
+        for name in dict.fromkeys([*first, *theirs]):
+            if first.get(name) != theirs.get(name):
+                raise UserError(
+                    f"the processes of this run differ: {name} is {_shown(first.get(name))} in "
+                    f"process 0 but {_shown(theirs.get(name))} in process {index}; start every "
+                    "process with the same settings and data"
+                )
 
 
 # Substrings of the errors JAX raises when a peer process is gone (Gloo on CPU,

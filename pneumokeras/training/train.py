@@ -1,4 +1,4 @@
-"""Training: loss, class weights, optimizer and schedule, callbacks, resume, devices.
+"""The `train` command: loss, class weights, optimizer and schedule, devices, the run.
 
 `train()` writes into the run folder:
     model.keras   the best epoch by validation ROC-AUC (uncompiled; stock layers)
@@ -13,16 +13,20 @@
     logs/         TensorBoard logs
     backup/       BackupAndRestore state while a run is unfinished
 
-A run folder describes one run. Re-running the same command after a kill resumes
-at the last finished epoch; a run with other settings, data, fold or backend is
-refused, and so is a finished run (unless `overwrite`, which replaces it).
+A run folder describes one run (`run_folder`). Re-running the same command after a
+kill resumes at the last finished epoch; a run with other settings, data, fold or
+backend is refused, and so is a finished run (unless `overwrite`, which replaces
+it), and so is a folder another process is training in (its lock, held until the
+run ends). The callbacks that write the folder are in `callbacks`.
 
-Several processes (JAX, after `distributed.initialize`): `data.batch_size` stays
+Several processes (JAX, after `distributed.initialize`): they first check that
+they were all started with the same settings and data (`distributed.agree`; one
+line naming the first difference otherwise). `data.batch_size` stays
 the global batch (each process feeds its `1/n` part from its own share of the
 training shards; the learning rate is not rescaled), `DataParallel` spans the
 devices of all processes, and process 0 alone writes the run folder. A killed
 run resumes when all processes are started again with the same command: every
-process restores process 0's backup (`_SharedBackup`), so a resume needs the run
+process restores process 0's backup (`callbacks.SharedBackup`), so a resume needs the run
 folder on a file system all processes see (any folder on one machine; a shared
 file system across machines); a process that does not see it stops the run with
 a clear error. Validation runs the whole validation split in every process: each
@@ -33,17 +37,10 @@ metrics (ratios of counts, means) those of the whole split.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
-import json
-import math
-import os
-import shutil
-import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,31 +52,17 @@ from pneumokeras.config import Config
 from pneumokeras.errors import UserError
 from pneumokeras.evaluation import drift
 from pneumokeras.models import resnet
-from pneumokeras.models.model_card import CARD_FILE, MODEL_FILE, ModelCard, read_card, write_card
+from pneumokeras.models.model_card import ModelCard
 from pneumokeras.records import pipeline as data_lib
 from pneumokeras.records.manifest import Manifest, load_manifest
 from pneumokeras.training import distributed
+from pneumokeras.training.callbacks import BestModelSaver, process_local, run_callbacks
+from pneumokeras.training.run_folder import finish_run_dir, prepare_run_dir, run_lock
 from pneumokeras.utils import performance
-from pneumokeras.utils.fileio import (
-    atomic_path,
-    atomic_write_json,
-    atomic_write_text,
-    read_json_object,
-)
 
-MONITOR = "val_auc"
-RUN_RECORD = "run.json"
-# What `train` writes into a run folder (and `overwrite` removes).
-RUN_OUTPUTS = (MODEL_FILE, CARD_FILE, "history.csv", RUN_RECORD, "logs", "backup")
 # Training images sampled for the card's intensity statistics (out-of-distribution
 # warnings in predict).
 STATISTICS_SAMPLE = 512
-# Test hook: kill this process (SIGKILL) at the end of this 1-based epoch, after
-# the backup of that epoch was written, so resume tests kill at a known point.
-KILL_AFTER_EPOCH_VARIABLE = "PNEUMOKERAS_TEST_KILL_AFTER_EPOCH"
-# Test hook: at the end of training each process saves its model weights into
-# this folder as process-<index>.npz (multi-process runs must agree).
-WEIGHTS_DUMP_VARIABLE = "PNEUMOKERAS_TEST_WEIGHTS_DIR"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,38 +126,6 @@ def make_metrics() -> list[keras.metrics.Metric]:
     ]
 
 
-def export_model(model: keras.Model) -> keras.Model:
-    """The classifier's layers as an uncompiled functional model, input to `predictions`.
-
-    No optimizer or metrics, and no training-only head (`resnet.add_box_head`).
-    """
-    # `input` and one output tensor (not lists) keep the single-tensor call
-    # signature, so callers passing one array get no structure warning.
-    return keras.Model(model.input, model.get_layer("predictions").output, name=model.name)
-
-
-def standard_logs(logs: Mapping[str, Any]) -> dict[str, Any]:
-    """Keras logs with a box head's metric names made plain (`val_predictions_auc` → `val_auc`).
-
-    Losses keep their names (`loss` is the total, `predictions_loss` and
-    `box_map_loss` its parts).
-    """
-    plain = {}
-    for key, value in logs.items():
-        prefix = "val_" if key.startswith("val_") else ""
-        name = key[len(prefix) :]
-        if name.startswith("predictions_") and name != "predictions_loss":
-            name = name[len("predictions_") :]
-        plain[prefix + name] = value
-    return plain
-
-
-def save_model(model: keras.Model, path: Path) -> None:
-    """Saves `model` uncompiled to `path` atomically (`.keras` needs that suffix)."""
-    with atomic_path(path, suffix=".keras") as tmp:
-        export_model(model).save(tmp)
-
-
 def training_card(
     config: Config,
     manifest: Manifest,
@@ -223,240 +174,6 @@ def training_card(
     )
 
 
-# ---------------------------------------------------------------- the run folder
-
-
-def _run_record(
-    config: Config, manifest: Manifest, fold: int | None, status: str
-) -> dict[str, Any]:
-    return {
-        "status": status,
-        "config": config.to_dict(),
-        "data_fingerprint": manifest.fingerprint,
-        "data_source": manifest.source,
-        "fold": fold,
-        "backend": keras.backend.backend(),
-    }
-
-
-def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """`key: old → new` for every setting (flattened) that differs."""
-    out = []
-    for key in ("data_fingerprint", "fold", "backend"):
-        if recorded.get(key) != current[key]:
-            out.append(f"{key}: {recorded.get(key)} → {current[key]}")
-    old, new = recorded.get("config", {}), current["config"]
-    for section in sorted(set(old) | set(new)):
-        for name in sorted(set(old.get(section, {})) | set(new.get(section, {}))):
-            before, after = old.get(section, {}).get(name), new.get(section, {}).get(name)
-            if before != after:
-                out.append(f"{section}.{name}: {before} → {after}")
-    return out
-
-
-def prepare_run_dir(
-    run_dir: Path,
-    config: Config,
-    manifest: Manifest,
-    fold: int | None,
-    overwrite: bool,
-) -> bool:
-    """Makes `run_dir` ready for this run; returns True when it resumes an unfinished one.
-
-    Raises:
-        UserError: a finished run (without `overwrite`), an unfinished run with
-            other settings, data, fold or backend, or a folder that is not empty
-            and holds no run record.
-    """
-    current = _run_record(config, manifest, fold, "running")
-    record_path = run_dir / RUN_RECORD
-    entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
-    if entries and overwrite:
-        for name in RUN_OUTPUTS:
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    elif entries:
-        if not record_path.is_file():
-            what = "files of a run" if set(entries) & set(RUN_OUTPUTS) else "other files"
-            raise UserError(
-                f"{run_dir} is not empty and holds {what} without a {RUN_RECORD}; "
-                "choose a new --out, or pass --overwrite to replace the run"
-            )
-        recorded = read_json_object(record_path, "run record")
-        if recorded.get("status") == "finished":
-            raise UserError(
-                f"{run_dir} holds a finished run; choose a new --out, or pass --overwrite "
-                "to replace it"
-            )
-        changed = _differences(recorded, current)
-        if changed:
-            raise UserError(
-                f"{run_dir} holds an unfinished run with other settings ("
-                + "; ".join(changed[:3])
-                + (" …" if len(changed) > 3 else "")
-                + "); rerun with the same settings to resume it, or pass --overwrite"
-            )
-        return True
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record_path, current)
-    return False
-
-
-def finish_run_dir(run_dir: Path) -> None:
-    """Marks the run finished in its record (a rerun is then refused)."""
-    record = read_json_object(run_dir / RUN_RECORD, "run record")
-    atomic_write_json(run_dir / RUN_RECORD, {**record, "status": "finished"})
-
-
-# ---------------------------------------------------------------- callbacks
-
-
-class HistoryWriter(keras.callbacks.Callback):
-    """Writes history.csv after every epoch, replacing rows of epochs run again.
-
-    Epochs are numbered from 1, as Keras prints them and the model card stores
-    `best_epoch`. `learning_rate` is the rate of the epoch's first step (the
-    cosine schedule lowers it step by step within the epoch). A resumed run
-    restarts at the last backed-up epoch; rows of later epochs from the killed
-    run are dropped, so the file never holds an epoch twice.
-    """
-
-    def __init__(self, path: Path):
-        super().__init__()
-        self.path = path
-        self._rate = math.nan
-
-    def _rows(self) -> list[dict[str, str]]:
-        if not self.path.is_file():
-            return []
-        with open(self.path, newline="") as handle:
-            return list(csv.DictReader(handle))
-
-    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        self._rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        number = epoch + 1
-        rows = [r for r in self._rows() if int(r["epoch"]) < number]
-        row = {"epoch": str(number)}
-        for key, value in sorted(standard_logs(logs or {}).items()):
-            row[key] = f"{float(value):.6g}"
-        row["learning_rate"] = f"{self._rate:.6g}"
-        rows.append(row)
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.path, buffer.getvalue())
-
-
-class BestModelSaver(keras.callbacks.Callback):
-    """Saves model.keras + its card when validation ROC-AUC improves.
-
-    The best score so far is read back from the card, so a resumed run keeps
-    comparing against the killed run's best epoch. Without `card` (the processes
-    of a multi-process run other than 0) it only keeps track of the best epoch.
-    """
-
-    def __init__(self, run_dir: Path, card: ModelCard | None):
-        super().__init__()
-        self.model_path = run_dir / MODEL_FILE
-        self.card = card
-        self.best = -math.inf
-        self.best_epoch: int | None = None
-        if self.model_path.is_file() and (run_dir / CARD_FILE).is_file():
-            saved = read_card(self.model_path)
-            self.best = float(saved.validation.get("auc", -math.inf))
-            self.best_epoch = saved.best_epoch
-
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        logs = standard_logs(logs or {})
-        score = float(logs.get(MONITOR, math.nan))
-        if math.isnan(score) or score <= self.best:
-            return
-        self.best, self.best_epoch = score, epoch + 1
-        if self.card is None:
-            return
-        with _process_local():
-            save_model(self.model, self.model_path)
-        validation = {k[4:]: float(v) for k, v in logs.items() if k.startswith("val_")}
-        write_card(self.model_path, self.card.replace(best_epoch=epoch + 1, validation=validation))
-
-
-class _KillAfterEpoch(keras.callbacks.Callback):
-    """Test hook (see `KILL_AFTER_EPOCH_VARIABLE`): SIGKILL at the end of one epoch."""
-
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        if epoch + 1 == self.epoch:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def _process_local() -> Iterator[None]:
-    """Keras without the multi-process distribution (process 0's writes, the input pipeline).
-
-    Under `DataParallel` over several processes, creating or assigning a Keras
-    variable is a collective (JAX checks the value is the same in every
-    process), so it must happen in all processes at once. Saving a model or its
-    weights creates variables (Keras builds a reference optimizer to list what
-    to save); done by process 0 alone, that would pair with the next collective
-    of the others. Reading variables is local either way.
-    """
-    previous = keras.distribution.distribution()
-    if distributed.process_count() == 1 or previous is None:
-        yield
-        return
-    keras.distribution.set_distribution(None)
-    try:
-        yield
-    finally:
-        keras.distribution.set_distribution(previous)
-
-
-class _SharedBackup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore of a multi-process run: process 0 writes it, every process reads it.
-
-    All processes must restore the same epoch together (restoring assigns
-    variables, a collective), so they first compare the epoch each finds in the
-    backup folder; a process that does not see process 0's backup (the run
-    folder not on a file system shared by all processes) stops them all.
-    """
-
-    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
-        metadata = Path(self._training_metadata_path)
-        epoch = -1
-        if Path(self._weights_path).is_file() and metadata.is_file():
-            epoch = int(json.loads(metadata.read_text())["epoch"])
-        epochs = distributed.all_gather(np.array([epoch], np.int32))[:, 0]
-        if len(set(epochs.tolist())) > 1:
-            found = ", ".join(
-                f"process {i}: {'epoch ' + str(e) if e >= 0 else 'none'}"
-                for i, e in enumerate(epochs.tolist())
-            )
-            raise UserError(
-                f"the processes see different backups in {self.backup_dir} ({found}); a "
-                "multi-process resume needs the run folder on a file system all processes share"
-            )
-        super().on_train_begin(logs)
-
-    def _save_model(self) -> None:
-        if distributed.is_writer():
-            with _process_local():
-                super()._save_model()
-
-    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
-        if distributed.is_writer():
-            super().on_train_end(logs)
-
-
 def _devices() -> int:
     backend = keras.backend.backend()
     if backend == "jax":
@@ -471,14 +188,29 @@ def _devices() -> int:
     return 1
 
 
-def _distribution_scope(config: Config):
+@contextlib.contextmanager
+def keras_state() -> Iterator[None]:
+    """Puts the global Keras dtype policy and distribution back as they were when the block ends.
+
+    `train` sets both (`train.precision`, data parallelism): a caller that goes
+    on in the same process (cv building the ensemble, the demo evaluating) must
+    not inherit them.
+    """
+    policy = keras.config.dtype_policy()
+    distribution = keras.distribution.distribution()
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(policy)
+        keras.distribution.set_distribution(distribution)
+
+
+def _distribution_scope(config: Config) -> tuple[contextlib.AbstractContextManager[Any], int]:
     """Sets up data parallelism over all devices; returns (scope, devices).
 
     One process: its local devices. Several (JAX): the devices of all of them;
     each process feeds its own part of every global batch.
     """
-    import contextlib
-
     processes = distributed.process_count()
     if processes > 1:
         import jax
@@ -489,10 +221,7 @@ def _distribution_scope(config: Config):
             )
         devices = jax.device_count()
         if config.data.batch_size % devices:
-            # Every process refuses alike; meet first, so that none leaves (and
-            # takes the coordination service with it) while another is still
-            # starting its backend, which would fail that one with exit 1.
-            distributed.all_gather(np.zeros(1, np.int32))
+            # Every process refuses alike (they agreed on the settings when they joined).
             raise UserError(
                 f"data.batch_size {config.data.batch_size} (the global batch) must divide by "
                 f"the {devices} devices of the {processes} processes"
@@ -518,11 +247,6 @@ def _distribution_scope(config: Config):
 
         return tf.distribute.MirroredStrategy().scope(), devices
     return contextlib.nullcontext(), 1
-
-
-def _process_shard() -> tuple[int, int]:
-    """(processes, this process) for multi-process JAX training, else (1, 0)."""
-    return distributed.process_count(), distributed.process_index()
 
 
 def _class_weight(
@@ -577,31 +301,76 @@ def _compile(model: keras.Model, config: Config, steps: int, box_grid: int) -> N
     model.optimizer.build(model.trainable_variables)
 
 
-def _callbacks(run_dir: Path, saver: BestModelSaver) -> list[keras.callbacks.Callback]:
-    """The callbacks of `fit`; only process 0 gets those that touch the run folder."""
-    # Order matters: the backup of an epoch is written before anything after it.
-    backup = _SharedBackup if distributed.process_count() > 1 else keras.callbacks.BackupAndRestore
-    callbacks = [
-        backup(str(run_dir / "backup"), delete_checkpoint=True),
-        keras.callbacks.TerminateOnNaN(),
-        saver,
-    ]
-    if distributed.is_writer():
-        callbacks += [
-            HistoryWriter(run_dir / "history.csv"),
-            keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
-        ]
-    kill_after = os.environ.get(KILL_AFTER_EPOCH_VARIABLE)
-    if kill_after:
-        callbacks.append(_KillAfterEpoch(int(kill_after)))
-    return callbacks
-
-
 def _fit_verbosity(verbose: int | str) -> int | str:
     """Keras' progress bar on a terminal; one plain line per epoch otherwise."""
     if verbose != "auto":
         return verbose
     return 1 if sys.stdout.isatty() else 2
+
+
+def with_data_image_size(config: Config, data_dir: str | Path) -> tuple[Config, str | None]:
+    """`config` with `data.image_size` taken from the converted data, and a note when it changed.
+
+    For commands whose user did not set `data.image_size` (neither in a settings
+    file nor with `--set`): the data fixes the size the model can take.
+
+    Returns:
+        `(config, note)`; `note` is None when the sizes already agree.
+
+    Raises:
+        UserError: no manifest in `data_dir`.
+    """
+    stored = load_manifest(Path(data_dir)).image_size
+    if stored == config.data.image_size:
+        return config, None
+    note = (
+        f"training at the data's {stored} px (the default data.image_size is "
+        f"{config.data.image_size}; {data_dir} holds {stored} px images)"
+    )
+    return dataclasses.replace(
+        config, data=dataclasses.replace(config.data, image_size=stored)
+    ), note
+
+
+def run_facts(
+    config: Config, manifest: Manifest, fold: int | None, overwrite: bool
+) -> dict[str, Any]:
+    """What every process of a multi-process run must agree on, flat (`distributed.agree`)."""
+    facts: dict[str, Any] = {
+        f"{section}.{key}": value
+        for section, values in config.to_dict().items()
+        for key, value in values.items()
+    }
+    facts.update(
+        {
+            "the data (manifest fingerprint)": manifest.fingerprint,
+            "--fold": fold,
+            "--overwrite": overwrite,
+            "the Keras backend": keras.backend.backend(),
+            "the Keras version": keras.__version__,
+            "the pneumokeras version": __version__,
+        }
+    )
+    return facts
+
+
+def _joined_manifest(data_dir: Path, config: Config, fold: int | None, overwrite: bool) -> Manifest:
+    """The data's manifest, once every process of the run has the same settings and data.
+
+    In a multi-process run this is the first thing the processes do together:
+    a process that cannot read its data, or holds other settings or other data,
+    stops them all with one line naming the first difference.
+
+    Raises:
+        UserError: no manifest, or processes that disagree.
+    """
+    try:
+        manifest = load_manifest(data_dir)
+    except UserError as err:
+        distributed.agree({}, failure=err)
+        raise
+    distributed.agree(run_facts(config, manifest, fold, overwrite))
+    return manifest
 
 
 def train(
@@ -611,6 +380,7 @@ def train(
     fold: int | None = None,
     verbose: int | str = "auto",
     overwrite: bool = False,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainSummary:
     """Trains the configured model on converted data; resumable.
 
@@ -622,27 +392,66 @@ def train(
         verbose: Keras `fit` verbosity; `auto` = progress bar on a terminal,
             one line per epoch when output goes to a file or pipe.
         overwrite: replace a finished (or different) run in `run_dir`.
+        callbacks: more Keras callbacks for `fit`, called after the run's own
+            (an epoch's backup and files are written first).
 
     In a multi-process run (`distributed.initialize` first), every process calls
-    this with the same arguments; process 0 alone uses `run_dir`.
+    this with the same arguments; process 0 alone uses `run_dir`. The global
+    Keras dtype policy and distribution are as they were when this returns.
 
     Raises:
         UserError: no manifest, missing shards, image size differing from the
-            data, a fold the data does not have, or a run folder holding a
-            finished run or an unfinished one with other settings.
+            data, a fold the data does not have, a run folder holding a
+            finished run or an unfinished one with other settings, a run folder
+            in use by another process (`RunInUseError`), or processes of one run
+            started with other settings or data.
     """
-    start = time.perf_counter()
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
-    manifest = load_manifest(data_dir)
+    with keras_state():
+        return _train(
+            Path(data_dir), Path(run_dir), config, fold, verbose, overwrite, tuple(callbacks)
+        )
+
+
+def _train(
+    data_dir: Path,
+    run_dir: Path,
+    config: Config,
+    fold: int | None,
+    verbose: int | str,
+    overwrite: bool,
+    callbacks: tuple[keras.callbacks.Callback, ...],
+) -> TrainSummary:
+    manifest = _joined_manifest(data_dir, config, fold, overwrite)
     data_lib.check_image_size(manifest, config, data_dir)
     if fold is not None:
         data_lib.check_fold(manifest, fold, data_dir)
     class_weight = _class_weight(manifest, config, fold, data_dir)
+    with contextlib.ExitStack() as held:
+        # The run folder is locked at once (a second process is refused before any
+        # work), in a multi-process run by process 0, the others learning its verdict.
+        distributed.on_writer(lambda: held.enter_context(run_lock(run_dir)))
+        return _run(
+            data_dir, run_dir, config, fold, verbose, overwrite, callbacks, manifest, class_weight
+        )
 
+
+def _run(
+    data_dir: Path,
+    run_dir: Path,
+    config: Config,
+    fold: int | None,
+    verbose: int | str,
+    overwrite: bool,
+    callbacks: tuple[keras.callbacks.Callback, ...],
+    manifest: Manifest,
+    class_weight: dict[int, float] | None,
+) -> TrainSummary:
+    """The run itself, its folder locked: model, data, the folder prepared, `fit`."""
+    start = time.perf_counter()
     performance.configure_backend(config.train.precision)  # before anything runs on JAX
     keras.utils.set_random_seed(config.train.seed)
     scope, devices = _distribution_scope(config)
-    processes, index = _process_shard()
+    processes, index = distributed.process_count(), distributed.process_index()
     writer = index == 0
     # Whole batches only: a last, partial batch would be a second step shape, so a
     # second trace (and under XLA a second compile, ≈ 30-60 s for ResNet18 on a
@@ -655,7 +464,7 @@ def train(
         model, box_grid = _build_model(config)
     # The augmentation layers' seed state differs per process (`data.training_dataset`)
     # and lives in tf.data, so it is made outside the multi-process distribution.
-    with _process_local():
+    with process_local():
         train_ds, steps = data_lib.training_dataset(
             data_dir,
             config,
@@ -687,14 +496,19 @@ def train(
             data_lib.sample_images(data_dir, "train", STATISTICS_SAMPLE)
         )
         card = training_card(config, manifest, data_dir, fold, class_weight, devices, statistics)
-    # Only now, with settings, data and model checked, does the run folder change;
-    # in a multi-process run only process 0's, and the others learn its verdict.
+    # Only now, with settings, data and model checked, does the run folder change; in
+    # a multi-process run only process 0's, and the others learn its verdict.
     distributed.on_writer(lambda: prepare_run_dir(run_dir, config, manifest, fold, overwrite))
     saver = BestModelSaver(run_dir, card)
     history = _fit(
-        model, config, run_dir, (train_ds, val_ds, steps), box_grid, class_weight, saver, verbose
+        model,
+        config,
+        (train_ds, val_ds, steps),
+        box_grid,
+        class_weight,
+        run_callbacks(run_dir, saver, callbacks),
+        verbose,
     )
-    _dump_weights(model, index)
     if np.isnan(history.history.get("loss", [0.0])).any():
         raise RuntimeError("training stopped: the loss became NaN")
     if saver.best_epoch is None:
@@ -716,11 +530,10 @@ def train(
 def _fit(
     model: keras.Model,
     config: Config,
-    run_dir: Path,
     data: tuple[Any, Any, int],
     box_grid: int,
     class_weight: Mapping[int, float] | None,
-    saver: BestModelSaver,
+    callbacks: list[keras.callbacks.Callback],
     verbose: int | str,
 ) -> keras.callbacks.History:
     """`model.fit` on `data` (training, validation, steps) with the run's callbacks.
@@ -739,7 +552,7 @@ def _fit(
             steps_per_epoch=steps if repeat else None,
             class_weight=None if box_grid else class_weight,
             shuffle=False,  # the tf.data pipeline shuffles
-            callbacks=_callbacks(run_dir, saver),
+            callbacks=callbacks,
             verbose=_fit_verbosity(verbose) if distributed.is_writer() else 0,
         )
     except Exception as exc:
@@ -747,11 +560,3 @@ def _fit(
         if message:
             raise RuntimeError(message) from exc
         raise
-
-
-def _dump_weights(model: keras.Model, index: int) -> None:
-    """Test hook (see `WEIGHTS_DUMP_VARIABLE`)."""
-    folder = os.environ.get(WEIGHTS_DUMP_VARIABLE)
-    if folder:
-        weights = {f"w{i:04d}": np.asarray(w.value) for i, w in enumerate(model.weights)}
-        np.savez(Path(folder) / f"process-{index}.npz", **weights)

@@ -2,10 +2,11 @@
 
 Headless Chromium from the system (Debian's `chromium` package, which `.ci/run`
 installs when it can; Playwright's own browser download is not available offline)
-uploads a synthetic DICOM, a file that is not an image and one over the upload
-limit, waits for the probability and the overlay, checks each file's message and
-saves a screenshot. Skipped, with the reason printed, only when no Chromium can be
-found. Runs in the TensorFlow pass (the app computes Grad-CAM).
+opens the app serving a `cv`-style ensemble (two stand-in members), uploads a
+synthetic DICOM, a file that is not an image and one over the upload limit, waits
+for the probability, the members' spread and the mean-map overlay, checks each
+file's message and saves a screenshot. Skipped, with the reason printed, only when
+no Chromium can be found. Runs in the TensorFlow pass (the app computes Grad-CAM).
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ from pathlib import Path
 
 import keras
 import pytest
-from model_fixtures import contract_model
+from model_fixtures import contract_ensemble
 
-from pneumokeras.app import logic as app_logic
-from pneumokeras.models import model_card
-from pneumokeras.models.model_card import ModelCard
+from pneumokeras.app.examples import synthetic_examples
 
 pytestmark = [
     pytest.mark.slow,
@@ -96,13 +95,10 @@ def test_upload_in_headless_chromium(tmp_path):
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
-    run = tmp_path / "run"
+    run = tmp_path / "cv"
     run.mkdir()
-    contract_model(SIZE).save(run / "model.keras")
-    model_card.write_card(
-        run, ModelCard(input_size=SIZE, threshold=0.45, threshold_method="youden", temperature=1.7)
-    )
-    dicom = app_logic.synthetic_examples()[0].data
+    ensemble = contract_ensemble(SIZE, run)
+    dicom = synthetic_examples()[0].data
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
@@ -113,7 +109,7 @@ def test_upload_in_headless_chromium(tmp_path):
                 "cli.py",
                 "app",
                 "--model",
-                str(run),
+                str(ensemble),
                 "--port",
                 str(port),
                 "--max-upload-mb",
@@ -159,8 +155,15 @@ def test_upload_in_headless_chromium(tmp_path):
                 value = page.locator('[data-testid="stMetricValue"]').inner_text().strip()
                 assert re.fullmatch(r"[01]\.\d{3}", value), value
                 label = page.get_by_text(re.compile(r"^Label: (pneumonia|normal)")).inner_text()
-                assert label.endswith("(threshold 0.450)")
-                assert ("pneumonia" in label) == (float(value) >= 0.45)
+                assert label.endswith("(threshold 0.400)")
+                assert ("pneumonia" in label) == (float(value) >= 0.4)
+                # The ensemble: the members' spread and the mean of their maps.
+                spread = page.get_by_text(re.compile(r"^Ensemble of 2: members' SD ")).inner_text()
+                assert re.search(r"member probabilities [01]\.\d{3}, [01]\.\d{3}", spread)
+                page.get_by_text("Grad-CAM of 'pneumonia' at bn of each member").wait_for(
+                    timeout=WAIT_MS
+                )
+                assert page.locator("text=Traceback").count() == 0
                 shot = tmp_path / "app_browser.png"
                 page.screenshot(path=str(shot))
                 assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

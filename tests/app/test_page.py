@@ -1,6 +1,6 @@
 """The Streamlit page (pneumokeras/app/page.py) driven by `streamlit.testing.v1.AppTest`.
 
-No browser (see test_app_browser.py for one): uploads go through the file
+No browser (see test_browser.py for one): uploads go through the file
 uploader's `set_value`; images expose no pixels, so the tests check texts and the
 presence of images and download buttons. A tiny stand-in model (`contract_model`,
 64 px) with a fitted-looking card keeps each page run to a few seconds. The page
@@ -10,16 +10,19 @@ computes Grad-CAM (tf-keras-vis), so these tests run in the TensorFlow pass only
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from model_fixtures import contract_model
+from model_fixtures import contract_ensemble, contract_model
 from PIL import Image
 
-from pneumokeras.app import logic as app_logic
+from pneumokeras.app import server
+from pneumokeras.app.analysis import read_upload
+from pneumokeras.app.downloads import RESEARCH_NOTICE
 from pneumokeras.models import model_card
 from pneumokeras.models.model_card import ModelCard
 
@@ -51,29 +54,24 @@ def run_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def examples():
-    return app_logic.synthetic_examples()
+def start(monkeypatch, model: Path | str, data: Path | None = None):
+    """A first page run on `model` (and `data` to browse).
 
-
-def start(monkeypatch, model: Path | str, data: Path | None = None, server: bool = True):
-    """A first page run; `server` as `cli.py app` serves it (Keras' session kept).
-
-    The app then replaces `keras.backend.clear_session` for this process: the
-    original is saved first so that monkeypatch restores it for the other tests.
+    The page changes no process-wide state: Keras' `clear_session` (which Streamlit
+    calls after every run) is still Keras' own afterwards.
     """
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setattr(keras.backend, "clear_session", keras.backend.clear_session)
-    monkeypatch.setenv(app_logic.SERVER_VARIABLE, "1" if server else "0")
-    monkeypatch.setenv(app_logic.MODEL_VARIABLE, str(model))
+    clear_session = keras.backend.clear_session
+    monkeypatch.setenv(server.MODEL_VARIABLE, str(model))
     if data is None:
-        monkeypatch.delenv(app_logic.DATA_VARIABLE, raising=False)
+        monkeypatch.delenv(server.DATA_VARIABLE, raising=False)
     else:
-        monkeypatch.setenv(app_logic.DATA_VARIABLE, str(data))
+        monkeypatch.setenv(server.DATA_VARIABLE, str(data))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     assert not at.exception, at.exception
+    assert keras.backend.clear_session is clear_session
     return at
 
 
@@ -90,7 +88,7 @@ def texts(elements) -> list[str]:
 def test_model_panel_uploads_and_settings(monkeypatch, run_dir, examples):
     at = start(monkeypatch, run_dir)
     # The model panel, the research-only notice and what the number means.
-    assert texts(at.warning) == [app_logic.RESEARCH_NOTICE]
+    assert texts(at.warning) == [RESEARCH_NOTICE]
     panel = at.sidebar.markdown[0].value
     for line in (
         f"- **file**: {run_dir / 'model.keras'}",
@@ -125,7 +123,7 @@ def test_model_panel_uploads_and_settings(monkeypatch, run_dir, examples):
     for metric, (name, data) in zip(
         metrics, [("p.dcm", examples[0].data), ("c.png", png(chest))], strict=True
     ):
-        record = app_logic.read_upload(name, data, SIZE, 10)
+        record = read_upload(name, data, SIZE, 10)
         expected = float(classifier.probabilities(record.pixels[None, :, :, None])[0])
         assert metric.value == f"{expected:.3f}"
     labels = [t for t in texts(at.markdown) if t.startswith("Label: ")]
@@ -198,14 +196,12 @@ def test_gallery_and_a_converted_split(monkeypatch, run_dir, converted_dir):
 
 
 def test_a_missing_model_a_broken_one_and_data_of_another_size(monkeypatch, run_dir, tmp_path):
-    # The page reads its environment on every run, so one AppTest sees all three
-    # (the first run with Streamlit's default of clearing Keras' session after it).
-    at = start(monkeypatch, tmp_path / "nothing", server=False)
+    # The page reads its environment on every run, so one AppTest sees all three.
+    at = start(monkeypatch, tmp_path / "nothing")
     assert texts(at.error) == [f"model {tmp_path / 'nothing'} does not exist"]
-    assert texts(at.warning) == [app_logic.RESEARCH_NOTICE]
+    assert texts(at.warning) == [RESEARCH_NOTICE]
     (tmp_path / "model.keras").write_bytes(b"not a zip")
-    monkeypatch.setenv(app_logic.MODEL_VARIABLE, str(tmp_path))
-    monkeypatch.setenv(app_logic.SERVER_VARIABLE, "1")
+    monkeypatch.setenv(server.MODEL_VARIABLE, str(tmp_path))
     at.run()
     assert texts(at.error) == [
         f"{tmp_path / 'model.keras'} is not a valid .keras file (not a zip archive)"
@@ -213,9 +209,62 @@ def test_a_missing_model_a_broken_one_and_data_of_another_size(monkeypatch, run_
     data = tmp_path / "data"
     data.mkdir()
     (data / "manifest.json").write_text('{"image_size": 128, "splits": {}, "shards": {}}')
-    monkeypatch.setenv(app_logic.MODEL_VARIABLE, str(run_dir))
-    monkeypatch.setenv(app_logic.DATA_VARIABLE, str(data))
+    monkeypatch.setenv(server.MODEL_VARIABLE, str(run_dir))
+    monkeypatch.setenv(server.DATA_VARIABLE, str(data))
     at.run()
     at.radio(key="view").set_value("Browse converted data").run()
     assert not at.exception, at.exception
     assert texts(at.error) == [f"The model takes {SIZE} px images but {data} holds 128 px images."]
+
+
+def test_an_ensemble_shows_its_mean_map_and_its_members_spread(monkeypatch, tmp_path, examples):
+    ensemble = contract_ensemble(SIZE, tmp_path)
+    at = start(monkeypatch, ensemble)
+    assert not at.error
+    panel = at.sidebar.markdown[0].value
+    assert "- **members**: 2 fold models (member_0, member_1)" in panel
+    assert "- **out-of-fold (2 folds pooled)**: auc 0.830" in panel
+    assert "Youden's J on the pooled out-of-fold predictions" in panel
+    assert "epoch None" not in panel
+    assert "validation split" not in panel + at.caption[0].value
+    assert at.sidebar.selectbox(key="layer").label == "Layer (of each member)"
+    at.file_uploader[0].set_value([("patient.dcm", examples[0].data, "application/dicom")])
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error
+    assert [m.label for m in at.metric] == ["P(pneumonia), calibrated"]
+    captions = [c for image in at.image for c in image.captions]
+    assert "Grad-CAM of 'pneumonia' at bn of each member" in captions
+    spread = [t for t in texts(at.markdown) if t.startswith("Ensemble of 2: members' SD ")]
+    assert len(spread) == 1
+    assert re.fullmatch(
+        r"Ensemble of 2: members' SD \d\.\d{3} \(member probabilities [01]\.\d{3}, [01]\.\d{3}\)",
+        spread[0],
+    )
+
+
+def test_an_uncalibrated_model_and_a_broken_ensemble_card(monkeypatch, tmp_path, examples):
+    run = tmp_path / "run"
+    run.mkdir()
+    contract_model(SIZE).save(run / "model.keras")
+    model_card.write_card(run, ModelCard(input_size=SIZE))  # T = 1, never fitted
+    at = start(monkeypatch, run)
+    at.file_uploader[0].set_value([("patient.dcm", examples[0].data, "application/dicom")])
+    at.run()
+    assert not at.exception, at.exception
+    assert [m.label for m in at.metric] == ["P(pneumonia), uncalibrated"]
+    assert "not calibrated (T = 1, never fitted)" in at.caption[0].value
+    # A card naming members the model does not hold: one line, no traceback.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.keras").write_bytes((run / "model.keras").read_bytes())
+    card = json.loads((run / "model.json").read_text())
+    card["members"] = [{"name": "member_0", "gradcam_layer": "bn"}]
+    (broken / "model.json").write_text(json.dumps(card))
+    monkeypatch.setenv(server.MODEL_VARIABLE, str(broken))
+    at.run()
+    assert not at.exception, at.exception
+    errors = texts(at.error)
+    assert len(errors) == 1
+    assert errors[0].startswith("The page stopped: ")
+    assert "\n" not in errors[0]

@@ -213,6 +213,22 @@ def test_refit_split_refuses_a_part_without_a_class():
 # ---------------------------------------------------------------- own vs refit
 
 
+def test_refit_parts_count_images_and_patients_apart():
+    # Three images per patient, one of them positive for a positive patient.
+    labels, patients = _patients(12, 8, images=3)
+    raw = np.where(labels == 1, 0.8, 0.3)
+    out = external.refit_comparison(labels, patients, raw, 1.0, 0.5, fraction=0.5, seed=0)
+    part, held = out["refit_part"], out["held_out"]
+    assert (part["n"], part["patients"]) == (30, 10)
+    assert (part["positives"], part["positive_patients"]) == (4, 4)
+    assert (held["n"], held["patients"], held["positive_patients"]) == (30, 10, 4)
+    labels[12 * 3 + 1] = 1  # a second positive image of patient 12: one patient still
+    out = external.refit_comparison(labels, patients, raw, 1.0, 0.5, fraction=0.5, seed=0)
+    both = out["refit_part"]["positives"] + out["held_out"]["positives"]
+    assert both == 9
+    assert out["refit_part"]["positive_patients"] + out["held_out"]["positive_patients"] == 8
+
+
 def test_refit_comparison_scores_both_on_the_held_out_part():
     # An overconfident model on the new data: raw log-odds 3x the true ones.
     rng = np.random.default_rng(1)

@@ -318,8 +318,16 @@ def test_report_of_own_vs_refit_calibration():
     text = report.render_report(result)
     assert "## Own vs re-fitted threshold and temperature" in text
     text = text[text.index("## Own vs re-fitted") :]  # its rows share labels with the metrics
-    assert f"class-stratified 30% of the patients ({refit['refit_part']['n']} images" in text
-    assert f"scored on the other {refit['held_out']['n']} images" in text
+    part, held = refit["refit_part"], refit["held_out"]
+    assert (
+        f"class-stratified 30% of the patients ({part['n']} images ({part['positives']} "
+        f"positive) of {part['patients']} patients ({part['positive_patients']} with pneumonia))"
+        in text
+    )
+    assert (
+        f"scored on the other {held['n']} images ({held['positives']} positive) of "
+        f"{held['patients']} patients ({held['positive_patients']} with pneumonia)." in text
+    )
     for key, label in report.REFIT_ROWS.items():
         row = _row(text, label)
         assert len(row) == 3, key

@@ -119,18 +119,18 @@ def test_explain_run_on_positives_of_a_split(tiny_model, saved_model, converted,
     rows = _read_csv(out / "explain.csv")
     assert [row["patient_id"] for row in rows] == expected
     assert tuple(rows[0]) == explain.CSV_COLUMNS
-    assert json.loads((out / "summary.json").read_text()) == summary
-    assert summary["method"] == "gradcam"
-    assert summary["layer"] == "stack3_block2_out"
-    assert summary["target_class"] == "pneumonia"
-    assert summary["count"] == summary["positives_with_boxes"] == len(expected) == 4
+    assert json.loads((out / "summary.json").read_text()) == summary.to_dict()
+    assert summary.method == "gradcam"
+    assert summary.layer == "stack3_block2_out"
+    assert summary.target_class == "pneumonia"
+    assert summary.count == summary.positives_with_boxes == len(expected) == 4
 
     hits = [int(row["pointing_game"]) for row in rows]
     energies = [float(row["energy_in_boxes"]) for row in rows]
     assert set(hits) <= {0, 1}
     assert all(0.0 <= e <= 1.0 for e in energies)
-    assert summary["pointing_game"] == pytest.approx(np.mean(hits))
-    assert summary["energy_in_boxes"] == pytest.approx(np.mean(energies), abs=1e-6)
+    assert summary.pointing_game == pytest.approx(np.mean(hits))
+    assert summary.energy_in_boxes == pytest.approx(np.mean(energies), abs=1e-6)
     assert all(row["true_label"] == "1" and row["explained_class"] == "pneumonia" for row in rows)
 
     # Probabilities are temperature-calibrated (T = 2), labels use the threshold.
@@ -159,9 +159,9 @@ def test_explain_run_explains_the_thresholded_prediction(saved_model, converted,
         run, tmp_path / "out", config, data_dir=converted / "tfrecords", progress=False
     )
     rows = _read_csv(tmp_path / "out" / "explain.csv")
-    assert summary["count"] == len(rows) == 3  # the whole test split
-    assert summary["layer"] == "stack4_block2_out"
-    assert summary["temperature"] == 1.0
+    assert summary.count == len(rows) == 3  # the whole test split
+    assert summary.layer == "stack4_block2_out"
+    assert summary.temperature == 1.0
     for row in rows:
         assert row["explained_class"] == CLASS_NAMES[int(row["predicted_label"])]
         assert int(row["predicted_label"]) == int(float(row["probability"]) >= 0.3)
@@ -182,6 +182,18 @@ def test_explain_run_rejects_bad_requests(saved_model, converted, tmp_path):
     with pytest.raises(UserError, match="convert the data with --size 128"):
         explain._split_samples(data, "test", size=128, limit=5, only_positives=False)
     assert not (tmp_path / "out").exists()
+
+
+@needs_tensorflow
+def test_an_unreadable_file_among_good_ones_is_one_line(small_model, tmp_path, oversized_png):
+    good = _pngs(tmp_path / "in", "a.png", "b.png")
+    shutil.copy(oversized_png, tmp_path / "in" / "huge.png")
+    with pytest.raises(UserError) as info:
+        explain.explain_run(small_model, tmp_path / "out", Config(), files=[tmp_path / "in"])
+    assert str(info.value).startswith(f"cannot read {tmp_path / 'in' / 'huge.png'}: ")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+    assert good  # the good files are not explained: the run is refused as a whole
 
 
 def _pngs(folder, *names):
@@ -236,7 +248,7 @@ def test_a_model_without_card_uses_the_defaults_and_says_so(small_model, tmp_pat
     assert "\n" not in warnings[0]
     assert "no model card (model.json)" in warnings[0]
     assert "threshold 0.5 and temperature 1.0" in warnings[0]
-    assert (summary["threshold"], summary["temperature"]) == (0.5, 1.0)
+    assert (summary.threshold, summary.temperature) == (0.5, 1.0)
     row = _read_csv(tmp_path / "out" / "explain.csv")[0]
     assert int(row["predicted_label"]) == int(float(row["probability"]) >= 0.5)
 
@@ -250,7 +262,7 @@ def test_a_second_run_replaces_the_first_in_its_folder(earlier_run, tmp_path):
     # Only the second run's overlays: the folder describes one run.
     assert _folder(out) == ["c.png", "contact_sheet.png", "explain.csv", "summary.json"]
     assert [row["overlay"] for row in _read_csv(out / "explain.csv")] == ["c.png"]
-    assert summary["count"] == 1
+    assert summary.count == 1
 
 
 @needs_tensorflow
@@ -370,11 +382,11 @@ def test_model_saved_under_jax_explains_files_under_tensorflow(jax_run, converte
     out = tmp_path / "out"
     summary = explain.explain_run(jax_run, out, Config(), files=[*dicoms, png.parent])
     rows = _read_csv(out / "explain.csv")
-    assert summary["count"] == 3
-    assert summary["source"] == {"files": 3}
-    assert summary["layer"] == "stack4_block2_out"
-    assert summary["pointing_game"] is None
-    assert summary["energy_in_boxes"] is None
+    assert summary.count == 3
+    assert summary.source == {"files": 3}
+    assert summary.layer == "stack4_block2_out"
+    assert summary.pointing_game is None
+    assert summary.energy_in_boxes is None
     assert [row["name"] for row in rows] == [p.stem for p in dicoms] + ["chest"]
     assert [row["file"] for row in rows] == [str(p) for p in [*dicoms, png]]
     assert all(row["true_label"] == "" and row["pointing_game"] == "" for row in rows)

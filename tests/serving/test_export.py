@@ -183,9 +183,18 @@ def test_unknown_format_and_missing_model_are_user_errors(run_dir):
 
 @pytest.mark.backend
 def test_outputs_that_exist_or_must_not_be_replaced(run_dir, tmp_path):
-    (run_dir / "model.onnx").write_text("earlier")
+    (run_dir / "model.onnx").write_text("patient,label\np1,1\n")  # a CSV named .onnx
     with pytest.raises(UserError, match="exists; pass --force"):
         export.export_model(run_dir, "onnx")
+    # --force replaces an ONNX model only, and a card beside it only.
+    with pytest.raises(UserError, match=r"model.onnx is not an ONNX model; refusing to replace"):
+        export.export_model(run_dir, "onnx", force=True)
+    (run_dir / "model.onnx").unlink()
+    (run_dir / "model.onnx.json").write_text('{"notes": "mine"}')
+    with pytest.raises(UserError, match=r"model.onnx.json is not a model card; refusing"):
+        export.export_model(run_dir, "onnx", force=True)
+    (run_dir / "model.onnx.json").unlink()
+    (run_dir / "model.onnx").write_text("patient,label\np1,1\n")
     with pytest.raises(UserError, match=r"must end in \.onnx"):
         export.export_model(run_dir, "onnx", tmp_path / "model.bin")
     (tmp_path / "folder.onnx").mkdir()
@@ -198,8 +207,9 @@ def test_outputs_that_exist_or_must_not_be_replaced(run_dir, tmp_path):
     (other / "holiday.jpg").write_text("x")
     with pytest.raises(UserError, match="not a SavedModel folder"):
         export.export_model(run_dir, "saved_model", other, force=True)
-    assert (run_dir / "model.onnx").read_text() == "earlier"
+    assert (run_dir / "model.onnx").read_text() == "patient,label\np1,1\n"
     assert (other / "holiday.jpg").read_text() == "x"
+    (run_dir / "model.onnx").unlink()
 
 
 @pytest.mark.backend
@@ -273,6 +283,14 @@ def test_an_unreadable_check_image_writes_nothing(run_dir):
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     with pytest.raises(UserError, match=r"--check-images .*broken.png"):
         export.export_model(run_dir, "onnx", check_images=[broken])
+    assert sorted(p.name for p in run_dir.iterdir()) == ["model.json", "model.keras"]
+
+
+def test_an_oversized_check_image_is_one_line(run_dir, oversized_png):
+    with pytest.raises(UserError) as info:
+        export.export_model(run_dir, "onnx", check_images=[oversized_png])
+    assert str(info.value).startswith(f"--check-images {oversized_png}: ")
+    assert "\n" not in str(info.value)
     assert sorted(p.name for p in run_dir.iterdir()) == ["model.json", "model.keras"]
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -137,12 +138,83 @@ def test_rows_for_every_format_and_broken_files(model_path, dicoms, image_files,
             assert a["probability"] == pytest.approx(b["probability"], abs=1e-6)
 
 
-def test_json_output(model_path, dicoms, tmp_path):
+def test_json_output_and_the_format_of_the_out_suffix(model_path, dicoms, tmp_path, capsys):
+    from pneumokeras.cli import main
+
     out = tmp_path / "p.json"
     rows = predict.predict_files(model_path, [str(d) for d in dicoms], out_path=out, fmt="json")
     assert json.loads(out.read_text()) == rows
     assert len(rows) == 3
     assert json.loads(predict.format_rows(rows, "json")) == rows
+    # Without --format, an --out ending in .json gets JSON (CSV elsewhere).
+    inferred = tmp_path / "inferred.JSON"
+    main(["predict", "--model", str(model_path), str(dicoms[0]), "--out", str(inferred)])
+    assert json.loads(inferred.read_text())[0]["path"] == str(dicoms[0])
+    plain = tmp_path / "plain.txt"
+    main(["predict", "--model", str(model_path), str(dicoms[0]), "--out", str(plain)])
+    assert plain.read_text().startswith("path,patient_id,probability")
+    capsys.readouterr()
+    # A --format that contradicts the suffix is refused before any work.
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "predict",
+                "--model",
+                str(model_path),
+                str(dicoms[0]),
+                "--out",
+                str(tmp_path / "x.json"),
+                "--format",
+                "csv",
+            ]
+        )
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {tmp_path / 'x.json'} ends in .json but --format is csv; change one of them"
+    )
+    assert not (tmp_path / "x.json").exists()
+    assert predict.output_format(None, None) == "csv"
+    assert predict.output_format("a.csv", None) == "csv"
+
+
+def test_batch_size_is_the_models_batch(model_path, tmp_path, monkeypatch):
+    from pneumokeras.models.model_card import Classifier
+
+    calls = []
+    forward = Classifier.forward
+
+    def counted(self, batch):
+        calls.append(len(batch))
+        return forward(self, batch)
+
+    monkeypatch.setattr(Classifier, "forward", counted)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
+    for i in range(40):
+        Image.fromarray(np.roll(pixels, i)).save(folder / f"{i:02d}.png")
+    predict.predict_files(model_path, [folder], batch_size=40)
+    assert calls == [40]  # one call, not Keras-sized pieces of 32
+    calls.clear()
+    predict.predict_files(model_path, [folder], batch_size=16)
+    assert calls == [16, 16, 8]
+    calls.clear()
+    predict.predict_files(model_path, [folder / "00.png"], batch_size=2, tta=5)
+    assert calls == [1, 2, 2, 1]  # the image, then its 5 augmented copies 2 at a time
+
+
+def test_an_oversized_image_gets_its_error_row_and_the_others_are_predicted(
+    model_path, image_files, oversized_png, tmp_path, capsys
+):
+    from pneumokeras.cli import main
+
+    inputs = [str(image_files["png"]), str(oversized_png), str(image_files["jpeg"])]
+    rows = predict.predict_files(model_path, inputs)
+    assert [bool(r["error"]) for r in rows] == [False, True, False]
+    assert rows[1]["probability"] is None
+    assert "\n" not in rows[1]["error"]
+    main(["predict", "--model", str(model_path), *inputs, "--out", str(tmp_path / "p.csv")])
+    assert "predicted 2 file(s), 1 unreadable" in capsys.readouterr().err
 
 
 def test_no_usable_input_is_a_user_error(model_path, tmp_path):
@@ -272,29 +344,74 @@ def test_tta_is_seeded_and_reports_spread(model_path, dicoms, tmp_path):
 # ---------------------------------------------------------------- the example app
 
 
+def _other_app():
+    """examples/other_app.py's functions (its `main` not run)."""
+    return runpy.run_path(str(REPO / "examples" / "other_app.py"), run_name="other_app")
+
+
+def test_other_app_reads_pixels_as_predict_and_refuses_what_it_cannot(
+    image_files, dicoms, tmp_path
+):
+    app = _other_app()
+    for name in ("png", "jpeg", "png16"):
+        got = app["prepare"](str(image_files[name]), SIZE)
+        assert got.shape == (1, SIZE, SIZE, 1)
+        np.testing.assert_array_equal(got[0, :, :, 0], load_image(image_files[name], SIZE)[0])
+    # A DICOM, whatever its name (Pillow may read its preamble as a TIFF); other formats.
+    disguised = tmp_path / "scan.png"
+    disguised.write_bytes(dicoms[0].read_bytes())
+    with pytest.raises(app["Refused"], match=r"^a DICOM file: read it with `pneumokeras predict`"):
+        app["prepare"](str(disguised), SIZE)
+    tiff = tmp_path / "scan.tif"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tiff)
+    with pytest.raises(app["Refused"], match=r"^unsupported format TIFF"):
+        app["prepare"](str(tiff), SIZE)
+    colour = tmp_path / "photo.png"
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(colour)
+    with pytest.raises(app["Refused"], match=r"^colour image"):
+        app["prepare"](str(colour), SIZE)
+    with pytest.raises(UserError, match="colour image"):
+        load_image(colour, SIZE)  # predict refuses it too
+    # The card is named after the model file: ensemble.keras → ensemble.json.
+    (tmp_path / "ensemble.keras").write_bytes(b"")
+    (tmp_path / "ensemble.json").write_text("{}")
+    assert app["model_and_card"](str(tmp_path / "ensemble.keras"))[1] == (
+        tmp_path / "ensemble.json"
+    )
+    (tmp_path / "lone.keras").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"no model card .*lone\.json"):
+        app["model_and_card"](str(tmp_path / "lone.keras"))
+
+
 # Once, in the JAX pass: a fresh Keras-on-JAX interpreter starts in half the time of a
 # TensorFlow one. Fresh interpreters of the other backend load saved models in
 # test_cv.py (TensorFlow → JAX), test_explain.py and test_export.py (JAX → TensorFlow).
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="runs in the JAX pass")
 @pytest.mark.backend
-def test_other_app_prints_predicts_probability(model_path, image_files):
-    image = image_files["png"]
-    expected = predict.predict_files(model_path, [str(image)])[0]
+def test_other_app_prints_predicts_probabilities_of_an_ensemble(image_files, tmp_path):
+    from model_fixtures import contract_ensemble
+
+    ensemble = contract_ensemble(SIZE, tmp_path)
+    tiff = tmp_path / "scan.tif"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tiff)
+    images = [image_files["png"], image_files["png16"], tiff]
+    expected = predict.predict_files(ensemble, [str(p) for p in images[:2]])
     # Runs the example in a fresh interpreter and checks pneumokeras was never imported.
-    code = (
-        "import runpy, sys; sys.argv = sys.argv[1:]; "
-        "runpy.run_path(sys.argv[0], run_name='__main__'); "
-        "assert not [m for m in sys.modules if m.startswith('pneumokeras')], 'imported'"
+    checked = (
+        "import runpy, sys; sys.argv = sys.argv[1:]\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "finally:\n    assert not [m for m in sys.modules if m.startswith('pneumokeras')]\n"
     )
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
         [
             sys.executable,
             "-c",
-            code,
+            checked,
             str(REPO / "examples" / "other_app.py"),
-            str(model_path),
-            str(image),
+            str(ensemble),
+            *map(str, images),
         ],
         capture_output=True,
         text=True,
@@ -303,7 +420,14 @@ def test_other_app_prints_predicts_probability(model_path, image_files):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    match = re.search(r"probability (\S+) label (\S+)", done.stdout)
-    assert match, done.stdout
-    assert float(match.group(1)) == pytest.approx(expected["probability"], abs=2e-6)
-    assert match.group(2) == expected["class"]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line, row in zip(lines, expected, strict=True):
+        match = re.fullmatch(r"(.+): probability (\S+) label (\S+)", line)
+        assert match, line
+        assert match.group(1) == row["path"]
+        assert float(match.group(2)) == pytest.approx(row["probability"], abs=2e-6)
+        assert match.group(3) == row["class"]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"{tiff}: error: unsupported format TIFF: this example reads PNG and JPEG"
+    )

@@ -8,6 +8,7 @@ and the resume between folds. Error tests tamper with copies of the shared run.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -29,7 +30,8 @@ from pneumokeras.models.model_card import load_classifier, read_card
 from pneumokeras.records import tfrecords
 from pneumokeras.serving import predict
 from pneumokeras.sources.splits import class_weights
-from pneumokeras.training import cv, train
+from pneumokeras.training import cv, out_of_fold
+from pneumokeras.training.run_folder import run_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -113,12 +115,15 @@ def test_cv_roc_figure_draws_each_fold_and_the_mean():
 def test_out_of_fold_patients_are_the_grouped_patients_when_there_are_some():
     labels, raw = np.array([0, 1, 1, 0]), np.array([0.2, 0.7, 0.6, 0.4])
     images = np.array(["a/1", "a/2", "b/1", "c/1"])
-    plain = cv.OutOfFold(images, np.array([0, 0, 1, 1]), labels, raw)
+    plain = out_of_fold.OutOfFold(images, np.array([0, 0, 1, 1]), labels, raw)
     assert list(plain.patient_groups) == list(images)  # RSNA: one image per patient
-    grouped = cv.OutOfFold(images, plain.folds, labels, raw, np.array(["a", "a", "b", "c"]))
+    grouped = out_of_fold.OutOfFold(
+        images, plain.folds, labels, raw, np.array(["a", "a", "b", "c"])
+    )
     fit = fit_calibration(labels, raw)
-    assert cv._calibration_facts(fit, grouped)["n_patients"] == 3
-    assert cv._calibration_facts(fit, plain)["n_patients"] == 4
+    assert out_of_fold.calibration_facts(fit, grouped)["n_patients"] == 3
+    assert out_of_fold.calibration_facts(fit, plain)["n_patients"] == 4
+    assert (grouped.patient_count, plain.patient_count) == (3, 4)
 
 
 def test_fold_metrics_mean_and_sd_over_folds():
@@ -126,17 +131,17 @@ def test_fold_metrics_mean_and_sd_over_folds():
     folds = np.repeat([0, 1, 2], 30)
     labels = rng.integers(0, 2, folds.size)
     raw = np.clip(labels * 0.4 + rng.uniform(0, 0.6, folds.size), 0, 1)
-    oof = cv.OutOfFold(np.arange(folds.size).astype(str), folds, labels, raw)
-    per_fold, summary = cv.fold_metrics(oof, raw, 0.5, 3)
-    for name in cv.FOLD_METRICS:
+    oof = out_of_fold.OutOfFold(np.arange(folds.size).astype(str), folds, labels, raw)
+    per_fold, summary = out_of_fold.fold_metrics(oof, raw, 0.5, 3)
+    for name in out_of_fold.FOLD_METRICS:
         values = [
             metrics.classification_metrics(labels[folds == k], raw[folds == k], 0.5)[name]
             for k in range(3)
         ]
-        assert [f["metrics"][name] for f in per_fold] == pytest.approx(values)
-        assert summary[name]["mean"] == pytest.approx(np.mean(values))
-        assert summary[name]["sd"] == pytest.approx(np.std(values, ddof=1))
-    assert [f["n"] for f in per_fold] == [30, 30, 30]
+        assert [f.metrics[name] for f in per_fold] == pytest.approx(values)
+        assert summary[name].mean == pytest.approx(np.mean(values))
+        assert summary[name].sd == pytest.approx(np.std(values, ddof=1))
+    assert [f.n for f in per_fold] == [30, 30, 30]
 
 
 # ---------------------------------------------------------------- three folds
@@ -171,7 +176,9 @@ def test_three_folds_end_to_end(cv3, converted_dir):
     assert all(int(r["label"]) == labels[r["patient"]] for r in rows)
     # The metrics file agrees with oof.csv: per fold at the pooled threshold, pooled.
     result = json.loads((out / "cv_metrics.json").read_text())
-    assert result == json.loads(json.dumps(summary.result))
+    assert result == json.loads(json.dumps(summary.result.to_dict()))
+    assert summary.result.threshold == result["threshold"]["value"]
+    assert summary.result.examples == result["oof"]["n"] == len(rows)
     y = np.array([int(r["label"]) for r in rows])
     cal = np.array([float(r["calibrated"]) for r in rows])
     fold = np.array([int(r["fold"]) for r in rows])
@@ -313,8 +320,8 @@ def test_explain_shows_the_mean_of_the_members_maps(cv3, converted_dir, tmp_path
         limit=3,
         progress=False,
     )
-    assert summary["count"] == 3
-    assert summary["layer"] == "stack4_block1_out of each member"
+    assert summary.count == 3
+    assert summary.layer == "stack4_block1_out of each member"
     assert (tmp_path / "explain" / "contact_sheet.png").is_file()
     model = keras.saving.load_model(out / "ensemble.keras")
     images = _test_images(converted_dir, 3).astype(np.float32)
@@ -347,7 +354,9 @@ def test_bad_input_is_refused_and_finished_folds_stay(cv3, converted_dir, tmp_pa
         r"\(model.filters: 8 → 4\)",
     ):
         cv.cross_validate(converted_dir, out, _config("train.epochs=1", "model.filters=4"))
-    with pytest.raises(UserError, match=r"--fold 3 is out of range: .* has 3 folds"):
+    with pytest.raises(
+        UserError, match=r"^--only-fold 3 is out of range: .* has 3 folds \(0\.\.2\)$"
+    ):
         cv.cross_validate(converted_dir, out, _config("train.epochs=1"), only_fold=3)
     with pytest.raises(UserError, match=r"data.image_size is 96"):
         cv.cross_validate(converted_dir, out, _config("train.epochs=1", "data.image_size=96"))
@@ -448,10 +457,12 @@ def _two_folds(converted_dir, target):
     return target
 
 
-def _cli_cv(data_dir, out_dir, *extra, env=None):
+def _cli_cv(data_dir, out_dir, *extra, hooks=()):
+    """`cli.py cv` in a new process; `hooks`: options of tests/training_hooks.py."""
+    program = [str(ROOT / "tests" / "training_hooks.py"), *hooks, "--"] if hooks else []
     args = [
         sys.executable,
-        str(ROOT / "cli.py"),
+        *(program or [str(ROOT / "cli.py")]),
         "cv",
         "--data",
         str(data_dir),
@@ -462,7 +473,6 @@ def _cli_cv(data_dir, out_dir, *extra, env=None):
     ]
     return subprocess.Popen(
         args,
-        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -488,9 +498,7 @@ def test_two_folds_one_per_machine_killed_and_resumed(converted_dir, tmp_path):
     assert not (out / "ensemble.keras").exists()
     fold0 = _snapshot(out)
     # The plain command skips fold 0 and is killed at the end of fold 1's first epoch.
-    process = _cli_cv(
-        data, out, "--set", "train.epochs=2", env={train.KILL_AFTER_EPOCH_VARIABLE: "1"}
-    )
+    process = _cli_cv(data, out, "--set", "train.epochs=2", hooks=("--kill-after-epoch", "1"))
     _, stderr = process.communicate(timeout=900)
     assert process.returncode == -signal.SIGKILL, stderr[-2000:]
     assert "fold 0: finished already" in stderr
@@ -505,8 +513,65 @@ def test_two_folds_one_per_machine_killed_and_resumed(converted_dir, tmp_path):
     assert sorted(r["patient"] for r in rows) == sorted(_patients(data, "train", "val"))
     assert {r["fold"] for r in rows} == {"0", "1"}
     assert len(read_card(out / "ensemble.keras").members) == 2
-    assert len(done.result["folds"]) == 2
+    assert len(done.result.folds) == 2
     # Once everything is finished, a rerun trains nothing and aggregates the same.
     again = cv.cross_validate(data, out, config, verbose=0)
     assert (again.trained, again.skipped) == ((), (0, 1))
-    assert again.result["summary"] == done.result["summary"]
+    assert again.result.summary == done.result.summary
+
+
+def test_a_fold_another_process_trains_is_left_to_it(converted_dir, tmp_path):
+    data = _two_folds(converted_dir, tmp_path / "data")
+    out = tmp_path / "cv"
+    config = _config("train.epochs=1")
+    with run_lock(cv.fold_dir(out, 0)), run_lock(cv.fold_dir(out, 1)):
+        # The fold asked for is refused in cv's words, naming the process.
+        with pytest.raises(UserError) as info:
+            cv.cross_validate(data, out, config, only_fold=1)
+        message = str(info.value)
+        assert message.startswith(f"fold 1 ({out / 'fold-1'}) is being trained by another process")
+        assert f"pid {os.getpid()}" in message
+        assert message.endswith("let it finish, or train another fold with --only-fold K")
+        assert "--overwrite" not in message
+        # Without --only-fold, cv leaves both to it and waits for them.
+        lines = []
+        summary = cv.cross_validate(data, out, config, say=lines.append)
+        assert (summary.trained, summary.in_use, summary.pending) == ((), (0, 1), (0, 1))
+        assert summary.result is None
+        assert any(line.startswith("fold 0: being trained by another process") for line in lines)
+
+
+def test_report_counts_images_and_patients_apart():
+    from pneumokeras.training.cv_report import render_report
+
+    spread = out_of_fold.Spread(0.8, 0.05, 2)
+    scores = out_of_fold.FoldMetrics(0, 10, 3, dict.fromkeys(out_of_fold.FOLD_METRICS, 0.8))
+    result = cv.CVResult(
+        data_dir=Path("/data/kermany"),
+        data_source="chest_xray",
+        data_fingerprint="f",
+        num_folds=2,
+        backend="tensorflow",
+        examples=20,
+        patients=12,
+        positives=6,
+        threshold=0.4,
+        threshold_method="youden",
+        temperature=1.0,
+        calibration={"explanation": "kept at 1"},
+        folds=(cv.FoldResult(scores, 1, 0.8), cv.FoldResult(scores, 2, 0.7)),
+        summary=dict.fromkeys(out_of_fold.FOLD_METRICS, spread),
+        pooled=metrics.metric_table(
+            np.array([0, 1] * 10), np.linspace(0.1, 0.9, 20), 0.4, resamples=10, seed=0
+        ),
+        bootstrap_resamples=10,
+        seed=0,
+        members=(),
+    )
+    text = render_report(result, "cv_roc.png")
+    assert "20 train+val images (6 with pneumonia) of 12 patients, each predicted once" in text
+    same = dataclasses.replace(result, patients=20)
+    assert "20 train+val patients, 6 with pneumonia, each predicted once" in render_report(
+        same, "cv_roc.png"
+    )
+    assert result.to_dict()["oof"] == {"n": 20, "patients": 12, "positives": 6, "file": "oof.csv"}

@@ -22,7 +22,8 @@ import pytest
 from pneumokeras.config import load_config
 from pneumokeras.errors import UserError
 from pneumokeras.records import pipeline as data
-from pneumokeras.training import distributed, train
+from pneumokeras.records.manifest import load_manifest
+from pneumokeras.training import distributed
 
 ROOT = Path(__file__).resolve().parents[2]
 JAX_ONLY = pytest.mark.skipif(
@@ -139,6 +140,75 @@ def test_each_process_reads_its_own_share_for_the_same_number_of_steps(converted
     assert not shares[0] & shares[1]
 
 
+@pytest.mark.backend
+def test_fewer_shard_files_than_processes_are_shared_by_record(converted_dir):
+    config = load_config(None, SETTINGS)
+    assert len(load_manifest(converted_dir).splits["train"].files) == 3
+    shares = []
+    for index in range(4):
+        dataset, steps = data.training_dataset(
+            converted_dir, config, drop_remainder=True, shard=(4, index), batch_size=3
+        )
+        batches = [x.numpy() for x, _ in dataset]
+        assert steps == len(batches) == 48 // 4 // 3
+        shares.append({image.tobytes() for b in batches for image in b})
+    assert all(shares)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not shares[i] & shares[j], (i, j)
+
+
+def test_a_process_id_taken_on_this_machine_is_named_at_once():
+    cluster = distributed.settings(f"127.0.0.1:{_free_port()}", 3, 2, environ={})
+    fd = distributed.claim_process_id(cluster)
+    try:
+        with pytest.raises(UserError) as info:
+            distributed.claim_process_id(cluster)
+        message = str(info.value)
+        assert message.startswith(
+            f"--process-id 2 is taken: another process (pid {os.getpid()} on host "
+        )
+        assert message.endswith(
+            f"joins the run at {cluster.coordinator} as process 2; give each process its "
+            "own --process-id, 0..2"
+        )
+    finally:
+        distributed._CLAIMED.remove(fd)
+        os.close(fd)
+    # Another id, or the same id of another run, is free.
+    other = distributed.settings(cluster.coordinator, 3, 1, environ={})
+    fd = distributed.claim_process_id(other)
+    assert isinstance(fd, int)
+    distributed._CLAIMED.remove(fd)
+    os.close(fd)
+    assert distributed.claim_process_id(distributed.settings(environ={})) is None
+
+
+def test_a_coordinator_port_in_use_is_named_before_joining():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cluster = distributed.settings(f"127.0.0.1:{port}", 2, 0, environ={})
+        with pytest.raises(UserError, match=rf"^127\.0\.0\.1:{port} is in use; process 0 "):
+            distributed.check_coordinator_port(cluster, environ={})
+        # Only process 0 listens there.
+        distributed.check_coordinator_port(
+            distributed.settings(cluster.coordinator, 2, 1, environ={}), environ={}
+        )
+    distributed.check_coordinator_port(cluster, environ={})  # free again
+    remote = distributed.settings("192.0.2.1:8476", 2, 0, environ={})  # TEST-NET-1
+    with pytest.raises(
+        UserError, match=r"192\.0\.2\.1 is not an address of this machine; process 0 runs"
+    ):
+        distributed.check_coordinator_port(remote, environ={})
+
+
+def test_agreement_of_a_single_process_needs_no_jax():
+    distributed.agree({"data.batch_size": 4})
+    distributed.agree({}, failure=UserError("not raised here: the caller raises it"))
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -160,8 +230,11 @@ def _env(backend="jax", **extra):
     }
 
 
-def _start(converted_dir, out, port, index, *settings, env=None, backend="jax"):
-    args = [sys.executable, str(ROOT / "cli.py"), "train", "--data", str(converted_dir)]
+def _start(converted_dir, out, port, index, *settings, env=None, backend="jax", hooks=()):
+    """`cli.py train` as process `index`; `hooks`: options of tests/training_hooks.py."""
+    program = [str(ROOT / "tests" / "training_hooks.py"), *hooks, "--"] if hooks else []
+    args = [sys.executable, *(program or [str(ROOT / "cli.py")])]
+    args += ["train", "--data", str(converted_dir)]
     args += ["--out", str(out), *[a for s in [*SETTINGS, *settings] for a in ("--set", s)]]
     args += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
     args += ["--process-id", str(index)]
@@ -192,18 +265,18 @@ def _wait(processes, timeout=600):
     return results
 
 
-def _two(converted_dir, out0, out1, *settings, env0=None, env1=None, **kwargs):
+def _two(converted_dir, out0, out1, *settings, hooks0=(), hooks1=(), settings1=(), **kwargs):
     port = _free_port()
     processes = [
-        _start(converted_dir, out0, port, 0, *settings, env=env0, **kwargs),
-        _start(converted_dir, out1, port, 1, *settings, env=env1, **kwargs),
+        _start(converted_dir, out0, port, 0, *settings, hooks=hooks0, **kwargs),
+        _start(converted_dir, out1, port, 1, *settings, *settings1, hooks=hooks1, **kwargs),
     ]
     return _wait(processes), [process.pid for process in processes]
 
 
 # Three steps per epoch, two epochs; process 1 is killed at the end of epoch 1.
 RUN = ["train.epochs=2", "train.steps_per_epoch=3"]
-KILL_1 = {train.KILL_AFTER_EPOCH_VARIABLE: "1"}
+KILL_1 = ("--kill-after-epoch", "1")
 
 # One process over 2 local devices fed the very global batches of the two-process
 # run: each global batch is process 0's part then process 1's part, as DataParallel
@@ -214,8 +287,10 @@ REFERENCE = """
 import json, sys
 import tensorflow as tf
 from pneumokeras.records import pipeline as data
+from pneumokeras.records.manifest import load_manifest
 from pneumokeras.training import train
 from pneumokeras.config import load_config
+from training_hooks import KillAfterEpoch
 
 original = data.training_dataset
 
@@ -229,7 +304,7 @@ def both_shares(data_dir, config, shard=(1, 0), batch_size=None, **kwargs):
 
 data.training_dataset = both_shares
 config = load_config(None, json.loads(sys.argv[3]))
-train.train(sys.argv[1], sys.argv[2], config, verbose=0)
+train.train(sys.argv[1], sys.argv[2], config, verbose=0, callbacks=[KillAfterEpoch(1)])
 """
 
 
@@ -246,15 +321,15 @@ def killed_and_resumed(converted_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("two")
     run, dumps = root / "run", root / "weights"
     dumps.mkdir()
-    phase1, pids1 = _two(converted_dir, run, root / "never-written", *RUN, env1=KILL_1)
+    phase1, pids1 = _two(converted_dir, run, root / "never-written", *RUN, hooks1=KILL_1)
     epoch1 = {name: (run / name).read_bytes() for name in ("model.keras", "history.csv")}
     state1 = {
         "history": _history(run),
         "record": json.loads((run / "run.json").read_text()),
         "backup": (run / "backup").is_dir(),
     }
-    dump = {train.WEIGHTS_DUMP_VARIABLE: str(dumps)}
-    phase2, pids2 = _two(converted_dir, run, run, *RUN, env0=dump, env1=dump)
+    dump = ("--dump-weights", str(dumps))
+    phase2, pids2 = _two(converted_dir, run, run, *RUN, hooks0=dump, hooks1=dump)
     reference = subprocess.run(
         [
             sys.executable,
@@ -264,7 +339,7 @@ def killed_and_resumed(converted_dir, tmp_path_factory):
             str(root / "one"),
             json.dumps([*SETTINGS, *RUN]),
         ],
-        env={**_env(**KILL_1), "JAX_NUM_CPU_DEVICES": "2"},
+        env={**_env(), "JAX_NUM_CPU_DEVICES": "2", "PYTHONPATH": str(ROOT / "tests")},
         capture_output=True,
         text=True,
         timeout=600,
@@ -422,13 +497,36 @@ def test_tensorflow_is_refused_in_one_line(converted_dir, tmp_path):
 
 @JAX_ONLY
 @pytest.mark.backend
-def test_a_batch_that_does_not_divide_by_the_devices_is_refused(converted_dir, tmp_path):
-    results, _ = _two(converted_dir, tmp_path / "run", tmp_path / "run", "data.batch_size=5")
+def test_a_batch_that_does_not_divide_by_the_devices_is_refused(monkeypatch):
+    # As in each process of a run of two, one device each (every process refuses
+    # alike: they agreed on their settings when they joined, which the end-to-end
+    # test below checks with two real processes).
+    import jax
+
+    from pneumokeras.training import train
+
+    monkeypatch.setattr(distributed, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "device_count", lambda: 2)
+    config = load_config(None, [*SETTINGS, "data.batch_size=5"])
+    with pytest.raises(UserError) as info:
+        train._distribution_scope(config)
+    assert str(info.value) == (
+        "data.batch_size 5 (the global batch) must divide by the 2 devices of the 2 processes"
+    )
+    assert keras.distribution.distribution() is None
+
+
+@JAX_ONLY
+@pytest.mark.backend
+def test_processes_started_with_other_settings_stop_naming_the_difference(converted_dir, tmp_path):
+    results, _ = _two(
+        converted_dir, tmp_path / "run", tmp_path / "run", settings1=("data.batch_size=4",)
+    )
     for code, _, stderr, _ in results:
         assert code == 2, stderr[-3000:]
         assert stderr.strip().splitlines()[-1] == (
-            "error: data.batch_size 5 (the global batch) must divide by the 2 devices of the "
-            "2 processes"
+            "error: the processes of this run differ: data.batch_size is 6 in process 0 but 4 "
+            "in process 1; start every process with the same settings and data"
         )
     assert not (tmp_path / "run").exists()
 
@@ -484,6 +582,6 @@ def test_a_process_that_never_arrives_stops_the_other(tmp_path):
         f"error: process 0: not all 2 processes joined at 127.0.0.1:{port} within "
         f"{ALONE_TIMEOUT} s "
         "(PNEUMOKERAS_INIT_TIMEOUT); start every process with the same --coordinator and "
-        "--num-processes"
+        "--num-processes and its own --process-id"
     )
     assert seconds < ALONE_TIMEOUT + 60  # the timeout, plus importing JAX

@@ -13,7 +13,7 @@ import pytest
 from pneumokeras.config import load_config
 from pneumokeras.errors import UserError
 from pneumokeras.records.manifest import Manifest, load_manifest
-from pneumokeras.training import train
+from pneumokeras.training import callbacks, run_folder, train
 
 pytestmark = pytest.mark.backend
 
@@ -153,7 +153,7 @@ def build_model_like(config):
 def test_standard_logs_drop_the_output_prefix_of_metrics_only():
     logs = {"loss": 1, "predictions_loss": 2, "box_map_loss": 3, "predictions_auc": 4}
     logs |= {"val_predictions_auc": 5, "val_box_map_loss": 6, "val_predictions_loss": 7}
-    assert train.standard_logs(logs) == {
+    assert callbacks.standard_logs(logs) == {
         "loss": 1,
         "predictions_loss": 2,
         "box_map_loss": 3,
@@ -162,13 +162,15 @@ def test_standard_logs_drop_the_output_prefix_of_metrics_only():
         "val_box_map_loss": 6,
         "val_predictions_loss": 7,
     }
-    assert train.standard_logs({"val_auc": 1, "auc": 2}) == {"val_auc": 1, "auc": 2}
+    assert callbacks.standard_logs({"val_auc": 1, "auc": 2}) == {"val_auc": 1, "auc": 2}
 
 
-def _cli_train(converted_dir, run_dir, *extra, env=None):
+def _cli_train(converted_dir, run_dir, *extra, hooks=()):
+    """`cli.py train` in a new process; `hooks`: options of tests/training_hooks.py."""
+    program = [str(ROOT / "tests" / "training_hooks.py"), *hooks, "--"] if hooks else []
     args = [
         sys.executable,
-        str(ROOT / "cli.py"),
+        *(program or [str(ROOT / "cli.py")]),
         "train",
         "--data",
         str(converted_dir),
@@ -179,7 +181,6 @@ def _cli_train(converted_dir, run_dir, *extra, env=None):
     ]
     return subprocess.Popen(
         args,
-        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -198,7 +199,7 @@ def test_resume_after_kill_and_plain_output_to_a_pipe(converted_dir, tmp_path, c
     run = tmp_path / "run"
     extra = ("--set", "train.epochs=2")
     # The process kills itself at the end of epoch 1, after that epoch's backup.
-    process = _cli_train(converted_dir, run, *extra, env={train.KILL_AFTER_EPOCH_VARIABLE: "1"})
+    process = _cli_train(converted_dir, run, *extra, hooks=("--kill-after-epoch", "1"))
     killed_stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == -signal.SIGKILL, stderr[-2000:]
     assert [int(r["epoch"]) for r in _history(run)] == [1]
@@ -285,16 +286,16 @@ def test_an_unfinished_run_resumes_only_with_its_own_settings(converted_dir, tmp
     run = tmp_path / "run"
     config = _config("train.epochs=2")
     manifest = load_manifest(converted_dir)
-    train.prepare_run_dir(run, config, manifest, None, overwrite=False)  # as a killed run left it
+    run_folder.prepare_run_dir(run, config, manifest, None, overwrite=False)  # as a killed run
     with pytest.raises(UserError, match=r"other settings \(train.epochs: 2 → 3\)"):
         train.train(converted_dir, run, _config("train.epochs=3"), verbose=0)
     with pytest.raises(UserError, match="fold: None → 1"):
         train.train(converted_dir, run, config, fold=1, verbose=0)
-    assert train.prepare_run_dir(run, config, manifest, None, overwrite=False) is True
+    assert run_folder.prepare_run_dir(run, config, manifest, None, overwrite=False) is True
     # A run record cut short (a disk that filled up) is one line, not a traceback.
-    (run / train.RUN_RECORD).write_text('{"status": "runn')
+    (run / run_folder.RUN_RECORD).write_text('{"status": "runn')
     with pytest.raises(UserError, match=r"run record .*run.json is unreadable"):
-        train.prepare_run_dir(run, config, manifest, None, overwrite=False)
+        run_folder.prepare_run_dir(run, config, manifest, None, overwrite=False)
 
 
 def test_fold_errors_name_the_folds(converted_dir, tmp_path):
@@ -337,3 +338,63 @@ def test_training_card_names_the_layout_images_and_patients(tmp_path):
         36,
         36,
     )
+
+
+def test_settings_that_do_not_shape_the_model_resume_a_run(converted_dir, tmp_path):
+    run = tmp_path / "run"
+    manifest = load_manifest(converted_dir)
+    run_folder.prepare_run_dir(run, _config(), manifest, None, overwrite=False)
+    # evaluate and explain settings are read later (as cv's folds allow): still a resume.
+    later = _config("evaluate.bootstrap=7", "explain.limit=3")
+    assert run_folder.prepare_run_dir(run, later, manifest, None, overwrite=False) is True
+
+
+def test_train_puts_the_global_keras_state_back(converted_dir, tmp_path):
+    before = keras.config.dtype_policy().name
+    # Fails after the precision is set (a backbone without last_stride 1).
+    mixed = _config(
+        "train.precision=mixed_bfloat16", "model.name=densenet121", "model.last_stride=1"
+    )
+    with pytest.raises(UserError, match="resnet18 and resnet10 only"):
+        train.train(converted_dir, tmp_path / "run", mixed, verbose=0)
+    assert keras.config.dtype_policy().name == before == "float32"
+    assert keras.distribution.distribution() is None
+    assert not (tmp_path / "run").exists()  # locked, then removed again: nothing written
+
+
+def test_a_run_folder_in_use_is_refused_naming_its_holder(converted_dir, tmp_path):
+    run = tmp_path / "run"
+    with run_folder.run_lock(run):
+        with pytest.raises(run_folder.RunInUseError) as info:
+            train.train(converted_dir, run, _config(), verbose=0)
+        assert str(info.value).startswith(f"{run} is in use by another process (pid {os.getpid()}")
+        assert "wait for that run to end, or choose another --out" in str(info.value)
+        assert sorted(p.name for p in run.iterdir()) == [run_folder.LOCK_FILE]
+    assert not run.exists()  # the lock's folder goes with it when nothing was written
+
+
+def test_the_cli_trains_at_the_data_size_unless_one_is_set(
+    converted_dir, tmp_path, monkeypatch, capsys
+):
+    from pneumokeras.cli import main
+
+    seen = []
+
+    def fake_train(data_dir, run_dir, config, **kwargs):
+        seen.append(config.data.image_size)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(train, "train", fake_train)
+    base = ["train", "--data", str(converted_dir), "--out", str(tmp_path / "run")]
+    for extra in ([], ["--set", "data.image_size=96"]):
+        with pytest.raises(SystemExit):
+            main([*base, *extra])
+    # The data is 64 px: the default (224) follows it, with a note; a size given is kept.
+    assert seen == [64, 96]
+    err = capsys.readouterr().err
+    assert "note: training at the data's 64 px (the default data.image_size is 224" in err
+    config = tmp_path / "settings.yaml"
+    config.write_text("data:\n  image_size: 128\n")
+    with pytest.raises(SystemExit):
+        main([*base, "--config", str(config)])
+    assert seen[-1] == 128  # set in the settings file: kept (and refused by train)
