@@ -49,32 +49,71 @@ from pneumokeras.utils import environment
 # The Keras dtype policies `train.precision` accepts (one list, in the config schema).
 PRECISIONS: tuple[str, ...] = typing.get_args(typing.get_type_hints(TrainConfig)["precision"])
 
-# Arguments for `model.compile(...)`. JAX always compiles with XLA (this is
-# Keras' default there too); TensorFlow needs it asked for on CPU. The torch
-# backend keeps Keras' default (eager), since `jit_compile=True` would mean
-# torch.compile there.
-COMPILE_KWARGS: dict[str, Any] = (
-    {"jit_compile": True} if keras.backend.backend() in ("tensorflow", "jax") else {}
-)
+
+def training_xla(
+    setting: bool | str = "auto",
+    backend: str | None = None,
+    isa: str | None = None,
+    gpu: bool | None = None,
+) -> bool:
+    """Whether training XLA-compiles its steps: `train.xla`, with `auto` resolved.
+
+    An explicit `True`/`False` is returned as it is. `auto` picks what measured
+    fastest (`benchmarks/bench_train.py`): under JAX always XLA (its only compiled
+    path); under TensorFlow XLA on GPUs and on CPUs below AVX-512, but plain
+    TensorFlow graphs on AVX-512 CPUs, where TensorFlow's oneDNN kernels beat XLA's
+    own code (see the module docstring). The torch backend is never compiled here.
+
+    Args:
+        setting: `True`, `False` or `"auto"`.
+        backend: Keras backend (default: the current one).
+        isa: CPU level from `environment.cpu_isa` (default: this machine's, capped
+            by `ONEDNN_MAX_CPU_ISA`).
+        gpu: whether TensorFlow sees a GPU (default: asks TensorFlow).
+
+    Raises:
+        ValueError: `setting` is none of `XLA_CHOICES`.
+    """
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"xla must be true, false or auto. Received: xla={setting!r}")
+    backend = backend or keras.backend.backend()
+    if backend == "jax":
+        return True
+    if backend != "tensorflow":
+        return False
+    if gpu is None:
+        import tensorflow as tf
+
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+    if gpu:
+        return True
+    isa = isa or environment.cpu_isa()
+    return environment.ISA_LEVELS.index(isa) < environment.ISA_LEVELS.index("avx512")
 
 
-def compile_kwargs(xla: bool = True) -> dict[str, Any]:
+def compile_kwargs(xla: bool | str = "auto") -> dict[str, Any]:
     """`model.compile` arguments for `train.xla` (see `config.TrainConfig.xla`).
 
-    `xla=False` only changes TensorFlow (`jit_compile=False`: plain graphs, no
-    XLA compile); JAX keeps XLA whatever it says, since its alternative is eager
-    op-by-op execution.
+    JAX always compiles with XLA (its alternative is eager op-by-op execution),
+    whatever `xla` says; TensorFlow gets `jit_compile` from `training_xla`; the
+    torch backend keeps Keras' default (`jit_compile=True` would mean
+    `torch.compile` there).
     """
-    if not xla and keras.backend.backend() == "tensorflow":
-        return {"jit_compile": False}
-    return dict(COMPILE_KWARGS)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return {"jit_compile": True}
+    if backend == "tensorflow":
+        return {"jit_compile": training_xla(xla, backend)}
+    return {}
 
 
 def configure_backend(precision: str) -> None:
     """Sets the Keras dtype policy and the backend settings that speed up training.
 
     Call once per process, before the first model is built (and, under JAX,
-    before any JAX computation), then compile with `**COMPILE_KWARGS`. Safe on
+    before any JAX computation), then compile with `**compile_kwargs(...)`. Safe on
     GPUs: the XLA flag only concerns XLA's CPU backend.
 
     Args:
@@ -97,3 +136,92 @@ def configure_backend(precision: str) -> None:
                 stacklevel=2,
             )
     keras.config.set_dtype_policy(precision)
+
+
+# ------------------------------------------------------------------ inference
+
+
+def inference_path(backend: str | None = None, isa: str | None = None) -> str:
+    """How a model's forward pass runs for inference, as measured fastest here.
+
+    Returns:
+        `graph` (TensorFlow: one traced `tf.function`, oneDNN kernels), `xla`
+        (TensorFlow: `tf.function(jit_compile=True)`), `jit` (JAX: `jax.jit`) or
+        `eager` (other backends). TensorFlow takes `graph` on AVX-512 CPUs and
+        `xla` elsewhere (`benchmarks/bench_infer.py`); see `training_xla` for `isa`.
+    """
+    backend = backend or keras.backend.backend()
+    if backend == "jax":
+        return "jit"
+    if backend != "tensorflow":
+        return "eager"
+    return "xla" if training_xla("auto", backend, isa) else "graph"
+
+
+def _padded_size(count: int, compiled: set[int]) -> int:
+    """Batch size to run `count` images at: a compiled size up to 2× `count`, or the next
+    power of two (so a run of odd last batches compiles a handful of shapes, not one each).
+    """
+    fits = [size for size in compiled if count <= size <= 2 * count]
+    return min(fits) if fits else 1 << (count - 1).bit_length()
+
+
+class CompiledForward:
+    """A model's inference forward pass `(n, ...) → (n, ...)` NumPy, compiled once.
+
+    `path` (`inference_path`) picks how: a traced TensorFlow graph, XLA through
+    TensorFlow or `jax.jit` over `model.stateless_call` (the current weights are
+    passed at every call, so later weight changes are seen), or the eager call.
+    XLA and `jax.jit` compile one program per batch shape, so a batch of a size not
+    compiled yet is zero-padded to one that is (up to twice its size) or to the next
+    power of two, and the padding's outputs dropped: at most a few shapes per run.
+
+    Args:
+        model: a Keras model with one input and one output.
+        path: `graph`, `xla`, `jit` or `eager` (default `inference_path()`).
+    """
+
+    def __init__(self, model: Any, path: str | None = None) -> None:
+        self.model = model
+        self.path = path or inference_path()
+        self._compiled_sizes: set[int] = set()
+        if self.path in ("graph", "xla"):
+            import tensorflow as tf
+
+            self._call = tf.function(
+                lambda x: model(x, training=False),
+                jit_compile=self.path == "xla",
+                reduce_retracing=True,
+                autograph=False,
+            )
+        elif self.path == "jit":
+            import jax
+
+            def run(trainable: Any, non_trainable: Any, x: Any) -> Any:
+                outputs, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+                return outputs
+
+            jitted = jax.jit(run)
+            self._call = lambda x: jitted(
+                [v.value for v in model.trainable_variables],
+                [v.value for v in model.non_trainable_variables],
+                x,
+            )
+        elif self.path == "eager":
+            self._call = lambda x: model(x, training=False)
+        else:
+            raise ValueError(f"unknown inference path {self.path!r}")
+
+    def __call__(self, batch: Any) -> Any:
+        """The model's outputs for one batch, as a NumPy array."""
+        import numpy as np
+
+        batch = np.asarray(batch)
+        count = len(batch)
+        if self.path in ("xla", "jit") and count:
+            size = _padded_size(count, self._compiled_sizes)
+            self._compiled_sizes.add(size)
+            if size != count:
+                padding = np.zeros((size - count, *batch.shape[1:]), dtype=batch.dtype)
+                batch = np.concatenate([batch, padding])
+        return keras.ops.convert_to_numpy(self._call(batch))[:count]
