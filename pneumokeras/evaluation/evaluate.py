@@ -123,11 +123,25 @@ def _load_classifier(
 
 
 def _predict(
-    model: keras.Model, data_dir: Path, split: str, count: int, config: Config, progress: bool
+    classifier: model_card.Classifier,
+    data_dir: Path,
+    split: str,
+    count: int,
+    config: Config,
+    progress: bool,
 ) -> np.ndarray:
-    """(N,) float64 raw pneumonia probabilities of a split, in shard order."""
+    """(N,) float64 raw pneumonia probabilities of a split, in shard order.
+
+    Through `Classifier.forward`, the compiled forward pass every command shares.
+    """
     dataset = data_lib.evaluation_dataset(data_dir, split, config)
-    probs = np.asarray(model.predict(dataset, verbose=1 if progress else 0))[:, 1]
+    bar = keras.utils.Progbar(count) if progress else None
+    outputs = [np.zeros(0, dtype=np.float32)]
+    for images, _ in dataset.as_numpy_iterator():
+        outputs.append(classifier.forward(images)[:, 1])
+        if bar is not None:
+            bar.add(len(images))
+    probs = np.concatenate(outputs)
     if len(probs) != count:
         raise RuntimeError(f"split {split!r}: {len(probs)} predictions for {count} examples")
     if not np.all(np.isfinite(probs)):
@@ -423,7 +437,7 @@ def _evaluate_external(
     test_raw = np.concatenate(
         [
             _predict(
-                classifier.model,
+                classifier,
                 data_dir,
                 name,
                 int(manifest["splits"][name]["count"]),
@@ -592,11 +606,11 @@ def evaluate_run(
             f"own ({provenance.reason}); pass --external to evaluate it as external data"
         )
     manifest, val, test = _read_splits(data_dir, split)
-    val_raw = _predict(classifier.model, data_dir, "val", len(val.labels), config, progress)
+    val_raw = _predict(classifier, data_dir, "val", len(val.labels), config, progress)
     test_raw = (
         val_raw
         if split == "val"
-        else _predict(classifier.model, data_dir, split, len(test.labels), config, progress)
+        else _predict(classifier, data_dir, split, len(test.labels), config, progress)
     )
 
     kept = _kept_calibration(classifier.card)

@@ -278,6 +278,7 @@ class Classifier:
             )
         self.model, self.card, self.path = model, card, Path(path)
         self.card_missing = False  # set by `load_classifier` for a default card
+        self._forward: Any = None  # compiled on first use (`forward`)
 
     @property
     def input_size(self) -> int:
@@ -287,11 +288,22 @@ class Classifier:
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """The model's softmax `(n, 2)` of one batch `(n, S, S, 1)` float32.
 
-        A plain call (no `Model.predict` tracing per model); subclasses may trace it.
+        Every caller (predict, evaluate, explain, the app, cv) runs the model through
+        here: one function compiled on first use in the way measured fastest for
+        the backend and CPU (`utils.performance.CompiledForward`; a traced graph or
+        XLA under TensorFlow, `jax.jit` under JAX), equal to the eager call to
+        float32 rounding.
         """
-        import keras
+        if self._forward is None:
+            from pneumokeras.utils.performance import CompiledForward
 
-        return keras.ops.convert_to_numpy(self.model(batch, training=False))
+            self._forward = CompiledForward(self.model)
+        return self._forward(batch)
+
+    def warm_up(self, batch_size: int = 1) -> None:
+        """Compiles the forward pass for `batch_size` images now rather than on first use."""
+        size = self.input_size
+        self.forward(np.zeros((batch_size, size, size, 1), np.float32))
 
     def raw_probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Uncalibrated pneumonia probabilities `(N,)` float64 of `(N, S, S[, 1])` images."""

@@ -207,21 +207,6 @@ def test_analyse_predicts_explains_and_scores(classifier, explainer, examples):
 
 
 @needs_tensorflow
-def test_traced_classifier_predicts_like_the_eager_one(classifier, examples):
-    traced = app_logic.TracedClassifier(classifier)
-    traced.warm_up()
-    images = np.stack([read_upload(e.name, e.data, SIZE, 10).pixels for e in examples])
-    np.testing.assert_allclose(
-        traced.probabilities(images), classifier.probabilities(images), rtol=1e-5, atol=1e-7
-    )
-    assert traced.card is classifier.card
-    assert traced.input_size == SIZE
-    assert traced.probabilities(images[:0]).shape == (0,)
-    with pytest.raises(ValueError, match="images must be"):
-        traced.probabilities(np.zeros((1, 8, 8, 1)))
-
-
-@needs_tensorflow
 def test_a_bad_file_is_a_result_with_its_error(classifier, explainer):
     result = app_logic.analyse_upload(classifier, explainer, "x.txt", b"hello", 10)
     assert not result.ok
