@@ -32,8 +32,11 @@ from pneumokeras.cli.options import data_option, example
 @click.option("--max-upload-mb", default=100, show_default=True, help="Largest file accepted, MB.")
 def app(model_path, data_dir, host, port, max_upload_mb) -> None:
     """Web app: upload X-rays, see probability, label and Grad-CAM."""
-    from pneumokeras.app.logic import streamlit_command
     from pneumokeras.errors import UserError
+    from pneumokeras.utils import extras
+
+    extras.require("app", "the app")
+    from pneumokeras.app.logic import streamlit_command
 
     if model_path == "demo_output/run" and not Path(model_path).exists():
         raise UserError("no model in demo_output/run: run `make demo` first, or pass --model")
