@@ -126,7 +126,7 @@ def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
     start = time.perf_counter()
     classifier.warm_up()
     results["trace_forward_s"] = time.perf_counter() - start
-    results["forward_path"] = classifier._forward.path
+    results["forward_path"] = classifier.forward_path
     start = time.perf_counter()
     explainer = HeatmapExplainer(classifier.model, "gradcam", classifier.card.gradcam_layer)
     explainer(np.zeros((1, SIZE, SIZE, 1), np.float32), [1])

@@ -308,8 +308,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"Machine: {common.describe_machine(results['machine'])}.",
         "",
-        "| runtime | how | batch | img/s (median) | min–max | ms/batch | vs PyTorch |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| runtime | how | batch | img/s (median) | min–max | ms/batch | first call (s) "
+        "| vs PyTorch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: (r["batch"], -r["img_per_s"])):
         how = r["how"] + (" **(predict's path here)**" if _is_default(r) else "")
@@ -317,7 +318,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         lines.append(
             f"| {r['runtime']} | {how} | {r['batch']} | {r['img_per_s']:.1f} | "
             f"{r['img_per_s_min']:.1f}–{r['img_per_s_max']:.1f} | "
-            f"{r['median_step_ms']:.0f} | {versus} |"
+            f"{r['median_step_ms']:.0f} | {_first_call(r)} | {versus} |"
         )
     defaults = [r for r in rows if _is_default(r)]
     if defaults and torch_rate:
@@ -325,9 +326,32 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         for r in sorted(defaults, key=lambda r: (r["runtime"], r["batch"])):
             lines.append(
                 f"- {r['runtime']}, batch {r['batch']}, the path `predict` takes: "
-                f"**{common.ratio(r['img_per_s'], torch_rate.get(r['batch']))}** PyTorch."
+                f"**{common.ratio(r['img_per_s'], torch_rate.get(r['batch']))}** PyTorch"
+                f"{_break_even(r, rows)}."
             )
     return "\n".join(lines)
+
+
+def _first_call(row: Mapping[str, Any]) -> str:
+    """Seconds of the first call (the compile, for compiled ways)."""
+    warmup = row.get("warmup_s") or []
+    return f"{warmup[0]:.1f}" if warmup else "–"
+
+
+def _break_even(row: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> str:
+    """`; its compile pays off after N images` against the eager call at the same batch."""
+    eager = [
+        r
+        for r in rows
+        if r["worker"] == row["worker"] and r["mode"] == "eager" and r["batch"] == row["batch"]
+    ]
+    warmup = row.get("warmup_s") or []
+    if not eager or not warmup or row["img_per_s"] <= eager[0]["img_per_s"]:
+        return ""
+    compile_s = max(0.0, warmup[0] - row["median_step_ms"] / 1000)
+    saved_per_image = 1 / eager[0]["img_per_s"] - 1 / row["img_per_s"]
+    images = compile_s / saved_per_image
+    return f"; its compile ({compile_s:.1f} s) pays off after ≈ {images:.0f} images"
 
 
 def _parse_only(text: str) -> list[str]:

@@ -502,14 +502,18 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             f"**{common.ratio(best['img_per_s'], best_torch)}** the best PyTorch row.",
         ]
         for precision in ("fp32", "bf16"):
-            same = [r for r in defaults if r["precision"] == precision]
             torch_same = [r["img_per_s"] for r in torch_rows if r["precision"] == precision]
+            same = sorted(
+                (r for r in defaults if r["precision"] == precision), key=lambda r: r["backend"]
+            )
             if same and torch_same:
-                top = max(same, key=lambda r: r["img_per_s"])
+                ratios = ", ".join(
+                    f"Keras-{r['backend']} {common.ratio(r['img_per_s'], torch_same[0])}"
+                    for r in same
+                )
                 lines.append(
-                    f"- {_precision_title(top)} with train's default settings "
-                    f"(Keras-{top['backend']}): {common.ratio(top['img_per_s'], torch_same[0])} "
-                    f"PyTorch {_precision_title(torch_rows[0] | {'precision': precision})}."
+                    f"- {_precision_title(same[0])} with train's default settings: {ratios} "
+                    f"PyTorch's {'bf16 autocast' if precision == 'bf16' else 'float32'}."
                 )
     pipeline = results.get("pipeline") or []
     if pipeline:

@@ -357,6 +357,13 @@ def command_line(argv: Sequence[str] | None, module: str) -> str:
     return shlex.join(["python", "-m", f"benchmarks.{module}", *args])
 
 
+def display_command(command: str) -> str:
+    """A recorded command as a reader would type it in a checkout (output paths relative)."""
+    import re
+
+    return re.sub(r"\S*/benchmarks/out/", "benchmarks/out/", command)
+
+
 def write_results(name: str, payload: Mapping[str, Any], out: Path | None = None) -> Path:
     """Writes a run's JSON atomically to `out` (default `benchmarks/out/<name>.json`)."""
     from pneumokeras.utils.fileio import atomic_write_json

@@ -41,9 +41,10 @@ def main() -> None:
             lines += [f"Not measured yet: `python -m benchmarks.{script}`.", ""]
         for path in paths:
             command = json.loads(path.read_text()).get("command")
+            command = common.display_command(command or f"python -m benchmarks.{script}")
             _, markdown = common.render_file(path)
             lines += [
-                f"## `{command or f'python -m benchmarks.{script}'}`",
+                f"## `{command}`",
                 "",
                 f"From `benchmarks/out/{path.name}`.",
                 "",

@@ -289,21 +289,29 @@ class Classifier:
         """The model's softmax `(n, 2)` of one batch `(n, S, S, 1)` float32.
 
         Every caller (predict, evaluate, explain, the app, cv) runs the model through
-        here: one function compiled on first use in the way measured fastest for
-        the backend and CPU (`utils.performance.CompiledForward`; a traced graph or
-        XLA under TensorFlow, `jax.jit` under JAX), equal to the eager call to
-        float32 rounding.
+        here: `utils.performance.CompiledForward`, which compiles the forward pass in
+        the way measured fastest for the backend and CPU (a traced graph or XLA under
+        TensorFlow, `jax.jit` under JAX) once the process has run enough images
+        eagerly for the compile to pay off. Equal to the eager call to float32
+        rounding.
         """
+        return self._compiled_forward()(batch)
+
+    def _compiled_forward(self) -> Any:
         if self._forward is None:
             from pneumokeras.utils.performance import CompiledForward
 
             self._forward = CompiledForward(self.model)
-        return self._forward(batch)
+        return self._forward
+
+    @property
+    def forward_path(self) -> str:
+        """How `forward` runs the model once compiled (`graph`, `xla`, `jit`, `eager`)."""
+        return str(self._compiled_forward().path)
 
     def warm_up(self, batch_size: int = 1) -> None:
-        """Compiles the forward pass for `batch_size` images now rather than on first use."""
-        size = self.input_size
-        self.forward(np.zeros((batch_size, size, size, 1), np.float32))
+        """Compiles the forward pass for `batch_size` images now (a server, before requests)."""
+        self._compiled_forward().compile(batch_size)
 
     def raw_probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Uncalibrated pneumonia probabilities `(N,)` float64 of `(N, S, S[, 1])` images."""

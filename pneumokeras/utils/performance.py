@@ -166,12 +166,22 @@ def _padded_size(count: int, compiled: set[int]) -> int:
     return min(fits) if fits else 1 << (count - 1).bit_length()
 
 
+# Images a process runs eagerly before it compiles the forward pass (`CompiledForward`):
+# compiling costs seconds (tracing a graph) to tens of seconds (XLA, ResNet18 at 224 px
+# on a small CPU), which pays off only over many images; `bench_infer` gives each
+# path's compile time and the images after which it has paid for itself.
+EAGER_IMAGES = {"graph": 64, "xla": 256, "jit": 256, "eager": 0}
+
+
 class CompiledForward:
-    """A model's inference forward pass `(n, ...) → (n, ...)` NumPy, compiled once.
+    """A model's inference forward pass `(n, ...) → (n, ...)` NumPy, compiled when it pays.
 
     `path` (`inference_path`) picks how: a traced TensorFlow graph, XLA through
     TensorFlow or `jax.jit` over `model.stateless_call` (the current weights are
-    passed at every call, so later weight changes are seen), or the eager call.
+    passed at every call, so later weight changes are seen), or the eager call. The
+    first `eager_images` images (over all calls) run eagerly, the rest through the
+    compiled function, so a command that predicts a handful of images does not wait
+    for a compile; `compile()` switches at once (a server, before its first request).
     XLA and `jax.jit` compile one program per batch shape, so a batch of a size not
     compiled yet is zero-padded to one that is (up to twice its size) or to the next
     power of two, and the padding's outputs dropped: at most a few shapes per run.
@@ -179,17 +189,24 @@ class CompiledForward:
     Args:
         model: a Keras model with one input and one output.
         path: `graph`, `xla`, `jit` or `eager` (default `inference_path()`).
+        eager_images: images to run eagerly first (default `EAGER_IMAGES[path]`).
     """
 
-    def __init__(self, model: Any, path: str | None = None) -> None:
+    def __init__(self, model: Any, path: str | None = None, eager_images: int | None = None):
         self.model = model
         self.path = path or inference_path()
+        if self.path not in EAGER_IMAGES:
+            raise ValueError(f"unknown inference path {self.path!r}")
+        self.eager_images = EAGER_IMAGES[self.path] if eager_images is None else eager_images
+        self.images_seen = 0
         self._compiled_sizes: set[int] = set()
+        self._eager = lambda x: model(x, training=False)
+        self._call = self._eager
         if self.path in ("graph", "xla"):
             import tensorflow as tf
 
             self._call = tf.function(
-                lambda x: model(x, training=False),
+                self._eager,
                 jit_compile=self.path == "xla",
                 reduce_retracing=True,
                 autograph=False,
@@ -207,10 +224,19 @@ class CompiledForward:
                 [v.value for v in model.non_trainable_variables],
                 x,
             )
-        elif self.path == "eager":
-            self._call = lambda x: model(x, training=False)
-        else:
-            raise ValueError(f"unknown inference path {self.path!r}")
+
+    @property
+    def compiled(self) -> bool:
+        """Whether calls now go through the compiled function."""
+        return self.path != "eager" and self.images_seen >= self.eager_images
+
+    def compile(self, batch_size: int = 1) -> None:
+        """Compiles now, for batches of `batch_size`, instead of after `eager_images`."""
+        import numpy as np
+
+        self.eager_images = 0
+        shape = (batch_size, *self.model.input_shape[1:])
+        self(np.zeros(shape, np.float32))
 
     def __call__(self, batch: Any) -> Any:
         """The model's outputs for one batch, as a NumPy array."""
@@ -218,6 +244,10 @@ class CompiledForward:
 
         batch = np.asarray(batch)
         count = len(batch)
+        compiled = self.compiled
+        self.images_seen += count
+        if not compiled:
+            return keras.ops.convert_to_numpy(self._eager(batch))
         if self.path in ("xla", "jit") and count:
             size = _padded_size(count, self._compiled_sizes)
             self._compiled_sizes.add(size)

@@ -66,6 +66,7 @@ def test_markdown_marks_trains_default_and_compares_with_the_best_pytorch():
     assert "fails: double free" in table[-1]
     assert "Best Keras (tensorflow, graph, oneDNN" in text
     assert "**1.25×** the best PyTorch row" in text
+    assert "- float32 with train's default settings: Keras-jax 0.69× PyTorch's float32." in text
     # One GPU at ≈ 5,581 img/s needs 19 cores augmenting on the host, 9 decoding only.
     assert "| decode, augment, batch | 1 | 300 | 300 | 19 |" in text
     assert "| decode, batch (augment on device) | 2 | 1200 | 680 | 9 |" in text
@@ -141,3 +142,16 @@ def test_gpu_mode_runs_keras_jax_without_tensorflow(tmp_path):
     assert row["settings"]["tensorflow_imported"] is False
     assert "no accelerator" in report["notes"][-1]
     assert report["script"] == "bench_train"
+
+
+def test_markdown_sizes_a_gpu_host_from_the_one_core_rates():
+    pipeline = [
+        {"augment_on_host": augment, "cores": 1, "batch": 32, "size": 224,
+         "img_per_s": rate, "img_per_core_s": rate}
+        for augment, rate in ((True, 300.0), (False, 1200.0))
+    ]  # fmt: skip
+    text = bench_train.render_markdown({"machine": MACHINE, "results": [], "pipeline": pipeline})
+    gpu = bench_train.GPU_RESNET18_IMG_S
+    assert round(gpu) == 5581  # 2,470 img/s × 4.09 / 1.81
+    assert "needs **19 cores** augmenting on the host, 5 decoding only" in text
+    assert "a typical GPU host gives 8–16 cores per GPU" in text

@@ -66,3 +66,10 @@ def test_write_results_is_atomic_json(tmp_path):
     path = common.write_results("bench_x", {"a": 1}, tmp_path / "sub" / "r.json")
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+
+def test_recorded_commands_show_output_paths_relative_to_the_checkout():
+    recorded = "python -m benchmarks.bench_train --out /tmp/x/benchmarks/out/bench_train_avx2.json"
+    assert common.display_command(recorded) == (
+        "python -m benchmarks.bench_train --out benchmarks/out/bench_train_avx2.json"
+    )

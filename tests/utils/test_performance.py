@@ -89,7 +89,7 @@ def test_compiled_forward_equals_the_eager_call(path):
     model = contract_model(16)
     images = np.random.default_rng(0).uniform(0, 255, (7, 16, 16, 1)).astype(np.float32)
     eager = keras.ops.convert_to_numpy(model(images, training=False))
-    forward = performance.CompiledForward(model, path)
+    forward = performance.CompiledForward(model, path, eager_images=0)
     for batch in (images, images[:1], images[:5], images[:3]):
         np.testing.assert_allclose(forward(batch), eager[: len(batch)], rtol=1e-5, atol=1e-6)
     assert forward(images[:0]).shape == (0, 2)
@@ -98,6 +98,33 @@ def test_compiled_forward_equals_the_eager_call(path):
     # Weights changed after the first call are used by the next one.
     model.get_layer("logits").kernel.assign(np.zeros((4, 2), np.float32))
     np.testing.assert_allclose(forward(images[:2]), 0.5, atol=1e-6)
+
+
+def test_the_first_images_run_eagerly_then_the_compiled_function():
+    model = contract_model(16)
+    path = performance.inference_path()
+    forward = performance.CompiledForward(model, path, eager_images=5)
+    compiled_calls = []
+    compiled = forward._call
+    forward._call = lambda x: compiled_calls.append(len(x)) or compiled(x)
+    images = np.zeros((4, 16, 16, 1), np.float32)
+    forward(images)  # 4 images seen: eager
+    assert not forward.compiled
+    forward(images)  # 8 seen (the switch comes after this call's images)
+    assert compiled_calls == []
+    assert forward.compiled == (path != "eager")
+    forward(images[:1])
+    assert compiled_calls == ([1] if path != "eager" else [])
+    assert forward.images_seen == 9
+    assert performance.EAGER_IMAGES["eager"] == 0
+
+
+def test_compile_now_skips_the_eager_images():
+    forward = performance.CompiledForward(contract_model(16))  # this backend's path
+    forward.compile(batch_size=2)
+    assert forward.eager_images == 0
+    assert forward.images_seen == 2
+    assert forward.compiled == (forward.path != "eager")
 
 
 def test_unknown_inference_path_is_refused():
