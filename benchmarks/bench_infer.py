@@ -295,10 +295,16 @@ def run_workers(keys: list[str], folder: Path, args: argparse.Namespace) -> list
 
 
 def _is_default(row: Mapping[str, Any]) -> bool:
-    """Whether `Classifier.forward` runs this row's way on the measured CPU."""
+    """Whether `Classifier.forward` runs this row's way on the CPU it was measured on
+    (today's `performance.inference_path` for the CPU level the worker saw)."""
     if row["worker"] not in ("tf", "jax"):
         return False
-    return row.get("settings", {}).get("default_path") == row["mode"]
+    from pneumokeras.utils import performance
+
+    settings = row.get("settings", {})
+    if "isa" not in settings:
+        return settings.get("default_path") == row["mode"]
+    return performance.inference_path(settings["backend"], settings["isa"]) == row["mode"]
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:
@@ -321,12 +327,13 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             f"{r['median_step_ms']:.0f} | {_first_call(r)} | {versus} |"
         )
     defaults = [r for r in rows if _is_default(r)]
-    if defaults and torch_rate:
+    if defaults:
         lines.append("")
         for r in sorted(defaults, key=lambda r: (r["runtime"], r["batch"])):
+            versus = torch_rate.get(r["batch"])
+            against = f": **{common.ratio(r['img_per_s'], versus)}** PyTorch" if versus else ""
             lines.append(
-                f"- {r['runtime']}, batch {r['batch']}, the path `predict` takes: "
-                f"**{common.ratio(r['img_per_s'], torch_rate.get(r['batch']))}** PyTorch"
+                f"- {r['runtime']}, batch {r['batch']}, the path `predict` takes{against}"
                 f"{_break_even(r, rows)}."
             )
     return "\n".join(lines)

@@ -127,7 +127,7 @@ def _keras_step(
     model.compile(
         optimizer=keras.optimizers.Adam(1e-4),
         loss="categorical_crossentropy",
-        **performance.compile_kwargs(xla),
+        **performance.compile_kwargs(xla, precision),
     )
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, size, size, 1), dtype=np.uint8).astype(np.float32)
@@ -145,8 +145,8 @@ def _keras_step(
     settings: dict[str, Any] = {
         "keras": keras.__version__,
         "dtype_policy": keras.config.dtype_policy().name,
-        "compile_kwargs": performance.compile_kwargs(xla),
-        "default_xla": performance.training_xla("auto"),
+        "compile_kwargs": performance.compile_kwargs(xla, precision),
+        "default_xla": performance.training_xla("auto", precision=precision),
         "isa": environment.cpu_isa(),
         "env": common.settings_env(),
     }
@@ -456,12 +456,23 @@ def _precision_title(row: Mapping[str, Any]) -> str:
 
 
 def _is_default(row: Mapping[str, Any]) -> bool:
-    """Whether `train` runs this row's setting by default on the measured CPU."""
+    """Whether `train` runs this row's setting by default on the CPU it was measured on.
+
+    Decided by today's `performance.training_xla` for the CPU level the worker saw
+    (emulation included), so the marks follow the code, not the code of the run.
+    """
     if row["framework"] != "keras" or "error" in row or row["variant"].endswith("devaug"):
         return False
+    from pneumokeras.utils import performance
+
     settings = row.get("settings", {})
-    env = VARIANTS[row["variant"]][3]
-    return not env and settings.get("default_xla") == VARIANTS[row["variant"]][2]
+    backend, _, xla, env = VARIANTS[row["variant"]]
+    if env or "isa" not in settings:
+        return not env and settings.get("default_xla") == xla
+    default = performance.training_xla(
+        "auto", backend, settings["isa"], gpu=False, precision=PRECISIONS[row["precision"]][0]
+    )
+    return default == xla
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:

@@ -122,8 +122,9 @@ class TrainConfig:
             (`true`: `jit_compile=True`, about a minute of compiling per model
             for ResNet18 on a CPU) or run them as plain TensorFlow graphs with
             oneDNN kernels (`false`). `auto` picks what measured fastest for the
-            machine (`utils.performance.training_xla`): XLA on GPUs and on CPUs
-            without AVX-512, graphs on AVX-512 CPUs. `false` also suits smoke
+            machine and precision (`utils.performance.training_xla`): XLA on
+            GPUs; on CPUs graphs, except for mixed precision without native
+            bfloat16 (no `avx512_bf16`/AMX), where XLA. `false` also suits smoke
             tests and tiny data, where the compile is most of the run. JAX
             always compiles with XLA (its compile is cached on disk), so there
             the setting changes nothing.

@@ -575,7 +575,7 @@ def _compile(model: keras.Model, config: Config, steps: int, box_grid: int) -> N
         loss=loss,
         loss_weights=loss_weights,
         metrics=metrics,
-        **performance.compile_kwargs(_xla_setting(config)),
+        **performance.compile_kwargs(_xla_setting(config), config.train.precision),
     )
     # Adam's slots made now, not inside the first traced step: TensorFlow traces a
     # `tf.function` that creates variables twice (once to create them, once

@@ -155,3 +155,18 @@ def test_markdown_sizes_a_gpu_host_from_the_one_core_rates():
     assert round(gpu) == 5581  # 2,470 img/s × 4.09 / 1.81
     assert "needs **19 cores** augmenting on the host, 5 decoding only" in text
     assert "a typical GPU host gives 8–16 cores per GPU" in text
+
+
+def test_marks_follow_todays_rule_for_the_cpu_level_the_worker_saw():
+    rows = []
+    for variant, precision in (("tf-xla", "fp32"), ("tf-graph", "fp32"), ("tf-xla", "bf16"),
+                               ("tf-graph", "bf16")):  # fmt: skip
+        row = _row(variant, precision, 5.0)
+        row["settings"] = {"isa": "avx2"}  # an (emulated) AVX2 CPU
+        rows.append(row)
+    text = bench_train.render_markdown({"machine": MACHINE, "results": rows, "pipeline": None})
+    marked = [line for line in text.splitlines() if "train's default here" in line]
+    # float32: oneDNN graphs; bf16 without native bf16: XLA.
+    assert len(marked) == 2
+    assert any("graph, oneDNN" in line and "| float32 |" in line for line in marked)
+    assert any("XLA" in line and "| mixed_bfloat16 |" in line for line in marked)

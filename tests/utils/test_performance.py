@@ -29,18 +29,25 @@ def test_unknown_precision_is_refused():
 
 
 @pytest.mark.parametrize(
-    "isa, gpu, expected",
+    "isa, precision, gpu, expected",
     [
-        ("avx2", False, True),  # XLA's own kernels beat TensorFlow's graphs there
-        ("baseline", False, True),
-        ("avx512", False, False),  # oneDNN's AVX-512 kernels beat XLA
-        ("avx512_bf16", False, False),
-        ("amx", False, False),
-        ("avx512_bf16", True, True),  # a GPU: XLA whatever the host CPU
+        # float32: TensorFlow's oneDNN graphs beat XLA on every CPU measured.
+        ("avx2", "float32", False, False),
+        ("avx512", "float32", False, False),
+        ("avx512_bf16", "float32", False, False),
+        ("amx", "float32", False, False),
+        # Mixed precision: graphs only with native bfloat16, XLA otherwise.
+        ("avx2", "mixed_bfloat16", False, True),
+        ("avx512", "mixed_bfloat16", False, True),
+        ("avx512_bf16", "mixed_bfloat16", False, False),
+        ("amx", "mixed_bfloat16", False, False),
+        ("avx512", "mixed_float16", False, True),
+        ("baseline", "float32", False, True),  # not measured: XLA, as before
+        ("avx512_bf16", "float32", True, True),  # a GPU: XLA whatever the host CPU
     ],
 )
-def test_auto_xla_under_tensorflow_follows_the_cpu(isa, gpu, expected):
-    assert performance.training_xla("auto", "tensorflow", isa, gpu) is expected
+def test_auto_xla_under_tensorflow_follows_the_cpu_and_precision(isa, precision, gpu, expected):
+    assert performance.training_xla("auto", "tensorflow", isa, gpu, precision) is expected
 
 
 def test_auto_xla_elsewhere_and_explicit_choices():
@@ -68,8 +75,23 @@ def test_compile_kwargs_per_backend():
 def test_inference_path_per_backend():
     assert performance.inference_path("jax", "avx2") == "jit"
     assert performance.inference_path("torch", "avx2") == "eager"
-    tf_paths = {performance.inference_path("tensorflow", isa) for isa in ("avx2", "avx512")}
-    assert tf_paths <= {"graph", "xla"}
+    if BACKEND == "tensorflow":  # asks TensorFlow whether it sees a GPU
+        for isa in ("avx2", "avx512", "avx512_bf16"):
+            assert performance.inference_path("tensorflow", isa) == "graph"
+        assert performance.inference_path("tensorflow", "baseline") == "xla"
+
+
+def test_the_choices_import_no_framework():
+    """The benchmarks' Markdown (docs build) applies the rules without Keras."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pneumokeras.utils import performance as p; "
+        "p.training_xla('auto', 'tensorflow', 'avx2', False, 'float32'); "
+        "assert not {'keras', 'tensorflow', 'jax'} & set(sys.modules), sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_padded_sizes_reuse_compiled_shapes_and_round_up_to_powers_of_two():
