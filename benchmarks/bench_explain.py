@@ -111,8 +111,11 @@ def _worker(args: argparse.Namespace) -> int:
             steps[(mode, batch)] = lambda m=maps, x=images: m(x)
     # The two ways agree (to float32 rounding) before anything is timed.
     check = rng.uniform(0, 255, (2, SIZE, SIZE, 1)).astype(np.float32)
-    difference = float(np.max(np.abs(explainers["split"](check) - explainers["whole"](check))))
-    settings["max_abs_difference"] = difference
+    split, whole = explainers["split"](check), explainers["whole"](check)
+    settings["max_abs_difference"] = float(np.max(np.abs(split - whole)))
+    settings["max_relative_difference"] = float(
+        np.max(np.abs(split - whole)) / max(float(np.max(np.abs(whole))), 1e-30)
+    )
     setup_s = time.perf_counter() - started
     warmup = {f"{m} {b}": common.run_steps(step, args.warmup)[0] for (m, b), step in steps.items()}
     common.emit({"ready": True, "setup_s": setup_s, "warmup_s": warmup, "settings": settings})
@@ -186,13 +189,20 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             f"{r['img_per_s']:.1f} | {r['img_per_s_min']:.1f}–{r['img_per_s_max']:.1f} | "
             f"{common.ratio(r['img_per_s'], reference)} |"
         )
-    differences = [r["settings"].get("max_abs_difference") for r in rows]
-    known = [d for d in differences if d is not None]
-    if known:
-        lines += [
-            "",
-            f"- The two ways' maps differ by at most {max(known):.1e} (raw Grad-CAM values).",
-        ]
+    absolute = [
+        r["settings"]["max_abs_difference"] for r in rows if "max_abs_difference" in r["settings"]
+    ]
+    relative = [
+        r["settings"]["max_relative_difference"]
+        for r in rows
+        if "max_relative_difference" in r["settings"]
+    ]
+    if relative:
+        lines += ["", f"- The two ways' maps differ by at most {max(relative):.1e} of their "
+                  "largest value (two random images, before normalisation)."]  # fmt: skip
+    elif absolute:
+        lines += ["", f"- The two ways' maps differ by at most {max(absolute):.1e} "
+                  "(raw Grad-CAM values, before normalisation)."]  # fmt: skip
     for batch in sorted({r["batch"] for r in rows}):
         split_on, whole_on = rate.get((True, "split", batch)), rate.get((True, "whole", batch))
         split_off = rate.get((False, "split", batch))
