@@ -498,7 +498,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         )
     for r in rows:
         if "error" in r:
-            reason = r["error"].strip().splitlines()[-1][:160] if r["error"].strip() else "?"
+            reason = _error_reason(r["error"])
             lines.append(
                 f"| Keras-{r['backend']} | {r['how']} | {_precision_title(r)} | "
                 f"fails: {reason} | – | – |"
@@ -530,6 +530,17 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     if pipeline:
         lines += _pipeline_markdown(pipeline, max((r["img_per_s"] for r in measured), default=0))
     return "\n".join(lines)
+
+
+def _error_reason(text: str) -> str:
+    """The telling line of a worker's stderr: an exception's message, shortened."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "message:" in line:  # oneDNN's status line
+            return line.split("message:", 1)[1].split(". Run")[0].strip()[:160]
+        if "Error" in line.split(":", 1)[0]:
+            return line[:160]
+    return lines[-1][:160] if lines else "?"
 
 
 def _pipeline_markdown(pipeline: list[Mapping[str, Any]], fastest_step: float) -> list[str]:

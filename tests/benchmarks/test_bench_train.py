@@ -170,3 +170,17 @@ def test_marks_follow_todays_rule_for_the_cpu_level_the_worker_saw():
     assert len(marked) == 2
     assert any("graph, oneDNN" in line and "| float32 |" in line for line in marked)
     assert any("XLA" in line and "| mixed_bfloat16 |" in line for line in marked)
+
+
+def test_a_failed_worker_is_shown_by_its_telling_line():
+    onednn = (
+        'File "x.py", line 1\nOperation received an exception:Status: 3, message: could not '
+        "create a primitive descriptor for the convolution forward propagation primitive. Run "
+        "workload with ONEDNN_VERBOSE=all\n\t [[{{node conv}}]] [Op:__inference_step_1]"
+    )
+    assert bench_train._error_reason(onednn) == (
+        "could not create a primitive descriptor for the convolution forward propagation primitive"
+    )
+    python = "Traceback (most recent call last):\nValueError: bad\n  during handling"
+    assert bench_train._error_reason(python) == "ValueError: bad"
+    assert bench_train._error_reason("") == "?"
