@@ -85,9 +85,11 @@ def test_the_wheel_installs_in_a_fresh_venv_and_runs_from_another_folder(wheel, 
     venv = tmp_path / "venv"
     subprocess.run([str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
     python = venv / "bin" / "python"
-    # From the package registry (through uv's cache when warm): the core install only.
+    # From the package registry (through uv's cache when warm): the core install only, at
+    # the versions requirements.txt pins (those make install put in uv's cache).
+    pins = ["--constraint", str(ROOT / "requirements.txt")]
     install = subprocess.run(
-        [str(uv), "pip", "install", "--quiet", "--python", str(python), str(wheel)],
+        [str(uv), "pip", "install", "--quiet", *pins, "--python", str(python), str(wheel)],
         capture_output=True,
         text=True,
         timeout=900,
