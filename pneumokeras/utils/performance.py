@@ -168,7 +168,9 @@ def configure_backend(precision: str) -> None:
 # ------------------------------------------------------------------ inference
 
 
-def inference_path(backend: str | None = None, isa: str | None = None) -> str:
+def inference_path(
+    backend: str | None = None, isa: str | None = None, gpu: bool | None = None
+) -> str:
     """How a model's forward pass runs for inference, as measured fastest here.
 
     Returns:
@@ -176,14 +178,14 @@ def inference_path(backend: str | None = None, isa: str | None = None) -> str:
         (TensorFlow: `tf.function(jit_compile=True)`), `jit` (JAX: `jax.jit`) or
         `eager` (other backends). TensorFlow takes `graph` on CPUs from AVX2 up and
         `xla` on GPUs and below AVX2 (`benchmarks/bench_infer.py`); see
-        `training_xla` for `isa`.
+        `training_xla` for `isa` and `gpu`.
     """
     backend = backend or _backend()
     if backend == "jax":
         return "jit"
     if backend != "tensorflow":
         return "eager"
-    return "xla" if training_xla("auto", backend, isa) else "graph"
+    return "xla" if training_xla("auto", backend, isa, gpu) else "graph"
 
 
 def _padded_size(count: int, compiled: set[int]) -> int:
@@ -198,7 +200,7 @@ def _padded_size(count: int, compiled: set[int]) -> int:
 # compiling costs seconds (tracing a graph) to tens of seconds (XLA, ResNet18 at 224 px
 # on a small CPU), which pays off only over many images; `bench_infer` gives each
 # path's compile time and the images after which it has paid for itself.
-EAGER_IMAGES = {"graph": 64, "xla": 256, "jit": 256, "eager": 0}
+EAGER_IMAGES = {"graph": 64, "xla": 256, "jit": 64, "eager": 0}
 
 
 class CompiledForward:

@@ -132,3 +132,13 @@ def test_onnx_worker_steps_run_the_exported_model(model_dir):
     assert sorted(steps) == [("session", 1), ("session", 3)]
     assert steps[("session", 3)]().shape == (3, 2)
     assert "onnxruntime" in settings
+
+
+def test_a_compile_found_in_the_cache_is_said_so():
+    eager = _result("Keras-JAX", "jax", "eager", 32, 8.0)
+    jit = _result("Keras-JAX", "jax", "jit", 32, 10.0)
+    jit["warmup_s"] = [3.1, 3.2]  # the first call no slower than a step: a cached program
+    assert bench_infer._break_even(jit, [eager, jit]) == (
+        "; its compiled program came from the cache"
+    )
+    assert bench_infer._break_even(eager, [eager, jit]) == ""
