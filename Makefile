@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo app docs test test-tf test-jax lint install clean
+.PHONY: demo app docs test test-tf test-jax lint install install-cuda clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ $(STAMP): requirements.txt pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# NVIDIA GPUs: the same set plus the CUDA 12 wheels of the pinned JAX and TensorFlow
+# (requirements-cuda.txt). Check: .venv/bin/python -c "import jax; print(jax.devices())"
+CUDA_STAMP := $(VENV)/.installed-cuda
+$(CUDA_STAMP): requirements-cuda.txt $(STAMP)
+	$(UV_INSTALL) -r requirements-cuda.txt
+	touch $(CUDA_STAMP)
+
+install-cuda: $(CUDA_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python cli.py demo
@@ -73,4 +82,4 @@ docs: $(STAMP)
 	$(MKDOCS) build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache site
+	rm -rf $(VENV) .pytest_cache .ruff_cache site build dist

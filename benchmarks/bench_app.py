@@ -6,12 +6,12 @@ temporary run folder. A fresh worker process (as a freshly started app server)
 then times, under the TensorFlow backend:
 
 - **start-up**: importing TensorFlow and Keras; `load_classifier` (the `.keras`
-  file and its card); tracing the forward pass (`app_logic.TracedClassifier`) and
+  file and its card); compiling the forward pass (`Classifier.warm_up`) and
   building the Grad-CAM explainer (`cam.HeatmapExplainer`, which clones the model
   once), each with one warm-up call. The app does these once per process.
 - **per upload**, on synthetic RSNA-like DICOMs (1024 px, JPEG Baseline), each
   stage the app runs for one file: `app_logic.read_upload` (the converter's reader),
-  the calibrated probability (traced; the eager `Classifier.probabilities` for
+  the calibrated probability (`Classifier.probabilities`, compiled; the eager call for
   comparison), Grad-CAM at `stack4_block2_out`, and the overlay
   figure (`app_logic.overlay_png`); and the whole (`analyse_upload` + `overlay_png`).
   The first upload (which traces TensorFlow functions) is reported apart from the
@@ -23,9 +23,9 @@ then times, under the TensorFlow backend:
   once with Streamlit's default of clearing the Keras session after every run, once
   as `cli.py app` serves it (`app_logic.keep_keras_session`).
 
-Writes `benchmarks/out/bench_app.json` (atomically) and prints a Markdown table.
+Writes `benchmarks/out/bench_app.json` (atomically) and prints the Markdown.
 
-    python benchmarks/bench_app.py [--images 8] [--page] [--scorecam]
+    python -m benchmarks.bench_app [--images 8] [--page] [--scorecam]
 """
 
 from __future__ import annotations
@@ -33,16 +33,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks import common
+
+NAME = "bench_app"
 SIZE = 224
 DICOM_SIZE = 1024
 TARGET_SECONDS = 2.0  # issue #13: probability and first overlay within 2 s after loading
@@ -119,12 +121,12 @@ def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
     from pneumokeras.explain.cam import HeatmapExplainer
     from pneumokeras.models.model_card import load_classifier
 
-    eager, results["load_classifier_s"] = _clock(load_classifier, run_dir)
-    # What the app's cached loaders do: trace the forward pass, build and warm Grad-CAM.
+    classifier, results["load_classifier_s"] = _clock(load_classifier, run_dir)
+    # What the app's cached loaders do: compile the forward pass, build and warm Grad-CAM.
     start = time.perf_counter()
-    classifier = app_logic.TracedClassifier(eager)
     classifier.warm_up()
     results["trace_forward_s"] = time.perf_counter() - start
+    results["forward_path"] = classifier.forward_path
     start = time.perf_counter()
     explainer = HeatmapExplainer(classifier.model, "gradcam", classifier.card.gradcam_layer)
     explainer(np.zeros((1, SIZE, SIZE, 1), np.float32), [1])
@@ -158,7 +160,7 @@ def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
         stages["read"].append(seconds)
         pixels = record.pixels[None, :, :, None].astype("float32")
         stages["probability"].append(_clock(classifier.probabilities, pixels)[1])
-        stages["probability_eager"].append(_clock(eager.probabilities, pixels)[1])
+        stages["probability_eager"].append(_clock(classifier.model, pixels, training=False)[1])
         stages["gradcam"].append(_clock(explainer, pixels, [1])[1])
         start, cpu = time.perf_counter(), time.process_time()
         result = app_logic.analyse_upload(classifier, explainer, name, data, 100)
@@ -198,7 +200,8 @@ def measure_page(run_dir: Path, files: list[bytes], server: bool) -> dict:
 
     os.environ["PNEUMOKERAS_MODEL"] = str(run_dir)
     os.environ[app_logic.SERVER_VARIABLE] = "1" if server else "0"
-    app = AppTest.from_file(str(ROOT / "pneumokeras" / "app.py"), default_timeout=600)
+    page = common.REPO_ROOT / "pneumokeras" / "app" / "page.py"
+    app = AppTest.from_file(str(page), default_timeout=600)
     _, first = _clock(app.run)
     uploads = []
     for index, data in enumerate(files):
@@ -210,39 +213,32 @@ def measure_page(run_dir: Path, files: list[bytes], server: bool) -> dict:
     return {"first_run_s": first, "upload_run_s": _summary(uploads)}
 
 
-def _machine() -> dict:
-    import keras
-    import tensorflow as tf
-
-    return {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "load_average": os.getloadavg(),
-    }
-
-
-def _table(results: dict) -> str:
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The documentation's section for one run of this script (its JSON)."""
     per = results["per_upload_s"]
     lines = [
+        f"Machine: {common.describe_machine(results['machine'])}.",
+        "",
+        f"224 px ResNet18 (default settings, random weights), {results['images']} synthetic "
+        "1024 px JPEG DICOMs, TensorFlow backend:",
+        "",
         "| what | seconds |",
         "|---|---:|",
         f"| import TensorFlow + Keras | {results['import_tensorflow_keras_s']:.2f} |",
         f"| load_classifier (model.keras + card) | {results['load_classifier_s']:.2f} |",
-        f"| trace the forward pass (one warm-up call) | {results['trace_forward_s']:.2f} |",
+        f"| compile the forward pass ({results.get('forward_path', 'graph')}; one warm-up "
+        f"call) | {results['trace_forward_s']:.2f} |",
         f"| build the Grad-CAM explainer (and one warm-up call) | "
         f"{results['build_gradcam_s']:.2f} |",
         f"| **start-up, once per process** | **{results['startup_total_s']:.2f}** |",
     ]
     for key, label in (
         ("read", "read the DICOM (1024 px → 224 px)"),
-        ("probability", "calibrated probability (traced, as the app)"),
-        ("probability_eager", "(the same, eager: `Classifier.probabilities`)"),
+        ("probability", "calibrated probability (`Classifier.probabilities`, compiled)"),
+        ("probability_eager", "(the model's eager call, for comparison)"),
         ("gradcam", "Grad-CAM (stack4_block2_out)"),
         ("overlay", "overlay figure (PNG)"),
-        ("total", "**one upload: read + traced probability + Grad-CAM + overlay**"),
+        ("total", "**one upload: read + probability + Grad-CAM + overlay**"),
         ("total_cpu", "the same in CPU seconds (all threads)"),
     ):
         item = per[key]
@@ -262,7 +258,7 @@ def _table(results: dict) -> str:
             f"included | {results['page_streamlit_default_s']['first_run_s']:.2f} |"
         )
     for key, how in (
-        ("page_s", "as served by `cli.py app`"),
+        ("page_s", "as served by `pneumokeras app`"),
         ("page_streamlit_default_s", "Streamlit clearing the Keras session"),
     ):
         if key not in results:
@@ -272,23 +268,31 @@ def _table(results: dict) -> str:
             f"| the page ({how}): one upload, median (max); first | "
             f"{item['median']:.2f} ({item['max']:.2f}); {item['first']:.2f} |"
         )
+    total = per["total"]["median"]
+    verdict = "met" if total < results["target_seconds"] else "**not met**"
+    lines += [
+        "",
+        f"- One upload after loading: {total:.2f} s median, {per['total_cpu']['median']:.2f} "
+        f"CPU s (target < {results['target_seconds']:.0f} s: {verdict}).",
+    ]
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8, help="uploads to time (≥ 2)")
     parser.add_argument("--page", action="store_true", help="also time the page (AppTest)")
     parser.add_argument("--scorecam", action="store_true", help="also time Score-CAM once")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "bench_app.json")
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/out/NAME.json)")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the worker
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.images < 2:
         parser.error("--images must be ≥ 2")
     if args.measure:
         print(json.dumps(measure(args.measure, args.images, args.page, args.scorecam)))
         return
 
+    machine = common.machine()
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     with tempfile.TemporaryDirectory(prefix="bench-app-") as folder:
         run_dir = Path(folder)
@@ -299,14 +303,15 @@ def main() -> None:
                 "import sys; sys.path.insert(0, sys.argv[1]); "
                 "from benchmarks.bench_app import build_run; "
                 "from pathlib import Path; build_run(Path(sys.argv[2]))",
-                str(ROOT),
+                str(common.REPO_ROOT),
                 str(run_dir),
             ],
             check=True,
             env={**os.environ, "KERAS_BACKEND": "tensorflow"},
         )
         command = (
-            [sys.executable, __file__, "--measure", str(run_dir), "--images", str(args.images)]
+            [sys.executable, "-m", f"benchmarks.{NAME}", "--measure", str(run_dir)]
+            + ["--images", str(args.images)]
             + ["--page"] * args.page
             + ["--scorecam"] * args.scorecam
         )
@@ -316,23 +321,20 @@ def main() -> None:
             capture_output=True,
             text=True,
             env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+            cwd=common.REPO_ROOT,
         )
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    from pneumokeras.utils.fileio import atomic_write_json
-
     results.update(
-        machine=_machine(), images=args.images, image_size=SIZE, target_seconds=TARGET_SECONDS
+        script=NAME,
+        command=common.command_line(argv, NAME),
+        machine=common.finish_machine(machine),
+        images=args.images,
+        image_size=SIZE,
+        target_seconds=TARGET_SECONDS,
     )
-    atomic_write_json(args.out, results)
-    print(_table(results))
-    total = results["per_upload_s"]["total"]["median"]
-    verdict = "met" if total < TARGET_SECONDS else "NOT met"
-    cpu = results["per_upload_s"]["total_cpu"]["median"]
-    load = results["machine"]["load_average"][0]
-    print(
-        f"\none upload after loading: {total:.2f} s median, {cpu:.2f} CPU s (target < "
-        f"{TARGET_SECONDS:.0f} s: {verdict}); load average {load:.1f}; {args.out}"
-    )
+    path = common.write_results(NAME, results, args.out)
+    print(render_markdown(results))
+    print(f"\nresults in {path}")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ With `--full-rsna`, (e) converts 26,684 patients (the files linked repeatedly, a
 many as RSNA has) with all cores and samples the resident memory of the parent
 process during the run, to show that memory stays flat.
 
-Writes JSON (default benchmarks/out/bench_convert.json) and prints a Markdown table.
+Writes `benchmarks/out/bench_convert.json` (atomically) and prints the Markdown.
 
-    python benchmarks/bench_convert.py --images 2000 [--full-rsna]
+    python -m benchmarks.bench_convert --images 2000 [--full-rsna]
 """
 
 from __future__ import annotations
@@ -21,31 +21,27 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-import pydicom
-from PIL import Image
+from benchmarks import common
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pneumokeras.records.convert import ConvertOptions, convert  # noqa: E402
-from pneumokeras.utils.fileio import atomic_write_json  # noqa: E402
-
+NAME = "bench_convert"
 RSNA_PATIENTS = 26_684
 
 
 def naive_convert(files: list[Path], size: int) -> None:
     """(a): what a first script would do, one process."""
+    import pydicom
+    from PIL import Image
+
     for path in files:
         pixels = pydicom.dcmread(path).pixel_array
         image = Image.fromarray(pixels).resize((size, size))
@@ -54,6 +50,9 @@ def naive_convert(files: list[Path], size: int) -> None:
 
 def decode_floor(files: list[Path]) -> None:
     """(d): only decode each encapsulated JPEG frame at full size, one process."""
+    import pydicom
+    from PIL import Image
+
     for path in files:
         ds = pydicom.dcmread(path)
         frame = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
@@ -64,23 +63,6 @@ def timed(func, *args, **kwargs) -> float:
     start = time.perf_counter()
     func(*args, **kwargs)
     return time.perf_counter() - start
-
-
-def time_convert_cli(arguments: list[str], out: Path, limit: int | None = None) -> float:
-    """Seconds of `cli.py convert ARGUMENTS --out OUT [--limit N]` in a fresh process.
-
-    Start-up, the TensorFlow import and the workers' spawn are included; `out`
-    is removed before and after.
-    """
-    shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, str(ROOT / "cli.py"), "convert", *arguments, "--out", str(out)]
-    if limit is not None:
-        command += ["--limit", str(limit)]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    seconds = time.perf_counter() - start
-    shutil.rmtree(out)
-    return seconds
 
 
 def rss_mib() -> float:
@@ -128,15 +110,16 @@ def link_full_rsna(synth_dir: Path, target: Path, patients: int) -> None:
     (target / "stage_2_train_labels.csv").write_text("\n".join(out_rows) + "\n")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000, help="RSNA-sized DICOMs to generate")
     parser.add_argument("--size", type=int, default=256, help="stored image side, px")
     parser.add_argument("--workdir", type=Path, default=None, help="keep generated data here")
     parser.add_argument("--full-rsna", action="store_true", help="also run (e): 26,684 patients")
     parser.add_argument("--repeats", type=int, default=3, help="timings of (b) and (d) each")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/out/bench_convert.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/out/NAME.json)")
+    args = parser.parse_args(argv)
+    machine = common.machine()
 
     cores = os.cpu_count() or 1
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_convert_"))
@@ -162,7 +145,7 @@ def main() -> None:
             "--workers",
             str(workers),
         ]
-        return time_convert_cli(arguments, workdir / f"out_{workers}", limit)
+        return common.time_convert_cli(arguments, workdir / f"out_{workers}", limit)
 
     # Warm the page cache so every variant reads from memory.
     for path in files:
@@ -180,12 +163,12 @@ def main() -> None:
         "decode_floor": statistics.median(floor),
     }
     rate = {k: n / v for k, v in results.items()}
-    report = {
-        "machine": {
-            "cores": cores,
-            "cpu": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-        },
+    report: dict[str, Any] = {
+        "script": NAME,
+        "command": common.command_line(argv, NAME),
+        "machine": machine,
+        "cores": cores,
+        "repeats": args.repeats,
         "images": n,
         "stored_size": args.size,
         "seconds": results,
@@ -210,6 +193,8 @@ def main() -> None:
         "targets": {"all_cores_vs_naive_min": 4.0, "one_worker_vs_floor_max": 1.5},
     }
     if args.full_rsna:
+        from pneumokeras.records.convert import ConvertOptions, convert
+
         full = workdir / "full_rsna"
         shutil.rmtree(full, ignore_errors=True)
         link_full_rsna(synth_dir, full, RSNA_PATIENTS)
@@ -240,40 +225,53 @@ def main() -> None:
             "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         }
         shutil.rmtree(full)
-    atomic_write_json(args.out, report)
+    common.finish_machine(machine)
+    path = common.write_results(NAME, report, args.out)
+    print(render_markdown(report))
+    print(f"\nJSON: {path}")
 
-    print(
-        f"\n{n} RSNA-sized DICOMs (1024 px JPEG Baseline) → {args.size} px PNG TFRecords, "
-        f"{cores} cores\n"
-    )
-    print("| variant | images/s | ms/image |\n|---|---:|---:|")
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The documentation's section for one run of this script (its JSON)."""
+    n, cores, repeats = results["images"], results["cores"], results["repeats"]
+    seconds, rate = results["seconds"], results["images_per_second"]
+    lines = [
+        f"Machine: {common.describe_machine(results['machine'])}.",
+        "",
+        f"{n} synthetic RSNA-sized DICOMs (1024 px, JPEG Baseline) → "
+        f"{results['stored_size']} px PNG TFRecords, page cache warm:",
+        "",
+        "| variant | images/s | ms/image |",
+        "|---|---:|---:|",
+    ]
     names = {
-        "naive": "(a) naive: pydicom pixel_array + Pillow resize + PNG default, 1 process",
-        "ours_1_worker": f"(b) cli.py convert --workers 1 (median of {args.repeats})",
-        f"ours_{cores}_workers": f"(c) cli.py convert, {cores} workers",
+        "naive": "(a) naive: pydicom `pixel_array` + Pillow resize + PNG default, 1 process",
+        "ours_1_worker": f"(b) `pneumokeras convert --workers 1` (median of {repeats})",
+        f"ours_{cores}_workers": f"(c) `pneumokeras convert`, {cores} workers",
         "decode_floor": f"(d) decode floor: Pillow JPEG decode only, 1 process "
-        f"(median of {args.repeats})",
+        f"(median of {repeats})",
     }
     for key, label in names.items():
-        print(f"| {label} | {rate[key]:.1f} | {1000 * results[key] / n:.2f} |")
-    ratios = report["ratios"]
-    print(
-        f"\n(c)/(a) = {ratios['all_cores_vs_naive']:.2f}× (target ≥ 4); "
-        f"(b) per image / (d) = {ratios['one_worker_per_image_vs_decode_floor']:.2f} "
-        "(target ≤ 1.5); marginal per image (without fixed start-up) / (d) = "
-        f"{ratios['one_worker_marginal_per_image_vs_decode_floor']:.2f}"
-    )
-    if "full_rsna" in report:
-        full = report["full_rsna"]
-        print(
-            f"full RSNA size: {full['patients']} patients in {full['seconds']:.0f} s "
-            f"({full['images_per_second']:.0f} img/s); parent RSS peak "
-            f"{full['parent_rss_mib']['peak']:.0f} MiB (25 %: "
-            f"{full['parent_rss_mib']['at_25_percent']:.0f}, end: "
+        lines.append(f"| {label} | {rate[key]:.1f} | {1000 * seconds[key] / n:.2f} |")
+    ratios = results["ratios"]
+    lines += [
+        "",
+        f"- (c) / (a) = {ratios['all_cores_vs_naive']:.2f}× (target ≥ 4).",
+        f"- (b) per image / (d) = {ratios['one_worker_per_image_vs_decode_floor']:.2f} "
+        "(target ≤ 1.5); the marginal cost of an image (start-up taken away) / (d) = "
+        f"{ratios['one_worker_marginal_per_image_vs_decode_floor']:.2f}.",
+    ]
+    if "full_rsna" in results:
+        full = results["full_rsna"]
+        lines.append(
+            f"- Full RSNA size: {full['patients']:,} patients in {full['seconds']:.0f} s "
+            f"({full['images_per_second']:.0f} img/s); parent memory (RSS) peak "
+            f"{full['parent_rss_mib']['peak']:.0f} MiB (at 25 %: "
+            f"{full['parent_rss_mib']['at_25_percent']:.0f}, at the end: "
             f"{full['parent_rss_mib']['at_end']:.0f}); worker peak "
-            f"{full['worker_peak_rss_mib']:.0f} MiB"
+            f"{full['worker_peak_rss_mib']:.0f} MiB."
         )
-    print(f"\nJSON: {args.out}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

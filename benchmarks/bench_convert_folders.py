@@ -24,24 +24,18 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks import common
 
-from bench_convert import time_convert_cli  # noqa: E402 - the sibling benchmark
-
-from pneumokeras import synth  # noqa: E402
-from pneumokeras.utils.fileio import atomic_write_json  # noqa: E402
-from pneumokeras.utils.workers import WorkerPool  # noqa: E402
+NAME = "bench_convert_folders"
 
 BASES = 40  # rendered radiographs per generating process
 GRAIN = 3.0  # grey levels (σ) of per-file grain
@@ -54,6 +48,10 @@ _grain: np.ndarray | None = None
 
 def _picture(index: int, seed: int) -> tuple[np.ndarray, bool]:
     """Worker: picture `index` (H, W) uint8 and whether to save it as RGB."""
+    from PIL import Image
+
+    from pneumokeras import synth
+
     global _grain
     if not _bases:
         for base in range(BASES):
@@ -83,6 +81,8 @@ def _name(index: int) -> str:
 
 def _write_one(task: tuple[int, int, str]) -> int:
     """Worker: writes JPEG `index` under `folder`; returns its size in bytes."""
+    from PIL import Image
+
     index, seed, folder = task
     pixels, rgb = _picture(index, seed)
     image = Image.fromarray(pixels)
@@ -99,6 +99,8 @@ def generate(root: Path, images: int, seed: int = 0) -> dict[str, float]:
     """Writes `images` JPEGs under `root/train/{NORMAL,PNEUMONIA}`; returns their sizes."""
     for label in ("NORMAL", "PNEUMONIA"):
         (root / "train" / label).mkdir(parents=True, exist_ok=True)
+    from pneumokeras.utils.workers import WorkerPool
+
     tasks = [(i, seed, str(root / "train")) for i in range(images)]
     with WorkerPool(os.cpu_count() or 1) as pool:
         sizes = list(pool.imap(_write_one, tasks, chunksize=16))
@@ -107,6 +109,8 @@ def generate(root: Path, images: int, seed: int = 0) -> dict[str, float]:
 
 def decode_floor(files: list[Path]) -> float:
     """(c): seconds to decode each JPEG at full size with Pillow, one process."""
+    from PIL import Image
+
     start = time.perf_counter()
     for path in files:
         with Image.open(path) as image:
@@ -118,18 +122,17 @@ def cli_convert(data: Path, out: Path, size: int, workers: int, limit: int | Non
     """Seconds of `cli.py convert --layout folders` in a fresh process."""
     arguments = ["--layout", "folders", "--images", str(data), "--size", str(size),
                  "--workers", str(workers)]  # fmt: skip
-    return time_convert_cli(arguments, out, limit)
+    return common.time_convert_cli(arguments, out, limit)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000, help="JPEGs to generate")
     parser.add_argument("--size", type=int, default=256, help="stored image side, px")
     parser.add_argument("--workdir", type=Path, default=None, help="keep generated data here")
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks/out/bench_convert_folders.json"
-    )
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/out/NAME.json)")
+    args = parser.parse_args(argv)
+    machine = common.machine()
 
     cores = os.cpu_count() or 1
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_convert_folders_"))
@@ -155,9 +158,12 @@ def main() -> None:
     floor = decode_floor(files[:tenth])
     marginal_ms = 1000 * (one_tenth - one_hundredth) / (tenth - hundredth)
     report = {
-        "machine": {"cores": cores, "cpu": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+        "script": NAME,
+        "command": common.command_line(argv, NAME),
+        "machine": machine,
+        "cores": cores,
         "images": n,
+        "sample": {"tenth": tenth, "hundredth": hundredth},
         "jpeg": {**sizes, "quality": QUALITY, "rgb_share": RGB_SHARE,
                  "width_px": [1400, 2000], "height_px": [1000, 1600]},
         "stored_size": args.size,
@@ -170,27 +176,38 @@ def main() -> None:
         "one_worker_marginal_ms_per_image": marginal_ms,
         "decode_floor_ms_per_image": 1000 * floor / tenth,
     }  # fmt: skip
-    atomic_write_json(args.out, report)
+    common.finish_machine(machine)
+    path = common.write_results(NAME, report, args.out)
+    print(render_markdown(report))
+    print(f"\nJSON: {path}")
 
-    rate = report["images_per_second"]
-    print(
-        f"\n{n} Kermany-sized JPEGs (mean {sizes['mean_kb']:.0f} KB) → {args.size} px PNG "
-        f"TFRecords, {cores} cores, generated in {generation:.0f} s\n"
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The documentation's section for one run of this script (its JSON)."""
+    n, cores, tenth = results["images"], results["cores"], results["sample"]["tenth"]
+    rate, jpeg = results["images_per_second"], results["jpeg"]
+    all_cores = rate[f"convert_{cores}_workers"]
+    return "\n".join(
+        [
+            f"Machine: {common.describe_machine(results['machine'])}.",
+            "",
+            f"{n:,} synthetic Kermany-sized grayscale JPEGs (mean {jpeg['mean_kb']:.0f} KB, "
+            f"{jpeg['width_px'][0]}–{jpeg['width_px'][1]} × {jpeg['height_px'][0]}–"
+            f"{jpeg['height_px'][1]} px, quality {jpeg['quality']}, "
+            f"{100 * jpeg['rgb_share']:.0f} % saved as RGB) → {results['stored_size']} px PNG "
+            "TFRecords with `--layout folders`, page cache warm:",
+            "",
+            "| variant | images/s | ms/image |",
+            "|---|---:|---:|",
+            f"| (a) `pneumokeras convert --layout folders`, {cores} workers, {n:,} images | "
+            f"{all_cores:.1f} | {1000 / all_cores:.1f} |",
+            f"| (b) the same, `--workers 1`, {tenth:,} images (marginal "
+            f"{results['one_worker_marginal_ms_per_image']:.1f} ms) | "
+            f"{rate['convert_1_worker']:.1f} | {1000 / rate['convert_1_worker']:.1f} |",
+            f"| (c) decode floor: Pillow full JPEG decode, 1 process, {tenth:,} images | "
+            f"{rate['decode_floor']:.1f} | {results['decode_floor_ms_per_image']:.1f} |",
+        ]
     )
-    print("| variant | images/s | ms/image |\n|---|---:|---:|")
-    print(
-        f"| (a) cli.py convert --layout folders, {cores} workers, {n} images "
-        f"| {rate[f'convert_{cores}_workers']:.1f} | {1000 * all_cores / n:.1f} |"
-    )
-    print(
-        f"| (b) the same, --workers 1, {tenth} images | {rate['convert_1_worker']:.1f} "
-        f"| {1000 * one_tenth / tenth:.1f} (marginal {marginal_ms:.1f}) |"
-    )
-    print(
-        f"| (c) decode floor: Pillow full JPEG decode, 1 process, {tenth} images "
-        f"| {rate['decode_floor']:.1f} | {1000 * floor / tenth:.1f} |"
-    )
-    print(f"\nJSON: {args.out}")
 
 
 if __name__ == "__main__":

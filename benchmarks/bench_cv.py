@@ -15,24 +15,25 @@ folds and a held-out test split, runs `cv.cross_validate` one fold at a time
 Grad-CAM needs TensorFlow (tf-keras-vis), so this runs under KERAS_BACKEND=tensorflow.
 
 Usage:
-    python benchmarks/bench_cv.py                               # 1000 patients, demo recipe
-    python benchmarks/bench_cv.py --patients 300 --folds 3 --epochs 3   # a quick look
+    python -m benchmarks.bench_cv                               # 1000 patients, demo recipe
+    python -m benchmarks.bench_cv --patients 300 --folds 3 --epochs 3   # a quick look
 
-Writes `benchmarks/out/bench_cv.json` (atomically) and prints a Markdown table.
+Writes `benchmarks/out/bench_cv.json` (atomically) and prints the Markdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "out" / "bench_cv.json"
+from benchmarks import common
+
+NAME = "bench_cv"
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -41,7 +42,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dicom-size", type=int, default=256, help="synthetic DICOM side, px")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--test", type=float, default=0.2, help="test share of patients")
-    parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "demo.yaml"))
+    parser.add_argument("--config", default="demo", help="settings file or preset name")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument(
         "--set",
@@ -52,7 +53,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--work", default=None, help="working folder (default: a temp folder)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/out/NAME.json)")
     return parser.parse_args(argv)
 
 
@@ -97,7 +98,6 @@ def _pointing(explainer, images, labels, boxes) -> dict[str, float | int]:
 def run(args: argparse.Namespace) -> dict:
     """Synthesises, converts, cross-validates and compares; returns the JSON record."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    sys.path.insert(0, str(REPO_ROOT))
     from pneumokeras.utils import environment
 
     environment.set_defaults()
@@ -186,12 +186,9 @@ def run(args: argparse.Namespace) -> dict:
             "train": dict(config.to_dict()["train"]),
             "image_size": config.data.image_size,
         },
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "backend": keras.backend.backend(),
-            "keras": keras.__version__,
-        },
+        "machine": common.machine(),
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
         "test": {"n": len(labels), "positives": int(labels.sum())},
         "oof": {
             "n": result["oof"]["n"],
@@ -218,17 +215,19 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def markdown(record: dict) -> str:
-    """The README table of one run."""
+def render_markdown(record: Mapping[str, Any]) -> str:
+    """The documentation's section for one run of this script (its JSON)."""
     ens, one = record["ensemble_test"], record["best_single_test"]
     oof, point = record["oof"], record["pointing_game_test"]
     per_fold = record["seconds"]["per_fold"]
+    backend = record.get("backend") or record["machine"].get("backend", "tensorflow")
     lines = [
+        f"Machine: {common.describe_machine(record['machine'])}.",
+        "",
         f"{record['settings']['patients']} synthetic patients, {record['settings']['folds']} "
         f"folds, {record['settings']['train']['epochs']} epochs, "
         f"{record['settings']['image_size']} px; test split {record['test']['n']} patients "
-        f"({record['test']['positives']} positive); {record['machine']['cpus']} CPUs, "
-        f"{record['machine']['backend']}",
+        f"({record['test']['positives']} positive); {backend} backend.",
         "",
         f"- fold ROC-AUC (held-out folds): {oof['fold_roc_auc_mean']:.3f} ± "
         f"{oof['fold_roc_auc_sd']:.3f} (mean ± sd); pooled out-of-fold "
@@ -252,14 +251,12 @@ def markdown(record: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
     record = run(args)
-    sys.path.insert(0, str(REPO_ROOT))
-    from pneumokeras.utils.fileio import atomic_write_json
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, record)
-    print(markdown(record))
-    print(f"\nwritten to {out}")
+    record["script"] = NAME
+    record["command"] = common.command_line(argv, NAME)
+    common.finish_machine(record["machine"])
+    path = common.write_results(NAME, record, args.out)
+    print(render_markdown(record))
+    print(f"\nwritten to {path}")
 
 
 if __name__ == "__main__":

@@ -2,36 +2,34 @@
 
 Images per second of one forward pass (fp32) of the product's 224 px ResNet18
 (`pneumokeras.models.resnet.build_model` with the default `ModelConfig`, 1 channel, 2
-classes) at batch 1 and 32, on in-memory uint8 images given as float32:
+classes) at batch 1 and 32, on in-memory uint8 images given as float32, each way a
+runtime can run it:
 
-- **Keras "call"**: `Classifier.raw_probabilities`, the eager forward pass that
-  `predict`, `evaluate` and `explain` run (`model(x, training=False)`, no compiled
-  predict function), under TensorFlow and under JAX.
-- **Keras "compiled"**: `model.predict_on_batch` after `model.compile(**COMPILE_KWARGS)`
-  (XLA: `jit_compile=True` under TensorFlow, `jax.jit` under JAX).
-- **Keras-JAX "compiled, YNNPACK convs"**: the same under JAX with XLA's default
-  convolution routing (`environment.YNN_FLAG` at jaxlib's default list), not the
-  training-oriented flag the CLI sets.
-- **onnxruntime**: the model exported by `pneumokeras.serving.export` (`cli.py export
-  --format onnx`, which also checks it against Keras), CPU provider, default
+- **Keras-TensorFlow**: the eager call (`model(x, training=False)`); one traced
+  `tf.function` (graph, oneDNN kernels); the same with `jit_compile=True` (XLA).
+- **Keras-JAX**: the eager call; `jax.jit` over `model.stateless_call` with the XLA:CPU
+  flag the CLI sets (convolutions on XLA's kernels), and (worker `jax-ynn`) with
+  jaxlib's default convolution routing (YNNPACK).
+- The compiled ways run through `pneumokeras.utils.performance.CompiledForward`, the
+  function `Classifier.forward` uses (so `predict`, `evaluate`, `explain`, `cv` and the
+  app); the row it picks on the measured CPU (`performance.inference_path`) is marked.
+- **onnxruntime**: the model exported by `pneumokeras.serving.export` (`pneumokeras
+  export --format onnx`, which also checks it against Keras), CPU provider, default
   session options.
-- **PyTorch**: the same architecture in plain PyTorch (`bench_train._torch_resnet18`,
-  NCHW, `eval()`, `torch.inference_mode()`), run by `--torch-python` (PyTorch is
-  not a project dependency; any interpreter with `torch` and `numpy` works).
+- **PyTorch**: the same architecture in plain PyTorch (`common.torch_resnet18`, NCHW,
+  `eval()`, `torch.inference_mode()`), run by `--torch-python` (PyTorch is not a
+  project dependency; any interpreter with `torch` and `numpy` works).
 
 One model (random weights, seed 0) is built, saved and exported once in a helper
 process; Keras and onnxruntime load that file. Every runtime runs in its own worker
-process (the Keras backend is fixed per process; the process protocol, machine
-facts and the PyTorch network come from `bench_train.py`). Workers start and warm
-up one at a time, then are timed in interleaved rounds so that load from other
-programs on a shared machine hits every runtime alike. The figure is
-`batch / median(step time)`.
+process, started and warmed up one at a time, then timed in interleaved rounds. The
+figure is `batch / median(step time)`.
 
 Usage:
-    python benchmarks/bench_infer.py --torch-python /path/to/torch-venv/bin/python
-    python benchmarks/bench_infer.py --only onnx,torch --batches 1 --steps 4
+    python -m benchmarks.bench_infer --torch-python /path/to/torch-venv/bin/python
+    python -m benchmarks.bench_infer --only onnx,torch --batches 1 --steps 4
 
-Writes `benchmarks/out/bench_infer.json` (atomically) and prints a Markdown table.
+Writes `benchmarks/out/bench_infer.json` (atomically) and prints the Markdown.
 """
 
 from __future__ import annotations
@@ -41,38 +39,40 @@ import json
 import math
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_train
+from benchmarks import common
 
-REPO_ROOT = bench_train.REPO_ROOT
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "out" / "bench_infer.json"
+NAME = "bench_infer"
 SIZE = 224
 # jaxlib 0.10's own convolution routing (what the CLI's training flag changes).
 JAX_DEFAULT_YNN = "individual_dot,individual_convolution,reduce"
 
-# worker key → (table name, [(mode, how it runs)], interpreter: "venv" or "torch")
+# worker key → (runtime, [(mode, how it runs)], interpreter: "venv" or "torch")
 RUNTIMES: dict[str, tuple[str, list[tuple[str, str]], str]] = {
     "tf": (
         "Keras-TensorFlow",
-        [("call", "eager call (predict.py)"), ("compiled", "predict_on_batch, XLA")],
+        [
+            ("eager", "eager call"),
+            ("graph", "`tf.function`, oneDNN (graph)"),
+            ("xla", "`tf.function(jit_compile=True)` (XLA)"),
+        ],
         "venv",
     ),
     "jax": (
         "Keras-JAX",
-        [("call", "eager call (predict.py)"), ("compiled", "predict_on_batch, jax.jit")],
+        [("eager", "eager call"), ("jit", "`jax.jit`, convolutions on XLA's kernels")],
         "venv",
     ),
-    "jax-ynn": ("Keras-JAX", [("compiled", "predict_on_batch, jax.jit, YNNPACK convs")], "venv"),
+    "jax-ynn": ("Keras-JAX", [("jit", "`jax.jit`, convolutions on YNNPACK")], "venv"),
     "onnx": ("onnxruntime", [("session", "exported ONNX, CPU provider")], "venv"),
-    "torch": ("PyTorch", [("eager", "eval(), inference_mode")], "torch"),
+    "torch": ("PyTorch", [("eager", "`eval()`, `inference_mode`")], "torch"),
 }
 
 
@@ -83,7 +83,6 @@ RUNTIMES: dict[str, tuple[str, list[tuple[str, str]], str]] = {
 
 def _prepare(folder: Path) -> dict:
     """Builds the default ResNet18, saves model.keras + card, exports and checks ONNX."""
-    sys.path.insert(0, str(REPO_ROOT))
     import keras
 
     from pneumokeras.config import ModelConfig
@@ -101,7 +100,6 @@ def _prepare(folder: Path) -> dict:
         "model": config.name,
         "parameters": int(model.count_params()),
         "onnx_max_abs_diff": summary.max_abs_diff,
-        "onnx_details": summary.details,
         "export_s": summary.seconds,
     }
 
@@ -119,30 +117,29 @@ def _images(batch: int) -> Any:
     return rng.integers(0, 256, (batch, SIZE, SIZE, 1), dtype=np.uint8).astype(np.float32)
 
 
-def _keras_steps(folder: Path, batches: list[int]) -> tuple[dict, dict]:
-    """{(mode, batch): step} for the product's eager call and the compiled predict."""
-    sys.path.insert(0, str(REPO_ROOT))
+def _keras_steps(folder: Path, batches: list[int], modes: list[str]) -> tuple[dict, dict]:
+    """{(mode, batch): step}: the eager call and each compiled forward of the classifier."""
     from pneumokeras.utils import environment
 
     environment.set_defaults()  # as the CLI: XLA:CPU flag under JAX, unless XLA_FLAGS has one
     import keras
 
     from pneumokeras.models.model_card import load_classifier
-    from pneumokeras.utils.performance import COMPILE_KWARGS
+    from pneumokeras.utils import performance
 
     classifier = load_classifier(folder, require_card=True)
-    model = classifier.model
-    model.compile(**COMPILE_KWARGS)
+    forwards = {mode: performance.CompiledForward(classifier.model, mode) for mode in modes}
     steps = {}
     for batch in batches:
         images = _images(batch)
-        steps[("call", batch)] = lambda x=images: classifier.raw_probabilities(x, batch_size=64)
-        steps[("compiled", batch)] = lambda x=images: model.predict_on_batch(x)
+        for mode, forward in forwards.items():
+            steps[(mode, batch)] = lambda x=images, f=forward: f(x)
     settings = {
         "keras": keras.__version__,
         "backend": keras.backend.backend(),
-        "compile_kwargs": {k: repr(v) for k, v in COMPILE_KWARGS.items()},
-        "env": {k: os.environ[k] for k in bench_train._RECORDED_ENV if k in os.environ},
+        "default_path": performance.inference_path(),
+        "isa": environment.cpu_isa(),
+        "env": common.settings_env(),
     }
     return steps, settings
 
@@ -170,17 +167,22 @@ def _torch_steps(batches: list[int]) -> tuple[dict, dict]:
     import torch
 
     torch.manual_seed(0)
-    model = bench_train._torch_resnet18().eval()
+    model = common.torch_resnet18().eval()
     steps = {}
     for batch in batches:
         images = torch.from_numpy(_images(batch)).permute(0, 3, 1, 2).contiguous()  # NCHW
 
-        def step(x=images) -> None:
+        def step(x: Any = images) -> None:
             with torch.inference_mode():
                 torch.softmax(model(x), dim=1).numpy()
 
         steps[("eager", batch)] = step
-    settings = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    settings = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "env": common.settings_env(),
+    }
     return steps, settings
 
 
@@ -188,27 +190,26 @@ def _worker(args: argparse.Namespace) -> int:
     """Worker main loop: set up, warm up, then answer `steps MODE BATCH N` / `quit`."""
     started = time.perf_counter()
     batches = args.batches
+    modes = [mode for mode, _ in RUNTIMES[args.worker][1]]
     if args.worker in ("tf", "jax", "jax-ynn"):
-        steps, settings = _keras_steps(args.model_dir, batches)
-        if args.worker == "jax-ynn":
-            steps = {k: v for k, v in steps.items() if k[0] == "compiled"}
+        steps, settings = _keras_steps(args.model_dir, batches, modes)
     elif args.worker == "onnx":
         steps, settings = _onnx_steps(args.model_dir, batches)
     else:
         steps, settings = _torch_steps(batches)
     setup_s = time.perf_counter() - started
     warmup = {
-        f"{mode} {batch}": bench_train._run_steps(step, args.warmup)[0]
+        f"{mode} {batch}": common.run_steps(step, args.warmup)[0]
         for (mode, batch), step in steps.items()
     }
-    bench_train._emit({"ready": True, "setup_s": setup_s, "warmup_s": warmup, "settings": settings})
+    common.emit({"ready": True, "setup_s": setup_s, "warmup_s": warmup, "settings": settings})
     for line in sys.stdin:
         command = line.split()
         if not command or command[0] == "quit":
             break
         _, mode, batch, count = command
-        times, cpu_times = bench_train._run_steps(steps[(mode, int(batch))], int(count))
-        bench_train._emit({"times": times, "cpu_times": cpu_times})
+        times, cpu_times = common.run_steps(steps[(mode, int(batch))], int(count))
+        common.emit({"times": times, "cpu_times": cpu_times})
     return 0
 
 
@@ -217,45 +218,19 @@ def _worker(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------
 
 
-def _start(key: str, python: str, folder: Path, args: argparse.Namespace) -> bench_train._Worker:
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # logging only; no effect on speed
+def _start(key: str, python: str, folder: Path, args: argparse.Namespace) -> common.Worker:
+    env = dict(common.ISA_EMULATION.get(args.isa or "", {}))
     backend = {"tf": "tensorflow", "jax": "jax", "jax-ynn": "jax"}.get(key, key)
     if key in ("tf", "jax", "jax-ynn"):
         env["KERAS_BACKEND"] = backend
     if key == "jax-ynn":
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {_jax_default_flag()}".strip()
-    command = [
-        python,
-        str(Path(__file__).resolve()),
-        "--worker",
-        key,
-        "--model-dir",
-        str(folder),
-        "--batches",
-        ",".join(map(str, args.batches)),
-        "--warmup",
-        str(args.warmup),
-    ]
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - the worker writes it until it ends
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-    )
-    return bench_train._Worker(key, key, backend, "fp32", process, log)
+        from pneumokeras.utils.environment import YNN_FLAG
 
-
-def _jax_default_flag() -> str:
-    """The XLA flag at jaxlib's default value (the name comes from the product)."""
-    sys.path.insert(0, str(REPO_ROOT))
-    from pneumokeras.utils.environment import YNN_FLAG
-
-    return f"{YNN_FLAG}={JAX_DEFAULT_YNN}"
+        flag = f"{YNN_FLAG}={JAX_DEFAULT_YNN}"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+    argv = ["--worker", key, "--model-dir", str(folder)]
+    argv += ["--batches", ",".join(map(str, args.batches)), "--warmup", str(args.warmup)]
+    return common.start_worker(NAME, argv, key, env=env, python=python, meta={"backend": backend})
 
 
 def timed_steps(batch: int, steps: int) -> int:
@@ -263,44 +238,15 @@ def timed_steps(batch: int, steps: int) -> int:
     return steps if batch >= 8 else steps * 5
 
 
-def _summary(
-    key: str,
-    mode: str,
-    how: str,
-    batch: int,
-    times: list[float],
-    cpu_times: list[float],
-    ready: dict,
-) -> dict:
-    median = statistics.median(times)
-    return {
-        "runtime": RUNTIMES[key][0],
-        "worker": key,
-        "mode": mode,
-        "how": how,
-        "batch": batch,
-        "precision": "fp32",
-        "img_per_s": batch / median,
-        "img_per_s_min": batch / max(times),
-        "img_per_s_max": batch / min(times),
-        "median_step_ms": median * 1000,
-        "step_times_s": times,
-        "cpu_per_wall": statistics.median(c / t for c, t in zip(cpu_times, times, strict=True)),
-        "setup_s": ready["setup_s"],
-        "warmup_s": ready["warmup_s"].get(f"{mode} {batch}"),
-        "settings": ready["settings"],
-    }
-
-
 def run_workers(keys: list[str], folder: Path, args: argparse.Namespace) -> list[dict]:
     """Starts one worker per runtime (one at a time), then times them in interleaved rounds."""
-    workers: list[bench_train._Worker] = []
+    workers: list[common.Worker] = []
     try:
         for key in keys:
             python = args.torch_python if RUNTIMES[key][2] == "torch" else sys.executable
             worker = _start(key, python, folder, args)
             workers.append(worker)
-            worker.ready = worker.request("")
+            worker.ready = worker.request()
             print(
                 f"  ready: {key:<8} setup {worker.ready['setup_s']:5.1f} s",
                 file=sys.stderr,
@@ -312,7 +258,7 @@ def run_workers(keys: list[str], folder: Path, args: argparse.Namespace) -> list
             for mode, how in RUNTIMES[w.name][1]
             for batch in args.batches
         ]
-        times = {id(job): ([], []) for job in jobs}
+        times: dict[int, tuple[list[float], list[float]]] = {id(job): ([], []) for job in jobs}
         rounds = max(1, min(args.rounds, args.steps))
         for index in range(rounds):
             for job in jobs:
@@ -325,29 +271,97 @@ def run_workers(keys: list[str], folder: Path, args: argparse.Namespace) -> list
         results = []
         for job in jobs:
             worker, mode, how, batch = job
-            results.append(_summary(worker.name, mode, how, batch, *times[id(job)], worker.ready))
+            ready = worker.ready or {}
+            summary = common.summarise_times(*times[id(job)], batch)
+            results.append(
+                {
+                    "runtime": RUNTIMES[worker.name][0],
+                    "worker": worker.name,
+                    "mode": mode,
+                    "how": how,
+                    "batch": batch,
+                    "precision": "fp32",
+                    **summary,
+                    "median_step_ms": summary["median_step_s"] * 1000,
+                    "setup_s": ready.get("setup_s"),
+                    "warmup_s": ready.get("warmup_s", {}).get(f"{mode} {batch}"),
+                    "settings": ready.get("settings", {}),
+                }
+            )
         return results
     finally:
         for worker in workers:
             worker.close()
 
 
-def format_table(results: list[dict]) -> str:
-    """Markdown: runtime, how, batch, img/s (median, range), ms/batch, ratio vs PyTorch."""
-    torch_rate = {r["batch"]: r["img_per_s"] for r in results if r["runtime"] == "PyTorch"}
+def _is_default(row: Mapping[str, Any]) -> bool:
+    """Whether `Classifier.forward` runs this row's way on the CPU it was measured on
+    (today's `performance.inference_path` for the CPU level the worker saw)."""
+    if row["worker"] not in ("tf", "jax"):
+        return False
+    from pneumokeras.utils import performance
+
+    settings = row.get("settings", {})
+    if "isa" not in settings:
+        return settings.get("default_path") == row["mode"]
+    path = performance.inference_path(settings["backend"], settings["isa"], gpu=False)
+    return path == row["mode"]
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The documentation's section for one run of this script (its JSON)."""
+    rows = results["results"]
+    torch_rate = {r["batch"]: r["img_per_s"] for r in rows if r["runtime"] == "PyTorch"}
     lines = [
-        "| runtime | how | batch | img/s (median) | min–max | ms/batch | vs PyTorch |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        f"Machine: {common.describe_machine(results['machine'])}.",
+        "",
+        "| runtime | how | batch | img/s (median) | min–max | ms/batch | first call (s) "
+        "| vs PyTorch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in sorted(results, key=lambda r: (r["batch"], -r["img_per_s"])):
-        reference = torch_rate.get(r["batch"])
-        ratio = f"{r['img_per_s'] / reference:.2f}×" if reference else "n/a"
+    for r in sorted(rows, key=lambda r: (r["batch"], -r["img_per_s"])):
+        how = r["how"] + (" **(predict's path here)**" if _is_default(r) else "")
+        versus = common.ratio(r["img_per_s"], torch_rate.get(r["batch"]))
         lines.append(
-            f"| {r['runtime']} | {r['how']} | {r['batch']} | {r['img_per_s']:.1f} | "
+            f"| {r['runtime']} | {how} | {r['batch']} | {r['img_per_s']:.1f} | "
             f"{r['img_per_s_min']:.1f}–{r['img_per_s_max']:.1f} | "
-            f"{r['median_step_ms']:.0f} | {ratio} |"
+            f"{r['median_step_ms']:.0f} | {_first_call(r)} | {versus} |"
         )
+    defaults = [r for r in rows if _is_default(r)]
+    if defaults:
+        lines.append("")
+        for r in sorted(defaults, key=lambda r: (r["runtime"], r["batch"])):
+            versus = torch_rate.get(r["batch"])
+            against = f": **{common.ratio(r['img_per_s'], versus)}** PyTorch" if versus else ""
+            lines.append(
+                f"- {r['runtime']}, batch {r['batch']}, the path `predict` takes{against}"
+                f"{_break_even(r, rows)}."
+            )
     return "\n".join(lines)
+
+
+def _first_call(row: Mapping[str, Any]) -> str:
+    """Seconds of the first call (the compile, for compiled ways)."""
+    warmup = row.get("warmup_s") or []
+    return f"{warmup[0]:.1f}" if warmup else "–"
+
+
+def _break_even(row: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> str:
+    """`; its compile pays off after N images` against the eager call at the same batch."""
+    eager = [
+        r
+        for r in rows
+        if r["worker"] == row["worker"] and r["mode"] == "eager" and r["batch"] == row["batch"]
+    ]
+    warmup = row.get("warmup_s") or []
+    if not eager or not warmup or row["img_per_s"] <= eager[0]["img_per_s"]:
+        return ""
+    compile_s = warmup[0] - row["median_step_ms"] / 1000
+    if compile_s < 0.1:  # found in a compilation cache (JAX's persists on disk)
+        return "; its compiled program came from the cache"
+    saved_per_image = 1 / eager[0]["img_per_s"] - 1 / row["img_per_s"]
+    images = compile_s / saved_per_image
+    return f"; its compile ({compile_s:.1f} s) pays off after ≈ {images:.0f} images"
 
 
 def _parse_only(text: str) -> list[str]:
@@ -374,19 +388,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--steps",
-        type=bench_train._positive,
+        type=common.positive,
         default=6,
         help="timed steps per batch-32 configuration (batch < 8: 5× as many)",
     )
     parser.add_argument(
-        "--warmup",
-        type=bench_train._positive,
-        default=2,
-        help="untimed steps first (the first one compiles)",
+        "--warmup", type=common.positive, default=2, help="untimed steps first (compiles)"
     )
-    parser.add_argument(
-        "--rounds", type=bench_train._positive, default=3, help="interleaving rounds"
-    )
+    parser.add_argument("--rounds", type=common.positive, default=3, help="interleaving rounds")
     parser.add_argument(
         "--batches",
         type=_parse_batches,
@@ -394,7 +403,10 @@ def _parser() -> argparse.ArgumentParser:
         help="comma list of batch sizes (default 1,32)",
     )
     parser.add_argument("--only", type=_parse_only, help=f"comma list of {', '.join(RUNTIMES)}")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
+    parser.add_argument(
+        "--isa", choices=sorted(common.ISA_EMULATION), help="emulate a smaller CPU (common.py)"
+    )
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/out/NAME.json)")
     parser.add_argument(
         "--torch-python",
         default=sys.executable,
@@ -411,22 +423,22 @@ def _prepare_in_child(folder: Path) -> dict:
     """Runs `_prepare` in a TensorFlow process (so the parent stays small)."""
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--prepare", str(folder)],
+        [sys.executable, "-m", f"benchmarks.{NAME}", "--prepare", str(folder)],
         capture_output=True,
         text=True,
         env=env,
-        cwd=REPO_ROOT,
+        cwd=common.REPO_ROOT,
     )
     if done.returncode != 0:
         raise RuntimeError(f"preparing the model failed:\n{done.stderr[-3000:]}")
-    line = [x for x in done.stdout.splitlines() if x.startswith(bench_train._PREFIX)][-1]
-    return json.loads(line[len(bench_train._PREFIX) :])
+    line = [x for x in done.stdout.splitlines() if x.startswith(common.PREFIX)][-1]
+    return json.loads(line[len(common.PREFIX) :])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.prepare:
-        bench_train._emit(_prepare(args.prepare))
+        common.emit(_prepare(args.prepare))
         return 0
     if args.worker:
         return _worker(args)
@@ -434,15 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     notes = []
     if "torch" in keys:
         args.torch_python = shutil.which(args.torch_python) or args.torch_python
-        reason = bench_train._torch_available(args.torch_python)
+        reason = common.torch_available(args.torch_python)
         if reason:
             notes.append(f"PyTorch reference skipped: {reason}")
             keys.remove("torch")
     for note in notes:
         print(note, file=sys.stderr)
-    machine = bench_train._machine()
+    machine = common.machine(args.isa)
     print(
-        f"bench_infer: {', '.join(keys)}; batches {args.batches}, {SIZE} px, fp32, "
+        f"{NAME}: {', '.join(keys)}; batches {args.batches}, {SIZE} px, fp32, "
         f"{args.warmup} warm-up + {args.steps} timed steps (×5 below batch 8) in "
         f"{args.rounds} rounds",
         file=sys.stderr,
@@ -458,31 +470,22 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         results = run_workers(keys, Path(folder), args)
-    machine["load_avg_end"] = os.getloadavg()
-    table = format_table(results)
     payload = {
+        "script": NAME,
         "benchmark": "inference",
+        "command": common.command_line(argv, NAME),
         "model": model,
         "precision": "fp32",
         "size": SIZE,
-        "args": {
-            k: str(v) if isinstance(v, Path) else v
-            for k, v in vars(args).items()
-            if k not in ("worker", "model_dir", "prepare")
-        },
-        "machine": machine,
+        "machine": common.finish_machine(machine),
         "notes": notes,
         "results": results,
-        "table": table,
     }
-    bench_train._write_json(args.out, payload)
-    print(table)
+    path = common.write_results(NAME, payload, args.out)
+    print(render_markdown(payload))
     for note in notes:
         print(f"\nNote: {note}")
-    print(
-        f"\nload average {machine['load_avg_start'][0]:.1f} → {machine['load_avg_end'][0]:.1f} "
-        f"on {machine['cpus']} CPUs; results in {args.out}"
-    )
+    print(f"\nresults in {path}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Measures, under JAX, training images per second of the product's ResNet18
 (`pneumokeras.models.resnet.build_resnet18`, compiled as `train` compiles it:
-`performance.configure_backend` + `COMPILE_KWARGS`, Adam, cross-entropy) with
+`performance.configure_backend` + `compile_kwargs`, Adam, cross-entropy) with
 `keras.distribution.DataParallel` at the same global batch in two layouts:
 
 - `1xN`: one process over N local devices (the all-reduce stays in-process);
@@ -23,11 +23,11 @@ crossing processes, not a speed-up. On a machine with N GPUs, `--platform gpu
 (`CUDA_VISIBLE_DEVICES` per process; collectives over NCCL).
 
 Usage:
-    python benchmarks/bench_scale.py                         # CPU, 2 devices
-    python benchmarks/bench_scale.py --steps 10 --size 224 --filters 64 --batch 32
-    python benchmarks/bench_scale.py --platform gpu --devices 4 --batch 256 --size 224
+    python -m benchmarks.bench_scale                         # CPU, 2 devices
+    python -m benchmarks.bench_scale --steps 10 --size 224 --filters 64 --batch 32
+    python -m benchmarks.bench_scale --platform gpu --devices 4 --batch 256 --size 224
 
-Writes `benchmarks/out/bench_scale.json` (atomically) and prints a Markdown table.
+Writes `benchmarks/out/bench_scale.json` (atomically) and prints the Markdown.
 """
 
 from __future__ import annotations
@@ -35,18 +35,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "out" / "bench_scale.json"
-_PREFIX = "@bench "  # worker → parent result line on stdout
+from benchmarks import common
+
+NAME = "bench_scale"
 
 
 # --------------------------------------------------------------------------
@@ -65,7 +65,6 @@ def _timed(function: Any, count: int) -> list[float]:
 
 def _worker(args: argparse.Namespace) -> int:
     """Trains `args.steps` steps in this process's layout; process 0 prints the result."""
-    sys.path.insert(0, str(REPO_ROOT))
     from pneumokeras.training import distributed
     from pneumokeras.utils import environment
 
@@ -77,7 +76,7 @@ def _worker(args: argparse.Namespace) -> int:
         )
     distributed.initialize(cluster, "jax")  # before any JAX computation
 
-    from pneumokeras.utils.performance import COMPILE_KWARGS, configure_backend
+    from pneumokeras.utils.performance import compile_kwargs, configure_backend
 
     configure_backend("float32")
     import jax
@@ -93,7 +92,9 @@ def _worker(args: argparse.Namespace) -> int:
     keras.utils.set_random_seed(0)
     model = build_resnet18(args.size, filters=args.filters, num_classes=2)
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy", **COMPILE_KWARGS
+        optimizer=keras.optimizers.Adam(1e-4),
+        loss="categorical_crossentropy",
+        **compile_kwargs("auto"),
     )
     local = args.batch // args.processes  # this process's part of the global batch
     rng = np.random.default_rng(args.process_id)
@@ -133,7 +134,7 @@ def _worker(args: argparse.Namespace) -> int:
             "jax": jax.__version__,
             "keras": keras.__version__,
         }
-        print(_PREFIX + json.dumps(payload), flush=True)
+        common.emit(payload)
     return 0
 
 
@@ -165,7 +166,8 @@ def run_layout(args: argparse.Namespace, processes: int) -> dict:
     port = _free_port()
     workers = []
     for index in range(processes):
-        command = [sys.executable, __file__, "--worker", "--processes", str(processes)]
+        command = [sys.executable, "-m", f"benchmarks.{NAME}", "--worker"]
+        command += ["--processes", str(processes)]
         command += ["--process-id", str(index), "--port", str(port)]
         for name in ("batch", "size", "filters", "steps", "warmup", "reduces"):
             command += [f"--{name}", str(getattr(args, name))]
@@ -176,20 +178,28 @@ def run_layout(args: argparse.Namespace, processes: int) -> dict:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                cwd=common.REPO_ROOT,
             )
         )
     outputs = [worker.communicate(timeout=args.timeout) for worker in workers]
     for worker, (_, stderr) in zip(workers, outputs, strict=True):
         if worker.returncode:
             raise RuntimeError(f"a {processes}-process worker failed:\n{stderr[-3000:]}")
-    lines = [line for line in outputs[0][0].splitlines() if line.startswith(_PREFIX)]
-    return json.loads(lines[-1][len(_PREFIX) :])
+    lines = [line for line in outputs[0][0].splitlines() if line.startswith(common.PREFIX)]
+    return json.loads(lines[-1][len(common.PREFIX) :])
 
 
-def format_table(results: list[dict]) -> str:
-    """Markdown table: one row per layout, the multi-process row against the first."""
+def render_markdown(record: Mapping[str, Any]) -> str:
+    """The documentation's section for one run of this script (its JSON)."""
+    results, settings = record["results"], record["settings"]
     base = results[0]
     lines = [
+        f"Machine: {common.describe_machine(record['machine'])}.",
+        "",
+        f"Keras-JAX, ResNet18 ({settings['filters']} filters), {settings['size']} px, global "
+        f"batch {settings['batch']}, {settings['steps']} timed steps, {settings['platform']} "
+        "devices:",
+        "",
         "| layout (processes x devices) | global batch | step (s) | img/s | vs first |"
         " all-reduce of the gradients (ms) | step minus in-process step (ms) |",
         "|---|---|---|---|---|---|---|",
@@ -215,7 +225,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps (default 2).")
     parser.add_argument("--reduces", type=int, default=20, help="Timed all-reduces.")
     parser.add_argument("--timeout", type=int, default=1800, help="Seconds per layout.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/out/NAME.json)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--processes", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--process-id", type=int, default=0, help=argparse.SUPPRESS)
@@ -232,13 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.worker:
         return _worker(args)
-    sys.path.insert(0, str(REPO_ROOT))
-    from pneumokeras.utils.fileio import atomic_write_json
-
-    load_before = os.getloadavg()
+    machine = common.machine()
     results = [run_layout(args, 1), run_layout(args, args.devices)]
     record = {
+        "script": NAME,
         "benchmark": "bench_scale",
+        "command": common.command_line(argv, NAME),
         "settings": {
             k: getattr(args, k)
             for k in (
@@ -252,18 +261,12 @@ def main(argv: list[str] | None = None) -> int:
                 "reduces",
             )
         },
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg(),
-        },
+        "machine": common.finish_machine(machine),
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, record)
-    print(format_table(results))
-    print(f"\nwritten to {args.out}")
+    path = common.write_results(NAME, record, args.out)
+    print(render_markdown(record))
+    print(f"\nwritten to {path}")
     return 0
 
 

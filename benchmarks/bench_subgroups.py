@@ -21,7 +21,7 @@ lower). Then, with `evaluate.bootstrap=2000`:
 
 Writes `benchmarks/out/bench_subgroups.json` (atomically) and prints the Markdown.
 
-    python benchmarks/bench_subgroups.py [--repeats 1] [--loop-resamples 50]
+    python -m benchmarks.bench_subgroups [--repeats 1] [--loop-resamples 50]
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -43,12 +42,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python benchmarks/bench_subgroups.py` and `-m`
-    sys.path.insert(0, str(ROOT))
+from benchmarks import common
+from pneumokeras.sources.attributes import Attributes, write_table
 
-from pneumokeras.sources.attributes import Attributes, write_table  # noqa: E402
-from pneumokeras.utils.fileio import atomic_write_json  # noqa: E402
+ROOT = common.REPO_ROOT
 
 NAME = "bench_subgroups"
 RSNA_IMAGES = 26_684
@@ -228,46 +225,12 @@ def statistics_times(images: int, loop_resamples: int, seed: int = 0) -> dict[st
     return times
 
 
-def machine() -> dict[str, Any]:
-    """The machine's facts that figures depend on (as `benchmarks.common.machine`)."""
-    cpu, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not cpu:
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    named = ("avx2", "fma", "avx512f", "avx512_bf16")
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "cpu_flags": [flag for flag in named if flag in flags],
-        "load_avg_start": list(os.getloadavg()),
-    }
-
-
-def describe_machine(info: Mapping[str, Any]) -> str:
-    """One line: CPU, cores, flags, load average at start and end."""
-    line = (
-        f"{info.get('cpu') or 'unknown CPU'}, {info.get('cpus', '?')} logical CPUs, flags: "
-        f"{' '.join(info.get('cpu_flags', [])) or 'unknown'}"
-    )
-    start, end = info.get("load_avg_start"), info.get("load_avg_end")
-    if start and end:
-        line += f"; load average {start[0]:.1f} → {end[0]:.1f}"
-    return line
-
-
 def render_markdown(record: Mapping[str, Any]) -> str:
     """The documentation's section for one run of this script (its JSON)."""
     results, setup = record["results"], record["setup"]
     cli, stats = results["cli"], results["statistics"]
     lines = [
-        f"Machine: {describe_machine(record['machine'])}.",
+        f"Machine: {common.describe_machine(record['machine'])}.",
         "",
         f"{setup['test_images']:,} test images ({setup['val_images']:,} validation), "
         f"{setup['resamples']:,} patient-bootstrap resamples, {SIZE} px images whose grey "
@@ -309,9 +272,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--loop-resamples", type=int, default=50, help="Resamples of the timed loop bootstrap."
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / f"{NAME}.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default benchmarks/out/bench_subgroups.json).",
+    )
     args = parser.parse_args(argv)
-    info = machine()
+    info = common.machine()
     work = Path(tempfile.mkdtemp(prefix="bench_subgroups-"))
     try:
         counts = build_folder(work / "data", args.images)
@@ -343,11 +311,11 @@ def main(argv: list[str] | None = None) -> None:
         stats = statistics_times(args.images, args.loop_resamples)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    info["load_avg_end"] = list(os.getloadavg())
+    common.finish_machine(info)
     record = {
         "script": NAME,
         "machine": info,
-        "command": " ".join(["python", "benchmarks/bench_subgroups.py", *(argv or sys.argv[1:])]),
+        "command": common.command_line(argv, NAME),
         "setup": {
             "test_images": counts["test"],
             "val_images": counts["val"],
@@ -357,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "results": {"cli": cli, "statistics": stats, "largest_gap_found": gap},
     }
-    atomic_write_json(args.out, record)
+    common.write_results(NAME, record, args.out)
     print(render_markdown(record))
 
 

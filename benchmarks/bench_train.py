@@ -1,74 +1,100 @@
-"""Train-step throughput of ResNet18: Keras (TensorFlow, JAX) against PyTorch.
+"""Train-step throughput of ResNet18: Keras (TensorFlow, JAX) against PyTorch, per setting.
 
 Measures images per second of one optimisation step (forward, backward, Adam
 update; batch 32, 224×224×1 by default) of `pneumokeras.models.resnet.build_resnet18`
-(filters 64) compiled exactly as the product compiles it: the dtype policy and
-backend settings from `pneumokeras.utils.performance.configure_backend` and the
-compile arguments `pneumokeras.utils.performance.COMPILE_KWARGS`, with
-`Adam(1e-4)` and categorical cross-entropy, driven by `model.train_on_batch` on
-one in-memory batch (no input pipeline: see `bench_pipeline`).
+(filters 64) set up as `train` sets it up: the dtype policy and backend settings of
+`pneumokeras.utils.performance.configure_backend`, `Adam(1e-4)` and categorical
+cross-entropy, driven by `model.train_on_batch` on one in-memory batch (no input
+pipeline), under each speed setting (`VARIANTS`): XLA or plain TensorFlow graphs,
+oneDNN on or off, JAX's convolution routing. The row `train` picks by default
+(`performance.training_xla("auto")` on this CPU) is marked.
 
-The reference is the same architecture written in plain PyTorch below (no
-torchvision), fp32 and with bfloat16 autocast, run by `--torch-python` (PyTorch
-is not a project dependency; any interpreter with `torch` and `numpy` works).
+The reference is the same architecture in plain PyTorch (`common.torch_resnet18`),
+fp32 and with bfloat16 autocast, run by `--torch-python` (PyTorch is not a project
+dependency; any interpreter with `torch` and `numpy` works).
 
-Every configuration runs in its own worker process (the Keras backend is
-fixed per process). Workers are started and warmed up one at a time, then
-timed in interleaved rounds (each worker runs a few steps in turn) so that load
-from other programs on a shared machine hits every configuration alike. The
-reported figure is `batch / median(step time)` over all timed steps.
+`--isa avx2` (or `avx512`) caps every library at a smaller instruction set
+(`common.ISA_EMULATION`), so an AVX-512 machine gives emulated rows for an AVX2 CPU.
+
+The input pipeline is timed alone afterwards (`bench_pipeline`): the product's
+tf.data training pipeline on converted synthetic shards, with augmentation on the
+host and without it (decode and batch only, as with `augment.on_device`), on one
+pinned core and on all cores; images/s per core is what sizing a GPU host needs.
+
+Every configuration runs in its own worker process, started and warmed up one at a
+time, then timed in interleaved rounds. The figure is `batch / median(step time)`.
 
 Usage:
-    python benchmarks/bench_train.py                     # full CPU matrix
-    python benchmarks/bench_train.py --torch-python /path/to/torch-venv/bin/python
-    python benchmarks/bench_train.py --only jax,torch --precisions fp32 --steps 20
-    python benchmarks/bench_train.py --gpu               # Keras-JAX, bf16, batch 256
+    python -m benchmarks.bench_train --torch-python /path/to/torch-venv/bin/python
+    python -m benchmarks.bench_train --isa avx2 --out benchmarks/out/bench_train_avx2.json
+    python -m benchmarks.bench_train --variants tf-graph,tf-graph-nodnn --precisions fp32
+    python -m benchmarks.bench_train --gpu               # Keras-JAX, bf16, batch 256
 
-Writes `benchmarks/out/bench_train.json` (atomically) and prints a markdown table.
+Writes `benchmarks/out/bench_train.json` (atomically) and prints the Markdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "out" / "bench_train.json"
-_PREFIX = "@bench "  # worker → parent protocol lines on stdout
+from benchmarks import common
 
-# (framework, backend, precision as the table shows it, precision argument)
-_MATRIX = [
-    ("keras", "tensorflow", "fp32", "float32"),
-    ("keras", "tensorflow", "bf16", "mixed_bfloat16"),
-    ("keras", "jax", "fp32", "float32"),
-    ("keras", "jax", "bf16", "mixed_bfloat16"),
-    ("torch", "torch", "fp32", "float32"),
-    ("torch", "torch", "bf16", "bfloat16"),
-]
-_ONLY = {"tf": "tensorflow", "jax": "jax", "torch": "torch", "data": "pipeline"}
-# Environment variables that change speed, recorded with each Keras result.
-_RECORDED_ENV = (
-    "KERAS_BACKEND",
-    "XLA_FLAGS",
-    "TF_XLA_FLAGS",
-    "TF_ENABLE_ONEDNN_OPTS",
-    "OMP_NUM_THREADS",
-    "JAX_PLATFORMS",
-)
+NAME = "bench_train"
+
+# variant → (backend, how it runs, XLA, extra environment). `None` XLA: not Keras.
+VARIANTS: dict[str, tuple[str, str, bool | None, dict[str, str]]] = {
+    "tf-xla": ("tensorflow", "XLA (`jit_compile=True`)", True, {}),
+    "tf-graph": ("tensorflow", "graph, oneDNN (`jit_compile=False`)", False, {}),
+    "tf-graph-nodnn": (
+        "tensorflow",
+        "graph, oneDNN off (`TF_ENABLE_ONEDNN_OPTS=0`)",
+        False,
+        {"TF_ENABLE_ONEDNN_OPTS": "0"},
+    ),
+    "tf-xla-nodnn": (
+        "tensorflow",
+        "XLA, oneDNN off (`TF_ENABLE_ONEDNN_OPTS=0`)",
+        True,
+        {"TF_ENABLE_ONEDNN_OPTS": "0"},
+    ),
+    "tf-graph-devaug": (
+        "tensorflow",
+        "graph, oneDNN, augmentation in the step",
+        False,
+        {},
+    ),
+    "jax-xla": ("jax", "XLA (`jax.jit`), convolutions on XLA's kernels", True, {}),
+    "jax-ynn": (
+        "jax",
+        "XLA, convolutions on YNNPACK (jaxlib's default)",
+        True,
+        {
+            "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="
+            "individual_dot,individual_convolution,reduce"
+        },
+    ),
+    "jax-onednn": (
+        "jax",
+        "XLA with oneDNN (`--xla_cpu_use_onednn=true`)",
+        True,
+        {"XLA_FLAGS": "--xla_cpu_use_onednn=true"},
+    ),
+    "jax-xla-devaug": ("jax", "XLA, augmentation in the step", True, {}),
+    "torch": ("torch", "eager", None, {}),
+}
+DEFAULT_VARIANTS = ("tf-xla", "tf-graph", "jax-xla", "torch")
+PRECISIONS = {"fp32": ("float32", "float32"), "bf16": ("mixed_bfloat16", "bfloat16")}
 
 
 # --------------------------------------------------------------------------
@@ -76,27 +102,35 @@ _RECORDED_ENV = (
 # --------------------------------------------------------------------------
 
 
-def _keras_step(precision: str, batch: int, size: int) -> tuple[Callable[[], None], dict]:
+def _keras_step(
+    variant: str, precision: str, batch: int, size: int
+) -> tuple[Callable[[], None], dict]:
     """Builds and compiles the product's ResNet18; returns (one train step, settings)."""
-    sys.path.insert(0, str(REPO_ROOT))
-    from pneumokeras.utils.performance import COMPILE_KWARGS, configure_backend
+    from pneumokeras.utils import environment, performance
 
-    configure_backend(precision)  # before any model is built
+    performance.configure_backend(precision)  # before any model is built
 
     import keras
     import numpy as np
 
     from pneumokeras.models.resnet import build_resnet18
 
+    xla = VARIANTS[variant][2]
     keras.utils.set_random_seed(0)
     model = build_resnet18(size, filters=64, num_classes=2)
+    if variant.endswith("-devaug"):
+        from pneumokeras.config import AugmentConfig
+        from pneumokeras.models.augmented import with_augmentation
+        from pneumokeras.records.pipeline import Augmenter
+
+        model = with_augmentation(model, Augmenter(AugmentConfig(), seed=0).layers)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-4),
         loss="categorical_crossentropy",
-        **COMPILE_KWARGS,
+        **performance.compile_kwargs(xla, precision),
     )
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (batch, size, size, 1), dtype=np.uint8)
+    images = rng.integers(0, 256, (batch, size, size, 1), dtype=np.uint8).astype(np.float32)
     labels = np.eye(2, dtype=np.float32)[rng.integers(0, 2, batch)]
     if keras.backend.backend() == "jax":
         import jax
@@ -108,18 +142,19 @@ def _keras_step(precision: str, batch: int, size: int) -> tuple[Callable[[], Non
         # Returns the loss as a host scalar, so the step has finished.
         model.train_on_batch(images, labels)
 
-    settings = {
+    settings: dict[str, Any] = {
         "keras": keras.__version__,
         "dtype_policy": keras.config.dtype_policy().name,
-        "compile_kwargs": {k: repr(v) for k, v in COMPILE_KWARGS.items()},
-        "env": {k: os.environ[k] for k in _RECORDED_ENV if k in os.environ},
+        "compile_kwargs": performance.compile_kwargs(xla, precision),
+        "default_xla": performance.training_xla("auto", precision=precision),
+        "isa": environment.cpu_isa(),
+        "env": common.settings_env(),
     }
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         settings["tensorflow"] = tf.__version__
         settings["intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
-        settings["inter_op_threads"] = tf.config.threading.get_inter_op_parallelism_threads()
     else:
         import jax
 
@@ -129,60 +164,13 @@ def _keras_step(precision: str, batch: int, size: int) -> tuple[Callable[[], Non
     return step, settings
 
 
-def _torch_resnet18(filters: int = 64, num_classes: int = 2) -> Any:
-    """torchvision's resnet18 layout with 1 input channel, written out (no torchvision)."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    class Block(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.shortcut = nn.Identity()
-            if stride != 1 or cin != cout:
-                self.shortcut = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-                )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = F.relu(self.bn1(self.conv1(x)))
-            return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-    class ResNet18(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = nn.Sequential(
-                nn.Conv2d(1, filters, 7, 2, 3, bias=False),
-                nn.BatchNorm2d(filters),
-                nn.ReLU(),
-                nn.MaxPool2d(3, 2, 1),
-            )
-            blocks, cin = [], filters
-            for stage, multiplier in enumerate((1, 2, 4, 8)):
-                cout = filters * multiplier
-                blocks += [Block(cin, cout, 1 if stage == 0 else 2), Block(cout, cout, 1)]
-                cin = cout
-            self.blocks = nn.Sequential(*blocks)
-            self.fc = nn.Linear(cin, num_classes)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = self.blocks(self.stem(x / 127.5 - 1.0))  # same [-1, 1] input as Keras
-            return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-    return ResNet18()
-
-
 def _torch_step(precision: str, batch: int, size: int) -> tuple[Callable[[], None], dict]:
     """Plain PyTorch train step (default NCHW, default threads); fp32 or bf16 autocast."""
     import torch
     from torch.nn import functional as F
 
     torch.manual_seed(0)
-    model = _torch_resnet18().train()
+    model = common.torch_resnet18().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     images = torch.randint(0, 256, (batch, 1, size, size)).float()
     labels = torch.randint(0, 2, (batch,))
@@ -198,141 +186,27 @@ def _torch_step(precision: str, batch: int, size: int) -> tuple[Callable[[], Non
     settings = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "autocast": "bfloat16" if autocast else None,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "env": common.settings_env(),
     }
     return step, settings
 
 
-def _emit(payload: dict) -> None:
-    print(_PREFIX + json.dumps(payload), flush=True)
+def _pipeline_step(
+    data_dir: str, batch: int, size: int, augment: bool = True
+) -> tuple[Callable[[], None], dict]:
+    """The product's training input pipeline on converted shards; one step = one batch.
 
-
-def _worker(args: argparse.Namespace) -> int:
-    """Worker main loop: set up, warm up, then answer `steps N` / `quit` on stdin."""
-    started = time.perf_counter()
-    if args.worker == "pipeline":
-        step, settings = _pipeline_step(args.data, args.batch, args.size)
-    else:
-        make = _torch_step if args.worker == "torch" else _keras_step
-        step, settings = make(args.worker_precision, args.batch, args.size)
-    setup_s = time.perf_counter() - started
-    warmup_times, _ = _run_steps(step, args.warmup)
-    _emit({"ready": True, "setup_s": setup_s, "warmup_s": warmup_times, "settings": settings})
-    for line in sys.stdin:
-        command = line.split()
-        if not command or command[0] == "quit":
-            break
-        times, cpu_times = _run_steps(step, int(command[1]))
-        _emit({"times": times, "cpu_times": cpu_times})
-    return 0
-
-
-def _run_steps(step: Callable[[], None], count: int) -> tuple[list[float], list[float]]:
-    """Runs `count` steps; returns wall-clock and process CPU seconds of each."""
-    times, cpu_times = [], []
-    for _ in range(count):
-        wall, cpu = time.perf_counter(), time.process_time()
-        step()
-        times.append(time.perf_counter() - wall)
-        cpu_times.append(time.process_time() - cpu)
-    return times, cpu_times
-
-
-@dataclass
-class _Worker:
-    name: str
-    framework: str
-    backend: str
-    precision: str
-    process: subprocess.Popen
-    log: Any
-    ready: dict | None = None
-
-    def request(self, text: str) -> dict:
-        """Sends one command line; returns the worker's next protocol message."""
-        if text:
-            self.process.stdin.write(text + "\n")
-            self.process.stdin.flush()
-        for line in self.process.stdout:
-            if line.startswith(_PREFIX):
-                return json.loads(line[len(_PREFIX) :])
-        self.process.wait()
-        self.log.seek(0)
-        tail = self.log.read()[-4000:]
-        raise RuntimeError(f"{self.name} worker exited ({self.process.returncode}):\n{tail}")
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.write("quit\n")
-                self.process.stdin.flush()
-                self.process.wait(timeout=60)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
-def _start_worker(
-    framework: str,
-    backend: str,
-    label: str,
-    precision: str,
-    python: str,
-    args: argparse.Namespace,
-    extra: list[str] | None = None,
-) -> _Worker:
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # logging only; no effect on speed
-    if framework == "keras":
-        env["KERAS_BACKEND"] = backend
-    command = [
-        python,
-        str(Path(__file__).resolve()),
-        "--worker",
-        framework,
-        "--worker-precision",
-        precision,
-        "--batch",
-        str(args.batch),
-        "--size",
-        str(args.size),
-        "--warmup",
-        str(args.warmup),
-        *(extra or []),
-    ]
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - the worker writes it until it ends
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-    )
-    name = f"{'keras-' if framework == 'keras' else ''}{backend} {label}"
-    if framework == "pipeline":
-        name = "tf.data pipeline"
-    return _Worker(name, framework, backend, label, process, log)
-
-
-# --------------------------------------------------------------------------
-# Parent: run the matrix, summarise, write JSON, print the table.
-# --------------------------------------------------------------------------
-
-
-def _pipeline_step(data_dir: str, batch: int, size: int) -> tuple[Callable[[], None], dict]:
-    """The product's training input pipeline on converted shards; one step = one batch."""
-    sys.path.insert(0, str(REPO_ROOT))
+    `augment=False` is the host's share with `augment.on_device`: decode and batch.
+    """
     import tensorflow as tf
 
     from pneumokeras import config as config_lib
     from pneumokeras.records.pipeline import training_dataset
 
     config = config_lib.from_dict(
-        {"data": {"image_size": size, "batch_size": batch}}  # default augmentation
+        {"data": {"image_size": size, "batch_size": batch}, "augment": {"on_device": not augment}}
     )
     dataset, steps = training_dataset(data_dir, config)
     batches = iter(dataset.repeat())
@@ -341,9 +215,146 @@ def _pipeline_step(data_dir: str, batch: int, size: int) -> tuple[Callable[[], N
         images, _ = next(batches)
         images.numpy()  # the batch is materialised on the host, as Keras receives it
 
-    augment = dataclasses.asdict(config.augment)
-    settings = {"tensorflow": tf.__version__, "steps_per_epoch": steps, "augment": augment}
+    settings = {
+        "tensorflow": tf.__version__,
+        "steps_per_epoch": steps,
+        "augment": dataclasses.asdict(config.augment),
+        "cores": len(os.sched_getaffinity(0)),
+    }
     return step, settings
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """Worker main loop: set up, warm up, then answer `steps N` / `quit` on stdin."""
+    started = time.perf_counter()
+    if args.worker == "pipeline":
+        if args.cores:
+            # Before TensorFlow starts: its thread pools size themselves to the affinity.
+            os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
+        step, settings = _pipeline_step(args.data, args.batch, args.size, not args.no_augment)
+    elif args.worker == "torch":
+        step, settings = _torch_step(args.worker_precision, args.batch, args.size)
+    else:
+        step, settings = _keras_step(args.worker, args.worker_precision, args.batch, args.size)
+    setup_s = time.perf_counter() - started
+    warmup_times, _ = common.run_steps(step, args.warmup)
+    common.emit({"ready": True, "setup_s": setup_s, "warmup_s": warmup_times, "settings": settings})
+    for line in sys.stdin:
+        command = line.split()
+        if not command or command[0] == "quit":
+            break
+        times, cpu_times = common.run_steps(step, int(command[1]))
+        common.emit({"times": times, "cpu_times": cpu_times})
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Parent: run the matrix, summarise, write JSON, print.
+# --------------------------------------------------------------------------
+
+
+def _worker_argv(args: argparse.Namespace, worker: str, precision: str) -> list[str]:
+    return [
+        "--worker",
+        worker,
+        "--worker-precision",
+        precision,
+        "--batch",
+        str(args.batch),
+        "--size",
+        str(args.size),
+        "--warmup",
+        str(args.warmup),
+    ]
+
+
+def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows to measure: one per (variant, precision), in `VARIANTS` order."""
+    if args.gpu:
+        return [{"variant": "jax-xla", "precision": "bf16"}]
+    rows = []
+    for variant in VARIANTS:
+        if variant not in args.variants:
+            continue
+        for precision in ("fp32", "bf16"):
+            if precision in args.precisions:
+                rows.append({"variant": variant, "precision": precision})
+    return rows
+
+
+def run_matrix(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Starts one worker per row (one at a time), then times them in interleaved rounds.
+
+    A worker that fails to start (a setting this CPU cannot run) gives a row with
+    `error` instead of figures; the others go on.
+    """
+    workers: list[common.Worker] = []
+    failed: list[dict[str, Any]] = []
+    emulation = common.ISA_EMULATION.get(args.isa or "", {})
+    try:
+        for row in rows:
+            backend, how, _, env = VARIANTS[row["variant"]]
+            keras_precision, torch_precision = PRECISIONS[row["precision"]]
+            framework = "torch" if backend == "torch" else "keras"
+            env = {**emulation, **env}
+            if framework == "keras":
+                env["KERAS_BACKEND"] = backend
+            if "XLA_FLAGS" in emulation and "XLA_FLAGS" in VARIANTS[row["variant"]][3]:
+                env["XLA_FLAGS"] = (
+                    f"{emulation['XLA_FLAGS']} {VARIANTS[row['variant']][3]['XLA_FLAGS']}"
+                )
+            name = f"{row['variant']} {row['precision']}"
+            worker = common.start_worker(
+                NAME,
+                _worker_argv(
+                    args,
+                    "torch" if framework == "torch" else row["variant"],
+                    torch_precision if framework == "torch" else keras_precision,
+                ),
+                name,
+                env=env,
+                python=args.torch_python if framework == "torch" else sys.executable,
+                meta={**row, "framework": framework, "backend": backend, "how": how},
+            )
+            try:
+                worker.ready = worker.request()
+            except RuntimeError as err:
+                worker.close()
+                failed.append({**worker.meta, "name": name, "error": str(err)[-1500:]})
+                print(f"  FAILED: {name}", file=sys.stderr, flush=True)
+                continue
+            workers.append(worker)
+            print(
+                f"  ready: {name:<24} setup {worker.ready['setup_s']:6.1f} s, warm-up steps "
+                f"{', '.join(f'{t:.1f}' for t in worker.ready['warmup_s'])} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        rounds = max(1, min(args.rounds, args.steps))
+        per_round = math.ceil(args.steps / rounds)
+        times: dict[str, tuple[list[float], list[float]]] = {w.name: ([], []) for w in workers}
+        for index in range(rounds):
+            for worker in workers:
+                answer = worker.request(f"steps {per_round}")
+                times[worker.name][0].extend(answer["times"])
+                times[worker.name][1].extend(answer["cpu_times"])
+            print(f"  round {index + 1}/{rounds} done", file=sys.stderr, flush=True)
+        results = [
+            {
+                **w.meta,
+                "name": w.name,
+                "batch": args.batch,
+                **common.summarise_times(*times[w.name], args.batch),
+                "setup_s": w.ready["setup_s"] if w.ready else None,
+                "warmup_s": w.ready["warmup_s"] if w.ready else None,
+                "settings": w.ready["settings"] if w.ready else {},
+            }
+            for w in workers
+        ]
+        return results + failed
+    finally:
+        for worker in workers:
+            worker.close()
 
 
 def _pipeline_data(args: argparse.Namespace, workdir: Path) -> Path:
@@ -351,250 +362,272 @@ def _pipeline_data(args: argparse.Namespace, workdir: Path) -> Path:
     if args.pipeline_data:
         return args.pipeline_data
     synth, converted = workdir / "synth", workdir / "converted"
-    cli = [sys.executable, str(REPO_ROOT / "cli.py")]
+    cli = [sys.executable, str(common.REPO_ROOT / "cli.py")]
+    synth_args = ["--out", str(synth), "--patients", str(args.pipeline_patients)]
+    convert_args = [
+        "--images",
+        str(synth / "stage_2_train_images"),
+        "--labels",
+        str(synth / "stage_2_train_labels.csv"),
+        "--out",
+        str(converted),
+        "--size",
+        str(args.size),
+        "--val",
+        "0.05",
+        "--test",
+        "0.05",
+    ]
     steps = [
-        [
-            *cli,
-            "synth",
-            "--out",
-            str(synth),
-            "--patients",
-            str(args.pipeline_patients),
-            "--size",
-            "512",
-            "--seed",
-            "0",
-        ],
-        [
-            *cli,
-            "convert",
-            "--images",
-            str(synth / "stage_2_train_images"),
-            "--labels",
-            str(synth / "stage_2_train_labels.csv"),
-            "--out",
-            str(converted),
-            "--size",
-            str(args.size),
-            "--val",
-            "0.05",
-            "--test",
-            "0.05",
-        ],
+        [*cli, "synth", *synth_args, "--size", "512", "--seed", "0"],
+        [*cli, "convert", *convert_args],
     ]
     for command in steps:
-        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=common.REPO_ROOT)
         if done.returncode != 0:
             raise RuntimeError(f"{command[2]} failed: {done.stderr.strip()[-2000:]}")
     return converted
 
 
-def bench_pipeline(args: argparse.Namespace) -> dict:
-    """tf.data training pipeline alone (parse, decode, augment, batch): images/s.
+def bench_pipeline(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """tf.data training pipeline alone: images/s and images/s per core.
 
-    Runs after the train steps, alone on the machine (all cores), in its own
-    process, for `args.pipeline_batches` batches after 3 warm-up batches.
+    Four runs, each in its own process, one after the other, alone on the machine:
+    augmentation on the host or not (`augment.on_device`), on one pinned core or on
+    all of them. `per_core` is images per CPU-second: the rate on one pinned core, or
+    the rate divided by the CPU seconds used per wall second on all cores.
     """
+    cores = len(os.sched_getaffinity(0))
+    results = []
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as workdir:
         data_dir = _pipeline_data(args, Path(workdir))
-        worker = _start_worker(
-            "pipeline",
-            "tensorflow",
-            "fp32",
-            "float32",
-            sys.executable,
-            args,
-            extra=["--data", str(data_dir)],
-        )
-        try:
-            worker.ready = worker.request("")
-            answer = worker.request(f"steps {args.pipeline_batches}")
-        finally:
-            worker.close()
-    times = answer["times"]
-    return {
-        "name": "tf.data pipeline",
-        "framework": "tf.data",
-        "backend": "tensorflow",
-        "batch": args.batch,
-        "size": args.size,
-        "batches": len(times),
-        "img_per_s": args.batch * len(times) / sum(times),
-        "step_times_s": times,
-        "cpu_per_wall": sum(answer["cpu_times"]) / sum(times),
-        "setup_s": worker.ready["setup_s"],
-        "settings": worker.ready["settings"],
-        "data": str(args.pipeline_data) if args.pipeline_data else "synthetic (cli.py synth)",
-    }
+        for augment in (True, False):
+            for pinned in sorted({1, cores}):
+                argv = [*_worker_argv(args, "pipeline", "float32"), "--data", str(data_dir)]
+                argv += ["--cores", str(pinned)] + ([] if augment else ["--no-augment"])
+                name = f"pipeline {'augmenting' if augment else 'decode only'}, {pinned} core(s)"
+                worker = common.start_worker(NAME, argv, name)
+                try:
+                    worker.ready = worker.request()
+                    answer = worker.request(f"steps {args.pipeline_batches}")
+                finally:
+                    worker.close()
+                times, cpu = answer["times"], answer["cpu_times"]
+                rate = args.batch * len(times) / sum(times)
+                cpu_per_wall = sum(cpu) / sum(times)
+                results.append(
+                    {
+                        "name": name,
+                        "augment_on_host": augment,
+                        "cores": pinned,
+                        "batch": args.batch,
+                        "size": args.size,
+                        "batches": len(times),
+                        "img_per_s": rate,
+                        "cpu_per_wall": cpu_per_wall,
+                        "img_per_core_s": rate / max(cpu_per_wall, 1e-9) if pinned > 1 else rate,
+                        "settings": worker.ready["settings"],
+                    }
+                )
+                print(f"  {name}: {rate:.0f} img/s", file=sys.stderr, flush=True)
+    return results
 
 
-def _torch_available(python: str) -> str | None:
-    """Returns why `python` cannot run the PyTorch part, or None when it can."""
-    try:
-        probe = subprocess.run(
-            [python, "-c", "import torch, numpy"], capture_output=True, text=True, timeout=300
-        )
-    except OSError as err:
-        return f"cannot run {python}: {err.strerror}"
-    if probe.returncode != 0:
-        return f"`import torch` fails in {python}"
-    return None
+# --------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------
+
+# What one GPU consumes, for sizing its host. Published: ResNet-50 v1.5 training on one
+# A100 80GB, mixed precision, 2,470 img/s (NVIDIA DeepLearningExamples, PyTorch
+# ResNet50 v1.5 README, "Training performance: NVIDIA DGX A100", pytorch-21.03 NGC
+# container). ResNet18 needs 1.81 GFLOPs per 224 px image against ResNet-50's 4.09
+# (torchvision's model tables), so ≈ 2.26× that rate; an H100 is faster than an A100,
+# so the cores computed from it are a lower bound for an H100.
+PUBLISHED_RESNET50_IMG_S = 2470.0
+RESNET18_PER_RESNET50 = 4.09 / 1.81
+GPU_RESNET18_IMG_S = PUBLISHED_RESNET50_IMG_S * RESNET18_PER_RESNET50
+GPU_HOST_CORES = (8, 16)
 
 
-def _summarise(worker: _Worker, times: list[float], cpu_times: list[float], batch: int) -> dict:
-    median = statistics.median(times)
-    return {
-        "name": worker.name,
-        "framework": worker.framework,
-        "backend": worker.backend,
-        "precision": worker.precision,
-        "batch": batch,
-        "img_per_s": batch / median,
-        "img_per_s_min": batch / max(times),
-        "img_per_s_max": batch / min(times),
-        "median_step_s": median,
-        "step_times_s": times,
-        # CPU seconds (all threads) per wall second: well below the core count
-        # means the step waited for CPUs that other programs were using.
-        "cpu_per_wall": statistics.median(c / t for c, t in zip(cpu_times, times, strict=True)),
-        "setup_s": worker.ready["setup_s"],
-        "warmup_s": worker.ready["warmup_s"],
-        "settings": worker.ready["settings"],
-    }
+def _precision_title(row: Mapping[str, Any]) -> str:
+    if row["precision"] == "bf16":
+        return "bf16 autocast" if row["framework"] == "torch" else "mixed_bfloat16"
+    return "float32"
 
 
-def run_matrix(configs: list[tuple[str, str, str, str]], args: argparse.Namespace) -> list[dict]:
-    """Starts one worker per configuration, then times them in interleaved rounds.
+def _is_default(row: Mapping[str, Any]) -> bool:
+    """Whether `train` runs this row's setting by default on the CPU it was measured on.
 
-    Args:
-        configs: `(framework, backend, label, precision)` rows of `_MATRIX`.
-        args: parsed command line (`steps`, `rounds`, `batch`, `size`, ...).
-
-    Returns:
-        One result dict per configuration (see `_summarise`), img/s units.
+    Decided by today's `performance.training_xla` for the CPU level the worker saw
+    (emulation included), so the marks follow the code, not the code of the run.
     """
-    workers: list[_Worker] = []
-    try:
-        for framework, backend, label, precision in configs:
-            python = args.torch_python if framework == "torch" else sys.executable
-            worker = _start_worker(framework, backend, label, precision, python, args)
-            workers.append(worker)
-            # One at a time: a worker compiling would slow down the others.
-            worker.ready = worker.request("")
-            print(
-                f"  ready: {worker.name:<22} setup {worker.ready['setup_s']:6.1f} s, "
-                f"warm-up steps {', '.join(f'{t:.1f}' for t in worker.ready['warmup_s'])} s",
-                file=sys.stderr,
-                flush=True,
-            )
-        rounds = max(1, min(args.rounds, args.steps))
-        per_round = math.ceil(args.steps / rounds)
-        times: dict[str, list[float]] = {w.name: [] for w in workers}
-        cpu_times: dict[str, list[float]] = {w.name: [] for w in workers}
-        for index in range(rounds):
-            for worker in workers:
-                answer = worker.request(f"steps {per_round}")
-                times[worker.name] += answer["times"]
-                cpu_times[worker.name] += answer["cpu_times"]
-            print(f"  round {index + 1}/{rounds} done", file=sys.stderr, flush=True)
-        return [_summarise(w, times[w.name], cpu_times[w.name], args.batch) for w in workers]
-    finally:
-        for worker in workers:
-            worker.close()
+    if row["framework"] != "keras" or "error" in row or row["variant"].endswith("devaug"):
+        return False
+    from pneumokeras.utils import performance
+
+    settings = row.get("settings", {})
+    backend, _, xla, env = VARIANTS[row["variant"]]
+    if env or "isa" not in settings:
+        return not env and settings.get("default_xla") == xla
+    default = performance.training_xla(
+        "auto", backend, settings["isa"], gpu=False, precision=PRECISIONS[row["precision"]][0]
+    )
+    return default == xla
 
 
-def format_table(results: list[dict], pipeline: dict | None = None) -> str:
-    """Markdown table: backend, precision, img/s (median, range), ratio vs PyTorch.
-
-    With `pipeline`, a last row gives the input pipeline's rate and its ratio to
-    the fastest train step measured.
-    """
-    torch_rate = {r["precision"]: r["img_per_s"] for r in results if r["framework"] == "torch"}
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The documentation's section for one run of this script (its JSON)."""
+    rows = results["results"]
     lines = [
-        "| backend | precision | img/s (median) | min–max | vs PyTorch |",
-        "|---|---|---:|---:|---:|",
+        f"Machine: {common.describe_machine(results['machine'])}.",
+        "",
+        "| framework | how | precision | img/s (median) | min–max | vs best PyTorch |",
+        "|---|---|---|---:|---:|---:|",
     ]
-    for r in results:
-        backend = "PyTorch" if r["framework"] == "torch" else f"Keras-{r['backend']}"
-        if r["precision"] == "bf16":
-            precision = "bf16 autocast" if r["framework"] == "torch" else "mixed_bfloat16"
-        else:
-            precision = "float32"
-        reference = torch_rate.get(r["precision"])
-        ratio = f"{r['img_per_s'] / reference:.2f}×" if reference else "n/a"
+    measured = [r for r in rows if "error" not in r]
+    torch_rows = [r for r in measured if r["framework"] == "torch"]
+    best_torch = max((r["img_per_s"] for r in torch_rows), default=None)
+    order = sorted(measured, key=lambda r: (r["framework"] == "torch", -r["img_per_s"]))
+    for r in order:
+        framework = "PyTorch" if r["framework"] == "torch" else f"Keras-{r['backend']}"
+        how = r["how"] + (" **(train's default here)**" if _is_default(r) else "")
         lines.append(
-            f"| {backend} | {precision} | {r['img_per_s']:.2f} | "
-            f"{r['img_per_s_min']:.1f}–{r['img_per_s_max']:.1f} | {ratio} |"
+            f"| {framework} | {how} | {_precision_title(r)} | {r['img_per_s']:.2f} | "
+            f"{r['img_per_s_min']:.1f}–{r['img_per_s_max']:.1f} | "
+            f"{common.ratio(r['img_per_s'], best_torch)} |"
         )
-    if pipeline is not None:
-        fastest = max((r["img_per_s"] for r in results), default=None)
-        versus = f"{pipeline['img_per_s'] / fastest:.0f}× fastest step" if fastest else "n/a"
-        lines.append(
-            f"| tf.data input pipeline (augmenting) | uint8 PNG → float32 | "
-            f"{pipeline['img_per_s']:.0f} | – | {versus} |"
-        )
+    for r in rows:
+        if "error" in r:
+            reason = _error_reason(r["error"])
+            lines.append(
+                f"| Keras-{r['backend']} | {r['how']} | {_precision_title(r)} | "
+                f"fails: {reason} | – | – |"
+            )
+    keras_rows = [r for r in measured if r["framework"] == "keras"]
+    if keras_rows and best_torch:
+        best = max(keras_rows, key=lambda r: r["img_per_s"])
+        defaults = [r for r in keras_rows if _is_default(r)]
+        lines += [
+            "",
+            f"- Best Keras ({best['backend']}, {best['how']}, {_precision_title(best)}): "
+            f"**{common.ratio(best['img_per_s'], best_torch)}** the best PyTorch row.",
+        ]
+        for precision in ("fp32", "bf16"):
+            torch_same = [r["img_per_s"] for r in torch_rows if r["precision"] == precision]
+            same = sorted(
+                (r for r in defaults if r["precision"] == precision), key=lambda r: r["backend"]
+            )
+            if same and torch_same:
+                ratios = ", ".join(
+                    f"Keras-{r['backend']} {common.ratio(r['img_per_s'], torch_same[0])}"
+                    for r in same
+                )
+                lines.append(
+                    f"- {_precision_title(same[0])} with train's default settings: {ratios} "
+                    f"PyTorch's {'bf16 autocast' if precision == 'bf16' else 'float32'}."
+                )
+    pipeline = results.get("pipeline") or []
+    if pipeline:
+        lines += _pipeline_markdown(pipeline, max((r["img_per_s"] for r in measured), default=0))
     return "\n".join(lines)
 
 
-def _machine() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "load_avg_start": os.getloadavg(),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
+def _error_reason(text: str) -> str:
+    """The telling line of a worker's stderr: an exception's message, shortened."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "message:" in line:  # oneDNN's status line
+            return line.split("message:", 1)[1].split(". Run")[0].strip()[:160]
+        if "Error" in line.split(":", 1)[0]:
+            return line[:160]
+    return lines[-1][:160] if lines else "?"
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    sys.path.insert(0, str(REPO_ROOT))
-    from pneumokeras.utils.fileio import atomic_write_json
+def _pipeline_markdown(pipeline: list[Mapping[str, Any]], fastest_step: float) -> list[str]:
+    size = pipeline[0]["size"]
+    lines = [
+        "",
+        f"Input pipeline alone (tf.data, {size} px PNG shards → float32 batches of "
+        f"{pipeline[0]['batch']}, synthetic data):",
+        "",
+        "| host work | cores | img/s | img/s per core | cores to feed one GPU at "
+        f"{GPU_RESNET18_IMG_S:,.0f} img/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    gpu_rate = GPU_RESNET18_IMG_S
+    for r in pipeline:
+        work = (
+            "decode, augment, batch"
+            if r["augment_on_host"]
+            else "decode, batch (augment on device)"
+        )
+        lines.append(
+            f"| {work} | {r['cores']} | {r['img_per_s']:.0f} | {r['img_per_core_s']:.0f} | "
+            f"{math.ceil(gpu_rate / r['img_per_core_s'])} |"
+        )
+    per_core = {r["augment_on_host"]: r["img_per_core_s"] for r in pipeline if r["cores"] == 1}
+    if True in per_core and False in per_core:
+        low, high = GPU_HOST_CORES
+        lines += [
+            "",
+            f"- One GPU training ResNet18 at ≈ {gpu_rate:,.0f} img/s (the published ResNet-50 "
+            f"rate of an A100, {PUBLISHED_RESNET50_IMG_S:,.0f} img/s, × "
+            f"{RESNET18_PER_RESNET50:.2f} for ResNet18's fewer FLOPs; an H100 is faster) "
+            f"needs **{math.ceil(gpu_rate / per_core[True])} cores** augmenting on the host, "
+            f"{math.ceil(gpu_rate / per_core[False])} decoding only (`augment.on_device`); a "
+            f"typical GPU host gives {low}–{high} cores per GPU.",
+        ]
+    if fastest_step:
+        best = max(r["img_per_s"] for r in pipeline if r["augment_on_host"])
+        lines += [
+            "",
+            f"- The augmenting pipeline on all cores feeds {best / fastest_step:.0f}× "
+            "the fastest CPU train step above.",
+        ]
+    return lines
 
-    atomic_write_json(path, payload)
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
 
 
-def _parse_only(text: str) -> set[str]:
-    names = {part.strip() for part in text.split(",") if part.strip()}
-    unknown = names - set(_ONLY)
+def _parse_variants(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(names) - set(VARIANTS))
     if not names or unknown:
         raise argparse.ArgumentTypeError(
-            f"--only takes a comma list of {', '.join(_ONLY)}; got {text!r}"
+            f"--variants takes a comma list of {', '.join(VARIANTS)}; got {text!r}"
         )
-    return {_ONLY[name] for name in names}
+    return names
 
 
-def _parse_precisions(text: str) -> set[str]:
-    names = {part.strip() for part in text.split(",") if part.strip()}
-    if not names or names - {"fp32", "bf16"}:
+def _parse_precisions(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names or set(names) - set(PRECISIONS):
         raise argparse.ArgumentTypeError(f"--precisions takes fp32, bf16; got {text!r}")
     return names
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1; got {value}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=_positive, default=10, help="timed steps per config")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (≥ 1)")
-    parser.add_argument("--rounds", type=_positive, default=5, help="interleaving rounds")
-    parser.add_argument("--batch", type=_positive, help="images per step (32; 256 with --gpu)")
-    parser.add_argument("--size", type=_positive, default=224, help="image side, pixels")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
-    parser.add_argument("--only", type=_parse_only, help="comma list of tf, jax, torch")
+    parser.add_argument("--steps", type=common.positive, default=10, help="timed steps per row")
+    parser.add_argument("--warmup", type=common.positive, default=3, help="untimed steps first")
+    parser.add_argument("--rounds", type=common.positive, default=5, help="interleaving rounds")
+    parser.add_argument("--batch", type=common.positive, help="images per step (32; 256 --gpu)")
+    parser.add_argument("--size", type=common.positive, default=224, help="image side, pixels")
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/out/NAME.json)")
     parser.add_argument(
-        "--precisions", type=_parse_precisions, help="comma list of fp32, bf16 (default both)"
+        "--variants",
+        type=_parse_variants,
+        default=list(DEFAULT_VARIANTS),
+        help=f"comma list of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})",
+    )
+    parser.add_argument(
+        "--precisions", type=_parse_precisions, default=["fp32", "bf16"], help="fp32, bf16"
+    )
+    parser.add_argument(
+        "--isa", choices=sorted(common.ISA_EMULATION), help="emulate a smaller CPU (see above)"
     )
     parser.add_argument(
         "--torch-python",
@@ -607,97 +640,86 @@ def _parser() -> argparse.ArgumentParser:
         help="Keras-JAX only, bf16, batch 256 on the accelerator (no TensorFlow)",
     )
     parser.add_argument(
+        "--pipeline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the input pipeline after the train steps (not with --gpu)",
+    )
+    parser.add_argument(
         "--pipeline-data",
         type=Path,
         help="converted shards at --size for the input-pipeline figure (default: synthetic)",
     )
     parser.add_argument(
-        "--pipeline-patients", type=_positive, default=512, help="synthetic patients for it"
+        "--pipeline-patients", type=common.positive, default=512, help="synthetic patients"
     )
     parser.add_argument(
-        "--pipeline-batches", type=_positive, default=60, help="timed pipeline batches"
+        "--pipeline-batches", type=common.positive, default=40, help="timed pipeline batches"
     )
     # Internal: the worker side of the protocol.
-    parser.add_argument("--worker", choices=["keras", "torch", "pipeline"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--cores", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--no-augment", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-precision", default="float32", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.warmup < 1:
-        print("error: --warmup must be ≥ 1 (the first step compiles)", file=sys.stderr)
-        return 2
     if args.batch is None:
         args.batch = 256 if args.gpu else 32
     if args.worker:
         return _worker(args)
 
     notes = []
-    backends: set[str] = set()
-    if args.gpu:
-        configs = [("keras", "jax", "bf16", "mixed_bfloat16")]
-    else:
-        backends = args.only or set(_ONLY.values())
-        precisions = args.precisions or {"fp32", "bf16"}
-        configs = [c for c in _MATRIX if c[1] in backends and c[2] in precisions]
-        if "torch" in backends:
-            python = shutil.which(args.torch_python) or args.torch_python
-            args.torch_python = python
-            reason = _torch_available(python)
-            if reason:
-                notes.append(f"PyTorch reference skipped: {reason}")
-                configs = [c for c in configs if c[0] != "torch"]
+    rows = configurations(args)
+    if any(VARIANTS[r["variant"]][0] == "torch" for r in rows):
+        args.torch_python = shutil.which(args.torch_python) or args.torch_python
+        reason = common.torch_available(args.torch_python)
+        if reason:
+            notes.append(f"PyTorch reference skipped: {reason}")
+            rows = [r for r in rows if VARIANTS[r["variant"]][0] != "torch"]
     for note in notes:
         print(note, file=sys.stderr)
-
-    machine = _machine()
+    machine = common.machine(args.isa)
     print(
-        f"bench_train: {len(configs)} configs, batch {args.batch}, {args.size} px, "
+        f"{NAME}: {len(rows)} configurations, batch {args.batch}, {args.size} px, "
         f"{args.warmup} warm-up + {args.steps} timed steps in {args.rounds} rounds",
         file=sys.stderr,
         flush=True,
     )
-    results = run_matrix(configs, args)
+    results = run_matrix(rows, args)
     pipeline = None
-    if not args.gpu and "pipeline" in backends:
+    if args.pipeline and not args.gpu:
         print("  timing the tf.data pipeline alone ...", file=sys.stderr, flush=True)
         pipeline = bench_pipeline(args)
-    machine["load_avg_end"] = os.getloadavg()
+    common.finish_machine(machine)
     status = 0
-    if args.gpu:
-        device = results[0]["settings"].get("device", "")
+    if args.gpu and results:
+        device = results[0].get("settings", {}).get("device", "")
         if "cpu" in device.lower():
             notes.append(f"--gpu ran on {device}: no accelerator was visible to JAX")
             status = 1
-    table = format_table(results, pipeline)
     payload = {
+        "script": NAME,
         "benchmark": "train_step",
+        "command": common.command_line(argv, NAME),
         "model": "resnet18 (filters 64, 1 channel, 2 classes)",
         "optimizer": "Adam(1e-4), categorical cross-entropy",
-        "args": {
-            k: str(v) if isinstance(v, Path) else v
-            for k, v in vars(args).items()
-            if k not in ("worker", "worker_precision")
-        },
+        "batch": args.batch,
+        "size": args.size,
+        "gpu": args.gpu,
         "machine": machine,
         "notes": notes,
         "results": results,
         "pipeline": pipeline,
-        "table": table,
     }
-    for key in ("only", "precisions"):
-        if isinstance(payload["args"].get(key), set):
-            payload["args"][key] = sorted(payload["args"][key])
-    _write_json(args.out, payload)
-    print(table)
+    path = common.write_results(NAME, payload, args.out)
+    print(render_markdown(payload))
     for note in notes:
         print(f"\nNote: {note}")
-    print(
-        f"\nload average {machine['load_avg_start'][0]:.1f} → {machine['load_avg_end'][0]:.1f} "
-        f"on {machine['cpus']} CPUs; results in {args.out}"
-    )
+    print(f"\nresults in {path}")
     return status
 
 

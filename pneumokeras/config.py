@@ -58,6 +58,11 @@ class AugmentConfig:
         brightness: maximum brightness shift as a fraction of the [0, 255] range.
         contrast: maximum contrast factor change, fraction (0 disables).
         translation: maximum shift as a fraction of the image side (0 disables).
+        on_device: run the augmentation inside the compiled training step (on the
+            GPU when there is one) instead of in the tf.data pipeline, so the
+            host only decodes and batches: for GPU hosts with few CPU cores per
+            GPU. The same layers and settings; a different random stream. Not
+            with box supervision (its box targets move with the image on the host).
     """
 
     flip: bool = True
@@ -65,6 +70,7 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     translation: float = 0.0
+    on_device: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,11 +122,15 @@ class TrainConfig:
             class-weighted like the main loss). Nothing is added to the saved
             model.
         xla: TensorFlow only: XLA-compile the training and evaluation steps
-            (`jit_compile=True`; faster steps, but about a minute of compiling
-            per model for ResNet18 on a CPU). `false` runs them as plain
-            TensorFlow graphs: for smoke tests and tiny data, where the compile
-            is most of the run. JAX always compiles with XLA (its compile is
-            cached on disk), so there the setting changes nothing.
+            (`true`: `jit_compile=True`, about a minute of compiling per model
+            for ResNet18 on a CPU) or run them as plain TensorFlow graphs with
+            oneDNN kernels (`false`). `auto` picks what measured fastest for the
+            machine and precision (`utils.performance.training_xla`): XLA on
+            GPUs; on CPUs graphs, except for mixed precision without native
+            bfloat16 (no `avx512_bf16`/AMX), where XLA. `false` also suits smoke
+            tests and tiny data, where the compile is most of the run. JAX
+            always compiles with XLA (its compile is cached on disk), so there
+            the setting changes nothing.
     """
 
     epochs: int = 20
@@ -136,7 +146,7 @@ class TrainConfig:
     seed: int = 42
     steps_per_epoch: int = 0
     box_loss_weight: float = 0.0
-    xla: bool = True
+    xla: Literal[True, False, "auto"] = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,8 +250,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin is Literal:
         choices = typing.get_args(annotation)
-        if value not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        # By type as well as value: 1 == True, yet `1` is not the choice `true`.
+        if not any(type(value) is type(choice) and value == choice for choice in choices):
+            names = ", ".join(_yaml_name(choice) for choice in choices)
+            raise ConfigError(f"{key} must be one of {names}; got {value!r}")
         return value
     if origin is tuple:
         # Only `tuple[int, ...]` is used: a YAML list of whole numbers.
@@ -280,6 +292,11 @@ def _check_age_bands(key: str, edges: tuple[int, ...]) -> None:
         raise ConfigError(f"{key} must hold ages from 1 to 90; got {list(edges)}")
     if any(b <= a for a, b in itertools.pairwise(edges)):
         raise ConfigError(f"{key} must increase; got {list(edges)}")
+
+
+def _yaml_name(value: Any) -> str:
+    """A choice as YAML spells it (`true`, not `True`)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _check_range(key: str, value: Any) -> None:
@@ -352,13 +369,53 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+# The presets (`configs/*.yaml` in a checkout). The wheel ships that one folder inside
+# the package as `pneumokeras/configs/` (pyproject.toml maps it there), so an installed
+# package finds them beside this module and a checkout in its top-level folder.
+_PRESET_DIRS = (
+    Path(__file__).resolve().parent / "configs",
+    Path(__file__).resolve().parents[1] / "configs",
+)
+
+
+def preset_dir() -> Path:
+    """The folder holding the presets (`demo.yaml`, `rsna.yaml`, ...)."""
+    for folder in _PRESET_DIRS:
+        if any(folder.glob("*.yaml")):
+            return folder
+    raise ConfigError("the settings presets (configs/*.yaml) are missing from this installation")
+
+
+def presets() -> list[str]:
+    """Names of the presets (`demo`, `rsna`, ...)."""
+    return sorted(path.stem for path in preset_dir().glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A settings file: `path` itself when it exists, else the preset of that name.
+
+    `--config rsna` (or `rsna.yaml`) therefore works in an installed package, from
+    any folder, as `--config configs/rsna.yaml` does in a checkout.
+    """
+    path = Path(path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    name = path.stem if path.suffix in (".yaml", ".yml") else path.name
+    try:
+        candidate = preset_dir() / f"{name}.yaml"
+    except ConfigError:
+        return path
+    return candidate if candidate.is_file() else path
+
+
 def load_config(
     path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()
 ) -> Config:
     """Loads settings: defaults ← YAML file ← `--set` overrides, then validates.
 
     Args:
-        path: YAML file with top-level sections (`data`, `train`, ...) or None.
+        path: YAML file with top-level sections (`data`, `train`, ...), the name of
+            a preset (`resolve_config_path`), or None.
         overrides: strings `section.key=value`; values parse as YAML scalars.
 
     Raises:
@@ -366,7 +423,7 @@ def load_config(
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
+        path = resolve_config_path(path)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except OSError as err:

@@ -144,3 +144,58 @@ def test_age_bands_and_the_subgroup_minimum():
             load_config(None, [f"evaluate.age_bands={value}"])
     with pytest.raises(ConfigError, match="min_subgroup_class_count must be > 0"):
         load_config(None, ["evaluate.min_subgroup_class_count=0"])
+
+
+def test_presets_by_name_from_any_folder(tmp_path, monkeypatch):
+    from pneumokeras import config as config_lib
+
+    assert config_lib.preset_dir() == CONFIGS  # a checkout: the top-level folder
+    assert {"demo", "rsna"} <= set(config_lib.presets())
+    monkeypatch.chdir(tmp_path)
+    assert config_lib.resolve_config_path("rsna") == CONFIGS / "rsna.yaml"
+    assert config_lib.resolve_config_path("demo.yaml") == CONFIGS / "demo.yaml"
+    assert load_config("demo") == load_config(CONFIGS / "demo.yaml")
+    # A file of that name in the current folder wins; an unknown name stays a path.
+    (tmp_path / "demo.yaml").write_text("train:\n  epochs: 3\n")
+    assert load_config("demo.yaml").train.epochs == 3
+    assert config_lib.resolve_config_path("nosuch") == Path("nosuch")
+    assert config_lib.resolve_config_path("sub/rsna.yaml") == Path("sub/rsna.yaml")
+    with pytest.raises(ConfigError, match="cannot read config nosuch"):
+        load_config("nosuch")
+
+
+def test_preset_folder_inside_the_package_comes_first(tmp_path, monkeypatch):
+    """As installed from the wheel: `pneumokeras/configs/*.yaml` beside config.py."""
+    from pneumokeras import config as config_lib
+
+    inside = tmp_path / "pneumokeras" / "configs"
+    inside.mkdir(parents=True)
+    (inside / "demo.yaml").write_text("train:\n  epochs: 4\n")
+    monkeypatch.setattr(config_lib, "_PRESET_DIRS", (inside, CONFIGS))
+    assert config_lib.preset_dir() == inside
+    assert load_config("demo").train.epochs == 4
+    monkeypatch.setattr(config_lib, "_PRESET_DIRS", (tmp_path / "none",))
+    with pytest.raises(ConfigError, match=r"presets \(configs/\*\.yaml\) are missing"):
+        config_lib.preset_dir()
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("false", False), ("auto", "auto")])
+def test_xla_is_true_false_or_auto(value, expected):
+    assert Config().train.xla == "auto"
+    xla = load_config(None, [f"train.xla={value}"]).train.xla
+    assert xla == expected
+    assert type(xla) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "override", ["train.xla=1", "train.xla=yes_please", "model.last_stride=true"]
+)
+def test_literal_choices_compare_types_too(override):
+    """`1 == True` in Python, yet `1` is not the choice `true` (nor `true` the stride 1)."""
+    with pytest.raises(ConfigError, match="must be one of"):
+        load_config(None, [override])
+
+
+def test_choices_are_named_as_yaml_spells_them():
+    with pytest.raises(ConfigError, match=r"train\.xla must be one of true, false, auto; got 2"):
+        load_config(None, ["train.xla=2"])

@@ -23,34 +23,6 @@ from pneumokeras.io.images import ImageRecord
 from pneumokeras.models.model_card import CLASS_NAMES, Classifier
 
 
-class TracedClassifier(Classifier):
-    """A `Classifier` whose forward pass is one traced TensorFlow function.
-
-    `Classifier.forward` calls the model eagerly, layer by layer, which
-    suits commands that predict once; a server answering upload after upload
-    saves most of that Python dispatch by tracing the model once (224 px ResNet18,
-    one image on 2 CPU cores: about 0.2 s instead of 1 s). Same kernels, no XLA:
-    the probabilities agree with the eager ones to float32 rounding. TensorFlow
-    backend only (the app's).
-    """
-
-    def __init__(self, classifier: Classifier) -> None:
-        import tensorflow as tf
-
-        super().__init__(classifier.model, classifier.card, classifier.path)
-        self.card_missing = classifier.card_missing
-        model = classifier.model
-        self._traced = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-
-    def forward(self, batch: np.ndarray) -> np.ndarray:
-        """The model's softmax `(n, 2)` of one batch, through the traced function."""
-        return np.asarray(self._traced(batch))
-
-    def warm_up(self) -> None:
-        """Traces the forward pass now (at load) rather than on the first upload."""
-        self.raw_probabilities(np.zeros((1, self.input_size, self.input_size, 1), np.float32))
-
-
 @dataclasses.dataclass
 class Result:
     """One analysed image (an upload, a synthetic example or a split example).

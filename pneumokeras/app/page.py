@@ -45,8 +45,8 @@ def load_model(path: str):
     """The classifier (model + card), loaded once per process."""
     from pneumokeras.models.model_card import load_classifier
 
-    classifier = analysis.TracedClassifier(load_classifier(path, require_card=False))
-    classifier.warm_up()
+    classifier = load_classifier(path, require_card=False)
+    classifier.warm_up()  # compiles the forward pass now, not on the first upload
     return classifier
 
 

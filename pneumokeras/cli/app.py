@@ -31,6 +31,9 @@ from pneumokeras.cli.options import data_option, example
 @click.option("--max-upload-mb", default=100, show_default=True, help="Largest file accepted, MB.")
 def app(model_path, data_dir, host, port, max_upload_mb) -> None:
     """Web app: upload X-rays, see probability, label and Grad-CAM."""
+    from pneumokeras.utils import extras
+
+    extras.require("app", "the app")
     from pneumokeras.app.server import resolve_model, server_command
     from pneumokeras.utils.network import check_can_listen
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from pneumokeras.cli.options import (
@@ -15,7 +13,7 @@ from pneumokeras.cli.options import (
 )
 from pneumokeras.utils import environment
 
-DEMO_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
+DEMO_CONFIG = "demo"  # the preset (configs/demo.yaml; inside the package when installed)
 
 
 @click.command(epilog=example("python cli.py demo --out demo_output"))

@@ -15,12 +15,15 @@ import traceback
 
 import click
 
+from pneumokeras import __version__
 from pneumokeras.cli import app, data, demo, evaluation, explain, serving, training
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.version_option(package_name="pneumokeras", message="%(prog)s %(version)s")
+# The version from the package itself, not from installed metadata: `python cli.py
+# --version` works in a checkout that was never installed.
+@click.version_option(version=__version__, message="%(prog)s %(version)s")
 @click.pass_context
 def cli(context: click.Context, debug: bool) -> None:
     """Train, evaluate and explain pneumonia classifiers on chest X-rays (Keras 3).

@@ -58,7 +58,7 @@ def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "config_path",
         type=click.Path(dir_okay=False),
         default=None,
-        help="YAML settings file (see configs/).",
+        help="YAML settings file, or the name of a preset (demo, rsna: configs/*.yaml).",
     )(func)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pneumokeras.cli.options import example, import_tensorflow, model_option
-from pneumokeras.utils import environment
+from pneumokeras.utils import environment, extras
 
 
 @click.command(
@@ -102,6 +102,8 @@ def predict(model_path, inputs, out_path, fmt, batch_size, tta, threshold) -> No
 )
 def export(model_path, fmt, out_path, force, check_images) -> None:
     """Export for serving (ONNX, SavedModel), checked against the .keras model."""
+    if fmt == "onnx":
+        extras.require("export", "export --format onnx")
     if environment.check_backend("export") == "tensorflow":
         import_tensorflow()
     from pneumokeras.serving.export import FORMAT_NAMES, export_model

@@ -301,7 +301,7 @@ def compare_run(
             config, data=dataclasses.replace(config.data, image_size=size)
         )
         raw = scoring.predict(
-            model.classifier.model, model.data_dir, data[model.data_dir].splits, settings, progress
+            model.classifier, model.data_dir, data[model.data_dir].splits, settings, progress
         )
         probs[model.name] = calibration.calibrate(raw, model.classifier.card.temperature)[
             orders[model.data_dir]

@@ -220,11 +220,11 @@ def _score_internal(
             "and the threshold need both (convert with a larger --val)"
         )
     chosen_attributes, not_analysed = _choose_attributes(test, by)
-    val_raw = scoring.predict(classifier.model, data_dir, ["val"], config, progress)
+    val_raw = scoring.predict(classifier, data_dir, ["val"], config, progress)
     test_raw = (
         val_raw
         if split == "val"
-        else scoring.predict(classifier.model, data_dir, [split], config, progress)
+        else scoring.predict(classifier, data_dir, [split], config, progress)
     )
     kept = operating_point.kept_calibration(classifier.card)
     fit = kept or calibration.fit_calibration(val.labels, val_raw)
@@ -299,7 +299,7 @@ def _score_external(
     chosen_attributes, not_analysed = _choose_attributes(test, by)
     if refit_fraction is not None:  # fails before predicting when a part lacks a class
         external.refit_split(test.labels, test.patients, refit_fraction, config.train.seed)
-    test_raw = scoring.predict(classifier.model, data_dir, test.splits, config, progress)
+    test_raw = scoring.predict(classifier, data_dir, test.splits, config, progress)
     chosen = operating_point.own_threshold(card, threshold)
     cal = external.own_calibration_record(
         card.calibration,

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pneumokeras.config import Config
 from pneumokeras.errors import UserError
 from pneumokeras.evaluation.external import ALL_SPLITS
+from pneumokeras.models.model_card import Classifier
 from pneumokeras.records import pipeline, tfrecords
 from pneumokeras.records.attribute_table import example_attributes, read_attributes
 from pneumokeras.records.manifest import Manifest, load_manifest
@@ -137,21 +137,33 @@ def _read_metadata(
 
 
 def predict(
-    model: Any, data_dir: Path, names: list[str] | tuple[str, ...], config: Config, progress: bool
+    classifier: Classifier,
+    data_dir: Path,
+    names: list[str] | tuple[str, ...],
+    config: Config,
+    progress: bool,
 ) -> np.ndarray:
     """(N,) float64 raw pneumonia probabilities of the splits `names`, in shard order.
 
+    Through `Classifier.forward`, the compiled forward pass every command shares.
     `config.data.image_size` must be the folder's (the model's input size).
 
     Raises:
         RuntimeError: a count that differs from the manifest, or non-finite output.
     """
+    import keras
+
     manifest = load_manifest(data_dir)
     parts = []
     for name in names:
-        dataset = pipeline.evaluation_dataset(data_dir, name, config)
-        probs = np.asarray(model.predict(dataset, verbose=1 if progress else 0))[:, 1]
         count = manifest.splits[name].count
+        bar = keras.utils.Progbar(count) if progress else None
+        outputs = [np.zeros(0, dtype=np.float32)]
+        for images, _ in pipeline.evaluation_dataset(data_dir, name, config).as_numpy_iterator():
+            outputs.append(classifier.forward(images)[:, 1])
+            if bar is not None:
+                bar.add(len(images))
+        probs = np.concatenate(outputs)
         if len(probs) != count:
             raise RuntimeError(f"split {name!r}: {len(probs)} predictions for {count} examples")
         if not np.all(np.isfinite(probs)):

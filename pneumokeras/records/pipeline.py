@@ -336,6 +336,11 @@ def training_dataset(
             "lower data.batch_size"
         )
     size = config.data.image_size
+    if box_grid and config.augment.on_device:
+        raise UserError(
+            "augment.on_device does not work with box supervision (train.box_loss_weight > 0): "
+            "the box targets must move with the image, and the host computes them"
+        )
     augmenter = Augmenter(config.augment, seed)
     if box_grid:
         weights = tf.constant([float((class_weight or {}).get(c, 1.0)) for c in (0, 1)], tf.float32)
@@ -346,6 +351,11 @@ def training_dataset(
             if class_weight is None:
                 return images, targets
             return images, targets, tf.gather(weights, tf.argmax(b["label"], axis=-1))
+
+    elif config.augment.on_device:
+        # The model's training step augments (`models.augmented`); the host only batches.
+        def augment(b: Mapping[str, tf.Tensor]) -> tuple:
+            return b["image"], b["label"]
 
     else:
 

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from pneumokeras.errors import UserError
+from pneumokeras.models import augmented
 from pneumokeras.models.model_card import CARD_FILE, MODEL_FILE, ModelCard, read_card, write_card
 from pneumokeras.training import distributed
 from pneumokeras.utils.fileio import atomic_path, atomic_write_text
@@ -32,8 +33,10 @@ MONITOR = "val_auc"
 def export_model(model: keras.Model) -> keras.Model:
     """The classifier's layers as an uncompiled functional model, input to `predictions`.
 
-    No optimizer or metrics, and no training-only head (`resnet.add_box_head`).
+    No optimizer or metrics, and no training-only head (`resnet.add_box_head`) or
+    augmentation layers (`models.augmented`).
     """
+    model = augmented.classifier_of(model)  # without `augment.on_device`'s layers
     # `input` and one output tensor (not lists) keep the single-tensor call
     # signature, so callers passing one array get no structure warning.
     return keras.Model(model.input, model.get_layer("predictions").output, name=model.name)

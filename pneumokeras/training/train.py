@@ -51,7 +51,7 @@ from pneumokeras import __version__
 from pneumokeras.config import Config
 from pneumokeras.errors import UserError
 from pneumokeras.evaluation import drift
-from pneumokeras.models import resnet
+from pneumokeras.models import augmented, resnet
 from pneumokeras.models.model_card import ModelCard
 from pneumokeras.records import pipeline as data_lib
 from pneumokeras.records.manifest import Manifest, load_manifest
@@ -262,13 +262,17 @@ def _class_weight(
 
 
 def _build_model(config: Config) -> tuple[keras.Model, int]:
-    """The classifier, with the training-only box head when box supervision is on."""
+    """The classifier, with the training-only box head when box supervision is on, or
+    behind the augmentation layers with `augment.on_device`."""
     try:
         model = resnet.build_model(config.model, config.data.image_size)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     if config.train.box_loss_weight > 0:
         return resnet.add_box_head(model, resnet.LAST_CONV_LAYER[config.model.name])
+    if config.augment.on_device:
+        layers = data_lib.Augmenter(config.augment, config.train.seed).layers
+        return augmented.with_augmentation(model, layers), 0
     return model, 0
 
 
@@ -292,13 +296,22 @@ def _compile(model: keras.Model, config: Config, steps: int, box_grid: int) -> N
         loss=loss,
         loss_weights=loss_weights,
         metrics=metrics,
-        **performance.compile_kwargs(config.train.xla),
+        **performance.compile_kwargs(_xla_setting(config), config.train.precision),
     )
     # Adam's slots made now, not inside the first traced step: TensorFlow traces a
     # `tf.function` that creates variables twice (once to create them, once
     # without), so a lazy build traces the train step twice (a tiny one-epoch
     # ResNet18 run without XLA: 30 s instead of 47 s on 2 busy CPU cores).
     model.optimizer.build(model.trainable_variables)
+
+
+def _xla_setting(config: Config) -> bool | str:
+    """`train.xla`, except that `auto` means no XLA for TensorFlow with `augment.on_device`:
+    Keras does not XLA-compile the random preprocessing layers there (it warns and runs
+    a graph anyway)."""
+    if config.augment.on_device and config.train.xla == "auto":
+        return False
+    return config.train.xla
 
 
 def _fit_verbosity(verbose: int | str) -> int | str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -15,6 +16,32 @@ DEFAULT_JAX_CACHE = Path.home() / ".cache" / "pneumokeras" / "jax"
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 YNN_VALUE = "dot,eltwise,reduce"
 YNN_TESTED_JAXLIB = ("0.10.",)  # jaxlib version prefixes the flag was measured on
+
+# x86-64 instruction-set levels that change which settings train fastest, lowest first
+# (`cpu_isa`): AVX2 (+FMA); AVX-512 (F, BW, VL, DQ: oneDNN's `avx512_core`); AVX-512 with
+# native bfloat16 (`avx512_bf16`); AMX tiles (Sapphire Rapids and later).
+ISA_LEVELS = ("baseline", "avx2", "avx512", "avx512_bf16", "amx")
+_ISA_FLAGS = {
+    "avx2": {"avx2", "fma"},
+    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq"},
+    "avx512_bf16": {"avx512_bf16"},
+    "amx": {"amx_bf16", "amx_tile"},
+}
+# `ONEDNN_MAX_CPU_ISA` values (oneDNN's names) → the level they cap oneDNN at. With the
+# cap set, oneDNN runs that level's kernels whatever the CPU has, and so does the
+# choice of settings here (an AVX-512 machine then stands in for an AVX2 one).
+_ONEDNN_CAPS = {
+    "SSE41": "baseline",
+    "AVX": "baseline",
+    "AVX2": "avx2",
+    "AVX2_VNNI": "avx2",
+    "AVX2_VNNI_2": "avx2",
+    "AVX512_CORE": "avx512",
+    "AVX512_CORE_VNNI": "avx512",
+    "AVX512_CORE_BF16": "avx512_bf16",
+    "AVX512_CORE_FP16": "avx512_bf16",
+    "AVX10_1_512": "avx512_bf16",
+}
 
 
 def set_defaults(jax_cache_dir: str | Path = DEFAULT_JAX_CACHE) -> None:
@@ -37,6 +64,46 @@ def set_defaults(jax_cache_dir: str | Path = DEFAULT_JAX_CACHE) -> None:
         add_jax_cpu_flags()
 
 
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags (`/proc/cpuinfo`'s first `flags` line); empty where unknown.
+
+    Args:
+        cpuinfo: the text of `/proc/cpuinfo` (read from the system when None).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: no flags, so no CPU-specific choice
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def cpu_isa(flags: frozenset[str] | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The highest of `ISA_LEVELS` the CPU has, capped by `ONEDNN_MAX_CPU_ISA` when set.
+
+    Args:
+        flags: CPU feature flags (default: `cpu_flags()`).
+        environ: environment to read the oneDNN cap from (default: `os.environ`).
+
+    Returns:
+        One of `ISA_LEVELS`.
+    """
+    flags = cpu_flags() if flags is None else flags
+    environ = os.environ if environ is None else environ
+    level = "baseline"
+    for name in ISA_LEVELS[1:]:
+        if not _ISA_FLAGS[name] <= flags:
+            break
+        level = name
+    cap = _ONEDNN_CAPS.get(environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper())
+    if cap is not None and ISA_LEVELS.index(cap) < ISA_LEVELS.index(level):
+        return cap
+    return level
+
+
 def check_backend(command: str, supported: tuple[str, ...] = SUPPORTED_BACKENDS) -> str:
     """The Keras backend from KERAS_BACKEND, checked before Keras is imported.
 
@@ -57,6 +124,10 @@ def check_backend(command: str, supported: tuple[str, ...] = SUPPORTED_BACKENDS)
         raise UserError(f"KERAS_BACKEND is set but empty; {command} runs with {choices}")
     if backend not in supported:
         raise UserError(f"{command} does not run under KERAS_BACKEND={backend}; use {choices}")
+    if backend == "jax":
+        from pneumokeras.utils import extras
+
+        extras.require("jax", "KERAS_BACKEND=jax")
     return backend
 
 

@@ -16,7 +16,6 @@ from model_fixtures import contract_ensemble
 from PIL import Image
 
 from pneumokeras.app import analysis
-from pneumokeras.app.uploads import read_upload
 from pneumokeras.models.model_card import load_classifier
 from pneumokeras.serving.predict import tta_probabilities
 
@@ -117,20 +116,6 @@ def test_an_ensemble_gives_its_members_spread_and_their_mean_map(tmp_path, examp
     assert analysis.members_text(result).startswith(
         f"Ensemble of 2: members' SD {result.member_std:.3f} (member probabilities "
     )
-
-
-def test_traced_classifier_predicts_like_the_eager_one(classifier, examples):
-    traced = analysis.TracedClassifier(classifier)
-    traced.warm_up()
-    images = np.stack([read_upload(e.name, e.data, SIZE, 10).pixels for e in examples])
-    np.testing.assert_allclose(
-        traced.probabilities(images), classifier.probabilities(images), rtol=1e-5, atol=1e-7
-    )
-    assert traced.card is classifier.card
-    assert traced.input_size == SIZE
-    assert traced.probabilities(images[:0]).shape == (0,)
-    with pytest.raises(ValueError, match="images must be"):
-        traced.probabilities(np.zeros((1, 8, 8, 1)))
 
 
 def test_a_bad_file_is_a_result_with_its_error(classifier, explainer):

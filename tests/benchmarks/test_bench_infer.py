@@ -1,53 +1,63 @@
-"""The inference benchmark's own logic: table, arguments, and its worker steps."""
-
-import importlib.util
-import sys
-from pathlib import Path
+"""The inference benchmark's own logic: Markdown, arguments, and its worker steps."""
 
 import keras
 import numpy as np
 import pytest
 
+from benchmarks import bench_infer
 from pneumokeras.models.model_card import ModelCard, write_card
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("bench_infer", ROOT / "benchmarks" / "bench_infer.py")
-bench_infer = importlib.util.module_from_spec(spec)
-sys.modules["bench_infer"] = bench_infer
-spec.loader.exec_module(bench_infer)
+MACHINE = {"cpu": "AMD EPYC", "cpus": 2, "cpu_flags": ["avx2"], "emulated_isa": "avx2"}
 
 
-def _result(runtime, how, batch, rate):
+def _result(runtime, worker, mode, batch, rate, default_path=""):
     return {
         "runtime": runtime,
-        "how": how,
+        "worker": worker,
+        "mode": mode,
+        "how": mode,
         "batch": batch,
         "img_per_s": rate,
         "img_per_s_min": rate * 0.9,
         "img_per_s_max": rate * 1.1,
         "median_step_ms": 1000 * batch / rate,
+        "settings": {"default_path": default_path},
     }
 
 
-def test_table_sorts_by_batch_and_speed_and_compares_with_pytorch_at_the_same_batch():
+def test_markdown_sorts_by_batch_and_speed_and_marks_predicts_path():
     results = [
-        _result("Keras-JAX", "eager call (predict.py)", 32, 10.0),
-        _result("PyTorch", "eval(), inference_mode", 32, 20.0),
-        _result("onnxruntime", "exported ONNX, CPU provider", 1, 50.0),
-        _result("PyTorch", "eval(), inference_mode", 1, 25.0),
+        _result("Keras-JAX", "jax", "eager", 32, 10.0, "jit"),
+        _result("Keras-JAX", "jax", "jit", 32, 40.0, "jit"),
+        _result("PyTorch", "torch", "eager", 32, 20.0),
+        _result("onnxruntime", "onnx", "session", 1, 50.0),
+        _result("PyTorch", "torch", "eager", 1, 25.0),
     ]
-    lines = bench_infer.format_table(results).splitlines()
-    assert lines[2] == (
-        "| onnxruntime | exported ONNX, CPU provider | 1 | 50.0 | 45.0–55.0 | 20 | 2.00× |"
-    )
-    assert lines[3].startswith("| PyTorch |")
-    assert lines[3].endswith("| 1.00× |")
-    assert lines[4].startswith("| PyTorch |")
-    assert "| 32 |" in lines[4]
-    assert lines[5].startswith("| Keras-JAX |")
-    assert lines[5].endswith("| 3200 | 0.50× |")
-    no_torch = bench_infer.format_table([_result("Keras-JAX", "x", 1, 3.0)])
-    assert no_torch.splitlines()[-1].endswith("| n/a |")
+    text = bench_infer.render_markdown({"machine": MACHINE, "results": results})
+    assert "**AVX2 emulated**" in text.splitlines()[0]
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1] == "| onnxruntime | session | 1 | 50.0 | 45.0–55.0 | 20 | – | 2.00× |"
+    assert rows[2].startswith("| PyTorch |")
+    assert rows[3].startswith("| Keras-JAX | jit **(predict's path here)** | 32 | 40.0 |")
+    assert rows[3].endswith("| 2.00× |")
+    assert rows[5].startswith("| Keras-JAX | eager | 32 |")
+    assert "- Keras-JAX, batch 32, the path `predict` takes: **2.00×** PyTorch" in text
+
+
+def test_marks_follow_todays_rule_for_the_cpu_measured_and_say_when_compiling_pays():
+    def row(mode, rate, first_call):
+        result = _result("Keras-TensorFlow", "tf", mode, 32, rate)
+        result["settings"] = {"backend": "tensorflow", "isa": "avx2"}
+        result["warmup_s"] = [first_call, 32 / rate]
+        return result
+
+    results = [row("eager", 10.0, 3.2), row("graph", 40.0, 2.8), row("xla", 45.0, 20.7)]
+    text = bench_infer.render_markdown({"machine": MACHINE, "results": results})
+    (marked,) = [line for line in text.splitlines() if "predict's path here" in line]
+    assert marked.startswith("| Keras-TensorFlow | graph **(predict's path here)** | 32 | 40.0 |")
+    assert "| 2.8 |" in marked  # the first call, seconds
+    # 2.0 s of compile saves 1/10 - 1/40 s per image: paid after 27 images.
+    assert "its compile (2.0 s) pays off after ≈ 27 images" in text
 
 
 @pytest.mark.parametrize(
@@ -99,14 +109,17 @@ def model_dir(tmp_path):
 
 
 @pytest.mark.backend
-def test_keras_worker_steps_agree(model_dir):
-    steps, settings = bench_infer._keras_steps(model_dir, [1, 3])
-    assert sorted(steps) == [("call", 1), ("call", 3), ("compiled", 1), ("compiled", 3)]
+def test_keras_worker_steps_agree_with_the_eager_call(model_dir):
+    key = "tf" if keras.backend.backend() == "tensorflow" else "jax"
+    modes = [mode for mode, _ in bench_infer.RUNTIMES[key][1]]
+    steps, settings = bench_infer._keras_steps(model_dir, [1, 3], modes)
+    assert sorted(steps) == sorted((mode, batch) for mode in modes for batch in (1, 3))
     assert settings["backend"] == keras.backend.backend()
-    call, compiled = steps[("call", 3)](), np.asarray(steps[("compiled", 3)]())
-    assert call.shape == (3,)
-    assert compiled.shape == (3, 2)
-    np.testing.assert_allclose(call, compiled[:, 1], atol=1e-5)
+    assert settings["default_path"] in modes
+    eager = steps[("eager", 3)]()
+    assert eager.shape == (3, 2)
+    for mode in modes:
+        np.testing.assert_allclose(steps[(mode, 3)](), eager, atol=1e-5)
 
 
 @pytest.mark.backend
@@ -119,3 +132,13 @@ def test_onnx_worker_steps_run_the_exported_model(model_dir):
     assert sorted(steps) == [("session", 1), ("session", 3)]
     assert steps[("session", 3)]().shape == (3, 2)
     assert "onnxruntime" in settings
+
+
+def test_a_compile_found_in_the_cache_is_said_so():
+    eager = _result("Keras-JAX", "jax", "eager", 32, 8.0)
+    jit = _result("Keras-JAX", "jax", "jit", 32, 10.0)
+    jit["warmup_s"] = [3.1, 3.2]  # the first call no slower than a step: a cached program
+    assert bench_infer._break_even(jit, [eager, jit]) == (
+        "; its compiled program came from the cache"
+    )
+    assert bench_infer._break_even(eager, [eager, jit]) == ""

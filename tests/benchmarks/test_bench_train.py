@@ -1,55 +1,97 @@
-"""The train benchmark's own logic: table, argument checks, the pipeline worker."""
+"""The train benchmark's own logic: rows, Markdown, arguments, the pipeline worker."""
 
-import importlib.util
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import bench_train
+
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
-bench_train = importlib.util.module_from_spec(spec)
-sys.modules["bench_train"] = bench_train  # dataclasses look their module up
-spec.loader.exec_module(bench_train)
+MACHINE = {
+    "cpu": "AMD EPYC",
+    "cpus": 2,
+    "cpu_flags": ["avx2", "avx512f", "avx512_bf16"],
+    "emulated_isa": None,
+    "load_avg_start": [1.0, 1.0, 1.0],
+    "load_avg_end": [2.0, 1.0, 1.0],
+}
 
 
-def _result(framework, backend, precision, rate):
+def _row(variant, precision, rate, default_xla=False):
+    backend, how, _, _ = bench_train.VARIANTS[variant]
+    framework = "torch" if backend == "torch" else "keras"
     return {
+        "variant": variant,
+        "precision": precision,
         "framework": framework,
         "backend": backend,
-        "precision": precision,
+        "how": how,
         "img_per_s": rate,
         "img_per_s_min": rate * 0.9,
         "img_per_s_max": rate * 1.1,
+        "settings": {"default_xla": default_xla},
     }
 
 
-def test_table_compares_each_precision_with_pytorch():
-    results = [
-        _result("keras", "jax", "fp32", 8.0),
-        _result("keras", "tensorflow", "bf16", 6.0),
-        _result("torch", "torch", "fp32", 4.0),
-        _result("torch", "torch", "bf16", 3.0),
+def test_markdown_marks_trains_default_and_compares_with_the_best_pytorch():
+    rows = [
+        _row("tf-xla", "fp32", 10.0),
+        _row("tf-graph", "bf16", 25.0),
+        _row("jax-xla", "fp32", 9.0, default_xla=True),
+        _row("torch", "fp32", 13.0),
+        _row("torch", "bf16", 20.0),
+        {**_row("tf-graph", "fp32", 0.0), "error": "worker exited (134):\ndouble free"},
     ]
-    pipeline = {"img_per_s": 400.0}
-    lines = bench_train.format_table(results, pipeline).splitlines()
-    assert lines[2].startswith("| Keras-jax | float32 | 8.00 |")
-    assert lines[2].endswith("| 2.00× |")
-    assert "| Keras-tensorflow | mixed_bfloat16 | 6.00 |" in lines[3]
-    assert "2.00×" in lines[3]
-    assert "| PyTorch | bf16 autocast |" in lines[5]
-    assert lines[6].startswith("| tf.data input pipeline")
-    assert "50× fastest step" in lines[6]
+    pipeline = [
+        {"augment_on_host": True, "cores": 1, "batch": 32, "size": 224, "img_per_s": 300.0,
+         "img_per_core_s": 300.0},
+        {"augment_on_host": False, "cores": 2, "batch": 32, "size": 224, "img_per_s": 1200.0,
+         "img_per_core_s": 680.0},
+    ]  # fmt: skip
+    text = bench_train.render_markdown({"machine": MACHINE, "results": rows, "pipeline": pipeline})
+    lines = text.splitlines()
+    assert lines[0].startswith("Machine: AMD EPYC, 2 logical CPUs, flags: avx2 avx512f")
+    table = [line for line in lines if line.startswith("| Keras") or line.startswith("| PyTorch")]
+    # Keras rows fastest first, then PyTorch; ratios against the best PyTorch row (20).
+    assert table[0].startswith("| Keras-tensorflow | graph, oneDNN")
+    assert table[0].endswith("| 1.25× |")
+    # Marked where the worker's `training_xla("auto")` equals the row's setting.
+    marked = [("**(train's default here)**" in line) for line in table]
+    assert marked == [True, False, True, False, False, False]  # tf-graph, tf-xla, jax-xla, ...
+    assert table[3].startswith("| PyTorch | eager | bf16 autocast | 20.00 |")
+    assert "fails: double free" in table[-1]
+    assert "Best Keras (tensorflow, graph, oneDNN" in text
+    assert "**1.25×** the best PyTorch row" in text
+    assert "- float32 with train's default settings: Keras-jax 0.69× PyTorch's float32." in text
+    # One GPU at ≈ 5,581 img/s needs 19 cores augmenting on the host, 9 decoding only.
+    assert "| decode, augment, batch | 1 | 300 | 300 | 19 |" in text
+    assert "| decode, batch (augment on device) | 2 | 1200 | 680 | 9 |" in text
 
 
-def test_table_without_pytorch_says_so():
-    table = bench_train.format_table([_result("keras", "jax", "fp32", 8.0)])
-    assert table.splitlines()[-1].endswith("| n/a |")
+def test_rows_follow_variants_and_precisions():
+    args = bench_train._parser().parse_args(
+        ["--variants", "torch,tf-graph", "--precisions", "bf16"]
+    )
+    assert bench_train.configurations(args) == [
+        {"variant": "tf-graph", "precision": "bf16"},
+        {"variant": "torch", "precision": "bf16"},
+    ]
+    gpu = bench_train._parser().parse_args(["--gpu"])
+    assert bench_train.configurations(gpu) == [{"variant": "jax-xla", "precision": "bf16"}]
 
 
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--only", "tf,cuda"], "--only"), (["--precisions", "fp16"], "--precisions")],
+    [
+        (["--variants", "tf,cuda"], "--variants"),
+        (["--precisions", "fp16"], "--precisions"),
+        (["--isa", "avx10"], "--isa"),
+        (["--steps", "0"], "--steps"),
+    ],
 )
 def test_bad_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -59,22 +101,20 @@ def test_bad_arguments_are_refused(argv, message, capsys):
 
 
 @pytest.mark.backend
-def test_pipeline_worker_gives_augmented_batches(converted_dir):
-    step, settings = bench_train._pipeline_step(str(converted_dir), batch=4, size=64)
+@pytest.mark.parametrize("augment", [True, False])
+def test_pipeline_worker_gives_batches_augmented_on_the_host_or_not(converted_dir, augment):
+    step, settings = bench_train._pipeline_step(str(converted_dir), 4, 64, augment)
     for _ in range(3):
         step()
     assert settings["steps_per_epoch"] >= 1
-    assert settings["augment"]["rotation_degrees"] == 10.0
+    assert settings["augment"]["on_device"] is not augment
+    assert settings["cores"] >= 1
 
 
 @pytest.mark.backend
 @pytest.mark.slow  # compiles ResNet18 (64 filters) under JAX in a child: ≈ 50 s
 def test_gpu_mode_runs_keras_jax_without_tensorflow(tmp_path):
     """--gpu with TensorFlow made unimportable and no accelerator: runs, then exits 1."""
-    import json
-    import os
-    import subprocess
-
     import keras
 
     if keras.backend.backend() != "jax":
@@ -84,13 +124,14 @@ def test_gpu_mode_runs_keras_jax_without_tensorflow(tmp_path):
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('TensorFlow is not installed here')\n")
     out = tmp_path / "gpu.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--gpu"]
-    command += ["--size", "32", "--batch", "4", "--steps", "1", "--rounds", "1", "--warmup", "1"]
+    command = [sys.executable, "-m", "benchmarks.bench_train", "--gpu", "--size", "32"]
+    command += ["--batch", "4", "--steps", "1", "--rounds", "1", "--warmup", "1"]
     result = subprocess.run(
         [*command, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=ROOT,
         env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(blocker.parent)},
     )
     assert result.returncode == 1, result.stderr
@@ -100,3 +141,46 @@ def test_gpu_mode_runs_keras_jax_without_tensorflow(tmp_path):
     assert row["settings"]["dtype_policy"] == "mixed_bfloat16"
     assert row["settings"]["tensorflow_imported"] is False
     assert "no accelerator" in report["notes"][-1]
+    assert report["script"] == "bench_train"
+
+
+def test_markdown_sizes_a_gpu_host_from_the_one_core_rates():
+    pipeline = [
+        {"augment_on_host": augment, "cores": 1, "batch": 32, "size": 224,
+         "img_per_s": rate, "img_per_core_s": rate}
+        for augment, rate in ((True, 300.0), (False, 1200.0))
+    ]  # fmt: skip
+    text = bench_train.render_markdown({"machine": MACHINE, "results": [], "pipeline": pipeline})
+    gpu = bench_train.GPU_RESNET18_IMG_S
+    assert round(gpu) == 5581  # 2,470 img/s × 4.09 / 1.81
+    assert "needs **19 cores** augmenting on the host, 5 decoding only" in text
+    assert "a typical GPU host gives 8–16 cores per GPU" in text
+
+
+def test_marks_follow_todays_rule_for_the_cpu_level_the_worker_saw():
+    rows = []
+    for variant, precision in (("tf-xla", "fp32"), ("tf-graph", "fp32"), ("tf-xla", "bf16"),
+                               ("tf-graph", "bf16")):  # fmt: skip
+        row = _row(variant, precision, 5.0)
+        row["settings"] = {"isa": "avx2"}  # an (emulated) AVX2 CPU
+        rows.append(row)
+    text = bench_train.render_markdown({"machine": MACHINE, "results": rows, "pipeline": None})
+    marked = [line for line in text.splitlines() if "train's default here" in line]
+    # float32: oneDNN graphs; bf16 without native bf16: XLA.
+    assert len(marked) == 2
+    assert any("graph, oneDNN" in line and "| float32 |" in line for line in marked)
+    assert any("XLA" in line and "| mixed_bfloat16 |" in line for line in marked)
+
+
+def test_a_failed_worker_is_shown_by_its_telling_line():
+    onednn = (
+        'File "x.py", line 1\nOperation received an exception:Status: 3, message: could not '
+        "create a primitive descriptor for the convolution forward propagation primitive. Run "
+        "workload with ONEDNN_VERBOSE=all\n\t [[{{node conv}}]] [Op:__inference_step_1]"
+    )
+    assert bench_train._error_reason(onednn) == (
+        "could not create a primitive descriptor for the convolution forward propagation primitive"
+    )
+    python = "Traceback (most recent call last):\nValueError: bad\n  during handling"
+    assert bench_train._error_reason(python) == "ValueError: bad"
+    assert bench_train._error_reason("") == "?"

@@ -228,3 +228,27 @@ def test_training_and_validation_batches_with_box_targets(converted_dir):
         tf.stack([data.box_mask(r["boxes"], 64) for r in records]), 4
     ).numpy()
     np.testing.assert_allclose(boxes, expected)
+
+
+@pytest.mark.backend
+def test_augment_on_device_leaves_the_host_batches_as_decoded(converted_dir):
+    """With `augment.on_device` the pipeline only decodes and batches (the model augments)."""
+    flip_only = ["augment.rotation_degrees=0", "augment.brightness=0", "augment.contrast=0"]
+    config = _config("data.deterministic=true", *flip_only)
+    host, _ = data.training_dataset(converted_dir, config, seed=3)
+    plain, _ = data.training_dataset(
+        converted_dir, _config("data.deterministic=true", "augment.on_device=true"), seed=3
+    )
+    reference, _ = data.training_dataset(
+        converted_dir, _config("data.deterministic=true", "augment.flip=false", *flip_only),
+        seed=3,
+    )  # fmt: skip
+    plain_images = np.concatenate([images for images, _ in plain.as_numpy_iterator()])
+    reference_images = np.concatenate([images for images, _ in reference.as_numpy_iterator()])
+    np.testing.assert_array_equal(plain_images, reference_images)
+    flipped = np.concatenate([images for images, _ in host.as_numpy_iterator()])
+    assert not np.array_equal(flipped, reference_images)  # the host flips some of them
+    with pytest.raises(UserError, match=r"augment.on_device does not work with box supervision"):
+        data.training_dataset(
+            converted_dir, _config("augment.on_device=true"), box_grid=2, class_weight=None
+        )

@@ -47,7 +47,7 @@ def short_run(converted_dir, tmp_path_factory):
     """A finished 4-epoch run: (its folder, its config, its summary)."""
     config = _config(
         "train.epochs=4",
-        "train.xla=true",  # the default path (XLA under TensorFlow) once
+        "train.xla=true",  # the XLA path once (`auto` picks graphs on CPUs; GPUs get XLA)
         "augment.rotation_degrees=0",
         "augment.flip=false",
         "augment.brightness=0",
