@@ -7,10 +7,9 @@ import io
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.dataelem import DataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGBaseline8Bit, generate_uid
+from pydicom.uid import UID, JPEGBaseline8Bit, generate_uid
 
 from pneumokeras.synth.spec import PatientSpec
 
@@ -19,26 +18,39 @@ CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 _SPACING_1024_MM = 0.143
 
 
+def patient_age(years: int) -> str:
+    """A DICOM Age String for whole years: 62 → '062Y' (three digits and a unit)."""
+    if not 0 <= years <= 999:
+        raise ValueError(f"years must be 0-999. Received: years={years}")
+    return f"{years:03d}Y"
+
+
 def encode_dicom(spec: PatientSpec, image: np.ndarray) -> bytes:
     """Encodes an image as an RSNA-like CR DICOM file with a JPEG Baseline frame.
 
     UIDs derive from the patient id and dates are fixed, so the bytes depend only
     on `spec` and `image`.
 
+    Sex, age (`patient_age`) and view go to PatientSex, PatientAge and
+    ViewPosition; with `spec.detector.monochrome1` the pixels are stored inverted
+    and tagged MONOCHROME1, so a reader that honours the tag sees `image` again.
+
     Args:
-        spec: the patient (identity and metadata).
-        image: uint8 array of shape `(size, size)`.
+        spec: the patient (identity, metadata and detector).
+        image: uint8 array of shape `(size, size)` as displayed (larger = denser).
 
     Returns:
         The complete DICOM file (preamble, file meta, data set).
     """
     size = image.shape[0]
     jpeg = io.BytesIO()
-    Image.fromarray(image, mode="L").save(jpeg, format="JPEG", quality=95)
+    inverted = spec.detector.monochrome1
+    stored = 255 - image if inverted else image
+    Image.fromarray(stored, mode="L").save(jpeg, format="JPEG", quality=95)
     sop_uid = generate_uid(entropy_srcs=[spec.patient_id, "sop"])
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID = UID(CR_IMAGE_STORAGE)
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds = pydicom.Dataset()
@@ -58,8 +70,7 @@ def encode_dicom(spec: PatientSpec, image: np.ndarray) -> bytes:
     ds.PatientID = spec.patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = spec.sex
-    # RSNA writes ages as bare numbers ("62"), not as the standard's "062Y".
-    ds.add(DataElement(0x00101010, "AS", str(spec.age), validation_mode=pydicom.config.IGNORE))
+    ds.PatientAge = patient_age(spec.age)
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = spec.view
     ds.StudyInstanceUID = generate_uid(entropy_srcs=[spec.patient_id, "study"])
@@ -69,10 +80,10 @@ def encode_dicom(spec: PatientSpec, image: np.ndarray) -> bytes:
     ds.InstanceNumber = 1
     ds.PatientOrientation = ""
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PhotometricInterpretation = "MONOCHROME1" if inverted else "MONOCHROME2"
     ds.Rows = size
     ds.Columns = size
-    spacing = round(_SPACING_1024_MM * 1024 / size, 6)
+    spacing = round(_SPACING_1024_MM * spec.detector.field_of_view * 1024 / size, 6)
     ds.PixelSpacing = [spacing, spacing]
     ds.BitsAllocated = 8
     ds.BitsStored = 8

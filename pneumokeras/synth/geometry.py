@@ -9,6 +9,7 @@ of an `Anatomy`.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,8 +26,11 @@ TEXTURE_SIZE = 128
 EDGE = 0.006
 
 
-def lateral_edge(anatomy: Anatomy, side: int, y: np.ndarray | float) -> np.ndarray | float:
-    """|x| of a lung's lateral edge at height `y`: narrow at the apex, widest at the base."""
+def lateral_edge(anatomy: Anatomy, side: int, y: Any) -> Any:
+    """|x| of a lung's lateral edge at height `y`: narrow at the apex, widest at the base.
+
+    `y` is an array (the result has its shape) or a number.
+    """
     base = anatomy.lung_base[(side + 1) // 2]
     t = np.clip((y - anatomy.lung_top) / (base - anatomy.lung_top), 0.0, 1.0)
     return anatomy.lung_medial + (anatomy.lung_lateral - anatomy.lung_medial) * t**0.6
@@ -69,8 +73,11 @@ def ellipse_profile(u: np.ndarray, v: np.ndarray, blob: Blob, power: float = 2.0
     return np.maximum(1.0 - r2, 0.0) ** power
 
 
-def body_xy(a: Anatomy, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Image-normalised `(u, v)` → body coordinates `(x, y)` (inverse of `to_image`)."""
+def body_xy(a: Anatomy, u: Any, v: Any) -> tuple[Any, Any]:
+    """Image-normalised `(u, v)` → body coordinates `(x, y)` (inverse of `to_image`).
+
+    Arrays (of one shape) or numbers.
+    """
     c, s = math.cos(a.rotation), math.sin(a.rotation)
     du, dv = (u - a.center_x) / a.scale, (v - a.center_y) / a.scale
     return c * du + s * dv, -s * du + c * dv

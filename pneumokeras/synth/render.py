@@ -14,6 +14,13 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage
 
+from pneumokeras.synth.acquisition import (
+    collimate,
+    correlate,
+    frame,
+    in_field_of_view,
+    resample,
+)
 from pneumokeras.synth.geometry import (
     EDGE,
     MAX_BASE,
@@ -42,6 +49,7 @@ def boxes(spec: PatientSpec, size: int) -> list[tuple[float, float, float, float
     encloses every pixel its opacity changes (plus resampling's one or two
     pixels above 256 px) and lies within the bounding box of that lung.
     """
+    spec = in_field_of_view(spec)
     n = min(size, MAX_BASE)
     scale = size / n
     out = []
@@ -79,7 +87,7 @@ def _ribs(
 
 def _attenuation(
     spec: PatientSpec, u: np.ndarray, v: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Anatomy and findings without opacities, (n, n), and the (left, right) lung fields."""
     a, f = spec.anatomy, spec.findings
     n = u.shape[0]
@@ -152,12 +160,16 @@ def _attenuation(
 
 
 def render_image(spec: PatientSpec, size: int) -> np.ndarray:
-    """Renders a patient as an 8-bit MONOCHROME2 radiograph.
+    """Renders a patient as an 8-bit radiograph as displayed (larger values are denser).
 
     Geometry is drawn at `min(size, 256)` pixels and upsampled (it is smooth);
     per-pixel grain is drawn at full size. Opacities are added after the blur,
     within their own lung and with compact support, so they change pixels only
-    inside their boxes (plus one or two pixels of resampling).
+    inside their boxes (plus one or two pixels of resampling). Then the detector
+    (`spec.detector`, see `acquisition`): its field of view frames the geometry,
+    its resolution resamples the image, collimator margins, noise of its texture,
+    padded borders and a side marker follow. Polarity is the file's business
+    (`encoding`): the returned pixels are always MONOCHROME2.
 
     Args:
         spec: the patient.
@@ -166,6 +178,8 @@ def render_image(spec: PatientSpec, size: int) -> np.ndarray:
     Returns:
         uint8 array of shape `(size, size)`; larger values are denser (brighter).
     """
+    detector = spec.detector
+    spec = in_field_of_view(spec)
     n = min(size, MAX_BASE)
     rng = np.random.default_rng(spec.texture_seed)
     grid = (np.arange(n, dtype=np.float32) + 0.5) / n
@@ -182,6 +196,12 @@ def render_image(spec: PatientSpec, size: int) -> np.ndarray:
         att[win] += blob.amplitude * ellipse_profile(u[win], v[win], blob, 1.5) * lung * texture
     # A film-like curve: linear for thin parts, saturating softly for dense ones.
     level = np.tanh(np.maximum(ex.offset + ex.gain * att, 0.0) / 255.0) ** ex.gamma * 255.0
-    level = resize(level, size)
-    level += rng.standard_normal((size, size), dtype=np.float32) * (ex.grain * size / 1024)
+    level = resample(resize(level, size), detector.resolution)
+    level = collimate(level, detector)
+    noise = correlate(
+        rng.standard_normal((size, size), dtype=np.float32),
+        detector.grain_correlation * size / 1024,
+    )
+    level += noise * (ex.grain * size / 1024)
+    level = frame(level, detector)
     return np.clip(np.rint(level), 0, 255).astype(np.uint8)

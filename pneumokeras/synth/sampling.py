@@ -19,6 +19,12 @@ from dataclasses import replace
 
 import numpy as np
 
+from pneumokeras.synth.acquisition import (
+    DEFAULT_SCANNER,
+    Scanner,
+    sample_detector,
+    sample_exposure,
+)
 from pneumokeras.synth.geometry import lateral_edge, share_in_lung
 from pneumokeras.synth.spec import (
     CLASSES,
@@ -27,10 +33,10 @@ from pneumokeras.synth.spec import (
     NOT_NORMAL,
     Anatomy,
     Blob,
-    Exposure,
     Findings,
     PatientSpec,
 )
+from pneumokeras.synth.subgroups import SubgroupGap
 
 # Share of negatives that carry other findings ("Not Normal"); RSNA's is 57 %, but
 # "Normal" stays the common negative here.
@@ -118,18 +124,6 @@ def _sample_anatomy(rng: np.random.Generator, sex: str) -> Anatomy:
     )
 
 
-def _sample_exposure(rng: np.random.Generator) -> Exposure:
-    u = rng.uniform
-    return Exposure(
-        offset=u(0.0, 30.0),
-        gain=u(260.0, 340.0),
-        gamma=math.exp(u(-0.25, 0.25)),
-        blur=u(0.0008, 0.0025),
-        mottle=u(0.004, 0.01),
-        grain=u(3.0, 8.0),
-    )
-
-
 def _sample_blob_in_lung(
     rng: np.random.Generator,
     anatomy: Anatomy,
@@ -191,6 +185,7 @@ def _sample_opacities(
                 best = (share, blob)
             if share >= _MIN_SHARE_IN_LUNG:
                 break
+        assert best is not None  # _PLACEMENT_TRIES ≥ 1
         blobs.append(best[1])
     return tuple(blobs)
 
@@ -224,15 +219,23 @@ def _sample_findings(rng: np.random.Generator, anatomy: Anatomy, present: bool) 
     )
 
 
-def sample_patient(seq: np.random.SeedSequence, label_class: str) -> PatientSpec:
+def sample_patient(
+    seq: np.random.SeedSequence,
+    label_class: str,
+    scanner: Scanner = DEFAULT_SCANNER,
+    gap: SubgroupGap | None = None,
+) -> PatientSpec:
     """Draws one patient.
 
-    Each part (identity, metadata, anatomy, exposure, findings, opacities, texture)
-    has its own random stream, so a patient's anatomy does not depend on its class.
+    Each part (identity, metadata, anatomy, exposure, findings, opacities, texture,
+    detector) has its own random stream, so a patient's anatomy does not depend
+    on its class, and its anatomy, findings and opacities not on the scanner.
 
     Args:
         seq: the patient's seed sequence (see `patient_seed`); not modified.
         label_class: one of `CLASSES`.
+        scanner: ranges of the acquisition (exposure and detector).
+        gap: fainter opacities for one subgroup of patients, or None.
 
     Returns:
         The patient's spec.
@@ -256,15 +259,17 @@ def sample_patient(seq: np.random.SeedSequence, label_class: str) -> PatientSpec
     with_findings = label_class == NOT_NORMAL or (label_class == LUNG_OPACITY and extra_findings)
     findings = _sample_findings(find, anatomy, with_findings)
     opacities = _sample_opacities(opac, anatomy, findings) if label_class == LUNG_OPACITY else ()
-    return PatientSpec(
+    spec = PatientSpec(
         patient_id=patient_id_of(seq),
         label_class=label_class,
         view=view,
         sex=sex,
         age=age,
         anatomy=anatomy,
-        exposure=_sample_exposure(expo),
+        exposure=sample_exposure(expo, scanner),
         findings=findings,
         opacities=opacities,
         texture_seed=int(tex.integers(2**63)),
+        detector=sample_detector(child_rng(seq, 7), scanner),
     )
+    return spec if gap is None else gap.apply(spec)

@@ -135,6 +135,41 @@ class Exposure:
 
 
 @dataclass(frozen=True)
+class Detector:
+    """What the scanner does besides the exposure curve: field, sampling, noise, frame, labels.
+
+    The defaults change nothing (the image as `Exposure` alone makes it).
+
+    Attributes:
+        field_of_view: detector side relative to the default (1.2: a 20 % larger
+            field, so the chest looks smaller and the pixel spacing grows).
+        resolution: share of the output resolution the detector resolves (0.5:
+            sampled at half the pixels and interpolated back); 1 = full.
+        grain_correlation: correlation length of the per-pixel noise, pixels of
+            a 1024-pixel image (Gaussian sigma); 0 = white noise.
+        collimation: bright collimator margins `(top, bottom, left, right)`,
+            shares of the image side.
+        collimation_level: grey level of the collimated margins.
+        border: black bars at the left and right edges (a non-square detector
+            padded to a square), share of the image side each.
+        marker: a burned-in side marker ("L" or "R"), or "" for none.
+        marker_corner: -1 top-left, +1 top-right.
+        monochrome1: stored with inverted polarity (PhotometricInterpretation
+            MONOCHROME1: 0 is white); readers invert it back.
+    """
+
+    field_of_view: float = 1.0
+    resolution: float = 1.0
+    grain_correlation: float = 0.0
+    collimation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    collimation_level: float = 235.0
+    border: float = 0.0
+    marker: str = ""
+    marker_corner: int = -1
+    monochrome1: bool = False
+
+
+@dataclass(frozen=True)
 class Findings:
     """Findings other than pneumonia; a "Normal" patient has at most electrodes.
 
@@ -170,6 +205,8 @@ class PatientSpec:
         findings: other findings (any class may carry devices).
         opacities: pneumonia opacities; non-empty exactly for "Lung Opacity".
         texture_seed: seed of the patient's random texture and noise fields.
+        detector: field of view, resolution, noise texture, collimation,
+            borders, markers and polarity of the scanner.
     """
 
     patient_id: str
@@ -182,3 +219,4 @@ class PatientSpec:
     findings: Findings
     opacities: tuple[Blob, ...]
     texture_seed: int
+    detector: Detector = Detector()

@@ -14,16 +14,20 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pneumokeras.errors import UserError
+from pneumokeras.synth.acquisition import DEFAULT_SCANNER, Scanner, check_scanner
 from pneumokeras.synth.encoding import encode_dicom
 from pneumokeras.synth.render import boxes, render_image
 from pneumokeras.synth.sampling import assign_classes, patient_id_of, patient_seed, sample_patient
 from pneumokeras.synth.spec import LUNG_OPACITY
-from pneumokeras.utils.fileio import atomic_open, atomic_write_bytes
+from pneumokeras.synth.subgroups import SubgroupGap
+from pneumokeras.utils.fileio import atomic_open, atomic_write_bytes, atomic_write_json
 from pneumokeras.utils.workers import WorkerPool, resolve
 
 IMAGES_DIR = "stage_2_train_images"
 LABELS_CSV = "stage_2_train_labels.csv"
 CLASS_INFO_CSV = "stage_2_detailed_class_info.csv"
+# The arguments that made the folder (seed, counts, scanner ranges, planted gap).
+SETTINGS_JSON = "synth.json"
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,11 @@ class SynthSummary:
 
 
 def _make_patient(
-    task: tuple[int, int, str, int, str],
+    task: tuple[int, int, str, int, str, Scanner, SubgroupGap | None],
 ) -> tuple[str, str, list[tuple[float, float, float, float]]]:
     """Renders and writes one patient; returns (patientId, class, boxes)."""
-    seed, index, label_class, size, images_dir = task
-    spec = sample_patient(patient_seed(seed, index), label_class)
+    seed, index, label_class, size, images_dir, scanner, gap = task
+    spec = sample_patient(patient_seed(seed, index), label_class, scanner, gap)
     data = encode_dicom(spec, render_image(spec, size))
     atomic_write_bytes(Path(images_dir) / f"{spec.patient_id}.dcm", data)
     return spec.patient_id, label_class, boxes(spec, size)
@@ -82,15 +86,20 @@ def generate(
     seed: int = 0,
     workers: int | None = None,
     progress: bool = True,
+    scanner: Scanner = DEFAULT_SCANNER,
+    subgroup_gap: SubgroupGap | None = None,
 ) -> SynthSummary:
     """Writes a synthetic RSNA-shaped data set.
 
     Files: `stage_2_train_images/<patientId>.dcm` (CR, JPEG Baseline, `size`²
     pixels), `stage_2_train_labels.csv` (`patientId,x,y,width,height,Target`, one
     row per box, boxes in pixels; one row with empty box fields per negative) and
-    `stage_2_detailed_class_info.csv` (`patientId,class`, one row per label row).
-    The CSVs are written last, so their presence means the images are complete.
-    Running again with the same arguments rewrites the same bytes.
+    `stage_2_detailed_class_info.csv` (`patientId,class`, one row per label row),
+    and `synth.json` (these arguments). The CSVs are written last, so their
+    presence means the images are complete. Running again with the same
+    arguments rewrites the same bytes; another `scanner` or `subgroup_gap` with
+    the same seed gives the same patients, classes and boxes (the field of view
+    scales the boxes with the image) in other pixels.
 
     Worker processes are spawned (see `pneumokeras.utils.workers`), so a script that
     calls this with workers needs the usual `if __name__ == "__main__":` guard.
@@ -105,6 +114,9 @@ def generate(
         workers: processes; None = every core, 0 = in this process, N = N
             worker processes (as for `convert`).
         progress: show a progress bar on stderr.
+        scanner: acquisition ranges (`acquisition.DEFAULT_SCANNER`; the shifted
+            site: `acquisition.SHIFTED_SCANNER`).
+        subgroup_gap: fainter opacities for one subgroup of patients, or None.
 
     Returns:
         A summary of what was written.
@@ -114,6 +126,7 @@ def generate(
             DICOMs of another data set.
     """
     _validate(patients, size, positive_fraction, seed, workers)
+    check_scanner(scanner)
     start = time.perf_counter()
     out_dir = Path(out_dir)
     images_dir = out_dir / IMAGES_DIR
@@ -121,11 +134,23 @@ def generate(
     _check_no_foreign_images(images_dir, seed, patients)
     images_dir.mkdir(parents=True, exist_ok=True)
 
-    tasks = [(seed, i, cls, size, str(images_dir)) for i, cls in enumerate(classes)]
+    tasks = [
+        (seed, i, cls, size, str(images_dir), scanner, subgroup_gap)
+        for i, cls in enumerate(classes)
+    ]
     bar = {"total": patients, "desc": "synth", "unit": "img", "disable": not progress}
     with WorkerPool(resolve(workers, tasks=patients)) as pool:
         results = list(tqdm(pool.imap(_make_patient, tasks, chunksize=4), **bar))
 
+    settings = {
+        "patients": patients,
+        "size": size,
+        "positive_fraction": positive_fraction,
+        "seed": seed,
+        "scanner": scanner.to_dict(),
+        "subgroup_gap": None if subgroup_gap is None else subgroup_gap.to_dict(),
+    }
+    atomic_write_json(out_dir / SETTINGS_JSON, settings)
     with (
         atomic_open(out_dir / LABELS_CSV, "w", newline="") as labels,
         atomic_open(out_dir / CLASS_INFO_CSV, "w", newline="") as info,

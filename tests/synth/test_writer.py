@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -50,8 +52,16 @@ def test_same_seed_gives_identical_files(dataset: Path, tmp_path: Path) -> None:
         tmp_path, patients=40, size=SIZE, positive_fraction=0.5, seed=3, workers=0, progress=False
     )
     first, second = _files(dataset), _files(tmp_path)
-    assert len(first) == 42
+    assert len(first) == 43  # 40 DICOMs, two CSVs, synth.json
     assert first == second
+
+
+def test_settings_record_the_arguments(dataset: Path) -> None:
+    settings = json.loads((dataset / synth.SETTINGS_JSON).read_text())
+    assert settings["seed"] == 3
+    assert settings["patients"] == 40
+    assert settings["scanner"] == synth.DEFAULT_SCANNER.to_dict()
+    assert settings["subgroup_gap"] is None
 
 
 def test_workers_do_not_change_the_bytes(tmp_path: Path) -> None:
@@ -67,7 +77,7 @@ def test_another_seed_gives_another_data_set(dataset: Path, tmp_path: Path) -> N
     )
     first, second = _files(dataset), _files(tmp_path)
     assert first[synth.LABELS_CSV] != second[synth.LABELS_CSV]
-    csvs = {synth.LABELS_CSV, synth.CLASS_INFO_CSV}
+    csvs = {synth.LABELS_CSV, synth.CLASS_INFO_CSV, synth.SETTINGS_JSON}
     assert not (set(first) - csvs) & (set(second) - csvs)  # no patientId in common
 
 
@@ -142,7 +152,8 @@ def test_dicoms_look_like_rsna(dataset: Path) -> None:
         assert ds.ViewPosition in {"AP", "PA"}
         assert ds.SeriesDescription == f"view: {ds.ViewPosition}"
         assert ds.PatientSex in {"M", "F"}
-        assert ds.PatientAge.isdigit()
+        assert re.fullmatch(r"\d{3}Y", ds.PatientAge)
+        assert 1 <= int(ds.PatientAge[:3]) <= 92
         assert (ds.Rows, ds.Columns, ds.BitsStored, ds.SamplesPerPixel) == (SIZE, SIZE, 8, 1)
         pixels = ds.pixel_array
         assert pixels.dtype == np.uint8
