@@ -337,3 +337,13 @@ def test_training_card_names_the_layout_images_and_patients(tmp_path):
         36,
         36,
     )
+
+
+@pytest.mark.parametrize("checkpoint, kept", [("best", 2), ("last", 3)])
+def test_the_saver_keeps_the_first_best_or_the_last_epoch(tmp_path, checkpoint, kept):
+    saver = train.BestModelSaver(tmp_path, None, keep_last=checkpoint == "last")
+    # A small validation split: the ROC-AUC saturates at 1.0 on the second epoch.
+    for epoch, auc in enumerate((0.9, 1.0, 1.0)):
+        saver.on_epoch_end(epoch, {"val_auc": auc})
+    assert saver.best_epoch == kept
+    assert load_config(None, [f"train.checkpoint={checkpoint}"]).train.checkpoint == checkpoint
