@@ -473,6 +473,21 @@ def _score(model: Path, test_set: Path, out: Path, config: Any, limit: int) -> d
     from pneumokeras.models.model_card import load_classifier
 
     data_dir = test_set / f"tf{config.data.image_size}"
+    # A rerun reuses the scores of the same model file on the same data.
+    from pneumokeras.models.model_card import card_path
+
+    key = {
+        "model_sha256": _sha256(model),
+        "card_sha256": _sha256(card_path(model)),
+        "data": json.loads((data_dir / "manifest.json").read_text()).get("seed"),
+        "data_dir": str(data_dir),
+        "explain_limit": limit,
+    }
+    cached = out / "scores.json"
+    if cached.is_file():
+        saved = json.loads(cached.read_text())
+        if saved.get("key") == key:
+            return saved["scores"]
     evaluation = evaluate_run(
         model, data_dir, out / "evaluate", config, split="all", progress=False, external_data=True
     )
@@ -515,7 +530,16 @@ def _score(model: Path, test_set: Path, out: Path, config: Any, limit: int) -> d
     scores["energy_in_boxes"] = {"value": float(energy.mean()), "ci95": [spread_.low, spread_.high]}
     scores["n"], scores["positives"] = len(labels), int(labels.sum())
     scores["threshold"] = evaluation["threshold"]["value"]
+    from pneumokeras.utils.fileio import atomic_write_json
+
+    atomic_write_json(cached, {"key": key, "scores": scores})
     return scores
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _tta(model: Path, test_sets: dict[str, Path], args: argparse.Namespace, config: Any) -> dict:
