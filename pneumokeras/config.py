@@ -50,14 +50,26 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Training-only augmentation (Keras preprocessing layers), seeded.
+    """Training-only augmentation, seeded (`records.augment`; 0 or false disables each).
+
+    Geometry (box masks follow the image) and acquisition (the image only): a
+    different exposure curve, noise and blur model another scanner.
 
     Attributes:
         flip: random horizontal flip.
-        rotation_degrees: maximum absolute rotation, degrees (0 disables).
+        rotation_degrees: maximum absolute rotation, degrees.
+        translation: maximum shift as a fraction of the image side.
+        zoom: maximum zoom in or out as a fraction of the image side (zooming in
+            is a random resized crop; zooming out leaves a black frame), < 1.
+        gamma: maximum |ln gamma| of a random gamma curve (0.3: gamma from 0.74 to 1.35).
         brightness: maximum brightness shift as a fraction of the [0, 255] range.
-        contrast: maximum contrast factor change, fraction (0 disables).
-        translation: maximum shift as a fraction of the image side (0 disables).
+        contrast: maximum contrast factor change, fraction.
+        noise: maximum std of added Gaussian noise, grey levels (each image
+            draws its level from 0 to this).
+        blur: maximum Gaussian blur sigma, pixels, at most 1 (half of the images
+            are blurred).
+        label_smoothing: the training targets become `(1 - ε) · one-hot + ε / 2`
+            (Szegedy et al., CVPR 2016); 0 keeps hard labels.
         on_device: run the augmentation inside the compiled training step (on the
             GPU when there is one) instead of in the tf.data pipeline, so the
             host only decodes and batches: for GPU hosts with few CPU cores per
@@ -67,9 +79,14 @@ class AugmentConfig:
 
     flip: bool = True
     rotation_degrees: float = 10.0
+    translation: float = 0.0
+    zoom: float = 0.0
+    gamma: float = 0.0
     brightness: float = 0.1
     contrast: float = 0.1
-    translation: float = 0.0
+    noise: float = 0.0
+    blur: float = 0.0
+    label_smoothing: float = 0.0
     on_device: bool = False
 
 
@@ -121,6 +138,11 @@ class TrainConfig:
             share of the cell inside the RSNA boxes (binary cross-entropy,
             class-weighted like the main loss). Nothing is added to the saved
             model.
+        checkpoint: which epoch `model.keras` keeps: `best`, the highest
+            validation ROC-AUC (the first of equal ones), or `last`, the last
+            epoch (with the cosine schedule, the converged model). A small
+            validation split's ROC-AUC reaches 1.0 within a few epochs and then
+            cannot tell epochs apart, so `best` keeps an early, half-trained one.
         xla: TensorFlow only: XLA-compile the training and evaluation steps
             (`true`: `jit_compile=True`, about a minute of compiling per model
             for ResNet18 on a CPU) or run them as plain TensorFlow graphs with
@@ -146,6 +168,7 @@ class TrainConfig:
     seed: int = 42
     steps_per_epoch: int = 0
     box_loss_weight: float = 0.0
+    checkpoint: Literal["best", "last"] = "best"
     xla: Literal[True, False, "auto"] = "auto"
 
 
@@ -235,6 +258,11 @@ _NON_NEGATIVE = {
     "augment.brightness",
     "augment.contrast",
     "augment.translation",
+    "augment.zoom",
+    "augment.gamma",
+    "augment.noise",
+    "augment.blur",
+    "augment.label_smoothing",
     "train.warmup_epochs",
     "train.weight_decay",
     "train.focal_gamma",
@@ -242,7 +270,10 @@ _NON_NEGATIVE = {
     "train.box_loss_weight",
 }
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-_UNIT_INTERVAL = {"model.dropout", "explain.alpha"}
+_UNIT_INTERVAL = {"model.dropout", "explain.alpha", "augment.blur"}
+# Values that must stay below 1 (a zoom of 1 would empty the image; smoothing
+# of 1 would erase the labels).
+_BELOW_ONE = {"augment.zoom", "augment.label_smoothing"}
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -308,6 +339,8 @@ def _check_range(key: str, value: Any) -> None:
         raise ConfigError(f"{key} must be ≥ 0; got {value!r}")
     if key in _UNIT_INTERVAL and not 0 <= value <= 1:
         raise ConfigError(f"{key} must be in [0, 1]; got {value!r}")
+    if key in _BELOW_ONE and not value < 1:
+        raise ConfigError(f"{key} must be < 1; got {value!r}")
 
 
 def _section_types() -> dict[str, type]:

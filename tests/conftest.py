@@ -151,7 +151,7 @@ LONGEST_MODULES_FIRST = (
     "test_resnet",  # TensorFlow 17 s
     "test_explain",  # TensorFlow 17 s
     "test_environment",  # TensorFlow 13 s
-    "test_synth",  # TensorFlow 10 s
+    "test_writer",  # synth: TensorFlow 10 s
 )
 
 

@@ -9,8 +9,65 @@ import click
 from pneumokeras.cli.options import example, out_dir_option, workers_option
 
 
+class _RangeType(click.ParamType):
+    """`LOW:HIGH` or one number (a fixed value) → `(low, high)`."""
+
+    name = "LOW:HIGH"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).split(":")
+        try:
+            numbers = [float(part) for part in parts]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in (1, 2):
+            self.fail(f"expected LOW:HIGH or one number; got {value!r}", param, ctx)
+        return (numbers[0], numbers[-1])
+
+
+RANGE = _RangeType()
+# (option, Scanner setting, help); each defaults to the preset's range.
+_SCANNER_OPTIONS = (
+    ("--exposure", "offset", "Grey level of air before the film curve (exposure)."),
+    ("--gain", "gain", "Grey levels per unit of attenuation (contrast)."),
+    ("--gamma", "gamma", "Gamma of the film curve."),
+    ("--blur", "blur", "Blur sigma, share of the image side."),
+    ("--mottle", "mottle", "Low-frequency noise, attenuation units."),
+    ("--noise", "noise", "Per-pixel noise std of a 1024 px image, grey levels."),
+    ("--noise-texture", "noise_texture", "Noise correlation, pixels of a 1024 px image."),
+    ("--resolution", "resolution", "Share of the output resolution the detector resolves."),
+    ("--field-of-view", "field_of_view", "Detector size relative to the default (>1: larger)."),
+    ("--collimation", "collimation", "Bright collimator margin per edge, share of the side."),
+    ("--border", "border", "Black bar at the left and right edge, share of the side."),
+)
+
+
+def _scanner_options(func):
+    func = click.option(
+        "--monochrome1",
+        type=click.FloatRange(0, 1),
+        default=None,
+        help="Probability of storing an image inverted (MONOCHROME1).",
+    )(func)
+    func = click.option(
+        "--markers",
+        type=click.FloatRange(0, 1),
+        default=None,
+        help="Probability of a burned-in L/R side marker.",
+    )(func)
+    for flag, setting, help_text in reversed(_SCANNER_OPTIONS):
+        func = click.option(flag, setting, type=RANGE, default=None, help=help_text)(func)
+    return func
+
+
 @click.command(
-    epilog=example("python cli.py synth --out data/synth --patients 600 --size 512 --seed 1")
+    epilog=example(
+        "python cli.py synth --out data/synth --patients 600 --size 512 --seed 1",
+        "python cli.py synth --out data/other_site --patients 2000 --size 512 --seed 2 --shift",
+        "python cli.py synth --out data/gap --patients 600 --size 512 --subgroup-gap sex=F:0.4",
+    )
 )
 @out_dir_option("Output folder.", name="out")
 @click.option("--patients", default=1000, show_default=True, help="Number of patients.")
@@ -23,9 +80,31 @@ from pneumokeras.cli.options import example, out_dir_option, workers_option
 )
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @workers_option
-def synth(out, patients, size, positive_fraction, seed, workers) -> None:
+@click.option(
+    "--shift",
+    is_flag=True,
+    help="Another site's scanner: every acquisition setting drawn from another range "
+    "(the options below override single settings).",
+)
+@_scanner_options
+@click.option(
+    "--subgroup-gap",
+    default=None,
+    metavar="ATTRIBUTE=VALUE[:FACTOR]",
+    help="Fainter opacities (contrast x FACTOR, default 0.5) for one subgroup: "
+    "sex=M|F, age=<18|18-39|40-59|60-79|80+, view=AP|PA.",
+)
+def synth(
+    out, patients, size, positive_fraction, seed, workers, shift, subgroup_gap, **scanner
+) -> None:
     """Write a synthetic RSNA-shaped data set (DICOMs + label CSVs)."""
-    from pneumokeras.synth import generate
+    from pneumokeras.synth import (
+        DEFAULT_SCANNER,
+        SHIFTED_SCANNER,
+        generate,
+        parse_subgroup_gap,
+        with_settings,
+    )
 
     summary = generate(
         out,
@@ -35,6 +114,8 @@ def synth(out, patients, size, positive_fraction, seed, workers) -> None:
         seed=seed,
         workers=workers,
         progress=True,
+        scanner=with_settings(SHIFTED_SCANNER if shift else DEFAULT_SCANNER, **scanner),
+        subgroup_gap=None if subgroup_gap is None else parse_subgroup_gap(subgroup_gap),
     )
     click.echo(
         f"wrote {summary.patients} patients ({summary.positives} positive) at "

@@ -4,7 +4,8 @@ Order (fixed here, see `training_dataset`): list shards → (per-process shard) 
 interleave records → (fold filter) → parse → cache → shuffle → decode → batch →
 augment → prefetch. Shuffle comes before batching so batches mix shards; augment
 after batching so the Keras preprocessing layers run vectorised, one random
-transform per image. Batches are `(images, labels)`: images float32
+transform per image (`augment.Augmenter`; training only, like label smoothing of
+the targets, `augment.label_smoothing`). Batches are `(images, labels)`: images float32
 `(B, H, W, 1)` in [0, 255] (the model rescales), labels one-hot float32 `(B, 2)`
 `[normal, pneumonia]`. With box supervision (`box_grid`), targets are a dict
 `{"predictions": labels, "box_map": (B, g·g) box coverage per feature-map cell}`,
@@ -20,12 +21,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import keras
 import tensorflow as tf
 
-from pneumokeras.config import AugmentConfig, Config
+from pneumokeras.config import Config
 from pneumokeras.errors import UserError
 from pneumokeras.records import tfrecords
+from pneumokeras.records.augment import Augmenter, check_on_device
 from pneumokeras.records.manifest import Manifest, load_manifest
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -82,61 +83,6 @@ def box_targets(masks: tf.Tensor, grid: int) -> tf.Tensor:
     """
     cells = tf.image.resize(masks, (grid, grid), method="area")
     return tf.reshape(tf.clip_by_value(cells, 0.0, 1.0), [-1, grid * grid])
-
-
-class Augmenter:
-    """Seeded training augmentation from Keras preprocessing layers.
-
-    Applies, per image: horizontal flip, rotation (±degrees), translation,
-    brightness shift and contrast change, then clips to [0, 255]. Works on a
-    batch `(B, H, W, 1)` float32 inside or outside tf.data. Masks given with the
-    images (box masks) get the same flip, rotation and translation.
-    """
-
-    def __init__(self, config: AugmentConfig, seed: int):
-        value_range = (0.0, 255.0)
-        layers: list[keras.layers.Layer] = []
-        if config.flip:
-            layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-        if config.rotation_degrees > 0:
-            layers.append(
-                keras.layers.RandomRotation(
-                    config.rotation_degrees / 360.0, fill_mode="constant", seed=seed + 1
-                )
-            )
-        if config.translation > 0:
-            layers.append(
-                keras.layers.RandomTranslation(
-                    config.translation, config.translation, fill_mode="constant", seed=seed + 2
-                )
-            )
-        self.spatial_count = len(layers)
-        if config.brightness > 0:
-            layers.append(
-                keras.layers.RandomBrightness(
-                    config.brightness, value_range=value_range, seed=seed + 3
-                )
-            )
-        if config.contrast > 0:
-            layers.append(
-                keras.layers.RandomContrast(config.contrast, value_range=value_range, seed=seed + 4)
-            )
-        self.layers = layers
-
-    def __call__(self, images: tf.Tensor, masks: tf.Tensor | None = None) -> Any:
-        """Augments `(B, H, W, 1)` images; with `masks` (same shape), returns both."""
-        if masks is not None:
-            # One tensor through the spatial layers: one random transform per image.
-            both = tf.concat([images, masks], axis=-1)
-            for layer in self.layers[: self.spatial_count]:
-                both = layer(both, training=True)
-            images, masks = both[..., :1], both[..., 1:]
-            for layer in self.layers[self.spatial_count :]:
-                images = layer(images, training=True)
-            return tf.clip_by_value(images, 0.0, 255.0), tf.clip_by_value(masks, 0.0, 1.0)
-        for layer in self.layers:
-            images = layer(images, training=True)
-        return tf.clip_by_value(images, 0.0, 255.0)
 
 
 def _split_files(data_dir: Path, manifest: Manifest, splits: list[str]) -> list[str]:
@@ -341,13 +287,22 @@ def training_dataset(
             "augment.on_device does not work with box supervision (train.box_loss_weight > 0): "
             "the box targets must move with the image, and the host computes them"
         )
+    if config.augment.on_device:
+        check_on_device(config.augment)
     augmenter = Augmenter(config.augment, seed)
+    smoothing = config.augment.label_smoothing
+
+    def smooth(labels: tf.Tensor) -> tf.Tensor:
+        # Label smoothing of the training targets (the loss sees soft targets);
+        # class weights still follow the hard label.
+        return labels * (1.0 - smoothing) + smoothing / 2.0 if smoothing else labels
+
     if box_grid:
         weights = tf.constant([float((class_weight or {}).get(c, 1.0)) for c in (0, 1)], tf.float32)
 
         def augment(b: Mapping[str, tf.Tensor]) -> tuple:
             images, masks = augmenter(b["image"], b["box_mask"])
-            targets = {PREDICTIONS: b["label"], BOX_MAP: box_targets(masks, box_grid)}
+            targets = {PREDICTIONS: smooth(b["label"]), BOX_MAP: box_targets(masks, box_grid)}
             if class_weight is None:
                 return images, targets
             return images, targets, tf.gather(weights, tf.argmax(b["label"], axis=-1))
@@ -355,12 +310,12 @@ def training_dataset(
     elif config.augment.on_device:
         # The model's training step augments (`models.augmented`); the host only batches.
         def augment(b: Mapping[str, tf.Tensor]) -> tuple:
-            return b["image"], b["label"]
+            return b["image"], smooth(b["label"])
 
     else:
 
         def augment(b: Mapping[str, tf.Tensor]) -> tuple:
-            return augmenter(b["image"]), b["label"]
+            return augmenter(b["image"]), smooth(b["label"])
 
     batches = records.map(
         lambda e: decode(e, size, with_boxes=bool(box_grid)),

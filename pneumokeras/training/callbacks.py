@@ -127,17 +127,19 @@ class HistoryWriter(keras.callbacks.Callback):
 
 
 class BestModelSaver(keras.callbacks.Callback):
-    """Saves model.keras + its card when validation ROC-AUC improves.
+    """Saves model.keras + its card when validation ROC-AUC improves (or every epoch).
 
     The best score so far is read back from the card, so a resumed run keeps
     comparing against the killed run's best epoch. Without `card` (the processes
     of a multi-process run other than 0) it only keeps track of the best epoch.
+    With `keep_last` (`train.checkpoint: last`) every epoch replaces the saved one.
     """
 
-    def __init__(self, run_dir: Path, card: ModelCard | None):
+    def __init__(self, run_dir: Path, card: ModelCard | None, keep_last: bool = False):
         super().__init__()
         self.model_path = run_dir / MODEL_FILE
         self.card = card
+        self.keep_last = keep_last
         self.best = -math.inf
         self.best_epoch: int | None = None
         if self.model_path.is_file() and (run_dir / CARD_FILE).is_file():
@@ -148,7 +150,7 @@ class BestModelSaver(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         logs = standard_logs(logs or {})
         score = float(logs.get(MONITOR, math.nan))
-        if math.isnan(score) or score <= self.best:
+        if math.isnan(score) or (score <= self.best and not self.keep_last):
             return
         self.best, self.best_epoch = score, epoch + 1
         if self.card is None:

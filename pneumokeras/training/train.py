@@ -54,6 +54,7 @@ from pneumokeras.evaluation import drift
 from pneumokeras.models import augmented, resnet
 from pneumokeras.models.model_card import ModelCard
 from pneumokeras.records import pipeline as data_lib
+from pneumokeras.records.augment import Augmenter, check_on_device
 from pneumokeras.records.manifest import Manifest, load_manifest
 from pneumokeras.training import distributed
 from pneumokeras.training.callbacks import BestModelSaver, process_local, run_callbacks
@@ -271,7 +272,8 @@ def _build_model(config: Config) -> tuple[keras.Model, int]:
     if config.train.box_loss_weight > 0:
         return resnet.add_box_head(model, resnet.LAST_CONV_LAYER[config.model.name])
     if config.augment.on_device:
-        layers = data_lib.Augmenter(config.augment, config.train.seed).layers
+        check_on_device(config.augment)
+        layers = Augmenter(config.augment, config.train.seed).layers
         return augmented.with_augmentation(model, layers), 0
     return model, 0
 
@@ -512,7 +514,7 @@ def _run(
     # Only now, with settings, data and model checked, does the run folder change; in
     # a multi-process run only process 0's, and the others learn its verdict.
     distributed.on_writer(lambda: prepare_run_dir(run_dir, config, manifest, fold, overwrite))
-    saver = BestModelSaver(run_dir, card)
+    saver = BestModelSaver(run_dir, card, keep_last=config.train.checkpoint == "last")
     history = _fit(
         model,
         config,

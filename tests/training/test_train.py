@@ -398,3 +398,20 @@ def test_the_cli_trains_at_the_data_size_unless_one_is_set(
     with pytest.raises(SystemExit):
         main([*base, "--config", str(config)])
     assert seen[-1] == 128  # set in the settings file: kept (and refused by train)
+
+
+@pytest.mark.parametrize("checkpoint, kept", [("best", 2), ("last", 3)])
+def test_the_saver_keeps_the_first_best_or_the_last_epoch(tmp_path, checkpoint, kept):
+    saver = callbacks.BestModelSaver(tmp_path, None, keep_last=checkpoint == "last")
+    # A small validation split: the ROC-AUC saturates at 1.0 on the second epoch.
+    for epoch, auc in enumerate((0.9, 1.0, 1.0)):
+        saver.on_epoch_end(epoch, {"val_auc": auc})
+    assert saver.best_epoch == kept
+    assert load_config(None, [f"train.checkpoint={checkpoint}"]).train.checkpoint == checkpoint
+
+
+def test_on_device_augmentation_refuses_host_only_steps_before_writing(converted_dir, tmp_path):
+    config = _config("augment.on_device=true", "augment.gamma=0.3", "augment.noise=0")
+    with pytest.raises(UserError, match=r"augment.gamma run on the host"):
+        train.train(converted_dir, tmp_path / "run", config, verbose=0)
+    assert not (tmp_path / "run").exists()

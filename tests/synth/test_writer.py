@@ -1,9 +1,10 @@
-"""Tests of the synthetic RSNA-shaped data set (pneumokeras/synth.py)."""
+"""Tests of `synth.generate`: the folder it writes (pneumokeras/synth/writer.py)."""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
+import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from sklearn.preprocessing import StandardScaler
 from pneumokeras import synth
 from pneumokeras.errors import UserError
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SIZE = 96
 SIZE = 96
 
 
@@ -50,8 +52,16 @@ def test_same_seed_gives_identical_files(dataset: Path, tmp_path: Path) -> None:
         tmp_path, patients=40, size=SIZE, positive_fraction=0.5, seed=3, workers=0, progress=False
     )
     first, second = _files(dataset), _files(tmp_path)
-    assert len(first) == 42
+    assert len(first) == 43  # 40 DICOMs, two CSVs, synth.json
     assert first == second
+
+
+def test_settings_record_the_arguments(dataset: Path) -> None:
+    settings = json.loads((dataset / synth.SETTINGS_JSON).read_text())
+    assert settings["seed"] == 3
+    assert settings["patients"] == 40
+    assert settings["scanner"] == synth.DEFAULT_SCANNER.to_dict()
+    assert settings["subgroup_gap"] is None
 
 
 def test_workers_do_not_change_the_bytes(tmp_path: Path) -> None:
@@ -67,7 +77,7 @@ def test_another_seed_gives_another_data_set(dataset: Path, tmp_path: Path) -> N
     )
     first, second = _files(dataset), _files(tmp_path)
     assert first[synth.LABELS_CSV] != second[synth.LABELS_CSV]
-    csvs = {synth.LABELS_CSV, synth.CLASS_INFO_CSV}
+    csvs = {synth.LABELS_CSV, synth.CLASS_INFO_CSV, synth.SETTINGS_JSON}
     assert not (set(first) - csvs) & (set(second) - csvs)  # no patientId in common
 
 
@@ -142,7 +152,8 @@ def test_dicoms_look_like_rsna(dataset: Path) -> None:
         assert ds.ViewPosition in {"AP", "PA"}
         assert ds.SeriesDescription == f"view: {ds.ViewPosition}"
         assert ds.PatientSex in {"M", "F"}
-        assert ds.PatientAge.isdigit()
+        assert re.fullmatch(r"\d{3}Y", ds.PatientAge)
+        assert 1 <= int(ds.PatientAge[:3]) <= 92
         assert (ds.Rows, ds.Columns, ds.BitsStored, ds.SamplesPerPixel) == (SIZE, SIZE, 8, 1)
         pixels = ds.pixel_array
         assert pixels.dtype == np.uint8
@@ -156,89 +167,6 @@ def test_dicoms_look_like_rsna(dataset: Path) -> None:
         real = pydicom.dcmread(sample)
         assert set(real.keys()) <= set(ds.keys())
         assert set(real.file_meta.keys()) == set(ds.file_meta.keys())
-
-
-@pytest.mark.parametrize("size", [128, 640])
-def test_opacities_change_pixels_only_inside_their_boxes(size: int) -> None:
-    # 640 exercises the upsampling path: bicubic resampling spreads a change by up
-    # to two pixels of the grid the geometry is drawn on.
-    margin = 2 + 2 * size / min(size, synth._MAX_BASE)
-    yy, xx = np.mgrid[0:size, 0:size]
-    for index in range(4):
-        spec = synth.sample_patient(synth.patient_seed(5, index), synth.LUNG_OPACITY)
-        with_opacity = synth.render_image(spec, size).astype(int)
-        without = synth.render_image(dataclasses.replace(spec, opacities=()), size).astype(int)
-        inside = np.zeros((size, size), bool)
-        boxes = synth.boxes(spec, size)
-        assert 1 <= len(boxes) <= 4
-        for x, y, w, h in boxes:
-            # RSNA boxes: 5th-95th percentile sides 12-61 % of the image.
-            assert 0.1 * size <= max(w, h) <= 0.6 * size
-            in_x = (xx >= x - margin) & (xx < x + w + margin)
-            inside |= in_x & (yy >= y - margin) & (yy < y + h + margin)
-        changed = with_opacity != without
-        assert changed.any()
-        assert not (changed & ~inside).any()
-        # Each opacity is visible: clearly brighter than the same patient without it.
-        for x, y, w, h in boxes:
-            box = (slice(int(y), int(y + h)), slice(int(x), int(x + w)))
-            assert (with_opacity[box] - without[box]).max() >= 25
-
-
-def test_boxes_enclose_their_opacity_and_lie_in_its_lung() -> None:
-    """Every box holds its opacity's added intensity and stays in a lung field.
-
-    The lung fields are synth's own (left and right lung less the heart, on the
-    render grid); a box that crosses the mediastinum or leaves the chest fails.
-    """
-    size = 128
-    grid = (np.arange(size, dtype=np.float32) + 0.5) / size
-    u, v = np.meshgrid(grid, grid)
-    checked = 0
-    for index in range(60):
-        spec = synth.sample_patient(synth.patient_seed(21, index), synth.LUNG_OPACITY)
-        _, fields = synth._attenuation(spec, u, v, np.random.default_rng(0))
-        lung_boxes = []
-        for field in fields:
-            rows, cols = np.nonzero(field > 0)
-            lung_boxes.append((cols.min(), rows.min(), cols.max() + 1, rows.max() + 1))
-        in_lungs = np.maximum(*fields) > 0.5
-        without = synth.render_image(dataclasses.replace(spec, opacities=()), size).astype(int)
-        for blob, (x, y, w, h) in zip(spec.opacities, synth.boxes(spec, size), strict=True):
-            x0, y0, x1, y1 = int(x), int(y), int(x + w), int(y + h)
-            assert any(
-                x0 >= lx0 and y0 >= ly0 and x1 <= lx1 and y1 <= ly1
-                for lx0, ly0, lx1, ly1 in lung_boxes
-            ), (index, (x, y, w, h), lung_boxes)
-            # Most of the box is lung, not mediastinum, neck or abdomen.
-            assert in_lungs[y0:y1, x0:x1].mean() >= 0.6, (index, (x, y, w, h))
-            alone = dataclasses.replace(spec, opacities=(blob,))
-            added = np.clip(synth.render_image(alone, size).astype(int) - without, 0, None)
-            assert added[y0:y1, x0:x1].sum() >= 0.9 * added.sum() > 0, (index, (x, y, w, h))
-            checked += 1
-    assert checked >= 80
-
-
-def test_sampling_is_pure() -> None:
-    seq = synth.patient_seed(0, 7)
-    first = synth.sample_patient(seq, synth.LUNG_OPACITY)
-    assert synth.sample_patient(seq, synth.LUNG_OPACITY) == first
-    # Anatomy and exposure come from their own streams: the class does not move them.
-    normal = synth.sample_patient(seq, synth.NORMAL)
-    assert (normal.anatomy, normal.exposure, normal.patient_id) == (
-        first.anatomy,
-        first.exposure,
-        first.patient_id,
-    )
-    assert normal.opacities == ()
-    assert first.opacities
-
-
-def test_class_counts_are_exact() -> None:
-    classes = synth.assign_classes(seed=0, patients=1000, positive_fraction=0.225)
-    assert classes.count(synth.LUNG_OPACITY) == 225
-    assert classes.count(synth.NOT_NORMAL) == round(775 * synth.NOT_NORMAL_FRACTION)
-    assert classes != synth.assign_classes(seed=1, patients=1000, positive_fraction=0.225)
 
 
 def test_global_statistics_do_not_give_the_label(tmp_path: Path) -> None:

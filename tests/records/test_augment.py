@@ -1,0 +1,105 @@
+"""Tests of the training augmentation (pneumokeras/records/augment.py)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pneumokeras.config import load_config
+from pneumokeras.records.augment import Augmenter, RandomGamma, RandomNoise
+
+# Tests that call the Augmenter (Keras preprocessing layers) are marked `backend`;
+# the two TensorFlow steps of this module run once.
+
+ACQUISITION = ("augment.gamma=0.4", "augment.noise=8", "augment.blur=1", "augment.contrast=0.3")
+EVERYTHING = ("augment.zoom=0.15", "augment.translation=0.05", *ACQUISITION)
+
+
+def _augment(*overrides):
+    return load_config(None, list(overrides)).augment
+
+
+def _ramp(count=4, size=32):
+    row = np.linspace(0.0, 255.0, size, dtype=np.float32)
+    return tf.constant(np.tile(row, (count, size, 1))[..., None])
+
+
+def test_random_gamma_keeps_black_and_white_and_bends_the_middle():
+    images = _ramp(8)
+    out = RandomGamma(0.5, seed=1)(images).numpy()
+    np.testing.assert_allclose(out[:, :, 0], 0.0, atol=0.1)
+    np.testing.assert_allclose(out[:, :, -1], 255.0, atol=1e-3)
+    assert (np.diff(out[:, 0, :, 0], axis=-1) >= 0).all()  # still monotone
+    middle = out[:, 0, 16, 0]
+    assert middle.std() > 5  # each image draws its own curve
+    # |ln gamma| ≤ 0.5: the middle grey stays between the curves of gamma e^±0.5.
+    grey = images.numpy()[0, 0, 16, 0] / 255.0
+    assert (middle >= 255 * grey ** np.exp(0.5) - 1e-3).all()
+    assert (middle <= 255 * grey ** np.exp(-0.5) + 1e-3).all()
+
+
+def test_random_noise_levels_per_image():
+    images = tf.fill((16, 32, 32, 1), 128.0)
+    noise = RandomNoise(10.0, seed=2)(images).numpy() - 128.0
+    levels = noise.reshape(16, -1).std(axis=1)
+    assert levels.max() <= 11.0
+    assert levels.max() - levels.min() > 3.0  # levels drawn from 0 to 10
+    assert abs(noise.mean()) < 0.5
+
+
+@pytest.mark.backend
+def test_augmentation_changes_images_but_keeps_range():
+    images = tf.random.uniform((4, 64, 64, 1), 0, 255, seed=1)
+    for overrides in ((), EVERYTHING):
+        augmented = Augmenter(_augment(*overrides), seed=0)(images)
+        assert augmented.shape == images.shape
+        assert not np.allclose(augmented.numpy(), images.numpy())
+        assert float(tf.reduce_min(augmented)) >= 0
+        assert float(tf.reduce_max(augmented)) <= 255
+    off = _augment(
+        "augment.flip=false",
+        "augment.rotation_degrees=0",
+        "augment.brightness=0",
+        "augment.contrast=0",
+    )
+    assert Augmenter(off, seed=0).layers == []
+    assert len(Augmenter(_augment(*EVERYTHING), seed=0).layers) == 9
+
+
+@pytest.mark.backend
+def test_augmenter_moves_masks_with_their_images():
+    masks = np.zeros((6, 64, 64, 1), np.float32)
+    masks[:, 10:30, 5:25] = 1
+    augmenter = Augmenter(
+        _augment("augment.rotation_degrees=20", "augment.translation=0.1", "augment.zoom=0.2"),
+        seed=1,
+    )
+    images, moved = augmenter(tf.constant(masks * 255.0), tf.constant(masks))
+    images, moved = images.numpy(), moved.numpy()
+    # Brightness and contrast change only the image; its shape stays the mask's.
+    assert not np.array_equal(moved, masks)
+    assert moved.min() >= 0
+    assert moved.max() <= 1
+    bright = images > images.mean(axis=(1, 2, 3), keepdims=True)
+    agreement = (bright == (moved > 0.5)).mean()
+    assert agreement > 0.97, agreement
+
+
+@pytest.mark.backend
+def test_acquisition_steps_leave_the_masks_alone():
+    off = ("augment.flip=false", "augment.rotation_degrees=0")
+    masks = np.zeros((4, 32, 32, 1), np.float32)
+    masks[:, 8:20, 4:16] = 1
+    images, kept = Augmenter(_augment(*off, *ACQUISITION), seed=3)(_ramp(4), tf.constant(masks))
+    np.testing.assert_array_equal(kept.numpy(), masks)
+    assert not np.allclose(images.numpy(), _ramp(4).numpy())
+
+
+@pytest.mark.backend
+def test_a_seed_gives_the_same_augmentation_eagerly_and_in_tf_data():
+    images = tf.random.uniform((4, 32, 32, 1), 0, 255, seed=4)
+    config = _augment(*EVERYTHING)
+    eager = Augmenter(config, seed=7)(images).numpy()
+    graph = next(iter(tf.data.Dataset.from_tensors(images).map(Augmenter(config, seed=7))))
+    np.testing.assert_allclose(eager, graph.numpy(), atol=1e-3)
+    other = Augmenter(config, seed=8)(images).numpy()
+    assert not np.allclose(eager, other)
