@@ -141,6 +141,7 @@ LONGEST_MODULES_FIRST = (
     "test_cv",  # 124 / 85 s
     "test_train",  # 82 / 35 s
     "test_demo",  # 34 s, TensorFlow pass only
+    "test_docs_commands",  # TensorFlow pass only: the README's RSNA walk-through, 60-170 s
     "test_bench_train",  # JAX 32 s
     "test_browser",  # TensorFlow 28 s
     "test_export",  # 7 / 25 s
