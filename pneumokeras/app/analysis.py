@@ -233,7 +233,8 @@ def overlay_png(result: Result, alpha: float) -> bytes:
 
 
 def image_facts(record: ImageRecord) -> list[tuple[str, str]]:
-    """The file facts worth showing: DICOM modality, view, photometric, size, syntax."""
+    """The file facts worth showing: DICOM modality, view, photometric, size, syntax, and
+    what the reader did beyond the usual rule (`ImageRecord.note`)."""
     facts = [("format", record.format)]
     if record.format == "DICOM":
         facts += [
@@ -247,4 +248,6 @@ def image_facts(record: ImageRecord) -> list[tuple[str, str]]:
     else:
         facts.append(("mode", record.mode))
     facts.append(("original size", f"{record.width} × {record.height} px"))
+    if record.note:
+        facts.append(("read as", record.note))
     return facts

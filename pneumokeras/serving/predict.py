@@ -42,7 +42,7 @@ from pneumokeras.utils.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("path", "patient_id", "probability", "label", "class", "warning", "error")
+COLUMNS = ("path", "patient_id", "probability", "label", "class", "warning", "note", "error")
 TTA_COLUMNS = ("tta_mean", "tta_std")
 ENSEMBLE_COLUMNS = ("member_std",)
 # Test-time augmentation: small, label-preserving perturbations, drawn by the
@@ -167,6 +167,7 @@ def _empty_row(path: Path, tta: int, ensemble: bool) -> dict[str, Any]:
         "label": None,
         "class": None,
         "warning": "",
+        "note": "",
         "error": "",
     }
     if tta:
@@ -250,7 +251,9 @@ def predict_files(
         One dict per file, in input order: `path`, `patient_id` (DICOM tag, else
         ''), `probability` (calibrated pneumonia probability), `label` (1 =
         pneumonia at the threshold, 0 = normal), `class` (its name), `warning`
-        ('' or why the input may be out of distribution), `error` ('' or why the
+        ('' or why the input may be out of distribution), `note` ('' or what
+        the reader did beyond the usual rule: an EXIF orientation applied, a
+        colour image made gray), `error` ('' or why the
         file was not predicted; then probability/label/class are None); with
         `tta` also `tta_mean`, `tta_std`; for an ensemble also `member_std` (see
         `member_probabilities`).
@@ -269,7 +272,8 @@ def predict_files(
     paths = find_inputs(inputs)
     if not paths:
         raise UserError(
-            f"no image files (*.dcm, *.png, *.jpg, *.jpeg) in {', '.join(map(str, inputs))}"
+            f"no image files (DICOM, PNG or JPEG by content, or named *.dcm, *.dicom, *.png, "
+            f"*.jpg, *.jpeg) in {', '.join(map(str, inputs))}"
         )
     classifier = load_for_prediction(model_path, threshold)
 
@@ -284,7 +288,11 @@ def predict_files(
             except UnreadableInputError as err:
                 row["error"] = str(err)
                 continue
-            row.update(patient_id=record.patient_id, warning=input_warnings(record, classifier))
+            row.update(
+                patient_id=record.patient_id,
+                warning=input_warnings(record, classifier),
+                note=record.note,
+            )
             batch_rows.append(row)
             records.append(record)
         if records:

@@ -124,3 +124,28 @@ def test_a_bad_file_is_a_result_with_its_error(classifier, explainer):
     assert result.error == "not a DICOM, PNG or JPEG file"
     with pytest.raises(ValueError, match="no heatmap"):
         analysis.overlay_png(result, 0.4)
+
+
+def test_image_facts_name_the_format_size_and_what_the_reader_did():
+    from pneumokeras.io.record import ImageRecord
+
+    pixels = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    plain = ImageRecord(pixels=pixels, patient_id="", format="PNG", mode="L", width=64, height=40)
+    assert analysis.image_facts(plain) == [
+        ("format", "PNG"),
+        ("mode", "L"),
+        ("original size", "64 × 40 px"),
+    ]
+    turned = ImageRecord(
+        pixels=pixels,
+        patient_id="",
+        format="JPEG",
+        mode="L",
+        width=40,
+        height=64,
+        note="EXIF orientation 6 applied (turned 90° clockwise)",
+    )
+    assert analysis.image_facts(turned)[-1] == (
+        "read as",
+        "EXIF orientation 6 applied (turned 90° clockwise)",
+    )

@@ -311,6 +311,24 @@ def test_inputs_the_model_was_not_trained_for_are_flagged(model_path, dicoms, tm
     assert predict.predict_files(model_path, [str(dicoms[0])])[0]["warning"] == ""
 
 
+def test_what_the_reader_did_is_noted_on_the_row(model_path, tmp_path):
+    upright = np.zeros((40, 64), dtype=np.uint8)
+    upright[:, :8] = 255  # a bright band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: the viewer turns it 90° clockwise
+    Image.fromarray(np.rot90(upright, 1)).save(tmp_path / "turned.jpg", quality=100, exif=exif)
+    Image.fromarray(upright).convert("RGB").save(tmp_path / "rgb.png")
+    Image.fromarray(upright).save(tmp_path / "plain.png")
+    rows = predict.predict_files(model_path, [str(tmp_path)])
+    notes = {Path(r["path"]).name: r["note"] for r in rows}
+    assert notes == {
+        "plain.png": "",
+        "rgb.png": "RGB image of a gray picture: made gray",
+        "turned.jpg": "EXIF orientation 6 applied (turned 90° clockwise)",
+    }
+    assert all(r["error"] == "" for r in rows)
+
+
 def test_model_json_must_match_the_model(model_path, dicoms, tmp_path):
     other = tmp_path / "model.keras"
     other.write_bytes(model_path.read_bytes())
