@@ -8,14 +8,14 @@ seed 0) under the TensorFlow backend, at batch 1 (the app: one upload) and 16 (w
 - **split** (`pneumokeras.explain.cam.HeatmapExplainer`, what `explain`, the app and
   `cv` run): the layers up to the target as one TensorFlow graph outside the gradient
   tape; tf-keras-vis differentiates only the layers after it, XLA-compiled.
-- **whole model, eager**: tf-keras-vis on the whole model (`Gradcam(model)`) as
-  pneumokeras ran it before: every layer on an eager `GradientTape`, backpropagated to
-  the input through TensorFlow's eager oneDNN kernels. At widths below 64 filters this
-  path corrupts the heap on AVX-512 CPUs under TensorFlow 2.21 (`double free`), so it
-  is only timed at `--filters 64`, where it did not crash, and with oneDNN off.
+- **whole model, eager**: tf-keras-vis on the whole model (`Gradcam(model)`), its
+  plain use: every layer on an eager `GradientTape`, backpropagated to the input
+  through TensorFlow's eager oneDNN kernels. At widths below 64 filters this path
+  corrupts the heap on AVX-512 CPUs under TensorFlow 2.21 (`double free`), so it is
+  only timed at `--filters 64`, where it runs without crashing, and with oneDNN off.
 
 Each way runs with oneDNN on (TensorFlow's default) and off (`TF_ENABLE_ONEDNN_OPTS=0`,
-the other fix that was considered), each setting in its own worker process, timed in
+the other way around the heap corruption), each setting in its own worker process, timed in
 interleaved rounds; the figure is `batch / median(call time)`. The train step with
 oneDNN on and off is `bench_train --variants tf-graph,tf-graph-nodnn,tf-xla,tf-xla-nodnn`.
 

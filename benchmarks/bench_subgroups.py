@@ -16,7 +16,7 @@ lower). Then, with `evaluate.bootstrap=2000`:
 2. in this process, the statistics alone on the same scores: the overall metric
    table (patient bootstrap of F1, ROC-AUC, PR-AUC, Brier), the subgroup analysis
    and the paired comparison, vectorised (`evaluation.bootstrap`), and the
-   earlier loop (`metrics.bootstrap_ci`, one scikit-learn call per resample) on
+   per-resample loop (`metrics.bootstrap_ci`, one scikit-learn call per resample) on
    `--loop-resamples` resamples, scaled to 2,000, side by side.
 
 Writes `benchmarks/out/bench_subgroups.json` (atomically) and prints the Markdown.

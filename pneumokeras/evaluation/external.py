@@ -9,8 +9,8 @@ temperature).
 
 - `detect`: the data is *external* when its manifest fingerprint differs from the
   one the model card recorded for its training data (`card.data.fingerprint`);
-  a card without one (hand-written, or no card) counts as internal, as before
-  external validation existed. `--external` / `--internal` override the rule.
+  a card without one (hand-written, or no card) counts as internal.
+  `--external` / `--internal` override the rule.
 - `training_data` / `evaluated_data`: what the report says about both data sets.
 - `own_calibration_record`: metrics.json's `calibration` when the temperature is
   the card's own (fitted on its training data's validation split), not refitted.
@@ -159,7 +159,7 @@ def training_data(card_data: Mapping[str, Any], card_calibration: Mapping[str, A
     Args:
         card_data: the card's `data` (`source`, `data_dir`, `fingerprint`,
             `splits.<name>.count|positives`; `source_layout`, `images` and
-            `patients` in cards written since external validation, else unknown).
+            `patients` when the card records them, else unknown).
         card_calibration: the card's `calibration` (where T was fitted).
 
     Returns:

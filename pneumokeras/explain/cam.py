@@ -33,7 +33,7 @@ METHODS = ("gradcam", "gradcam++", "scorecam")
 METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
 # What to explain: a class name (`pneumonia`, `normal`, `predicted`) or one index per image.
 Targets = str | Sequence[int] | np.ndarray
-# Output columns of model.keras (DESIGN.md contract).
+# Output columns of model.keras (its contract: the manual's docs/concepts/model-card.md).
 CLASS_INDEX = {name: index for index, name in enumerate(CLASS_NAMES)}
 # Images per tf-keras-vis call: bounds eager-mode memory for large inputs.
 BATCH = 16

@@ -37,7 +37,7 @@ class ImageRecord:
         transfer_syntax_name: its name (`JPEG Baseline (Process 1)`, ...); '' for PNG/JPEG.
         note: '' or how the file was converted beyond the usual rule, for callers to
             show (`RGB image of a gray picture: made gray`, `EXIF orientation 6
-            applied (rotated 90° clockwise)`); several are joined by `; `.
+            applied (turned 90° clockwise)`); several are joined by `; `.
     """
 
     pixels: np.ndarray

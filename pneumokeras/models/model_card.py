@@ -63,9 +63,8 @@ class ModelCard:
         gradcam_layer: default target layer for Grad-CAM.
         config: the full training settings (`Config.to_dict()`).
         data: what it was trained on (`source`, `data_dir`, `image_size`,
-            split counts, `fingerprint` of the manifest; since external
-            validation also `source_layout`, `images` and `patients`, absent
-            from older cards).
+            split counts, `fingerprint` of the manifest, `source_layout`,
+            `images` and `patients`; a card may lack the last three).
         fold: held-out fold, or None.
         class_weights: class weights used in the loss, or None.
         devices: data-parallel devices used in training.

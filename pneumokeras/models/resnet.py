@@ -1,7 +1,7 @@
 """Backbones from stock Keras layers: ResNet18 and ResNet10 (written here), DenseNet121,
 EfficientNetV2B0.
 
-Every model built here shares one contract (see docs/DESIGN.md, "model.keras"):
+Every model built here shares one contract (the manual's docs/concepts/model-card.md):
 
 - input `image`: `(batch, image_size, image_size, 1)` raw pixel values in
   [0, 255], uint8 or float. The model rescales them itself (a stock

@@ -62,7 +62,7 @@ class Grouping:
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
-    """The converted folder's description (see DESIGN.md, "Contracts").
+    """The converted folder's description (each key: the manual's docs/concepts/records.md).
 
     Attributes:
         image_size: side of the stored square images, pixels.

@@ -1,8 +1,9 @@
 """TFRecord example schema, sharded writer, manifest and shard validation.
 
-One `tf.train.Example` per example (keys in `FEATURES`, see DESIGN.md): per
-patient in RSNA conversions, per image in the `folders` and `findings` layouts,
-whose `patients.csv` says which patient each example id belongs to
+One `tf.train.Example` per example (keys in `FEATURES`, described key by key in
+the manual's docs/concepts/records.md): per patient in RSNA conversions, per
+image in the `folders` and `findings` layouts, whose `patients.csv` says which
+patient each example id belongs to
 (`read_patients`, `patient_ids`). Shards are named
 `<split>-00003-of-00016.tfrecord`; every file is written under a temporary name
 and renamed when complete, so a shard or manifest that is visible is whole.

@@ -19,7 +19,7 @@ A value that cannot be read (`'4XY'`, an age of 414, a sex of `O`) is stored emp
 and reported as a note (`Parsed.notes`, a row of the conversion's notes.csv); it
 never stops a conversion. An explicit unknown (`Unknown`, `U`, empty) is empty
 without a note. Folders converted before this table existed have none: their
-subgroups are "unknown" (see `records.attributes`).
+subgroups are "unknown" (see `records.attribute_table`).
 
 Pure functions on strings; no TensorFlow, no pixels.
 """

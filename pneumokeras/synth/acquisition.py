@@ -7,7 +7,7 @@ detector's field of view and the stored polarity. Each image draws its own
 values uniformly from the scanner's ranges (`sample_exposure`, `sample_detector`),
 from the patient's own random streams, and always in the same order: the same
 seed gives the same patient, opacities and boxes under any scanner, and
-`DEFAULT_SCANNER` gives the images this package has always made.
+`DEFAULT_SCANNER` is the scanner `synth` uses without acquisition options.
 
 `SHIFTED_SCANNER` (`synth --shift`) draws every setting from another range than
 the default: another site's scanner, for measuring how a model trained on the
