@@ -216,15 +216,35 @@ def _variants_table(variants: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _machine_line(machine: dict[str, Any]) -> str:
+    """`Machine: CPU, N logical CPUs, flags: …, backend` from a run's `machine` record."""
+    return (
+        f"Machine: {machine['cpu']}, {machine['cpus']} logical CPUs, flags: "
+        f"{machine['cpu_flags']}, Keras {machine.get('keras', '?')} on {machine['backend']}"
+    )
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The benchmark's Markdown: headline, per-seed scores, ensemble, TTA, pipeline, variants.
 
     A record of variants only (`bench_recipe_variants.json`) renders their table.
     """
     if "seeds" not in results:
-        return "\n".join(_variants_table(results.get("variants", []))) + "\n"
+        variants = results.get("variants", [])
+        machines = [v["machine"] for v in variants]
+        loads = ", ".join(f"{m['load_start'].split(' / ')[0]}" for m in machines)
+        head = (
+            f"{_machine_line(machines[0])}; load average at the start of each variant's run: "
+            f"{loads}."
+            if machines
+            else "Machine: not recorded."
+        )
+        return "\n".join([head, "", *_variants_table(variants)]) + "\n"
     settings, machine = results["settings"], results["machine"]
     lines = [
+        f"{_machine_line(machine)}; load average {machine['load_start']} → "
+        f"{machine.get('load_end', '?')}.",
+        "",
         f"Recipe `{settings['config']}`"
         + (f" with `{' '.join(settings['overrides'])}`" if settings["overrides"] else "")
         + f", seeds {', '.join(map(str, settings['seeds']))}: {settings['train_patients']} "
@@ -233,9 +253,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{results['test_sets']['in_domain']['n']} patients "
         f"({results['test_sets']['in_domain']['positives']} positive, seed "
         f"{settings['test_seed']}), the same patients from the default and the shifted "
-        f"scanner. {machine['cpu']}, {machine['cpus']} cores ({machine['cpu_flags']}), "
-        f"{machine['backend']} backend; load average {machine['load_start']} at the start. "
-        f"Command: `{results['command']}`.",
+        f"scanner. Command: `{results['command']}`.",
         "",
         "| metric (mean ± sd over seeds, range) | in-domain | shifted | drop |",
         "|---|---:|---:|---:|",

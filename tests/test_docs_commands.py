@@ -22,10 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 # Pages that show the README's RSNA block too.
-PAGES_WITH_THE_RSNA_BLOCK = (
-    ROOT / "docs" / "index.md",
-    ROOT / "docs" / "getting-started" / "index.md",
-)
+PAGES_WITH_THE_RSNA_BLOCK = (ROOT / "docs" / "getting-started" / "index.md",)
 # Commands covered elsewhere (installation: tests/test_packaging.py; the suite itself).
 NOT_RUN_HERE = {
     "make demo",

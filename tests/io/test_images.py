@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -129,7 +130,7 @@ def test_read_image_gives_a_dicoms_acquisition_facts(dicoms):
         "note": "",
     }
     assert record.sex in ("M", "F")
-    assert record.age.isdigit()
+    assert re.fullmatch(r"\d{3}Y", record.age)  # as DICOM writes an age (PatientAge, AS)
 
 
 def test_read_image_reports_other_modalities_and_stored_sizes(tmp_path):
