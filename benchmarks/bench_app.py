@@ -10,10 +10,10 @@ then times, under the TensorFlow backend:
   building the Grad-CAM explainer (`cam.HeatmapExplainer`, which clones the model
   once), each with one warm-up call. The app does these once per process.
 - **per upload**, on synthetic RSNA-like DICOMs (1024 px, JPEG Baseline), each
-  stage the app runs for one file: `app_logic.read_upload` (the converter's reader),
+  stage the app runs for one file: `app.uploads.read_upload` (the converter's reader),
   the calibrated probability (`Classifier.probabilities`, compiled; the eager call for
   comparison), Grad-CAM at `stack4_block2_out`, and the overlay
-  figure (`app_logic.overlay_png`); and the whole (`analyse_upload` + `overlay_png`).
+  figure (`app.analysis.overlay_png`); and the whole (`analyse_upload` + `overlay_png`).
   The first upload (which traces TensorFlow functions) is reported apart from the
   median and maximum of the others. Grad-CAM++ is timed likewise; Score-CAM on one
   image with `--scorecam` (it runs the model once per channel: 512 here).
@@ -21,7 +21,7 @@ then times, under the TensorFlow backend:
   itself: the first page run (model loading included), then one run per upload
   (Streamlit's own work included; only the browser's transfer and drawing are not);
   once with Streamlit's default of clearing the Keras session after every run, once
-  as `cli.py app` serves it (`app_logic.keep_keras_session`).
+  as `cli.py app` serves it (`app.server.main` keeps the Keras session).
 
 Writes `benchmarks/out/bench_app.json` (atomically) and prints the Markdown.
 
@@ -117,7 +117,8 @@ def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
     import numpy as np
 
     results["import_tensorflow_keras_s"] = time.perf_counter() - start
-    from pneumokeras.app import logic as app_logic
+    from pneumokeras.app import analysis
+    from pneumokeras.app.uploads import read_upload
     from pneumokeras.explain.cam import HeatmapExplainer
     from pneumokeras.models.model_card import load_classifier
 
@@ -156,16 +157,16 @@ def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
     }
     for index, data in enumerate(files):
         name = f"case-{index}.dcm"
-        record, seconds = _clock(app_logic.read_upload, name, data, SIZE, 100)
+        record, seconds = _clock(read_upload, name, data, SIZE, 100)
         stages["read"].append(seconds)
         pixels = record.pixels[None, :, :, None].astype("float32")
         stages["probability"].append(_clock(classifier.probabilities, pixels)[1])
         stages["probability_eager"].append(_clock(classifier.model, pixels, training=False)[1])
         stages["gradcam"].append(_clock(explainer, pixels, [1])[1])
         start, cpu = time.perf_counter(), time.process_time()
-        result = app_logic.analyse_upload(classifier, explainer, name, data, 100)
+        result = analysis.analyse_upload(classifier, explainer, name, data, 100)
         analysed = time.perf_counter()
-        app_logic.overlay_png(result, 0.4)
+        analysis.overlay_png(result, 0.4)
         stages["overlay"].append(time.perf_counter() - analysed)
         stages["total"].append(time.perf_counter() - start)
         # CPU seconds of this process (all its threads): on an otherwise idle 2-core
@@ -176,14 +177,14 @@ def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
     plus, results["build_gradcam++_s"] = _clock(
         HeatmapExplainer, classifier.model, "gradcam++", classifier.card.gradcam_layer
     )
-    pixels = app_logic.read_upload("x.dcm", files[0], SIZE, 100).pixels[None, ..., None]
+    pixels = read_upload("x.dcm", files[0], SIZE, 100).pixels[None, ..., None]
     results["gradcam++_s"] = _summary([_clock(plus, pixels, [1])[1] for _ in range(3)])
     if scorecam:
         score = HeatmapExplainer(classifier.model, "scorecam", classifier.card.gradcam_layer)
         results["scorecam_s"] = _summary([_clock(score, pixels, [1])[1]])
     if page:
         # Streamlit's default first (it clears the Keras session after every run),
-        # then as `cli.py app` serves it (`app_logic.keep_keras_session`).
+        # then as `cli.py app` serves it (`app.server.main` keeps the Keras session).
         # New files for each (the page caches analyses by content, across sessions).
         results["page_streamlit_default_s"] = measure_page(
             run_dir, _dicoms(images, 456), server=False
@@ -196,10 +197,15 @@ def measure_page(run_dir: Path, files: list[bytes], server: bool) -> dict:
     """The app script itself under AppTest: first run, then one run per new upload."""
     from streamlit.testing.v1 import AppTest
 
-    from pneumokeras.app import logic as app_logic
+    import keras
 
-    os.environ["PNEUMOKERAS_MODEL"] = str(run_dir)
-    os.environ[app_logic.SERVER_VARIABLE] = "1" if server else "0"
+    from pneumokeras.app import server as app_server
+
+    os.environ[app_server.MODEL_VARIABLE] = str(run_dir)
+    # What `app.server.main` does in the server process; Streamlit's default otherwise.
+    streamlit_default = keras.backend.clear_session
+    if server:
+        keras.backend.clear_session = app_server.keep_session
     page = common.REPO_ROOT / "pneumokeras" / "app" / "page.py"
     app = AppTest.from_file(str(page), default_timeout=600)
     _, first = _clock(app.run)
@@ -210,6 +216,7 @@ def measure_page(run_dir: Path, files: list[bytes], server: bool) -> dict:
         if app.exception or len(app.metric) != 1:
             raise RuntimeError(f"the page did not show one prediction: {app.exception}")
         uploads.append(seconds)
+    keras.backend.clear_session = streamlit_default
     return {"first_run_s": first, "upload_run_s": _summary(uploads)}
 
 

@@ -132,7 +132,7 @@ def server_command(
     return argv, env
 
 
-def _keep_session(free_memory: bool = True) -> None:
+def keep_session(free_memory: bool = True) -> None:
     """`keras.backend.clear_session` in the server process: nothing to clear (see `main`)."""
 
 
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     environment.import_tensorflow_quietly()
     import keras
 
-    keras.backend.clear_session = _keep_session
+    keras.backend.clear_session = keep_session
     from streamlit.web import cli as streamlit_cli
 
     options = list(sys.argv[1:] if argv is None else argv)
