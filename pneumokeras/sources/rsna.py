@@ -41,8 +41,18 @@ class PatientRecord:
     detailed_class: str = ""
 
     def normalised_boxes(self, width: int, height: int) -> tuple[Box, ...]:
-        """Boxes as `(x, y, w, h)` fractions of an image `width` × `height` pixels."""
-        return tuple((x / width, y / height, w / width, h / height) for x, y, w, h in self.boxes_px)
+        """Boxes as `(x, y, w, h)` fractions of the stored square image.
+
+        An image `width` × `height` pixels is stored padded to a centred square of
+        side `max(width, height)` (`io.dicom.resize_square`); the boxes move with it,
+        so they stay on the same anatomy whatever the image's shape.
+        """
+        side = max(width, height)
+        left, top = (side - width) // 2, (side - height) // 2
+        return tuple(
+            ((x + left) / side, (y + top) / side, w / side, h / side)
+            for x, y, w, h in self.boxes_px
+        )
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:

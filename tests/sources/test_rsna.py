@@ -30,6 +30,10 @@ def test_records_boxes_and_classes(tmp_path):
     assert records["b"].label == 1
     assert len(records["b"].boxes_px) == 2
     assert records["b"].normalised_boxes(1000, 1000)[0] == pytest.approx((0.1, 0.2, 0.05, 0.06))
+    # A portrait image is stored padded to a centred square: 200 px of black on the left.
+    assert records["b"].normalised_boxes(600, 1000)[0] == pytest.approx((0.3, 0.2, 0.05, 0.06))
+    # A landscape one: 200 px on top.
+    assert records["b"].normalised_boxes(1000, 600)[0] == pytest.approx((0.1, 0.4, 0.05, 0.06))
     assert records["c"].detailed_class == "No Lung Opacity / Not Normal"
 
 
