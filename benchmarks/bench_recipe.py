@@ -368,24 +368,24 @@ def _synth(out: Path, patients: int, size: int, seed: int, scanner: Any, workers
 
 def _convert(synth_dir: Path, out: Path, size: int, seed: int, workers: Any, **split: Any) -> None:
     """`convert` unless `out` already holds this conversion (its manifest says so)."""
-    from pneumokeras.records.convert import convert
+    from pneumokeras.records.convert import ConvertOptions, convert
 
     manifest = out / "manifest.json"
     if manifest.is_file():
         recorded = json.loads(manifest.read_text())
         if recorded.get("image_size") == size and recorded.get("seed") == seed:
             return
-    convert(
-        synth_dir / "stage_2_train_images",
-        synth_dir / "stage_2_train_labels.csv",
-        out,
-        class_info_csv=synth_dir / "stage_2_detailed_class_info.csv",
+    options = ConvertOptions(
+        images=synth_dir / "stage_2_train_images",
+        out=out,
+        labels=synth_dir / "stage_2_train_labels.csv",
+        class_info=synth_dir / "stage_2_detailed_class_info.csv",
         size=size,
         seed=seed,
         workers=workers,
-        progress=False,
         **split,
     )
+    convert(options, progress=False)
 
 
 def _test_sets(work: Path, args: argparse.Namespace, size: int) -> dict[str, Path]:
