@@ -59,6 +59,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check --quiet .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	$(MKDOCS) build --strict --quiet --site-dir $(SITE_CHECK)
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=15
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=15 -m backend
@@ -73,6 +74,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check --quiet .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 # The documentation site (MkDocs + Material): site/index.html. `make test` builds it with
 # --strict (a broken link or a missing page fails) into a scratch folder.
@@ -82,4 +84,4 @@ docs: $(STAMP)
 	$(MKDOCS) build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache site build dist
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site build dist

@@ -22,26 +22,35 @@ diagnosis.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import streamlit as st
 
 from pneumokeras.app import analysis, downloads, examples, model_panel, server
 from pneumokeras.errors import UserError
+from pneumokeras.models.model_card import Classifier
 from pneumokeras.records import manifest as manifest_lib
+
+if TYPE_CHECKING:
+    from pneumokeras.explain.cam import EnsembleHeatmapExplainer, HeatmapExplainer
 
 VIEWS = ("Upload X-rays", "Synthetic examples", "Browse converted data")
 METHOD_LABELS = {"Grad-CAM": "gradcam", "Grad-CAM++": "gradcam++", "Score-CAM (slow)": "scorecam"}
 PAGE_SIZE = 4
+# What an analysis depends on: model path, image content, method, layer, target, TTA copies.
+AnalysisKey = tuple[str, str, str, str, str, int]
 
 
 # ------------------------------------------------------------------ cached resources
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server process)…")
-def load_model(path: str):
+def load_model(path: str) -> Classifier:
     """The classifier (model + card), loaded once per process."""
     from pneumokeras.models.model_card import load_classifier
 
@@ -51,7 +60,9 @@ def load_model(path: str):
 
 
 @st.cache_resource(show_spinner=False)
-def load_explainer(path: str, method: str, layer: str):
+def load_explainer(
+    path: str, method: str, layer: str
+) -> HeatmapExplainer | EnsembleHeatmapExplainer:
     """One heatmap explainer per (model, method, layer), built once per process.
 
     For an ensemble, the mean of its members' maps, each at `layer`.
@@ -66,7 +77,7 @@ def load_explainer(path: str, method: str, layer: str):
 
 
 @st.cache_resource(show_spinner="Reading the split…")
-def load_split(data_dir: str, split: str):
+def load_split(data_dir: str, split: str) -> list[dict[str, Any]]:
     """A converted split's records, read once per process."""
     from pneumokeras.records import tfrecords
 
@@ -74,19 +85,25 @@ def load_split(data_dir: str, split: str):
 
 
 @st.cache_resource(show_spinner=False)
-def load_manifest(data_dir: str):
+def load_manifest(data_dir: str) -> manifest_lib.Manifest:
     return manifest_lib.load_manifest(data_dir)
 
 
 @st.cache_resource(show_spinner="Rendering synthetic patients…")
-def load_synthetic_examples():
+def load_synthetic_examples() -> list[examples.Example]:
     return examples.synthetic_examples()
 
 
 @st.cache_data(max_entries=64, show_spinner="Predicting and computing the heatmap…")
 def analyse_bytes(
-    key: tuple, name: str, _data: bytes, limit_mb: float, source: str, truth=None, _boxes=None
-):
+    key: AnalysisKey,
+    name: str,
+    _data: bytes,
+    limit_mb: float,
+    source: str,
+    truth: int | None = None,
+    _boxes: np.ndarray | None = None,
+) -> analysis.Result:
     """`analysis.analyse_upload`, cached by `key` (model, content digest, settings)."""
     path, _, method, layer, target, tta = key
     return analysis.analyse_upload(
@@ -104,9 +121,12 @@ def analyse_bytes(
 
 
 @st.cache_data(max_entries=64, show_spinner="Predicting and computing the heatmap…")
-def analyse_pixels(key: tuple, name: str, _example, source: str):
+def analyse_pixels(
+    key: AnalysisKey, name: str, _example: examples.Example, source: str
+) -> analysis.Result:
     """`analysis.analyse` of a split example, cached by `key`."""
     path, _, method, layer, target, tta = key
+    assert _example.pixels is not None  # a split example holds its pixels
     record = analysis.record_from_pixels(_example.pixels, name, _example.name)
     return analysis.analyse(
         load_model(path),
@@ -122,14 +142,16 @@ def analyse_pixels(key: tuple, name: str, _example, source: str):
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
-def overlay(key: tuple, alpha: float, _result) -> bytes:
+def overlay(key: tuple[str | int, ...], alpha: float, _result: analysis.Result) -> bytes:
     return analysis.overlay_png(_result, alpha)
 
 
 # ------------------------------------------------------------------------- drawing
 
 
-def show_result(result, key: tuple, alpha: float, slot: int, headline: str) -> None:
+def show_result(
+    result: analysis.Result, key: AnalysisKey, alpha: float, slot: int, headline: str
+) -> None:
     """One image's card: input, overlay, probability and label, TTA, members, warnings, facts."""
     with st.container(border=True):
         st.markdown(f"**{result.name}**")
@@ -138,6 +160,7 @@ def show_result(result, key: tuple, alpha: float, slot: int, headline: str) -> N
             return
         left, middle, right = st.columns([1, 1.5, 1.2])
         record = result.record
+        assert record is not None  # a predicted image's record is kept
         size = record.pixels.shape[0]
         left.image(
             record.pixels, caption=f"as the model sees it ({size} × {size} px)", width="stretch"
@@ -191,7 +214,14 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def show_safely(make_result, name: str, key: tuple, alpha: float, slot: int, headline: str):
+def show_safely(
+    make_result: Callable[[], analysis.Result],
+    name: str,
+    key: AnalysisKey,
+    alpha: float,
+    slot: int,
+    headline: str,
+) -> analysis.Result:
     """Analyses and draws one image (card number `slot`); any failure stays on its card."""
     try:
         result = make_result()
@@ -202,7 +232,7 @@ def show_safely(make_result, name: str, key: tuple, alpha: float, slot: int, hea
         return analysis.Result(name=name, error=_one_line(err))
 
 
-def show_downloads(results, classifier, label: str) -> None:
+def show_downloads(results: Sequence[analysis.Result], classifier: Classifier, label: str) -> None:
     rows = [downloads.result_row(r) for r in results]
     if not rows:
         return
@@ -223,7 +253,7 @@ def show_downloads(results, classifier, label: str) -> None:
     )
 
 
-def sidebar(classifier) -> dict:
+def sidebar(classifier: Classifier) -> dict[str, Any]:
     """Heatmap settings and the model panel; returns the settings."""
     bar = st.sidebar
     bar.header("Heatmap")
@@ -280,7 +310,7 @@ def sidebar(classifier) -> dict:
 # --------------------------------------------------------------------------- views
 
 
-def upload_view(classifier, settings, model_path: str) -> None:
+def upload_view(classifier: Classifier, settings: Mapping[str, Any], model_path: str) -> None:
     limit = server.upload_limit_mb(os.environ)
     files = st.file_uploader(
         "Chest X-rays: DICOM, PNG or JPEG (one or more)",
@@ -298,7 +328,7 @@ def upload_view(classifier, settings, model_path: str) -> None:
         key = _key(model_path, hashlib.sha256(data).hexdigest(), settings)
         results.append(
             show_safely(
-                lambda d=data, n=file.name, k=key: analyse_bytes(k, n, d, limit, "upload"),
+                functools.partial(analyse_bytes, key, file.name, data, limit, "upload"),
                 file.name,
                 key,
                 settings["alpha"],
@@ -309,7 +339,7 @@ def upload_view(classifier, settings, model_path: str) -> None:
     show_downloads(results, classifier, "Results")
 
 
-def synthetic_view(classifier, settings, model_path: str) -> None:
+def synthetic_view(classifier: Classifier, settings: Mapping[str, Any], model_path: str) -> None:
     st.caption(
         "Synthetic chest phantoms from pneumokeras' own generator (not patients), "
         "rendered in memory as RSNA-like DICOMs and read like uploads. Green boxes: "
@@ -320,8 +350,15 @@ def synthetic_view(classifier, settings, model_path: str) -> None:
         key = _key(model_path, hashlib.sha256(example.data).hexdigest(), settings)
         results.append(
             show_safely(
-                lambda e=example, k=key: analyse_bytes(
-                    k, e.name, e.data, float("inf"), "synthetic", e.truth, e.boxes
+                functools.partial(
+                    analyse_bytes,
+                    key,
+                    example.name,
+                    example.data,
+                    float("inf"),
+                    "synthetic",
+                    example.truth,
+                    example.boxes,
                 ),
                 example.name,
                 key,
@@ -336,7 +373,7 @@ def synthetic_view(classifier, settings, model_path: str) -> None:
     show_downloads(results, classifier, "Results")
 
 
-def browse_view(classifier, settings, model_path: str) -> None:
+def browse_view(classifier: Classifier, settings: Mapping[str, Any], model_path: str) -> None:
     data_dir = os.environ.get(server.DATA_VARIABLE, "")
     if not data_dir:
         st.info(
@@ -380,7 +417,7 @@ def browse_view(classifier, settings, model_path: str) -> None:
         key = _key(model_path, f"{data_dir}:{split}:{example.name}", settings)
         results.append(
             show_safely(
-                lambda e=example, k=key: analyse_pixels(k, e.name, e, f"split:{split}"),
+                functools.partial(analyse_pixels, key, example.name, example, f"split:{split}"),
                 example.name,
                 key,
                 settings["alpha"],
@@ -394,7 +431,7 @@ def browse_view(classifier, settings, model_path: str) -> None:
     show_downloads(results, classifier, "This page's results")
 
 
-def _key(model_path: str, content: str, settings: dict) -> tuple:
+def _key(model_path: str, content: str, settings: Mapping[str, Any]) -> AnalysisKey:
     """What an analysis depends on (the opacity only changes the drawing)."""
     return (
         model_path,

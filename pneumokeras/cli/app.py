@@ -29,7 +29,9 @@ from pneumokeras.cli.options import data_option, example
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 @click.option("--port", default=8501, show_default=True, help="TCP port.")
 @click.option("--max-upload-mb", default=100, show_default=True, help="Largest file accepted, MB.")
-def app(model_path, data_dir, host, port, max_upload_mb) -> None:
+def app(
+    model_path: str | None, data_dir: str | None, host: str, port: int, max_upload_mb: int
+) -> None:
     """Web app: upload X-rays, see probability, label and Grad-CAM."""
     from pneumokeras.utils import extras
 

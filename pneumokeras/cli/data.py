@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from pneumokeras.cli.options import example, out_dir_option, workers_option
 
 
-class _RangeType(click.ParamType):
+# ParamType is generic from click 8.4 on; subscripting it would fail on older clicks.
+class _RangeType(click.ParamType):  # type: ignore[type-arg]
     """`LOW:HIGH` or one number (a fixed value) → `(low, high)`."""
 
     name = "LOW:HIGH"
 
-    def convert(self, value, param, ctx):
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[float, float]:
         if isinstance(value, tuple):
             return value
         parts = str(value).split(":")
@@ -44,7 +49,7 @@ _SCANNER_OPTIONS = (
 )
 
 
-def _scanner_options(func):
+def _scanner_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option(
         "--monochrome1",
         type=click.FloatRange(0, 1),
@@ -95,7 +100,15 @@ def _scanner_options(func):
     "sex=M|F, age=<18|18-39|40-59|60-79|80+, view=AP|PA.",
 )
 def synth(
-    out, patients, size, positive_fraction, seed, workers, shift, subgroup_gap, **scanner
+    out: str,
+    patients: int,
+    size: int,
+    positive_fraction: float,
+    seed: int,
+    workers: int | None,
+    shift: bool,
+    subgroup_gap: str | None,
+    **scanner: tuple[float, float] | float | None,
 ) -> None:
     """Write a synthetic RSNA-shaped data set (DICOMs + label CSVs)."""
     from pneumokeras.synth import (
@@ -144,19 +157,19 @@ def synth(
 @click.option(
     "--images",
     required=True,
-    type=click.Path(),
+    type=click.Path(path_type=Path),
     help="rsna: folder of <patientId>.dcm files; folders: the class (or split) folders' "
     "parent; findings: the folder the CSV's image paths are in.",
 )
 @click.option(
     "--labels",
-    type=click.Path(),
+    type=click.Path(path_type=Path),
     default=None,
     help="rsna: stage_2_train_labels.csv; findings: the CSV; folders: none.",
 )
 @click.option(
     "--class-info",
-    type=click.Path(),
+    type=click.Path(path_type=Path),
     default=None,
     help="rsna: stage_2_detailed_class_info.csv (optional).",
 )
@@ -219,20 +232,20 @@ def synth(
     help="findings: default 'Patient Age' (NIH), else 'Age' (CheXpert), if present.",
 )
 def convert(
-    layout,
-    images,
-    labels,
-    class_info,
-    out,
-    size,
-    val,
-    test,
-    folds,
-    seed,
-    workers,
-    limit,
-    shard_size,
-    **layout_options,
+    layout: str,
+    images: Path,
+    labels: Path | None,
+    class_info: Path | None,
+    out: str,
+    size: int,
+    val: float,
+    test: float,
+    folds: int,
+    seed: int,
+    workers: int | None,
+    limit: int | None,
+    shard_size: int,
+    **layout_options: Any,
 ) -> None:
     """Convert an image folder + labels (RSNA, class folders, findings CSV) to TFRecords."""
     from pneumokeras.records.convert import ConvertOptions
@@ -244,7 +257,7 @@ def convert(
         class_info = default if default.is_file() else None
     options = ConvertOptions(
         images=images,
-        out=out,
+        out=Path(out),
         labels=labels,
         class_info=class_info,
         layout=LayoutOptions(layout, **layout_options),

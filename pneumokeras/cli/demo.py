@@ -30,7 +30,15 @@ DEMO_CONFIG = "demo"  # the preset (configs/demo.yaml; inside the package when i
 @click.option("--seed", default=0, show_default=True, help="Data seed.")
 @workers_option
 @settings_options
-def demo(out_dir, patients, size, seed, workers, config_path, overrides) -> None:
+def demo(
+    out_dir: str,
+    patients: int,
+    size: int,
+    seed: int,
+    workers: int | None,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+) -> None:
     """Run synth → convert → train → evaluate → explain on synthetic data."""
     environment.check_backend("demo")
     config = load_config(config_path or DEMO_CONFIG, overrides)

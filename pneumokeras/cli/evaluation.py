@@ -99,16 +99,16 @@ def by_option(func: Callable[..., Any]) -> Callable[..., Any]:
 @by_option
 @settings_options
 def evaluate(
-    model_path,
-    data_dir,
-    split,
-    out_dir,
-    threshold,
-    external,
-    refit_fraction,
-    by,
-    config_path,
-    overrides,
+    model_path: str,
+    data_dir: str,
+    split: str,
+    out_dir: str,
+    threshold: float | None,
+    external: bool | None,
+    refit_fraction: float | None,
+    by: tuple[str, ...] | None,
+    config_path: str | None,
+    overrides: tuple[str, ...],
 ) -> None:
     """Clinical metrics with 95 % CIs, calibration, subgroups, plots; also on external data."""
     environment.check_backend("evaluate")
@@ -175,7 +175,14 @@ def _number(value: float | None) -> str:
 )
 @out_dir_option("Folder for compare.json, compare.md, compare.csv and roc.png.")
 @settings_options
-def compare(model_paths, data_dirs, split, out_dir, config_path, overrides) -> None:
+def compare(
+    model_paths: tuple[str, ...],
+    data_dirs: tuple[str, ...],
+    split: str,
+    out_dir: str,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+) -> None:
     """Paired comparison of two or more models on the same images (DeLong, McNemar)."""
     environment.check_backend("compare")
     config = load_config(config_path, overrides)

@@ -47,18 +47,18 @@ from pneumokeras.cli.options import (
 )
 @settings_options
 def explain(
-    model_path,
-    files,
-    data_dir,
-    split,
-    limit,
-    positives_only,
-    out_dir,
-    method,
-    layer,
-    target_class,
-    config_path,
-    overrides,
+    model_path: str,
+    files: tuple[str, ...],
+    data_dir: str | None,
+    split: str,
+    limit: int | None,
+    positives_only: bool,
+    out_dir: str,
+    method: str | None,
+    layer: str | None,
+    target_class: str | None,
+    config_path: str | None,
+    overrides: tuple[str, ...],
 ) -> None:
     """Grad-CAM heatmaps, scored against RSNA boxes."""
     if bool(files) == bool(data_dir):

@@ -32,7 +32,9 @@ def data_option(
     )
 
 
-def out_dir_option(help_text: str, name: str = "out_dir") -> Callable[[Callable[..., Any]], Any]:
+def out_dir_option(
+    help_text: str, name: str = "out_dir"
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`--out DIR` (required), a folder, passed as `name`."""
     return click.option(
         "--out", name, required=True, type=click.Path(file_okay=False), help=help_text

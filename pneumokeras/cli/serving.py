@@ -42,7 +42,15 @@ from pneumokeras.utils import environment, extras
     default=None,
     help="Decision threshold (default: the model card's; required without a card).",
 )
-def predict(model_path, inputs, out_path, fmt, batch_size, tta, threshold) -> None:
+def predict(
+    model_path: str,
+    inputs: tuple[str, ...],
+    out_path: str | None,
+    fmt: str | None,
+    batch_size: int,
+    tta: int,
+    threshold: float | None,
+) -> None:
     """Predict pneumonia on DICOM, PNG or JPEG files and folders."""
     environment.check_backend("predict")
     import_tensorflow()
@@ -100,7 +108,9 @@ def predict(model_path, inputs, out_path, fmt, batch_size, tta, threshold) -> No
     metavar="PATH",
     help="Image files or folders to check on besides the synthetic ones (repeatable).",
 )
-def export(model_path, fmt, out_path, force, check_images) -> None:
+def export(
+    model_path: str, fmt: str, out_path: str | None, force: bool, check_images: tuple[str, ...]
+) -> None:
     """Export for serving (ONNX, SavedModel), checked against the .keras model."""
     if fmt == "onnx":
         extras.require("export", "export --format onnx")

@@ -55,15 +55,15 @@ from pneumokeras.utils import environment
     help="This process, 0..N-1; 0 writes --out (or PNEUMOKERAS_PROCESS_ID).",
 )
 def train(
-    data_dir,
-    run_dir,
-    config_path,
-    overrides,
-    fold,
-    overwrite,
-    coordinator,
-    num_processes,
-    process_id,
+    data_dir: str,
+    run_dir: str,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    fold: int | None,
+    overwrite: bool,
+    coordinator: str | None,
+    num_processes: int | None,
+    process_id: int | None,
 ) -> None:
     """Train the classifier; a rerun resumes a killed run."""
     from pneumokeras.training import distributed
@@ -142,7 +142,13 @@ def _exit_multi_process(err: Exception) -> NoReturn:
     default=None,
     help="Train this fold only (one fold per machine); aggregate when all are done.",
 )
-def cv(data_dir, out_dir, config_path, overrides, only_fold) -> None:
+def cv(
+    data_dir: str,
+    out_dir: str,
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    only_fold: int | None,
+) -> None:
     """K-fold cross-validation: out-of-fold metrics and an ensemble of the fold models."""
     environment.check_backend("cv")
     config = load_config(config_path, overrides)

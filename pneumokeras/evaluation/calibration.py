@@ -40,7 +40,8 @@ from scipy.stats import chi2
 from sklearn.metrics import brier_score_loss, log_loss
 
 from pneumokeras.evaluation.metrics import expected_calibration_error, json_number, reliability
-from pneumokeras.models.temperature import calibrate, clip_probabilities
+from pneumokeras.models.temperature import calibrate as calibrate
+from pneumokeras.models.temperature import clip_probabilities
 
 # Temperature search range: far wider than any trained network needs.
 TEMPERATURE_BOUNDS = (0.05, 20.0)

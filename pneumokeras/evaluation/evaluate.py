@@ -192,7 +192,9 @@ def _log_all(warnings: list[str]) -> list[str]:
     return warnings
 
 
-def _choose_attributes(test: SplitData, by: Sequence[str] | None) -> tuple[list[str], dict]:
+def _choose_attributes(
+    test: SplitData, by: Sequence[str] | None
+) -> tuple[list[str], dict[str, str]]:
     """`subgroups.choose_attributes`, or nothing for `by=()` (`--by none`)."""
     if by is not None and not by:
         return [], {}

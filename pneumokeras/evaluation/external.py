@@ -153,7 +153,9 @@ def _split_counts(splits: Mapping[str, Any]) -> dict[str, int]:
     return {name: int(info.get("count", 0)) for name, info in splits.items()}
 
 
-def training_data(card_data: Mapping[str, Any], card_calibration: Mapping[str, Any]) -> dict:
+def training_data(
+    card_data: Mapping[str, Any], card_calibration: Mapping[str, Any]
+) -> dict[str, Any]:
     """What the model card says about the data the model was trained and calibrated on.
 
     Args:
@@ -201,7 +203,7 @@ def evaluated_data(
     splits: Sequence[str],
     labels: np.ndarray,
     patients: np.ndarray,
-) -> dict:
+) -> dict[str, Any]:
     """What the report says about the evaluated data set.
 
     Args:

@@ -53,8 +53,8 @@ from sklearn.metrics import (
 )
 from tqdm import tqdm
 
+from pneumokeras.evaluation.bootstrap import CI_LEVEL as CI_LEVEL
 from pneumokeras.evaluation.bootstrap import (
-    CI_LEVEL,
     PatientBootstrap,
     percentile_interval,
     resample_statistics,

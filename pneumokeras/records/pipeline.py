@@ -17,7 +17,7 @@ This module never imports jax.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,9 @@ def _split_files(data_dir: Path, manifest: Manifest, splits: list[str]) -> list[
     return files
 
 
-def _fold_filter(folds: Mapping[str, int], fold: int, keep_fold: bool):
+def _fold_filter(
+    folds: Mapping[str, int], fold: int, keep_fold: bool
+) -> Callable[[Mapping[str, tf.Tensor]], tf.Tensor]:
     """A tf.data predicate keeping patients in (or out of) `fold`."""
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
@@ -300,7 +302,7 @@ def training_dataset(
     if box_grid:
         weights = tf.constant([float((class_weight or {}).get(c, 1.0)) for c in (0, 1)], tf.float32)
 
-        def augment(b: Mapping[str, tf.Tensor]) -> tuple:
+        def augment(b: Mapping[str, tf.Tensor]) -> tuple[Any, ...]:
             images, masks = augmenter(b["image"], b["box_mask"])
             targets = {PREDICTIONS: smooth(b["label"]), BOX_MAP: box_targets(masks, box_grid)}
             if class_weight is None:
@@ -309,12 +311,12 @@ def training_dataset(
 
     elif config.augment.on_device:
         # The model's training step augments (`models.augmented`); the host only batches.
-        def augment(b: Mapping[str, tf.Tensor]) -> tuple:
+        def augment(b: Mapping[str, tf.Tensor]) -> tuple[Any, ...]:
             return b["image"], smooth(b["label"])
 
     else:
 
-        def augment(b: Mapping[str, tf.Tensor]) -> tuple:
+        def augment(b: Mapping[str, tf.Tensor]) -> tuple[Any, ...]:
             return augmenter(b["image"]), smooth(b["label"])
 
     batches = records.map(

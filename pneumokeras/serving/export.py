@@ -256,7 +256,9 @@ def _card_json(card: Any) -> str:
     return json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
-def _write_onnx(model: Any, card: Any, size: int, path: Path, facts: dict[str, Any]) -> dict:
+def _write_onnx(
+    model: Any, card: Any, size: int, path: Path, facts: dict[str, Any]
+) -> dict[str, Any]:
     """ONNX file at `path`: tf2onnx through Keras, output renamed, card in metadata."""
     import logging
 
@@ -292,7 +294,9 @@ def _write_onnx(model: Any, card: Any, size: int, path: Path, facts: dict[str, A
     return details
 
 
-def _write_saved_model(model: Any, card: Any, size: int, path: Path, facts: dict) -> dict:
+def _write_saved_model(
+    model: Any, card: Any, size: int, path: Path, facts: dict[str, Any]
+) -> dict[str, Any]:
     """SavedModel folder at `path`: `serving_default` + `serve`, the card as an asset."""
     import tensorflow as tf
 

@@ -150,7 +150,7 @@ def tta_probabilities(
     """
     import tensorflow as tf
 
-    from pneumokeras.records.pipeline import Augmenter
+    from pneumokeras.records.augment import Augmenter
 
     augmenter = Augmenter(TTA_AUGMENT, image_seed(pixels, seed))
     copies = np.repeat(pixels[None, :, :, None].astype(np.float32), count, axis=0)

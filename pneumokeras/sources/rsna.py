@@ -118,13 +118,13 @@ def read_labels(
         if target == 1:
             if not all(box_fields):
                 raise UserError(f"{labels_csv}:{line}: positive row without a box")
-            box = tuple(
+            x, y, width, height = (
                 _parse_float(labels_csv, line, c, t)
                 for c, t in zip(("x", "y", "width", "height"), box_fields, strict=True)
             )
-            if box[2] <= 0 or box[3] <= 0:
+            if width <= 0 or height <= 0:
                 raise UserError(f"{labels_csv}:{line}: box width and height must be > 0")
-            patient_boxes.append(box)  # type: ignore[arg-type]
+            patient_boxes.append((x, y, width, height))
         elif any(box_fields):
             raise UserError(f"{labels_csv}:{line}: negative row with a box")
 

@@ -22,9 +22,9 @@ SPLITS = ("train", "val", "test")
 SEED_LIMIT = 2**32  # scikit-learn's and NumPy's legacy seeds are 32-bit
 
 
-def check_seed(seed: int) -> None:
+def check_seed(seed: object) -> None:
     """Raises UserError unless `seed` is an integer in [0, 2**32)."""
-    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < SEED_LIMIT:
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= int(seed) < SEED_LIMIT:
         raise UserError(f"--seed must be an integer from 0 to {SEED_LIMIT - 1}; got {seed!r}")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -133,13 +134,13 @@ def with_settings(base: Scanner, **settings: Range | float | None) -> Scanner:
         UserError: an unknown setting, a gamma ≤ 0, or (`check_scanner`) a value
             out of bounds.
     """
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # Scanner's fields by name; check_scanner checks them
     fields = {f.name for f in dataclasses.fields(Scanner)}
     for name, value in settings.items():
         if value is None:
             continue
         if name == "gamma":
-            low, high = value  # type: ignore[misc]
+            low, high = cast(Range, value)  # a range (the floats are the probabilities)
             if low <= 0 or high <= 0:
                 raise UserError(f"scanner gamma must be > 0; got {low:g}:{high:g}")
             name, value = "log_gamma", (math.log(low), math.log(high))
@@ -148,7 +149,7 @@ def with_settings(base: Scanner, **settings: Range | float | None) -> Scanner:
                 f"unknown scanner setting {name!r} (known: {', '.join(sorted(fields))})"
             )
         changes[name] = value
-    scanner = replace(base, **changes)  # type: ignore[arg-type]
+    scanner = replace(base, **changes)
     check_scanner(scanner)
     return scanner
 

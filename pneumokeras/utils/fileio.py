@@ -46,7 +46,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Opens a temporary file beside `path` (see `atomic_path`); renames it on success."""
     with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as handle:
         yield handle

@@ -21,9 +21,12 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.pool import Pool as PoolType
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, TypeVar
 
 from pneumokeras.errors import PneumokerasError, UserError
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 # How often (seconds) a waiting `imap` checks that no worker has died.
 WORKER_CHECK_SECONDS = 2.0
@@ -59,14 +62,14 @@ def _processes(pool: PoolType) -> list[BaseProcess]:
     return list(pool._pool)  # type: ignore[attr-defined]
 
 
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
+def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
     """`items` in lists of `size` (the last one shorter), lazily."""
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, max(1, size))):
         yield chunk
 
 
-def _run_chunk(task: tuple[Callable[[Any], Any], list]) -> list:
+def _run_chunk(task: tuple[Callable[[Any], Any], list[Any]]) -> list[Any]:
     """In a worker: `func` over one chunk."""
     func, chunk = task
     return [func(item) for item in chunk]
@@ -87,7 +90,9 @@ class WorkerPool:
         if self._pool is not None:
             self._pids.update(p.pid for p in _processes(self._pool) if p.pid is not None)
 
-    def imap(self, func: Callable[[Any], Any], items: Iterable, chunksize: int = 8) -> Iterator:
+    def imap(
+        self, func: Callable[[Item], Result], items: Iterable[Item], chunksize: int = 8
+    ) -> Iterator[Result]:
         """Lazily `func(item)` for each item, in order; `func` must be picklable by name."""
         if self._pool is None:
             return map(func, items)
@@ -96,7 +101,7 @@ class WorkerPool:
         tasks = ((func, chunk) for chunk in _chunks(items, chunksize))
         return self._watched(self._pool.imap(_run_chunk, tasks, chunksize=1))
 
-    def _watched(self, results: Any) -> Iterator:
+    def _watched(self, results: Any) -> Iterator[Any]:
         """The chunks' results in order; raises `WorkerDiedError` once a worker has died."""
         while True:
             try:
