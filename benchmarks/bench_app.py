@@ -195,9 +195,8 @@ def measure(run_dir: Path, images: int, page: bool, scorecam: bool) -> dict:
 
 def measure_page(run_dir: Path, files: list[bytes], server: bool) -> dict:
     """The app script itself under AppTest: first run, then one run per new upload."""
-    from streamlit.testing.v1 import AppTest
-
     import keras
+    from streamlit.testing.v1 import AppTest
 
     from pneumokeras.app import server as app_server
 
