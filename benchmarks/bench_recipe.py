@@ -313,10 +313,22 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
             "| training pipeline (parse, decode, augment, batch) | img/s (median) |",
             "|---|---:|",
+        ]
+        if "before" in pipeline:
+            lines.append(
+                "| default augmentation, one Keras layer per step (before the affine step) | "
+                f"{_fmt(pipeline['before']['img_per_s'], 0)} |"
+            )
+        lines += [
             f"| default augmentation | {_fmt(pipeline['default']['img_per_s'], 0)} |",
             f"| the recipe's augmentation | {_fmt(pipeline['recipe']['img_per_s'], 0)} |",
             f"| cost of the recipe's augmentation | {_fmt(100 * pipeline['cost'], 1)} % |",
         ]
+        if "cost_vs_before" in pipeline:
+            lines.append(
+                "| cost against the pipeline before the affine step | "
+                f"{_fmt(100 * pipeline['cost_vs_before'], 1)} % |"
+            )
     if results.get("variants"):
         lines += ["", *_variants_table(results["variants"])]
     return "\n".join(lines) + "\n"
@@ -638,26 +650,66 @@ def _ensemble(
     return {"seed": seed, "folds": args.folds, "fold_seconds": seconds, "ensemble": scores}
 
 
-def _pipeline_cost(data_dir: Path, config: Any, batches: int, rounds: int = 5) -> dict[str, Any]:
-    """Images/s of the training pipeline with the default and with the recipe's augmentation.
+class _LayerByLayer:
+    """The augmentation as it ran before `records.augment.RandomAffine`: one Keras layer per
+    step (`device_layers`), the geometric ones over image and mask together. Only for the
+    pipeline figure's "before" row (the default settings: no gamma or noise)."""
 
-    Both pipelines read the same shards (with the box targets, as the recipe
-    trains). Each round times a fresh pipeline of each kind in turn: two warm-up
-    batches, then `batches` batches; only one pipeline exists at a time, so
-    neither prefetches while the other is timed. The median round counts.
+    GEOMETRIC = ("RandomFlip", "RandomRotation", "RandomTranslation", "RandomZoom")
+
+    def __init__(self, config: Any, seed: int):
+        from pneumokeras.records.augment import device_layers
+
+        self.layers = device_layers(config, seed)
+
+    def __call__(self, images: Any, masks: Any = None) -> Any:
+        import tensorflow as tf
+
+        spatial = [x for x in self.layers if type(x).__name__ in self.GEOMETRIC]
+        rest = [x for x in self.layers if type(x).__name__ not in self.GEOMETRIC]
+        if masks is not None:
+            both = tf.concat([images, masks], axis=-1)
+            for layer in spatial:
+                both = layer(both, training=True)
+            images, masks = both[..., :1], both[..., 1:]
+        else:
+            for layer in spatial:
+                images = layer(images, training=True)
+        for layer in rest:
+            images = layer(images, training=True)
+        images = tf.clip_by_value(images, 0.0, 255.0)
+        return images if masks is None else (images, tf.clip_by_value(masks, 0.0, 1.0))
+
+
+def _pipeline_cost(data_dir: Path, config: Any, batches: int, rounds: int = 5) -> dict[str, Any]:
+    """Images/s of the training pipeline: before, with the default and the recipe's augmentation.
+
+    `before` is the default augmentation run the earlier way, one Keras layer per
+    step (`_LayerByLayer`); `default` and `recipe` run `records.augment.Augmenter`
+    (flip, rotation, translation and zoom in one affine resampling). All read the
+    same shards (with the box targets, as the recipe trains). Each round times a
+    fresh pipeline of each kind in turn: two warm-up batches, then `batches`
+    batches; only one pipeline exists at a time, so none prefetches while another
+    is timed. The median round counts.
     """
     import dataclasses
 
     from pneumokeras.config import AugmentConfig
-    from pneumokeras.records.pipeline import training_dataset
+    from pneumokeras.records import pipeline
 
     variants = {
+        "before": dataclasses.replace(config, augment=AugmentConfig()),
         "default": dataclasses.replace(config, augment=AugmentConfig()),
         "recipe": config,
     }
+    own_augmenter = pipeline.Augmenter
 
-    def rate(settings: Any) -> float:
-        dataset, _ = training_dataset(data_dir, settings, box_grid=8, seed=0)
+    def rate(key: str, settings: Any) -> float:
+        pipeline.Augmenter = _LayerByLayer if key == "before" else own_augmenter
+        try:
+            dataset, _ = pipeline.training_dataset(data_dir, settings, box_grid=8, seed=0)
+        finally:
+            pipeline.Augmenter = own_augmenter
         stream = iter(dataset.repeat())
         for _ in range(2):
             next(stream)
@@ -669,11 +721,12 @@ def _pipeline_cost(data_dir: Path, config: Any, batches: int, rounds: int = 5) -
     rates: dict[str, list[float]] = {key: [] for key in variants}
     for _ in range(rounds):
         for key, settings in variants.items():
-            rates[key].append(rate(settings))
+            rates[key].append(rate(key, settings))
     out: dict[str, Any] = {
         key: {"img_per_s": statistics.median(v), "rounds": v} for key, v in rates.items()
     }
     out["cost"] = 1.0 - out["recipe"]["img_per_s"] / out["default"]["img_per_s"]
+    out["cost_vs_before"] = 1.0 - out["recipe"]["img_per_s"] / out["before"]["img_per_s"]
     out["batches"] = batches
     out["augment"] = {
         "default": dataclasses.asdict(AugmentConfig()),

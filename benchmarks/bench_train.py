@@ -121,9 +121,9 @@ def _keras_step(
     if variant.endswith("-devaug"):
         from pneumokeras.config import AugmentConfig
         from pneumokeras.models.augmented import with_augmentation
-        from pneumokeras.records.pipeline import Augmenter
+        from pneumokeras.records.augment import device_layers
 
-        model = with_augmentation(model, Augmenter(AugmentConfig(), seed=0).layers)
+        model = with_augmentation(model, device_layers(AugmentConfig(), seed=0))
     model.compile(
         optimizer=keras.optimizers.Adam(1e-4),
         loss="categorical_crossentropy",

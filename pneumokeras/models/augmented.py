@@ -25,7 +25,7 @@ def with_augmentation(model: keras.Model, layers: Sequence[keras.layers.Layer]) 
 
     Args:
         model: the classifier, input `(batch, S, S, 1)` pixels in [0, 255].
-        layers: Keras preprocessing layers (e.g. `records.pipeline.Augmenter(...).layers`),
+        layers: Keras preprocessing layers (e.g. `records.augment.device_layers(...)`),
             applied in order; pixels are clipped to [0, 255] after them, as on the host.
 
     Returns:

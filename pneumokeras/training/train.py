@@ -54,7 +54,7 @@ from pneumokeras.evaluation import drift
 from pneumokeras.models import augmented, resnet
 from pneumokeras.models.model_card import ModelCard
 from pneumokeras.records import pipeline as data_lib
-from pneumokeras.records.augment import Augmenter, check_on_device
+from pneumokeras.records.augment import device_layers
 from pneumokeras.records.manifest import Manifest, load_manifest
 from pneumokeras.training import distributed
 from pneumokeras.training.callbacks import BestModelSaver, process_local, run_callbacks
@@ -272,8 +272,7 @@ def _build_model(config: Config) -> tuple[keras.Model, int]:
     if config.train.box_loss_weight > 0:
         return resnet.add_box_head(model, resnet.LAST_CONV_LAYER[config.model.name])
     if config.augment.on_device:
-        check_on_device(config.augment)
-        layers = Augmenter(config.augment, config.train.seed).layers
+        layers = device_layers(config.augment, config.train.seed)
         return augmented.with_augmentation(model, layers), 0
     return model, 0
 

@@ -7,7 +7,7 @@ from model_fixtures import contract_model
 
 from pneumokeras.config import AugmentConfig
 from pneumokeras.models import augmented
-from pneumokeras.records.pipeline import Augmenter
+from pneumokeras.records.augment import device_layers
 
 pytestmark = pytest.mark.backend  # builds and trains models under each backend
 
@@ -16,7 +16,7 @@ SIZE = 16
 
 def _wrapped():
     model = contract_model(SIZE)
-    layers = Augmenter(AugmentConfig(rotation_degrees=20.0, translation=0.1), seed=3).layers
+    layers = device_layers(AugmentConfig(rotation_degrees=20.0, translation=0.1), seed=3)
     return model, augmented.with_augmentation(model, layers)
 
 

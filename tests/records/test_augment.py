@@ -5,7 +5,15 @@ import pytest
 import tensorflow as tf
 
 from pneumokeras.config import load_config
-from pneumokeras.records.augment import Augmenter, RandomGamma, RandomNoise
+from pneumokeras.errors import UserError
+from pneumokeras.records.augment import (
+    Augmenter,
+    RandomAffine,
+    RandomBlur,
+    RandomGamma,
+    RandomNoise,
+    device_layers,
+)
 
 # Tests that call the Augmenter (Keras preprocessing layers) are marked `backend`;
 # the two TensorFlow steps of this module run once.
@@ -61,8 +69,17 @@ def test_augmentation_changes_images_but_keeps_range():
         "augment.brightness=0",
         "augment.contrast=0",
     )
-    assert Augmenter(off, seed=0).layers == []
-    assert len(Augmenter(_augment(*EVERYTHING), seed=0).layers) == 9
+    plain = Augmenter(off, seed=0)
+    assert (plain.geometry, plain.acquisition) == (None, [])
+    np.testing.assert_array_equal(plain(images).numpy(), images.numpy())
+    everything = Augmenter(_augment(*EVERYTHING), seed=0)
+    assert isinstance(everything.geometry, RandomAffine)
+    assert [type(step).__name__ for step in everything.acquisition] == [
+        "RandomGamma", "RandomContrast", "RandomBrightness", "RandomNoise", "RandomBlur",
+    ]  # fmt: skip
+    assert len(device_layers(_augment(*EVERYTHING, "augment.gamma=0", "augment.noise=0"), 0)) == 7
+    with pytest.raises(UserError, match=r"augment\.gamma and augment\.noise run on the host"):
+        device_layers(_augment(*EVERYTHING), 0)
 
 
 @pytest.mark.backend
@@ -112,4 +129,44 @@ def test_a_seed_fixes_the_augmentation_in_tf_data():
     if keras.backend.backend() == "tensorflow":
         # Eagerly too (the Keras layers draw from the same TensorFlow generators);
         # under JAX an eager call runs them on JAX's own random numbers instead.
-        np.testing.assert_allclose(Augmenter(config, seed=7)(images).numpy(), first, atol=1e-3)
+        np.testing.assert_allclose(Augmenter(config, seed=7)(images).numpy(), first, atol=1e-2)
+
+
+def test_the_affine_step_flips_turns_shifts_and_zooms_exactly():
+    image = np.zeros((1, 9, 9, 1), np.float32)
+    image[0, 1, 2] = 255.0  # one bright pixel at row 1, column 2
+    batch = tf.constant(np.repeat(image, 64, axis=0))
+    flipped = RandomAffine(True, 0, 0, 0, seed=0)(batch).numpy()
+    kinds = {tuple(np.argwhere(f[..., 0] == 255.0)[0]) for f in flipped}
+    assert kinds == {(1, 2), (1, 6)}  # kept or mirrored about the centre column
+    # Nothing drawn: the identity.
+    np.testing.assert_array_equal(RandomAffine(False, 0, 0, 0, seed=1)(batch).numpy(), batch)
+    # Rotations about the centre: the bright pixel stays at its distance from it.
+    turned = RandomAffine(False, 180, 0, 0, seed=1)(batch).numpy()[..., 0]
+    rows, cols = np.indices((9, 9))
+    for out in turned:
+        weight = out / out.sum()
+        centre = ((rows * weight).sum(), (cols * weight).sum())
+        assert np.hypot(centre[0] - 4, centre[1] - 4) == pytest.approx(np.hypot(3, 2), abs=0.6)
+    shifted = RandomAffine(False, 0, 0.5, 0, seed=2)(batch).numpy()
+    assert 0 < (shifted.reshape(64, -1).max(axis=1) < 1).sum() < 64  # some moved out
+    zoomed = RandomAffine(False, 0, 0, 0.5, seed=3)(tf.fill((32, 16, 16, 1), 100.0)).numpy()
+    # Zooming out leaves a black frame, zooming in keeps the image full.
+    corners = zoomed[:, 0, 0, 0]
+    assert (corners == 0).any()
+    assert (corners == 100).any()
+
+
+def test_the_blur_keeps_the_mean_and_leaves_unpicked_images_alone():
+    images = tf.random.uniform((16, 32, 32, 1), 0, 255, seed=5)
+    never = RandomBlur(1.0, probability=0.0, seed=0)(images).numpy()
+    np.testing.assert_allclose(never, images.numpy(), atol=1e-4)
+    always = RandomBlur(1.0, probability=1.0, seed=0)(images).numpy()
+    blurred_std = always.reshape(16, -1).std(axis=1)
+    sharp_std = images.numpy().reshape(16, -1).std(axis=1)
+    assert (blurred_std <= sharp_std + 1e-3).all()  # σ from 0.1 (nearly sharp) to 1 px
+    assert blurred_std.mean() < sharp_std.mean() - 5
+    np.testing.assert_allclose(always.mean(), images.numpy().mean(), rtol=0.01)
+    half = RandomBlur(1.0, probability=0.5, seed=0)(images).numpy()
+    sharp = [np.allclose(h, i, atol=1e-4) for h, i in zip(half, images.numpy(), strict=True)]
+    assert 0 < sum(sharp) < 16
