@@ -278,8 +278,9 @@ def check_on_device(config: AugmentConfig) -> None:
     if host_only:
         raise UserError(
             "augment.on_device runs Keras preprocessing layers only; "
-            f"{' and '.join(host_only)} run on the host: set them to 0 "
-            "or turn augment.on_device off"
+            f"{' and '.join(host_only)} {'run' if len(host_only) > 1 else 'runs'} on the "
+            f"host: set {'them' if len(host_only) > 1 else 'it'} to 0 or turn "
+            "augment.on_device off"
         )
 
 
