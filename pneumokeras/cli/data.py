@@ -29,6 +29,8 @@ class _RangeType(click.ParamType):  # type: ignore[type-arg]
             numbers = []
         if len(numbers) not in (1, 2):
             self.fail(f"expected LOW:HIGH or one number; got {value!r}", param, ctx)
+        if numbers[0] > numbers[-1]:
+            self.fail(f"LOW must not be above HIGH; got {value!r}", param, ctx)
         return (numbers[0], numbers[-1])
 
 

@@ -39,7 +39,11 @@ def test_subgroup_gap_is_recorded(tmp_path) -> None:
     "option, message",
     [
         (["--gain", "a:b"], "LOW:HIGH"),
-        (["--gain", "300:200"], "above high"),
+        (
+            ["--gain", "300:200"],
+            "Invalid value for '--gain': LOW must not be above HIGH; got '300:200'",
+        ),
+        (["--gamma", "3:1"], "Invalid value for '--gamma': LOW must not be above HIGH"),
         (["--subgroup-gap", "sex=X"], "no subgroup"),
         (["--markers", "2"], "0<=x<=1"),
     ],
