@@ -114,7 +114,7 @@ def test_markdown_holds_the_figures_and_survives_json():
     assert "| seed 2, in-domain | 0.960 (0.950–0.970) |" in text
     assert "| ROC-AUC, drop <= 0.02 | 0.020 | yes |" in text
     assert "| cost of the recipe's augmentation | 12.5 % |" in text
-    assert "CPU X, 2 cores (avx2)" in text
+    assert text.startswith("Machine: CPU X, 2 logical CPUs, flags: avx2, ")
 
 
 def test_a_variants_record_renders_its_table():
@@ -126,11 +126,14 @@ def test_a_variants_record_renders_its_table():
                 "overrides": ["augment.gamma=0.3"],
                 "seeds": [1, 2],
                 "summary": record["summary"],
+                "machine": {**record["machine"], "load_start": "2.5 / 2.0 / 1.0"},
             },
         ]
     }
     text = bench_recipe.render_markdown(variants)
-    assert text.startswith("| variant")
+    assert text.startswith("Machine: CPU X, 2 logical CPUs, flags: avx2, ")
+    assert "load average at the start of each variant's run: 2.5." in text
+    assert "\n| variant" in text
     assert "| **acq**: `augment.gamma=0.3` | 1, 2 | 0.970 ± 0.014" in text
 
 
