@@ -70,14 +70,19 @@ def roc_figure(
                 label=f"threshold {threshold:.3f}",
             )
         ax.legend(loc="lower right")
+    _roc_axes(ax, "ROC curve")
+    return fig
+
+
+def _roc_axes(ax: Any, title: str) -> None:
+    """The axes of a ROC figure: rates from 0 to 1, labelled, titled."""
     ax.set(
         xlabel="1 - specificity (false positive rate)",
         ylabel="sensitivity (recall)",
         xlim=(0, 1),
         ylim=(0, 1.01),
-        title="ROC curve",
+        title=title,
     )
-    return fig
 
 
 def pr_figure(
@@ -333,11 +338,5 @@ def compare_roc_figure(
         specificity = (~decided[labels == 0]).mean()
         ax.plot(1 - specificity, sensitivity, "o", color=color)
     ax.legend(loc="lower right", fontsize="small")
-    ax.set(
-        xlabel="1 - specificity (false positive rate)",
-        ylabel="sensitivity (recall)",
-        xlim=(0, 1),
-        ylim=(0, 1.01),
-        title="ROC curves on the same images (dots: each model's threshold)",
-    )
+    _roc_axes(ax, "ROC curves on the same images (dots: each model's threshold)")
     return fig
