@@ -46,7 +46,7 @@ COLUMNS = ("path", "patient_id", "probability", "label", "class", "warning", "no
 TTA_COLUMNS = ("tta_mean", "tta_std")
 ENSEMBLE_COLUMNS = ("member_std",)
 # Test-time augmentation: small, label-preserving perturbations, drawn by the
-# training augmenter (`data.Augmenter`) with these settings.
+# training augmenter (`records.augment.Augmenter`) with these settings.
 TTA_AUGMENT = AugmentConfig(
     flip=True, rotation_degrees=5.0, brightness=0.05, contrast=0.0, translation=0.0
 )
@@ -143,10 +143,10 @@ def tta_probabilities(
 ) -> np.ndarray:
     """Calibrated probabilities `(count,)` of `count` augmented copies of one image.
 
-    The copies are drawn by `data.Augmenter` (`TTA_AUGMENT`) inside tf.data, seeded
-    from the image's content and `seed`: an image gets the same draws whatever
-    files come before it, and under either Keras backend (tf.data always runs
-    the augmentation layers in TensorFlow).
+    The copies are drawn by `records.augment.Augmenter` (`TTA_AUGMENT`) inside
+    tf.data, seeded from the image's content and `seed`: an image gets the same
+    draws whatever files come before it, and under either Keras backend (tf.data
+    always runs the augmentation in TensorFlow).
     """
     import tensorflow as tf
 
