@@ -12,7 +12,6 @@ The manifest is `records/manifest.py`'s.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import tensorflow as tf
 from pneumokeras.errors import UserError
 from pneumokeras.records.manifest import MANIFEST, load_manifest
 from pneumokeras.records.tables import PATIENTS, PATIENTS_COLUMNS
-from pneumokeras.utils.fileio import atomic_path
+from pneumokeras.utils.fileio import atomic_path, read_csv_table
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -160,19 +159,8 @@ def read_patients(data_dir: str | Path) -> dict[str, str]:
     path = data_dir / name
     if not path.is_file():
         raise UserError(f"{path} (named in {data_dir / MANIFEST}) is missing; re-run convert")
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"{path} is unreadable: {err}") from err
-    if not rows or tuple(rows[0]) != PATIENTS_COLUMNS:
-        header = ",".join(rows[0]) if rows else "nothing"
-        raise UserError(
-            f"{path} must start with the header {','.join(PATIENTS_COLUMNS)}, not {header}; "
-            "re-run convert"
-        )
     patients: dict[str, str] = {}
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in enumerate(read_csv_table(path, PATIENTS_COLUMNS), start=2):
         if len(row) != 2 or not all(row):
             raise UserError(f"{path} line {line}: expected example id,patient; got {row!r}")
         if row[0] in patients:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from pneumokeras.errors import UserError
 from pneumokeras.sources.listing import without_image_suffix
-from pneumokeras.utils.fileio import atomic_write_text
+from pneumokeras.utils.fileio import atomic_write_text, read_csv_table
 
 ATTRIBUTES = "attributes.csv"
 COLUMNS = ("example_id", "sex", "age", "view", "source")
@@ -321,18 +321,8 @@ def read_table(path: str | Path) -> dict[str, Attributes]:
             example id given twice, or a value `write_table` would not write.
     """
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"{path} is unreadable: {err}") from err
-    if not rows or tuple(rows[0]) != COLUMNS:
-        header = ",".join(rows[0]) if rows else "nothing"
-        raise UserError(
-            f"{path} must start with the header {','.join(COLUMNS)}, not {header}; re-run convert"
-        )
     table: dict[str, Attributes] = {}
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in enumerate(read_csv_table(path, COLUMNS), start=2):
         if len(row) != len(COLUMNS) or not row[0]:
             raise UserError(f"{path} line {line}: expected {','.join(COLUMNS)}; got {row!r}")
         if row[0] in table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import tempfile
@@ -85,3 +86,23 @@ def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise UserError(f"{what} {path} is not a JSON object")
     return values
+
+
+def read_csv_table(path: str | Path, columns: tuple[str, ...]) -> list[list[str]]:
+    """The data rows of a CSV table this project wrote, after checking its header.
+
+    Raises:
+        UserError: the file cannot be read, or does not start with the header
+            `columns` (one line naming the path and saying to re-run convert).
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{path} is unreadable: {err}") from err
+    if not rows or tuple(rows[0]) != columns:
+        header = ",".join(rows[0]) if rows else "nothing"
+        raise UserError(
+            f"{path} must start with the header {','.join(columns)}, not {header}; re-run convert"
+        )
+    return rows[1:]

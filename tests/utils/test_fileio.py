@@ -72,3 +72,19 @@ def test_read_json_object_or_one_line_error(tmp_path):
         assert "\n" not in str(info.value)
     with pytest.raises(UserError, match=r"missing.json is unreadable"):
         read_json_object(tmp_path / "missing.json", "run record")
+
+
+def test_a_csv_table_is_read_after_its_header(tmp_path):
+    from pneumokeras.errors import UserError
+    from pneumokeras.utils.fileio import read_csv_table
+
+    table = tmp_path / "t.csv"
+    table.write_text("a,b\n1,2\n3,\n", encoding="utf-8")
+    assert read_csv_table(table, ("a", "b")) == [["1", "2"], ["3", ""]]
+    with pytest.raises(UserError, match=r"t\.csv must start with the header a,c, not a,b; re-run"):
+        read_csv_table(table, ("a", "c"))
+    table.write_bytes(b"\xff\xfe,")
+    with pytest.raises(UserError, match=r"t\.csv is unreadable"):
+        read_csv_table(table, ("a", "b"))
+    with pytest.raises(UserError, match=r"gone\.csv is unreadable"):
+        read_csv_table(tmp_path / "gone.csv", ("a", "b"))
