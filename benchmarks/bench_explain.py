@@ -215,23 +215,13 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _parse_batches(text: str) -> list[int]:
-    try:
-        batches = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        batches = []
-    if not batches or batches[0] < 1:
-        raise argparse.ArgumentTypeError(f"--batches takes positive integers; got {text!r}")
-    return batches
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=common.positive, default=6, help="timed calls per row")
     parser.add_argument("--warmup", type=common.positive, default=2, help="untimed calls first")
     parser.add_argument("--rounds", type=common.positive, default=3, help="interleaving rounds")
     parser.add_argument(
-        "--batches", type=_parse_batches, default=[1, 16], help="comma list (default 1,16)"
+        "--batches", type=common.parse_batches, default=[1, 16], help="comma list (default 1,16)"
     )
     parser.add_argument(
         "--filters",

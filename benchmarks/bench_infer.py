@@ -374,16 +374,6 @@ def _parse_only(text: str) -> list[str]:
     return [key for key in RUNTIMES if key in names]
 
 
-def _parse_batches(text: str) -> list[int]:
-    try:
-        batches = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        batches = []
-    if not batches or batches[0] < 1:
-        raise argparse.ArgumentTypeError(f"--batches takes positive integers; got {text!r}")
-    return batches
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -398,7 +388,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=common.positive, default=3, help="interleaving rounds")
     parser.add_argument(
         "--batches",
-        type=_parse_batches,
+        type=common.parse_batches,
         default=[1, 32],
         help="comma list of batch sizes (default 1,32)",
     )

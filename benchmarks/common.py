@@ -393,6 +393,17 @@ def time_convert_cli(arguments: Sequence[str], out: Path, limit: int | None = No
     return seconds
 
 
+def parse_batches(text: str) -> list[int]:
+    """argparse type of `--batches`: a comma list of positive integers, sorted, unique."""
+    try:
+        batches = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        batches = []
+    if not batches or batches[0] < 1:
+        raise argparse.ArgumentTypeError(f"--batches takes positive integers; got {text!r}")
+    return batches
+
+
 def positive(text: str) -> int:
     """argparse type: an integer ≥ 1."""
     try:

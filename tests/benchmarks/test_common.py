@@ -35,6 +35,10 @@ def test_summaries_and_ratios():
     for bad in ("0", "-1", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             common.positive(bad)
+    assert common.parse_batches("32, 1,32") == [1, 32]
+    for bad in ("", "0,1", "a,2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--batches takes positive"):
+            common.parse_batches(bad)
 
 
 def test_command_lines_reproduce_a_run():
