@@ -29,6 +29,21 @@ def contract_model(size: int) -> keras.Model:
     return keras.Model(image, outputs)
 
 
+def brightness_model(size: int, centre: float) -> keras.Model:
+    """A fixed model that calls bright images pneumonia: p = sigmoid(20 (mean/255 - centre)).
+
+    Stock layers and set weights, no training: its scores are known from the pixels.
+    """
+    image = keras.Input((size, size, 1), name="image")
+    x = keras.layers.Rescaling(1 / 255, name="scale")(image)
+    x = keras.layers.GlobalAveragePooling2D(name="mean")(x)
+    dense = keras.layers.Dense(2, name="logits")
+    x = dense(x)
+    bias = 10.0 * centre
+    dense.set_weights([np.array([[-10.0, 10.0]]), np.array([bias, -bias])])
+    return keras.Model(image, keras.layers.Activation("softmax", name="predictions")(x))
+
+
 def contract_ensemble(size: int, folder: Path, members: int = 2, **card: Any) -> Path:
     """`folder/ensemble.keras` + `ensemble.json` as `cv` writes them, from `contract_model`s.
 

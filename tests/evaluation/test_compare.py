@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from model_fixtures import contract_model
+from model_fixtures import brightness_model, contract_model
 from sklearn.metrics import roc_auc_score
 
 from pneumokeras.config import from_dict
@@ -65,17 +65,6 @@ def _write_folder(
     return out
 
 
-def brightness_model(size: int) -> keras.Model:
-    """p(pneumonia) = sigmoid(20 (mean pixel / 255 - 0.45)): stock layers, fixed weights."""
-    image = keras.Input((size, size, 1), name="image")
-    x = keras.layers.Rescaling(1 / 255, name="scale")(image)
-    x = keras.layers.GlobalAveragePooling2D(name="mean")(x)
-    dense = keras.layers.Dense(2, name="logits")
-    x = dense(x)
-    dense.set_weights([np.array([[-10.0, 10.0]]), np.array([4.5, -4.5])])
-    return keras.Model(image, keras.layers.Activation("softmax", name="predictions")(x))
-
-
 def _save(model: keras.Model, run: Path, card: dict | None) -> Path:
     run.mkdir(parents=True)
     model.save(run / "model.keras")
@@ -107,9 +96,9 @@ def models(tmp_path_factory, folders):
     d32, _ = folders
     trained_here = {"fingerprint": load_manifest(d32).fingerprint, "source": "hand"}
     return {
-        "bright": _save(brightness_model(32), root / "bright", _card(32, 0.5, trained_here)),
+        "bright": _save(brightness_model(32, 0.45), root / "bright", _card(32, 0.5, trained_here)),
         "untrained": _save(contract_model(32), root / "untrained", None),
-        "big": _save(brightness_model(48), root / "big" / "run", _card(48, 0.4)),
+        "big": _save(brightness_model(48, 0.45), root / "big" / "run", _card(48, 0.4)),
     }
 
 
@@ -194,11 +183,11 @@ def test_compare_refuses_what_cannot_be_compared(folders, models, tmp_path):
         compare.compare_run([bright, big], [d32, relabelled], out, FAST, progress=False)
     # A model trained on another conversion of the same data set ("hand").
     card = _card(32, 0.5, {"fingerprint": "0123456789abcdef", "source": "hand"})
-    elsewhere = _save(brightness_model(32), tmp_path / "elsewhere", card)
+    elsewhere = _save(brightness_model(32, 0.45), tmp_path / "elsewhere", card)
     with pytest.raises(UserError, match="trained on another conversion of hand"):
         compare.compare_run([bright, elsewhere], [d32], out, FAST, progress=False)
     one_class = _write_folder(tmp_path / "one", 32, count=3, seed=5)
-    plain = _save(brightness_model(32), tmp_path / "plain", None)  # no card: no training data
+    plain = _save(brightness_model(32, 0.45), tmp_path / "plain", None)  # no card: no training data
     with pytest.raises(UserError, match="needs at least two of each"):
         compare.compare_run([plain, chance], [one_class], out, FAST, progress=False)
     with pytest.raises(UserError, match="no split 'holdout'"):

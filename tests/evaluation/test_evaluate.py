@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import pytest
 from layout_fixtures import write_kermany, write_nih
-from model_fixtures import contract_model
+from model_fixtures import brightness_model, contract_model
 from PIL import Image
 
 from pneumokeras.config import from_dict
@@ -650,18 +650,6 @@ def test_cli_refit_fraction_outside_the_interval_is_one_line_exit_2(
 # ---------------------------------------------------------------- subgroups, #24 items
 
 
-def brightness_model(size: int) -> keras.Model:
-    """A fixed 'model' that calls bright images pneumonia: p = sigmoid(20 (mean/255 - 0.5))."""
-    image = keras.Input((size, size, 1), name="image")
-    x = keras.layers.Rescaling(1 / 255, name="scale")(image)
-    x = keras.layers.GlobalAveragePooling2D(name="mean")(x)
-    dense = keras.layers.Dense(2, name="logits")
-    x = dense(x)
-    dense.set_weights([np.array([[-10.0, 10.0]]), np.array([5.0, -5.0])])
-    outputs = keras.layers.Activation("softmax", name="predictions")(x)
-    return keras.Model(image, outputs)
-
-
 def _write_gap_dataset(out: Path, seed: int = 0) -> Path:
     """Images whose brightness gives the label away for men and only weakly for women.
 
@@ -712,7 +700,7 @@ def _write_gap_dataset(out: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def brightness_model_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("bright") / "model.keras"
-    brightness_model(SIZE).save(path)
+    brightness_model(SIZE, 0.5).save(path)
     return path
 
 
