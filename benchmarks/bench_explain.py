@@ -119,14 +119,7 @@ def _worker(args: argparse.Namespace) -> int:
     setup_s = time.perf_counter() - started
     warmup = {f"{m} {b}": common.run_steps(step, args.warmup)[0] for (m, b), step in steps.items()}
     common.emit({"ready": True, "setup_s": setup_s, "warmup_s": warmup, "settings": settings})
-    for line in sys.stdin:
-        command = line.split()
-        if not command or command[0] == "quit":
-            break
-        _, mode, batch, count = command
-        times, cpu_times = common.run_steps(steps[(mode, int(batch))], int(count))
-        common.emit({"times": times, "cpu_times": cpu_times})
-    return 0
+    return common.answer_step_requests(lambda key: steps[(key[0], int(key[1]))])
 
 
 def run_workers(args: argparse.Namespace) -> list[dict[str, Any]]:

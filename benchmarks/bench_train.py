@@ -239,13 +239,7 @@ def _worker(args: argparse.Namespace) -> int:
     setup_s = time.perf_counter() - started
     warmup_times, _ = common.run_steps(step, args.warmup)
     common.emit({"ready": True, "setup_s": setup_s, "warmup_s": warmup_times, "settings": settings})
-    for line in sys.stdin:
-        command = line.split()
-        if not command or command[0] == "quit":
-            break
-        times, cpu_times = common.run_steps(step, int(command[1]))
-        common.emit({"times": times, "cpu_times": cpu_times})
-    return 0
+    return common.answer_step_requests(lambda _key: step)
 
 
 # --------------------------------------------------------------------------

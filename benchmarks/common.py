@@ -104,6 +104,21 @@ def run_steps(step: Callable[[], Any], count: int) -> tuple[list[float], list[fl
     return times, cpu_times
 
 
+def answer_step_requests(step_of: Callable[[list[str]], Callable[[], Any]]) -> int:
+    """Worker side: answers the parent's `steps [KEY ...] COUNT` lines until `quit` or EOF.
+
+    `step_of(KEY words)` gives the step to time; each answer holds the wall-clock
+    and CPU seconds of its COUNT calls (`run_steps`). Returns the exit status, 0.
+    """
+    for line in sys.stdin:
+        command = line.split()
+        if not command or command[0] == "quit":
+            break
+        times, cpu_times = run_steps(step_of(command[1:-1]), int(command[-1]))
+        emit({"times": times, "cpu_times": cpu_times})
+    return 0
+
+
 @dataclass
 class Worker:
     """A running worker process and what the parent knows about it.

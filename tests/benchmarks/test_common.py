@@ -77,3 +77,21 @@ def test_recorded_commands_show_output_paths_relative_to_the_checkout():
     assert common.display_command(recorded) == (
         "python -m benchmarks.bench_train --out benchmarks/out/bench_train_avx2.json"
     )
+
+
+def test_a_worker_answers_step_requests_until_quit(monkeypatch, capsys):
+    import io
+    import json
+
+    calls = []
+    monkeypatch.setattr("sys.stdin", io.StringIO("steps a 1 2\nsteps b 2 1\nquit\nsteps a 1 5\n"))
+    status = common.answer_step_requests(lambda key: lambda: calls.append(tuple(key)))
+    assert status == 0
+    assert calls == [("a", "1"), ("a", "1"), ("b", "2")]  # nothing after `quit`
+    answers = [
+        json.loads(line[len(common.PREFIX) :])
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(common.PREFIX)
+    ]
+    assert [len(a["times"]) for a in answers] == [2, 1]
+    assert all(len(a["cpu_times"]) == len(a["times"]) for a in answers)
