@@ -184,16 +184,7 @@ class Augmenter:
         steps: list[Any] = []
         if config.gamma > 0:
             steps.append(RandomGamma(config.gamma, seed + 6))
-        if config.contrast > 0:
-            steps.append(
-                keras.layers.RandomContrast(config.contrast, value_range=VALUE_RANGE, seed=seed + 4)
-            )
-        if config.brightness > 0:
-            steps.append(
-                keras.layers.RandomBrightness(
-                    config.brightness, value_range=VALUE_RANGE, seed=seed + 3
-                )
-            )
+        steps += _film_layers(config, seed)
         if config.noise > 0:
             steps.append(RandomNoise(config.noise, seed + 7))
         if config.blur > 0:
@@ -244,14 +235,7 @@ def device_layers(config: AugmentConfig, seed: int) -> list[keras.layers.Layer]:
                 (-config.zoom, config.zoom), fill_mode="constant", seed=seed + 5
             )
         )
-    if config.contrast > 0:
-        layers.append(
-            keras.layers.RandomContrast(config.contrast, value_range=VALUE_RANGE, seed=seed + 4)
-        )
-    if config.brightness > 0:
-        layers.append(
-            keras.layers.RandomBrightness(config.brightness, value_range=VALUE_RANGE, seed=seed + 3)
-        )
+    layers += _film_layers(config, seed)
     if config.blur > 0:
         layers.append(
             keras.layers.RandomGaussianBlur(
@@ -261,6 +245,20 @@ def device_layers(config: AugmentConfig, seed: int) -> list[keras.layers.Layer]:
                 value_range=VALUE_RANGE,
                 seed=seed + 8,
             )
+        )
+    return layers
+
+
+def _film_layers(config: AugmentConfig, seed: int) -> list[keras.layers.Layer]:
+    """Contrast, then brightness, as Keras layers: the same on the host and on the device."""
+    layers: list[keras.layers.Layer] = []
+    if config.contrast > 0:
+        layers.append(
+            keras.layers.RandomContrast(config.contrast, value_range=VALUE_RANGE, seed=seed + 4)
+        )
+    if config.brightness > 0:
+        layers.append(
+            keras.layers.RandomBrightness(config.brightness, value_range=VALUE_RANGE, seed=seed + 3)
         )
     return layers
 
