@@ -7,8 +7,10 @@ runtime can run it:
 
 - **Keras-TensorFlow**: the eager call (`model(x, training=False)`); one traced
   `tf.function` (graph, oneDNN kernels); the same with `jit_compile=True` (XLA).
-- **Keras-JAX**: the eager call; `jax.jit` over `model.stateless_call` with the XLA:CPU
-  flag the CLI sets (convolutions on XLA's kernels), and (worker `jax-ynn`) with
+- **Keras-JAX**: the eager call; `jax.jit` over `model.stateless_call` as `predict`
+  compiles it (the forward graph on XNNPACK, `environment.XNN_INFERENCE_OPTIONS`);
+  mode `jit-flags`: `jax.jit` with the process's XLA_FLAGS alone, i.e. the XLA:CPU flag
+  the CLI sets for training (convolutions on XLA's kernels), and (worker `jax-ynn`)
   jaxlib's default convolution routing (YNNPACK).
 - The compiled ways run through `pneumokeras.utils.performance.CompiledForward`, the
   function `Classifier.forward` uses (so `predict`, `evaluate`, `explain`, `cv` and the
@@ -67,10 +69,14 @@ RUNTIMES: dict[str, tuple[str, list[tuple[str, str]], str]] = {
     ),
     "jax": (
         "Keras-JAX",
-        [("eager", "eager call"), ("jit", "`jax.jit`, convolutions on XLA's kernels")],
+        [
+            ("eager", "eager call"),
+            ("jit", "`jax.jit`, forward graph on XNNPACK"),
+            ("jit-flags", "`jax.jit`, convolutions on XLA's kernels"),
+        ],
         "venv",
     ),
-    "jax-ynn": ("Keras-JAX", [("jit", "`jax.jit`, convolutions on YNNPACK")], "venv"),
+    "jax-ynn": ("Keras-JAX", [("jit-flags", "`jax.jit`, convolutions on YNNPACK")], "venv"),
     "onnx": ("onnxruntime", [("session", "exported ONNX, CPU provider")], "venv"),
     "torch": ("PyTorch", [("eager", "`eval()`, `inference_mode`")], "torch"),
 }
@@ -128,7 +134,12 @@ def _keras_steps(folder: Path, batches: list[int], modes: list[str]) -> tuple[di
     from pneumokeras.utils import performance
 
     classifier = load_classifier(folder, require_card=True)
-    forwards = {mode: performance.CompiledForward(classifier.model, mode) for mode in modes}
+    forwards = {
+        mode: performance.CompiledForward(classifier.model, "jit", jax_options={})
+        if mode == "jit-flags"  # XLA_FLAGS alone, without the inference options
+        else performance.CompiledForward(classifier.model, mode)
+        for mode in modes
+    }
     steps = {}
     for batch in batches:
         images = _images(batch)

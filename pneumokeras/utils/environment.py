@@ -16,6 +16,15 @@ DEFAULT_JAX_CACHE = Path.home() / ".cache" / "pneumokeras" / "jax"
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 YNN_VALUE = "dot,eltwise,reduce"
 YNN_TESTED_JAXLIB = ("0.10.",)  # jaxlib version prefixes the flag was measured on
+# XLA:CPU compiler options for JAX *inference* programs, given per compile
+# (`jax.jit(..., compiler_options=...)`) so that training in the same process keeps the
+# flag above: the forward graph (convolutions with the element-wise ops around them)
+# runs as XNNPACK subgraphs, 1.8x as fast as XLA's kernels at batch 1 (ResNet18, 224 px;
+# `benchmarks/bench_infer.py`). XNNPACK did not speed up training steps.
+XNN_INFERENCE_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "",
+    "xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY",
+}
 
 # x86-64 instruction-set levels that change which settings train fastest, lowest first
 # (`cpu_isa`): AVX2 (+FMA); AVX-512 (F, BW, VL, DQ: oneDNN's `avx512_core`); AVX-512 with
@@ -161,6 +170,23 @@ def add_jax_cpu_flags() -> str | None:
         return "JAX was already initialised; call configure_backend before any JAX computation"
     os.environ["XLA_FLAGS"] = f"{current} {YNN_FLAG}={YNN_VALUE}".strip()
     return None
+
+
+def jax_cpu_inference_options(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """XLA:CPU compiler options for JAX forward passes (`XNN_INFERENCE_OPTIONS`).
+
+    Empty where they were not measured (another jaxlib series: an unknown option
+    aborts the compile) or where XLA_FLAGS already routes XNNPACK or YNNPACK its own
+    way (the user's choice is kept).
+    """
+    current = (os.environ if environ is None else environ).get("XLA_FLAGS", "")
+    if "xnn_" in current or (YNN_FLAG in current and f"{YNN_FLAG}={YNN_VALUE}" not in current):
+        return {}
+    try:
+        jaxlib_version = metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return {}
+    return dict(XNN_INFERENCE_OPTIONS) if jaxlib_version.startswith(YNN_TESTED_JAXLIB) else {}
 
 
 def import_tensorflow_quietly(keep_output: bool = False) -> None:

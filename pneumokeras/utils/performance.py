@@ -32,15 +32,26 @@ an AVX-512 machine with `--isa avx2`):
   (`environment.set_defaults`) when `KERAS_BACKEND=jax`; `configure_backend` sets it
   for library users and warns when JAX started too early to take it. XLA's oneDNN
   custom calls (`--xla_cpu_use_onednn=true`) measured level with it, so they are not set.
+- **JAX inference: the forward graph on XNNPACK.** Forward passes have no kernel
+  gradients, and there XNNPACK wins: `CompiledForward` compiles them with
+  `environment.XNN_INFERENCE_OPTIONS` (XLA's greedy XNNPACK graph fusion, YNNPACK
+  off), given per compile so that training in the same process keeps its flag:
+  ResNet18 at 224 px ran 1.8x as fast at batch 1 and 1.05x at batch 32 on an
+  AVX-512 CPU, outputs equal to 5e-7. For training steps the same options measured
+  slower than XLA's kernels (8.5-9.1 against 10.7 img/s, fp32), so training keeps them.
 - **Inference compiles when it pays** (`CompiledForward`): one traced function
   (TensorFlow graph or XLA as above, `jax.jit`) instead of one eager call per layer,
   after a process has run its first images eagerly (a compile costs seconds to tens
   of seconds, more than a few images take).
 
 Settings measured and left at their defaults: TensorFlow inter-op threads 1 instead
-of 2, the JAX flag above under TensorFlow (TF's XLA does not route convolutions to
-YNNPACK), XNNPACK graph fusion, and `steps_per_execution` (a step takes seconds on
-a CPU; per-step overhead is noise). `train.precision` is never changed
+of 2 (`bench_train` variant `tf-graph-inter1`), XLA auto-clustering of the
+element-wise and reduction ops around TensorFlow's oneDNN convolutions
+(`tf-graph-fuse`, `bench_train_tf_bf16.json`: Keras' batch normalisation is a quarter
+of a mixed_bfloat16 step there, but clustering it gained 1-5 %, within the spread), the JAX flag above under
+TensorFlow (TF's XLA does not route convolutions to YNNPACK), XNNPACK for training
+steps, and `steps_per_execution` (a step takes seconds on a CPU; per-step overhead
+is noise). `train.precision` is never changed
 automatically: bfloat16 trains a different model (8 bits of mantissa), so a run's
 numbers would depend on the machine it ran on.
 """
@@ -220,9 +231,18 @@ class CompiledForward:
         model: a Keras model with one input and one output.
         path: `graph`, `xla`, `jit` or `eager` (default `inference_path()`).
         eager_images: images to run eagerly first (default `EAGER_IMAGES[path]`).
+        jax_options: XLA compiler options of the `jit` path (default: XNNPACK for
+            the whole forward graph on CPUs, `environment.jax_cpu_inference_options`;
+            `{}` compiles with XLA_FLAGS alone).
     """
 
-    def __init__(self, model: Any, path: str | None = None, eager_images: int | None = None):
+    def __init__(
+        self,
+        model: Any,
+        path: str | None = None,
+        eager_images: int | None = None,
+        jax_options: dict[str, str] | None = None,
+    ):
         self.model = model
         self.path = path or inference_path()
         if self.path not in EAGER_IMAGES:
@@ -232,6 +252,7 @@ class CompiledForward:
         self._compiled_sizes: set[int] = set()
         self._eager = lambda x: model(x, training=False)
         self._call = self._eager
+        self.jax_options: dict[str, str] = {}
         if self.path in ("graph", "xla"):
             import tensorflow as tf
 
@@ -248,7 +269,11 @@ class CompiledForward:
                 outputs, _ = model.stateless_call(trainable, non_trainable, x, training=False)
                 return outputs
 
-            jitted = jax.jit(run)
+            if jax_options is None:
+                cpu = jax.default_backend() == "cpu"
+                jax_options = environment.jax_cpu_inference_options() if cpu else {}
+            self.jax_options = jax_options
+            self._jitted = jitted = jax.jit(run, compiler_options=jax_options or None)
             self._call = lambda x: jitted(
                 [v.value for v in model.trainable_variables],
                 [v.value for v in model.non_trainable_variables],

@@ -53,6 +53,22 @@ def test_too_late_once_jax_has_started():
     assert "already initialised" in _run(code, KERAS_BACKEND="jax")
 
 
+def test_jax_inference_gets_xnnpack_unless_the_user_routes_it(monkeypatch):
+    monkeypatch.setattr(environment.metadata, "version", lambda name: "0.10.2")
+    ours = f"{environment.YNN_FLAG}={environment.YNN_VALUE}"
+    assert environment.jax_cpu_inference_options({}) == environment.XNN_INFERENCE_OPTIONS
+    assert environment.jax_cpu_inference_options({"XLA_FLAGS": ours}) == (
+        environment.XNN_INFERENCE_OPTIONS
+    )
+    mine = f"{environment.YNN_FLAG}=individual_convolution"
+    assert environment.jax_cpu_inference_options({"XLA_FLAGS": mine}) == {}
+    xnn = "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_DISABLED"
+    assert environment.jax_cpu_inference_options({"XLA_FLAGS": xnn}) == {}
+    # Another jaxlib series: the options were not measured there (and may not exist).
+    monkeypatch.setattr(environment.metadata, "version", lambda name: "0.11.0")
+    assert environment.jax_cpu_inference_options({}) == {}
+
+
 @pytest.fixture(scope="module")
 def tensorflow_child(tmp_path_factory):
     """One TensorFlow child of a JAX parent (its XLA_FLAGS), importing TF the quiet way.

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from model_fixtures import contract_model
 
-from pneumokeras.utils import performance
+from pneumokeras.utils import environment, performance
 
 pytestmark = pytest.mark.backend  # Keras dtype policies, compile settings, compiled calls
 
@@ -117,9 +117,34 @@ def test_compiled_forward_equals_the_eager_call(path):
     assert forward(images[:0]).shape == (0, 2)
     if path in ("xla", "jit"):  # 7 → 8, 1, 5 → 8, 3 → 4: three shapes compiled
         assert forward._compiled_sizes == {1, 4, 8}
+    if path == "jit":  # on a CPU: XNNPACK's forward graph, unless XLA_FLAGS says otherwise
+        assert forward.jax_options == environment.jax_cpu_inference_options()
     # Weights changed after the first call are used by the next one.
     model.get_layer("logits").kernel.assign(np.zeros((4, 2), np.float32))
     np.testing.assert_allclose(forward(images[:2]), 0.5, atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax.jit's compiler options")
+def test_jax_inference_compiles_with_the_xnnpack_options(monkeypatch):
+    # Their effect is speed (bench_infer); XLA's HLO dump does not show XNNPACK's
+    # subgraphs, so this checks that they reach the compile and that this jaxlib
+    # accepts them (an unknown option or value fails the compile).
+    import jax
+
+    if not environment.jax_cpu_inference_options():
+        pytest.skip("XLA_FLAGS route XNNPACK themselves, or another jaxlib series")
+    seen = []
+    jit = jax.jit
+    monkeypatch.setattr(jax, "jit", lambda f, **kw: seen.append(kw) or jit(f, **kw))
+    model = contract_model(16)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 1)).astype(np.float32)
+    forward = performance.CompiledForward(model, "jit", eager_images=0)
+    flags_only = performance.CompiledForward(model, "jit", eager_images=0, jax_options={})
+    assert seen == [
+        {"compiler_options": environment.XNN_INFERENCE_OPTIONS},
+        {"compiler_options": None},
+    ]
+    np.testing.assert_allclose(forward(images), flags_only(images), rtol=1e-5, atol=1e-6)
 
 
 def test_the_first_images_run_eagerly_then_the_compiled_function():
