@@ -56,6 +56,21 @@ NAME = "bench_train"
 VARIANTS: dict[str, tuple[str, str, bool | None, dict[str, str]]] = {
     "tf-xla": ("tensorflow", "XLA (`jit_compile=True`)", True, {}),
     "tf-graph": ("tensorflow", "graph, oneDNN (`jit_compile=False`)", False, {}),
+    "tf-graph-inter1": (
+        "tensorflow",
+        "graph, oneDNN, one inter-op thread (`TF_NUM_INTEROP_THREADS=1`)",
+        False,
+        {"TF_NUM_INTEROP_THREADS": "1"},
+    ),
+    "tf-graph-fuse": (
+        "tensorflow",
+        "graph, oneDNN, element-wise ops auto-clustered by XLA",
+        False,
+        {
+            "TF_XLA_FLAGS": "--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit "
+            "--tf_xla_ops_to_cluster=FUSIBLE"
+        },
+    ),
     "tf-graph-nodnn": (
         "tensorflow",
         "graph, oneDNN off (`TF_ENABLE_ONEDNN_OPTS=0`)",
