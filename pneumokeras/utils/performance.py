@@ -44,16 +44,15 @@ an AVX-512 machine with `--isa avx2`):
   after a process has run its first images eagerly (a compile costs seconds to tens
   of seconds, more than a few images take).
 
-Settings measured and left at their defaults: TensorFlow inter-op threads 1 instead
-of 2 (`bench_train` variant `tf-graph-inter1`), XLA auto-clustering of the
-element-wise and reduction ops around TensorFlow's oneDNN convolutions
-(`tf-graph-fuse`, `bench_train_tf_bf16.json`: Keras' batch normalisation is a quarter
-of a mixed_bfloat16 step there, but clustering it gained 1-5 %, within the spread), the JAX flag above under
+Settings measured and left at their defaults: TensorFlow inter-op threads 1 instead of 2
+(`bench_train` variant `tf-graph-inter1`), XLA auto-clustering of the element-wise and
+reduction ops around TensorFlow's oneDNN convolutions (`tf-graph-fuse`,
+`bench_train_tf_bf16.json`: Keras' batch normalisation is a quarter of a mixed_bfloat16
+step there, but clustering it gained 1-5 %, within the spread), the JAX flag above under
 TensorFlow (TF's XLA does not route convolutions to YNNPACK), XNNPACK for training
-steps, and `steps_per_execution` (a step takes seconds on a CPU; per-step overhead
-is noise). `train.precision` is never changed
-automatically: bfloat16 trains a different model (8 bits of mantissa), so a run's
-numbers would depend on the machine it ran on.
+steps, and `steps_per_execution` (a step takes seconds on a CPU; per-step overhead is
+noise). `train.precision` is never changed automatically: bfloat16 trains a different
+model (8 bits of mantissa), so a run's numbers would depend on the machine it ran on.
 """
 
 from __future__ import annotations

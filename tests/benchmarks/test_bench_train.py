@@ -72,6 +72,41 @@ def test_markdown_marks_trains_default_and_compares_with_the_best_pytorch():
     assert "| decode, batch (augment on device) | 2 | 1200 | 680 | 9 |" in text
 
 
+def test_the_batch_normalisation_diagnostic_is_neither_default_nor_best():
+    rows = [
+        _row("tf-graph", "bf16", 25.0),
+        _row("tf-graph-nobn", "bf16", 35.0),
+        _row("torch", "bf16", 26.0),
+    ]
+    text = bench_train.render_markdown({"machine": MACHINE, "results": rows})
+    (diagnostic,) = [line for line in text.splitlines() if "skipped" in line]
+    assert diagnostic.endswith("| 1.35× |")  # shown, against PyTorch like every row
+    assert "train's default here" not in diagnostic
+    assert "- Best Keras (tensorflow, graph, oneDNN (`jit_compile=False`)" in text
+    assert "**0.96×** the best PyTorch row" in text
+
+
+def test_the_batch_normalisation_diagnostic_skips_it_in_its_worker_only():
+    code = (
+        "import numpy as np, keras\n"
+        "from benchmarks import bench_train\n"
+        "step, settings = bench_train._keras_step('tf-graph-nobn', 'float32', 2, 32)\n"
+        "step()\n"
+        "x = np.full((1, 4, 4, 3), 7.0, np.float32)\n"
+        "print(float(keras.layers.BatchNormalization()(x, training=True).numpy().max()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "7.0"  # normalised, it would be 0
+
+
 def test_rows_follow_variants_and_precisions():
     args = bench_train._parser().parse_args(
         ["--variants", "torch,tf-graph", "--precisions", "bf16"]
