@@ -41,6 +41,11 @@ def test_compiled_training_steps_augment():
     model, wrapped = _wrapped()
     jit_compile = keras.backend.backend() == "jax"
     wrapped.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=jit_compile)
+    # Under JAX the step stays one jax.jit program (Keras would fall back to op by op
+    # for its affine layers), and their random state advances inside it.
+    assert wrapped.jit_compile == jit_compile
+    shift = next(x for x in wrapped.layers if isinstance(x, keras.layers.RandomTranslation))
+    state = np.array(shift.generator.state)
     rng = np.random.default_rng(1)
     images = rng.uniform(0, 255, (8, SIZE, SIZE, 1)).astype(np.float32)
     labels = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 8)]
@@ -49,3 +54,4 @@ def test_compiled_training_steps_augment():
     assert np.isfinite(history.history["loss"]).all()
     after = model.get_weights()
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+    assert not np.array_equal(np.array(shift.generator.state), state)
