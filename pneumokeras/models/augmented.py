@@ -33,13 +33,14 @@ def with_augmentation(model: keras.Model, layers: Sequence[keras.layers.Layer]) 
         are `model`'s (plus the layers' random-generator state).
     """
     image = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
+    # Keras marks RandomRotation, RandomTranslation and RandomZoom as not XLA-compilable,
+    # for TensorFlow's kernels; under JAX they are jax.numpy code and compile, and one
+    # such layer would make `fit` run the whole JAX step op by op (`jit_compile` falls
+    # back to False): 23x slower on a small model.
+    compilable = keras.backend.backend() == "jax"
     x = image
     for layer in layers:
-        if keras.backend.backend() == "jax":
-            # Keras marks RandomRotation, RandomTranslation and RandomZoom as not
-            # XLA-compilable, for TensorFlow's kernels; under JAX they are jax.numpy code
-            # and compile, and one such layer would make `fit` run the whole JAX step op
-            # by op (`jit_compile` falls back to False): 23x slower on a small model.
+        if compilable:
             layer.supports_jit = True
         x = layer(x)
     # ReLU with max_value is min(max(x, 0), 255): the host's clip, as a stock layer.

@@ -152,6 +152,21 @@ def _jax_backend_started() -> bool:
         return False
 
 
+def _untested_jaxlib() -> str | None:
+    """Why the XLA:CPU settings here do not apply to the installed jaxlib, or None.
+
+    They were measured on `YNN_TESTED_JAXLIB` only, and an unknown XLA flag or compiler
+    option aborts XLA.
+    """
+    try:
+        jaxlib_version = metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return "jaxlib is not installed"
+    if not jaxlib_version.startswith(YNN_TESTED_JAXLIB):
+        return f"the XLA:CPU flag was not measured on jaxlib {jaxlib_version}"
+    return None
+
+
 def add_jax_cpu_flags() -> str | None:
     """Adds the XLA:CPU convolution flag to XLA_FLAGS for JAX; returns why not when it cannot.
 
@@ -160,12 +175,9 @@ def add_jax_cpu_flags() -> str | None:
     current = os.environ.get("XLA_FLAGS", "")
     if YNN_FLAG in current:
         return None
-    try:
-        jaxlib_version = metadata.version("jaxlib")
-    except metadata.PackageNotFoundError:
-        return "jaxlib is not installed"
-    if not jaxlib_version.startswith(YNN_TESTED_JAXLIB):
-        return f"the XLA:CPU flag was not measured on jaxlib {jaxlib_version}"
+    problem = _untested_jaxlib()
+    if problem:
+        return problem
     if _jax_backend_started():
         return "JAX was already initialised; call configure_backend before any JAX computation"
     os.environ["XLA_FLAGS"] = f"{current} {YNN_FLAG}={YNN_VALUE}".strip()
@@ -182,11 +194,7 @@ def jax_cpu_inference_options(environ: Mapping[str, str] | None = None) -> dict[
     current = (os.environ if environ is None else environ).get("XLA_FLAGS", "")
     if "xnn_" in current or (YNN_FLAG in current and f"{YNN_FLAG}={YNN_VALUE}" not in current):
         return {}
-    try:
-        jaxlib_version = metadata.version("jaxlib")
-    except metadata.PackageNotFoundError:
-        return {}
-    return dict(XNN_INFERENCE_OPTIONS) if jaxlib_version.startswith(YNN_TESTED_JAXLIB) else {}
+    return {} if _untested_jaxlib() else dict(XNN_INFERENCE_OPTIONS)
 
 
 def import_tensorflow_quietly(keep_output: bool = False) -> None:

@@ -272,7 +272,7 @@ class CompiledForward:
                 cpu = jax.default_backend() == "cpu"
                 jax_options = environment.jax_cpu_inference_options() if cpu else {}
             self.jax_options = jax_options
-            self._jitted = jitted = jax.jit(run, compiler_options=jax_options or None)
+            jitted = jax.jit(run, compiler_options=jax_options or None)
             self._call = lambda x: jitted(
                 [v.value for v in model.trainable_variables],
                 [v.value for v in model.non_trainable_variables],
